@@ -1,0 +1,213 @@
+//! The command line: `serve`, `dev`, `check-config`, `dev-token`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError, KeySource};
+use crate::dev_idp::{DevTokenRequest, request_token};
+use crate::server::{Listeners, Server, dev_config};
+
+/// Exit status for a configuration the user must fix (sysexits EX_USAGE).
+pub const EX_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "stsgate", version, about = "OAuth 2.0 Token Exchange (RFC 8693) for Envoy ext_authz and service meshes")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STSGATE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run with a configuration file (production).
+    Serve {
+        /// The YAML configuration.
+        #[arg(long, short, env = "STSGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the embedded development set-up: a built-in IdP, ephemeral keys, allow-all rules.
+    Dev {
+        /// gRPC listen address (ext_authz, health, reflection).
+        #[arg(long, default_value = "127.0.0.1:9191")]
+        grpc: SocketAddr,
+        /// HTTP listen address (JWKS, metadata, probes, metrics, dev IdP).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        /// Print the embedded configuration and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Validate a configuration file and explain every problem found.
+    CheckConfig {
+        /// The YAML configuration.
+        file: PathBuf,
+    },
+    /// Print a subject token minted by a running `stsgate dev` instance's IdP.
+    DevToken {
+        /// The token's subject.
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes, e.g. "orders.read orders.write".
+        #[arg(long)]
+        scope: Option<String>,
+        /// The token's audience (default: what the dev config trusts).
+        #[arg(long)]
+        aud: Option<String>,
+        /// Lifetime, e.g. 10m or 1h.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// The token's client_id.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Base URL of the dev IdP.
+        #[arg(long, default_value = "http://127.0.0.1:8080/dev-idp", env = "STSGATE_DEV_IDP")]
+        idp: String,
+    },
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = match Config::from_file(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => return config_failure(&e),
+            };
+            serve(cfg, None).await
+        }
+        Command::Dev { grpc, http, print_config } => {
+            if print_config {
+                print!("{}", crate::config::DEV_YAML);
+                return ExitCode::SUCCESS;
+            }
+            let listeners = match Listeners::bind_addrs(grpc, http).await {
+                Ok(l) => l,
+                Err(e) => return failure(&e),
+            };
+            let http_addr = listeners.http.local_addr().unwrap_or(http);
+            let grpc_addr = listeners.grpc.local_addr().unwrap_or(grpc);
+            match dev_config(http_addr, grpc_addr) {
+                Ok(cfg) => serve(cfg, Some(listeners)).await,
+                Err(e) => failure(&e),
+            }
+        }
+        Command::CheckConfig { file } => check_config(&file),
+        Command::DevToken { sub, scope, aud, ttl, client_id, idp } => {
+            let req = DevTokenRequest { sub, scope, aud, ttl: Some(ttl.as_secs().max(1)), client_id };
+            match request_token(&idp, &req).await {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => failure(&e),
+            }
+        }
+    }
+}
+
+async fn serve(cfg: Config, listeners: Option<Listeners>) -> ExitCode {
+    let listeners = match listeners {
+        Some(l) => l,
+        None => match Listeners::bind(&cfg.listen).await {
+            Ok(l) => l,
+            Err(e) => return failure(&e),
+        },
+    };
+    match Server::start(cfg, listeners).await {
+        Ok(server) => {
+            server.run_until_signal().await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stsgate: {e:#}");
+            ExitCode::from(EX_CONFIG)
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let cfg = match Config::from_file(file) {
+        Ok(cfg) => cfg,
+        Err(e) => return config_failure(&e),
+    };
+    // Load what can be loaded offline, exactly as `serve` would.
+    let mut problems = Vec::new();
+    if let Err(e) = crate::mint::KeyRing::load(&cfg.signing) {
+        problems.push(format!("signing: {e}"));
+    }
+    for (i, iss) in cfg.trusted_issuers.iter().enumerate() {
+        if let KeySource::JwksFile(path) = iss.key_source() {
+            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| crate::jwks::parse(&b).map_err(|e| e.to_string())) {
+                Ok(set) => {
+                    for why in &set.skipped {
+                        println!("note: trusted_issuers[{i}].jwks_file: {why}");
+                    }
+                }
+                Err(e) => problems.push(format!("trusted_issuers[{i}].jwks_file: {}: {e}", path.display())),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        eprintln!("{}: {} problem(s):", file.display(), problems.len());
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        return ExitCode::from(EX_CONFIG);
+    }
+    for warning in warnings(&cfg) {
+        println!("warning: {warning}");
+    }
+    println!(
+        "{}: ok ({} trusted issuer(s), {} rule(s), {} signing key(s), active kid {:?})",
+        file.display(),
+        cfg.trusted_issuers.len(),
+        cfg.rules.len(),
+        cfg.signing.keys.len(),
+        cfg.active_kid()
+    );
+    ExitCode::SUCCESS
+}
+
+/// Things that are valid but probably not what production wants.
+fn warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, k) in cfg.signing.keys.iter().enumerate() {
+        if k.ephemeral {
+            out.push(format!("signing.keys[{i}] is ephemeral: tokens cannot be verified after a restart or across replicas"));
+        }
+    }
+    if cfg.dev_idp.is_some() {
+        out.push("dev_idp is enabled: anyone reaching the HTTP listener can mint trusted subject tokens".into());
+    }
+    for (i, iss) in cfg.trusted_issuers.iter().enumerate() {
+        let url = match iss.key_source() {
+            KeySource::Discovery(u) | KeySource::JwksUrl(u) => u,
+            KeySource::JwksFile(_) => continue,
+        };
+        if url.starts_with("http://") {
+            out.push(format!("trusted_issuers[{i}] fetches keys over plain http ({url})"));
+        }
+    }
+    out
+}
+
+fn config_failure(e: &ConfigError) -> ExitCode {
+    eprintln!("stsgate: {e}");
+    ExitCode::from(EX_CONFIG)
+}
+
+fn failure(e: &anyhow::Error) -> ExitCode {
+    eprintln!("stsgate: {e:#}");
+    ExitCode::FAILURE
+}

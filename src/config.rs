@@ -1,0 +1,843 @@
+//! The YAML configuration: a typed serde model that refuses unknown keys, then
+//! a `validate()` that reports every semantic problem at once, each with the key
+//! path it concerns (so `stsgate check-config` can list them all in one run).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::glob::Glob;
+
+/// The `dev` subcommand's embedded configuration. `{http_addr}` is replaced by
+/// the address the HTTP listener really bound, where the dev IdP is served.
+pub const DEV_YAML: &str = include_str!("config/dev.yaml");
+
+/// Algorithms stsgate accepts on subject tokens (asymmetric only, RFC 8725 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum VerifyAlg {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl VerifyAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyAlg::RS256 => "RS256",
+            VerifyAlg::RS384 => "RS384",
+            VerifyAlg::RS512 => "RS512",
+            VerifyAlg::PS256 => "PS256",
+            VerifyAlg::PS384 => "PS384",
+            VerifyAlg::PS512 => "PS512",
+            VerifyAlg::ES256 => "ES256",
+            VerifyAlg::ES384 => "ES384",
+            VerifyAlg::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "RS256" => VerifyAlg::RS256,
+            "RS384" => VerifyAlg::RS384,
+            "RS512" => VerifyAlg::RS512,
+            "PS256" => VerifyAlg::PS256,
+            "PS384" => VerifyAlg::PS384,
+            "PS512" => VerifyAlg::PS512,
+            "ES256" => VerifyAlg::ES256,
+            "ES384" => VerifyAlg::ES384,
+            "EdDSA" => VerifyAlg::EdDSA,
+            _ => return None,
+        })
+    }
+}
+
+/// Algorithms stsgate signs its own tokens with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum SignAlg {
+    #[default]
+    ES256,
+    RS256,
+    EdDSA,
+}
+
+impl SignAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignAlg::ES256 => "ES256",
+            SignAlg::RS256 => "RS256",
+            SignAlg::EdDSA => "EdDSA",
+        }
+    }
+}
+
+/// A duration written the human way in YAML: `30s`, `5m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Dur)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like 30s or 5m: {e}")))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the gRPC (ext_authz, health, reflection) and HTTP listeners bind.
+    #[serde(default)]
+    pub listen: Listen,
+    /// stsgate's own issuer identifier: the `iss` of every token it mints and
+    /// the base of its metadata documents.
+    pub issuer: String,
+    /// stsgate's signing keys; all are published in the JWKS, `active` signs.
+    pub signing: Signing,
+    /// Limits on minted and accepted tokens.
+    #[serde(default)]
+    pub tokens: Tokens,
+    /// The identity providers whose tokens stsgate accepts as subject tokens.
+    pub trusted_issuers: Vec<TrustedIssuer>,
+    /// How the ext_authz Check maps a request to an exchange.
+    #[serde(default)]
+    pub ext_authz: ExtAuthz,
+    /// Exchange rules, evaluated in order; no match means deny.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// An in-process development IdP (only for `stsgate dev` and tests).
+    #[serde(default)]
+    pub dev_idp: Option<DevIdp>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    #[serde(default = "default_grpc_addr")]
+    pub grpc: SocketAddr,
+    #[serde(default = "default_http_addr")]
+    pub http: SocketAddr,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Dur,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen { grpc: default_grpc_addr(), http: default_http_addr(), shutdown_grace: default_grace() }
+    }
+}
+
+fn default_grpc_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9191))
+}
+fn default_http_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_grace() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signing {
+    /// The `kid` of the key that signs; defaults to the first key.
+    #[serde(default)]
+    pub active: Option<String>,
+    pub keys: Vec<SigningKey>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKey {
+    pub kid: String,
+    #[serde(default)]
+    pub alg: SignAlg,
+    /// PEM private key (PKCS#8; SEC1 for EC and PKCS#1 for RSA also accepted).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Generate a key in memory at start-up instead of reading a file. Tokens
+    /// signed with it cannot be verified after a restart or by other replicas:
+    /// for development only.
+    #[serde(default)]
+    pub ephemeral: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tokens {
+    /// Lifetime of minted tokens unless a rule caps it lower; never past the
+    /// subject token's own `exp`.
+    #[serde(default = "default_lifetime")]
+    pub lifetime: Dur,
+    /// Subject or actor tokens longer than this are refused before parsing.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens { lifetime: default_lifetime(), max_token_bytes: default_max_token_bytes() }
+    }
+}
+
+fn default_lifetime() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_max_token_bytes() -> usize {
+    16 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuer {
+    /// The exact `iss` value of this IdP's tokens.
+    pub issuer: String,
+    /// Fetch `{issuer}/.well-known/openid-configuration` and use its `jwks_uri`.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Fetch the discovery document from this URL instead (its `issuer` must
+    /// still equal `issuer`).
+    #[serde(default)]
+    pub discovery_url: Option<String>,
+    /// Fetch keys from this JWKS URL directly.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Read keys from a local JWKS file (re-read on every refresh).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Signature algorithms accepted from this issuer.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<VerifyAlg>,
+    /// When non-empty, the subject token's `aud` must contain one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Require header `typ: at+jwt` (RFC 9068). Many IdPs still send `JWT`.
+    #[serde(default)]
+    pub require_at_jwt: bool,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway")]
+    pub leeway: Dur,
+    /// How often keys are re-fetched in the background.
+    #[serde(default = "default_refresh")]
+    pub refresh_interval: Dur,
+    /// At most one re-fetch per this interval when a token names an unknown `kid`.
+    #[serde(default = "default_kid_refetch")]
+    pub unknown_kid_refetch_interval: Dur,
+    /// Timeout of each discovery/JWKS HTTP request.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: Dur,
+}
+
+fn default_algorithms() -> Vec<VerifyAlg> {
+    vec![VerifyAlg::RS256]
+}
+fn default_leeway() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_refresh() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn default_kid_refetch() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_fetch_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+/// Where an issuer's keys come from, resolved from the mutually exclusive keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Discovery(String),
+    JwksUrl(String),
+    JwksFile(PathBuf),
+}
+
+impl TrustedIssuer {
+    /// The key source; `validate()` guarantees exactly one is configured.
+    pub fn key_source(&self) -> KeySource {
+        if let Some(url) = &self.discovery_url {
+            KeySource::Discovery(url.clone())
+        } else if self.discovery {
+            KeySource::Discovery(format!(
+                "{}/.well-known/openid-configuration",
+                self.issuer.trim_end_matches('/')
+            ))
+        } else if let Some(url) = &self.jwks_url {
+            KeySource::JwksUrl(url.clone())
+        } else if let Some(path) = &self.jwks_file {
+            KeySource::JwksFile(path.clone())
+        } else {
+            unreachable!("validate() requires one key source per trusted issuer")
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthz {
+    /// Request header that carries the subject token.
+    #[serde(default = "default_auth_header")]
+    pub subject_header: String,
+    /// Scheme before the token in that header (`Bearer`); empty for a bare token.
+    #[serde(default = "default_scheme")]
+    pub subject_scheme: String,
+    /// Request header that receives the minted token upstream.
+    #[serde(default = "default_auth_header")]
+    pub output_header: String,
+    /// Scheme written before the minted token; empty for a bare token.
+    #[serde(default = "default_scheme")]
+    pub output_scheme: String,
+    /// Remove the subject header upstream when it differs from `output_header`.
+    #[serde(default = "default_true")]
+    pub remove_subject_header: bool,
+    /// `realm` of the `WWW-Authenticate` challenge on 401.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// `client_id` of tokens minted through ext_authz when the subject token
+    /// names none (`client_id` or `azp`).
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Host/path → audience table, first match wins; used when the route sets
+    /// no `audience` context extension (Istio cannot set them).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Audience when neither the route's context extensions nor `routes` give one.
+    #[serde(default)]
+    pub default_audience: Option<String>,
+    /// Scope requested when neither the context extensions nor `routes` give one.
+    #[serde(default)]
+    pub default_scope: Option<String>,
+}
+
+impl Default for ExtAuthz {
+    fn default() -> Self {
+        ExtAuthz {
+            subject_header: default_auth_header(),
+            subject_scheme: default_scheme(),
+            output_header: default_auth_header(),
+            output_scheme: default_scheme(),
+            remove_subject_header: true,
+            realm: default_realm(),
+            client_id: default_client_id(),
+            routes: Vec::new(),
+            default_audience: None,
+            default_scope: None,
+        }
+    }
+}
+
+fn default_auth_header() -> String {
+    "authorization".into()
+}
+fn default_scheme() -> String {
+    "Bearer".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_realm() -> String {
+    "stsgate".into()
+}
+fn default_client_id() -> String {
+    "stsgate-ext-authz".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Host (`:authority` without port) to match: exact, or `*.example.com`.
+    /// Omitted matches every host.
+    #[serde(default)]
+    pub host: Option<Glob>,
+    /// Path prefix to match (query string ignored).
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    pub audience: String,
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+fn default_path_prefix() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Shown in logs and refusals.
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub when: RuleMatch,
+    #[serde(default)]
+    pub grant: Grant,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleMatch {
+    /// Trusted issuers (exact `iss`) this rule applies to; empty = any.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Target audiences (globs) this rule applies to; empty = any.
+    #[serde(default)]
+    pub audiences: Vec<Glob>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// Scopes (globs) this rule may grant; the result is requested ∩ subject
+    /// token's ∩ these.
+    #[serde(default)]
+    pub scopes: Vec<Glob>,
+    /// Mint a token with no scope when the intersection is empty, instead of
+    /// refusing.
+    #[serde(default)]
+    pub allow_empty_scope: bool,
+    /// Upper bound on the minted token's lifetime (also capped by `tokens.lifetime`).
+    #[serde(default)]
+    pub max_lifetime: Option<Dur>,
+}
+
+impl Default for Grant {
+    fn default() -> Self {
+        Grant { scopes: Vec::new(), allow_empty_scope: false, max_lifetime: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevIdp {
+    /// Path prefix on the HTTP listener where the dev IdP is served.
+    #[serde(default = "default_dev_path")]
+    pub path: String,
+    /// Default `aud` of the subject tokens it mints.
+    #[serde(default = "default_dev_aud")]
+    pub audience: String,
+}
+
+fn default_dev_path() -> String {
+    "/dev-idp".into()
+}
+fn default_dev_aud() -> String {
+    "stsgate-dev".into()
+}
+
+/// One problem found in a configuration, located by its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", fmt_parse(.path, .location, .message))]
+    Parse { path: String, location: Option<(usize, usize)>, message: String },
+    #[error("{} problem(s) in the configuration:\n{}", .0.len(), .0.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+fn fmt_parse(path: &str, location: &Option<(usize, usize)>, message: &str) -> String {
+    let at = match location {
+        Some((line, col)) => format!(" (line {line}, column {col})"),
+        None => String::new(),
+    };
+    if path.is_empty() || path == "." {
+        format!("invalid configuration{at}: {message}")
+    } else {
+        format!("invalid configuration at `{path}`{at}: {message}")
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let mut cfg = Config::from_yaml_str(&text)?;
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        cfg.validate().map_err(ConfigError::Invalid)?;
+        Ok(cfg)
+    }
+
+    /// Parses YAML only (no semantic validation, no file access).
+    pub fn from_yaml_str(text: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            let location = inner.location().map(|l| (l.line(), l.column()));
+            // serde_yaml_ng appends "at line X column Y" itself; keep the message short.
+            let mut message = inner.to_string();
+            if let Some(idx) = message.find(" at line ") {
+                message.truncate(idx);
+            }
+            ConfigError::Parse { path, location, message }
+        })
+    }
+
+    /// Parses and validates YAML text (relative key paths stay relative to cwd).
+    pub fn from_yaml_validated(text: &str) -> Result<Config, ConfigError> {
+        let cfg = Config::from_yaml_str(text)?;
+        cfg.validate().map_err(ConfigError::Invalid)?;
+        Ok(cfg)
+    }
+
+    /// Makes relative file paths relative to the config file's directory.
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for key in &mut self.signing.keys {
+            if let Some(f) = key.file.as_mut() {
+                fix(f);
+            }
+        }
+        for iss in &mut self.trusted_issuers {
+            if let Some(f) = iss.jwks_file.as_mut() {
+                fix(f);
+            }
+        }
+    }
+
+    /// The `kid` of the key that signs new tokens.
+    pub fn active_kid(&self) -> &str {
+        self.signing
+            .active
+            .as_deref()
+            .unwrap_or_else(|| self.signing.keys.first().map(|k| k.kid.as_str()).unwrap_or(""))
+    }
+
+    /// Checks everything serde cannot: returns every problem found.
+    pub fn validate(&self) -> Result<(), Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        let mut bad = |path: String, message: String| issues.push(ConfigIssue { path, message });
+
+        if let Err(why) = check_url(&self.issuer) {
+            bad("issuer".into(), why);
+        }
+
+        // --- signing keys ---
+        if self.signing.keys.is_empty() {
+            bad("signing.keys".into(), "at least one signing key is required".into());
+        }
+        let mut kids = std::collections::HashSet::new();
+        for (i, key) in self.signing.keys.iter().enumerate() {
+            let at = format!("signing.keys[{i}]");
+            if key.kid.trim().is_empty() {
+                bad(format!("{at}.kid"), "must not be empty".into());
+            } else if !kids.insert(key.kid.as_str()) {
+                bad(format!("{at}.kid"), format!("duplicate kid {:?}", key.kid));
+            }
+            match (&key.file, key.ephemeral) {
+                (None, false) => bad(at, "set `file` (a PEM private key) or `ephemeral: true`".into()),
+                (Some(_), true) => bad(at, "`file` and `ephemeral: true` are mutually exclusive".into()),
+                (Some(f), false) if !f.is_file() => {
+                    bad(format!("{at}.file"), format!("{} does not exist or is not a file", f.display()))
+                }
+                _ => {}
+            }
+        }
+        if let Some(active) = &self.signing.active {
+            if !self.signing.keys.iter().any(|k| &k.kid == active) {
+                bad("signing.active".into(), format!("no key in signing.keys has kid {active:?}"));
+            }
+        }
+
+        // --- token limits ---
+        if self.tokens.lifetime.0 < Duration::from_secs(1) {
+            bad("tokens.lifetime".into(), "must be at least 1s".into());
+        }
+        if self.tokens.lifetime.0 > Duration::from_secs(24 * 3600) {
+            bad("tokens.lifetime".into(), "must be at most 24h: minted tokens are meant to be short-lived".into());
+        }
+        if self.tokens.max_token_bytes < 256 || self.tokens.max_token_bytes > 1024 * 1024 {
+            bad("tokens.max_token_bytes".into(), "must be between 256 and 1048576".into());
+        }
+
+        // --- trusted issuers ---
+        if self.trusted_issuers.is_empty() {
+            bad("trusted_issuers".into(), "at least one trusted issuer is required".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, iss) in self.trusted_issuers.iter().enumerate() {
+            let at = format!("trusted_issuers[{i}]");
+            if iss.issuer.is_empty() {
+                bad(format!("{at}.issuer"), "must not be empty".into());
+            } else if !seen.insert(iss.issuer.as_str()) {
+                bad(format!("{at}.issuer"), format!("issuer {:?} is listed twice", iss.issuer));
+            }
+            if iss.issuer == self.issuer {
+                bad(
+                    format!("{at}.issuer"),
+                    "stsgate's own issuer cannot be a trusted subject-token issuer (tokens it minted must not be re-exchanged as if from an IdP)".into(),
+                );
+            }
+            let sources = [iss.discovery || iss.discovery_url.is_some(), iss.jwks_url.is_some(), iss.jwks_file.is_some()];
+            match sources.iter().filter(|s| **s).count() {
+                0 => bad(at.clone(), "set one key source: `discovery: true`, `discovery_url`, `jwks_url` or `jwks_file`".into()),
+                1 => {}
+                _ => bad(at.clone(), "set only one key source of `discovery`/`discovery_url`, `jwks_url`, `jwks_file`".into()),
+            }
+            if iss.discovery {
+                if let Err(why) = check_url(&iss.issuer) {
+                    bad(format!("{at}.issuer"), format!("discovery needs an http(s) issuer URL: {why}"));
+                }
+            }
+            for (key, url) in [("discovery_url", &iss.discovery_url), ("jwks_url", &iss.jwks_url)] {
+                if let Some(url) = url {
+                    if let Err(why) = check_url(url) {
+                        bad(format!("{at}.{key}"), why);
+                    }
+                }
+            }
+            if let Some(f) = &iss.jwks_file {
+                if !f.is_file() {
+                    bad(format!("{at}.jwks_file"), format!("{} does not exist or is not a file", f.display()));
+                }
+            }
+            if iss.algorithms.is_empty() {
+                bad(format!("{at}.algorithms"), "at least one algorithm is required".into());
+            }
+            if iss.leeway.0 > Duration::from_secs(300) {
+                bad(format!("{at}.leeway"), "must be at most 5m".into());
+            }
+            if iss.refresh_interval.0 < Duration::from_secs(10) {
+                bad(format!("{at}.refresh_interval"), "must be at least 10s".into());
+            }
+            if iss.fetch_timeout.0 < Duration::from_millis(100) || iss.fetch_timeout.0 > Duration::from_secs(60) {
+                bad(format!("{at}.fetch_timeout"), "must be between 100ms and 60s".into());
+            }
+        }
+
+        // --- ext_authz mapping ---
+        let ea = &self.ext_authz;
+        for (key, name) in [("subject_header", &ea.subject_header), ("output_header", &ea.output_header)] {
+            if let Err(why) = check_header_name(name) {
+                bad(format!("ext_authz.{key}"), why);
+            }
+        }
+        for (key, scheme) in [("subject_scheme", &ea.subject_scheme), ("output_scheme", &ea.output_scheme)] {
+            if scheme.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                bad(format!("ext_authz.{key}"), "must be a single word such as Bearer, or empty".into());
+            }
+        }
+        if ea.realm.contains('"') || ea.realm.contains('\\') {
+            bad("ext_authz.realm".into(), "must not contain quotes or backslashes".into());
+        }
+        for (i, route) in ea.routes.iter().enumerate() {
+            if route.audience.is_empty() {
+                bad(format!("ext_authz.routes[{i}].audience"), "must not be empty".into());
+            }
+            if !route.path_prefix.starts_with('/') {
+                bad(format!("ext_authz.routes[{i}].path_prefix"), "must start with /".into());
+            }
+        }
+
+        // --- rules ---
+        let trusted: std::collections::HashSet<&str> =
+            self.trusted_issuers.iter().map(|i| i.issuer.as_str()).collect();
+        let mut names = std::collections::HashSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let at = format!("rules[{i}]");
+            if rule.name.trim().is_empty() {
+                bad(format!("{at}.name"), "must not be empty".into());
+            } else if !names.insert(rule.name.as_str()) {
+                bad(format!("{at}.name"), format!("duplicate rule name {:?}", rule.name));
+            }
+            for (j, iss) in rule.when.issuers.iter().enumerate() {
+                if !trusted.contains(iss.as_str()) {
+                    bad(
+                        format!("{at}.match.issuers[{j}]"),
+                        format!("{iss:?} is not one of trusted_issuers, so this rule can never match it"),
+                    );
+                }
+            }
+            if rule.grant.scopes.is_empty() && !rule.grant.allow_empty_scope {
+                bad(
+                    format!("{at}.grant"),
+                    "grants no scopes and does not set allow_empty_scope, so it can only refuse".into(),
+                );
+            }
+            if let Some(max) = rule.grant.max_lifetime {
+                if max.0 < Duration::from_secs(1) {
+                    bad(format!("{at}.grant.max_lifetime"), "must be at least 1s".into());
+                }
+            }
+        }
+        if self.rules.is_empty() {
+            bad("rules".into(), "no rules: every exchange would be refused (default deny)".into());
+        }
+
+        if let Some(dev) = &self.dev_idp {
+            if !dev.path.starts_with('/') || dev.path.len() < 2 || dev.path.ends_with('/') {
+                bad("dev_idp.path".into(), "must look like /dev-idp".into());
+            }
+        }
+
+        if issues.is_empty() { Ok(()) } else { Err(issues) }
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" | "http" => {}
+        other => return Err(format!("{url:?} has scheme {other:?}; use https (or http for local testing)")),
+    }
+    if parsed.host_str().is_none() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if parsed.fragment().is_some() || parsed.query().is_some() {
+        return Err(format!("{url:?} must not carry a query or fragment"));
+    }
+    Ok(())
+}
+
+fn check_header_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.starts_with(':') || name.eq_ignore_ascii_case("host") {
+        return Err(format!("{name:?} is a pseudo-header or Host, which Envoy will not let ext_authz change"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+        return Err(format!("{name:?} is not a valid HTTP header name"));
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!("{name:?} must be lower-case (Envoy lower-cases header names)"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+issuer: https://sts.example.com
+signing:
+  keys:
+    - kid: k1
+      ephemeral: true
+trusted_issuers:
+  - issuer: https://idp.example.com
+    jwks_url: https://idp.example.com/jwks
+rules:
+  - name: all
+    grant: { scopes: ["*"] }
+"#;
+
+    #[test]
+    fn minimal_config_is_valid_with_defaults() {
+        let cfg = Config::from_yaml_validated(MINIMAL).unwrap();
+        assert_eq!(cfg.listen.grpc.port(), 9191);
+        assert_eq!(cfg.listen.http.port(), 8080);
+        assert_eq!(cfg.ext_authz.subject_header, "authorization");
+        assert_eq!(cfg.trusted_issuers[0].algorithms, vec![VerifyAlg::RS256]);
+        assert_eq!(cfg.active_kid(), "k1");
+        assert_eq!(cfg.tokens.lifetime.0, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let text = MINIMAL.replace("    jwks_url:", "    jwks_ulr:");
+        let err = Config::from_yaml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("trusted_issuers[0]"), "{err}");
+        assert!(err.contains("jwks_ulr"), "{err}");
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn bad_algorithm_and_duration_are_explained() {
+        let text = MINIMAL.replace("    jwks_url: https://idp.example.com/jwks", "    jwks_url: https://idp.example.com/jwks\n    algorithms: [HS256]");
+        let err = Config::from_yaml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("trusted_issuers[0].algorithms[0]") && err.contains("HS256"), "{err}");
+
+        let text = MINIMAL.replace("    jwks_url: https://idp.example.com/jwks", "    jwks_url: https://idp.example.com/jwks\n    leeway: soon");
+        let err = Config::from_yaml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("trusted_issuers[0].leeway") && err.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let text = r#"
+issuer: not a url
+signing:
+  active: nope
+  keys:
+    - kid: k1
+    - kid: k1
+      ephemeral: true
+trusted_issuers:
+  - issuer: https://idp.example.com
+  - issuer: https://idp.example.com
+    jwks_url: ftp://x
+    jwks_file: /nonexistent/jwks.json
+ext_authz:
+  output_header: "X-Token"
+rules:
+  - name: r
+    match: { issuers: [https://other.example.com] }
+"#;
+        let cfg = Config::from_yaml_str(text).unwrap();
+        let issues = cfg.validate().unwrap_err();
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        for expected in [
+            "issuer",
+            "signing.keys[0]",
+            "signing.keys[1].kid",
+            "signing.active",
+            "trusted_issuers[0]",
+            "trusted_issuers[1].issuer",
+            "trusted_issuers[1]",
+            "trusted_issuers[1].jwks_url",
+            "trusted_issuers[1].jwks_file",
+            "ext_authz.output_header",
+            "rules[0].match.issuers[0]",
+            "rules[0].grant",
+        ] {
+            assert!(paths.contains(&expected), "missing {expected} in {issues:#?}");
+        }
+    }
+
+    #[test]
+    fn own_issuer_cannot_be_trusted() {
+        let text = MINIMAL.replace("  - issuer: https://idp.example.com", "  - issuer: https://sts.example.com");
+        let issues = Config::from_yaml_str(&text).unwrap().validate().unwrap_err();
+        assert!(issues.iter().any(|i| i.message.contains("own issuer")), "{issues:?}");
+    }
+
+    #[test]
+    fn embedded_dev_config_is_valid() {
+        let text = DEV_YAML.replace("{http_addr}", "127.0.0.1:8080");
+        Config::from_yaml_validated(&text).unwrap();
+    }
+}

@@ -1,0 +1,404 @@
+//! The Envoy ext_authz v3 front door. `Check` never returns a gRPC error: every
+//! answer, allow or deny, is a `CheckResponse`, so Envoy shows the caller our
+//! status, headers and JSON body instead of its own generic 403. Anything we
+//! cannot decide with certainty is a denial (fail closed).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use prost_types::{Struct, Value as PbValue, value::Kind};
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+
+use crate::config::{Config, ExtAuthz};
+use crate::exchange::{Engine, ExchangeError, ExchangeRequest, Exchanged};
+use crate::metrics::Metrics;
+use crate::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
+use crate::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
+use crate::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, authorization_server::Authorization,
+    check_response::HttpResponse,
+};
+use crate::pb::google::rpc::Status as RpcStatus;
+use crate::rules::Denied;
+
+/// google.rpc.Code values used in `CheckResponse.status`.
+const RPC_OK: i32 = 0;
+const RPC_PERMISSION_DENIED: i32 = 7;
+const RPC_UNAVAILABLE: i32 = 14;
+const RPC_UNAUTHENTICATED: i32 = 16;
+
+/// Context extension keys set per route in Envoy's `check_settings`.
+pub const CTX_AUDIENCE: &str = "audience";
+pub const CTX_SCOPE: &str = "scope";
+
+pub struct AuthzService {
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuthzService {
+    pub fn new(engine: Arc<Engine>, metrics: Arc<Metrics>) -> AuthzService {
+        AuthzService { engine, metrics }
+    }
+
+    fn cfg(&self) -> &Config {
+        &self.engine.cfg
+    }
+
+    /// The whole decision for one CheckRequest.
+    pub async fn decide(&self, req: CheckRequest) -> CheckResponse {
+        let started = Instant::now();
+        let resp = self.decide_inner(req).await;
+        self.metrics.observe("ext_authz", started.elapsed());
+        resp
+    }
+
+    async fn decide_inner(&self, req: CheckRequest) -> CheckResponse {
+        let ea = &self.cfg().ext_authz;
+        let attrs = req.attributes.unwrap_or_default();
+        let http = attrs.request.as_ref().and_then(|r| r.http.as_ref());
+
+        let token = match extract_token(http, ea) {
+            Ok(t) => t,
+            Err(missing) => {
+                self.metrics.unauthenticated(missing.label());
+                debug!(reason = missing.describe(), "no usable subject token");
+                return unauthenticated(ea, missing.challenge_error(), missing.describe());
+            }
+        };
+
+        let Some((audience, scope)) = target(&attrs, ea) else {
+            self.metrics.deny(Denied::NoAudience.label());
+            return forbidden(&Denied::NoAudience);
+        };
+        let scopes = scope.map(|s| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+
+        let request = ExchangeRequest {
+            subject_token: &token,
+            audience: &audience,
+            scopes,
+            default_client_id: &ea.client_id,
+        };
+        match self.engine.exchange(&request).await {
+            Ok(done) => {
+                self.metrics.allow();
+                debug!(sub = %done.claims.sub, aud = %done.claims.aud, rule = %done.rule, "exchanged");
+                ok_response(ea, &done)
+            }
+            Err(ExchangeError::Token(e)) if e.is_unavailable() => {
+                self.metrics.unavailable(e.label());
+                warn!("cannot validate subject token: {e}");
+                unavailable("the token issuer's keys are not available; try again")
+            }
+            Err(ExchangeError::Token(e)) => {
+                self.metrics.unauthenticated(e.label());
+                debug!("subject token refused: {e}");
+                unauthenticated(ea, Some("invalid_token"), &e.to_string())
+            }
+            Err(ExchangeError::Denied(d)) => {
+                self.metrics.deny(d.label());
+                debug!(audience = %audience, "exchange refused: {d}");
+                forbidden(&d)
+            }
+            Err(ExchangeError::Mint(e)) => {
+                self.metrics.unavailable("mint_failed");
+                warn!("minting failed: {e}");
+                unavailable("the token could not be issued")
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        Ok(Response::new(self.decide(request.into_inner()).await))
+    }
+}
+
+/// Why no subject token could be taken from the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoToken {
+    Missing,
+    WrongScheme,
+    Several,
+    Empty,
+}
+
+impl NoToken {
+    fn label(self) -> &'static str {
+        match self {
+            NoToken::Missing => "missing_token",
+            NoToken::WrongScheme => "wrong_scheme",
+            NoToken::Several => "several_tokens",
+            NoToken::Empty => "empty_token",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            NoToken::Missing => "the request carries no bearer token",
+            NoToken::WrongScheme => "the credential is not a Bearer token",
+            NoToken::Several => "the request carries more than one credential",
+            NoToken::Empty => "the bearer token is empty",
+        }
+    }
+
+    /// RFC 6750 §3: with no credentials at all, the challenge has no error code.
+    fn challenge_error(self) -> Option<&'static str> {
+        match self {
+            NoToken::Missing => None,
+            _ => Some("invalid_request"),
+        }
+    }
+}
+
+fn header<'a>(http: &'a AttributeContext_HttpRequest, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    if let Some(v) = http.headers.get(name) {
+        return Some(std::borrow::Cow::Borrowed(v.as_str()));
+    }
+    // With `encode_raw_headers`, Envoy sends a list with raw bytes instead.
+    let map = http.header_map.as_ref()?;
+    let values: Vec<String> = map
+        .headers
+        .iter()
+        .filter(|h| h.key.eq_ignore_ascii_case(name))
+        .map(|h| if h.raw_value.is_empty() { h.value.clone() } else { String::from_utf8_lossy(&h.raw_value).into_owned() })
+        .collect();
+    if values.is_empty() { None } else { Some(std::borrow::Cow::Owned(values.join(","))) }
+}
+
+use crate::pb::envoy::service::auth::v3::attribute_context::HttpRequest as AttributeContext_HttpRequest;
+
+/// Takes the subject token from the configured header and scheme.
+fn extract_token(http: Option<&AttributeContext_HttpRequest>, ea: &ExtAuthz) -> Result<String, NoToken> {
+    let raw = http.and_then(|h| header(h, &ea.subject_header)).ok_or(NoToken::Missing)?;
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(NoToken::Missing);
+    }
+    // Envoy joins repeated headers with ','; a JWT never contains one.
+    if raw.contains(',') {
+        return Err(NoToken::Several);
+    }
+    let token = if ea.subject_scheme.is_empty() {
+        raw
+    } else {
+        let (scheme, rest) = raw.split_once(' ').ok_or(if raw.eq_ignore_ascii_case(&ea.subject_scheme) {
+            NoToken::Empty
+        } else {
+            NoToken::WrongScheme
+        })?;
+        // RFC 7235 §2.1: the scheme is case-insensitive.
+        if !scheme.eq_ignore_ascii_case(&ea.subject_scheme) {
+            return Err(NoToken::WrongScheme);
+        }
+        rest.trim()
+    };
+    if token.is_empty() {
+        return Err(NoToken::Empty);
+    }
+    if token.contains(char::is_whitespace) {
+        return Err(NoToken::Several);
+    }
+    Ok(token.to_owned())
+}
+
+/// The target audience and requested scope: the route's context extensions,
+/// else the host/path table, else the configured default.
+fn target(attrs: &AttributeContext, ea: &ExtAuthz) -> Option<(String, Option<String>)> {
+    let ctx: &HashMap<String, String> = &attrs.context_extensions;
+    let scope_ctx = ctx.get(CTX_SCOPE).filter(|s| !s.trim().is_empty()).cloned();
+    if let Some(aud) = ctx.get(CTX_AUDIENCE).filter(|a| !a.is_empty()) {
+        return Some((aud.clone(), scope_ctx.or_else(|| ea.default_scope.clone())));
+    }
+    let http = attrs.request.as_ref().and_then(|r| r.http.as_ref());
+    if let Some(http) = http {
+        let host = strip_port(&http.host);
+        let path = http.path.split(['?', '#']).next().unwrap_or("");
+        if let Some(route) = ea.routes.iter().find(|r| {
+            r.host.as_ref().is_none_or(|h| h.matches(&host.to_ascii_lowercase())) && path.starts_with(&r.path_prefix)
+        }) {
+            return Some((route.audience.clone(), scope_ctx.or_else(|| route.scope.clone()).or_else(|| ea.default_scope.clone())));
+        }
+    }
+    ea.default_audience.clone().map(|aud| (aud, scope_ctx.or_else(|| ea.default_scope.clone())))
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return host.split_once(']').map(|(h, _)| &host[..h.len() + 1]).unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn header_option(key: &str, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: key.to_owned(), value, raw_value: Vec::new() }),
+        // Overwrite, so the new token replaces the original and is never duplicated.
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+fn string_value(s: impl Into<String>) -> PbValue {
+    PbValue { kind: Some(Kind::StringValue(s.into())) }
+}
+
+fn metadata(fields: impl IntoIterator<Item = (&'static str, String)>) -> Struct {
+    Struct { fields: fields.into_iter().map(|(k, v)| (k.to_owned(), string_value(v))).collect() }
+}
+
+fn ok_response(ea: &ExtAuthz, done: &Exchanged) -> CheckResponse {
+    let value = if ea.output_scheme.is_empty() { done.token.clone() } else { format!("{} {}", ea.output_scheme, done.token) };
+    let mut headers_to_remove = Vec::new();
+    if ea.remove_subject_header && ea.subject_header != ea.output_header {
+        headers_to_remove.push(ea.subject_header.clone());
+    }
+    let c = &done.claims;
+    CheckResponse {
+        status: Some(RpcStatus { code: RPC_OK, message: String::new(), details: Vec::new() }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: vec![header_option(&ea.output_header, value)],
+            headers_to_remove,
+            ..Default::default()
+        })),
+        dynamic_metadata: Some(metadata([
+            ("decision", "exchanged".to_owned()),
+            ("sub", c.sub.clone()),
+            ("aud", c.aud.clone()),
+            ("actor", c.act.as_ref().and_then(|a| a.get("sub")).and_then(|s| s.as_str()).unwrap_or("").to_owned()),
+            ("subject_issuer", done.subject_issuer.clone()),
+            ("scope", c.scope.clone().unwrap_or_default()),
+            ("jti", c.jti.clone()),
+            ("rule", done.rule.clone()),
+        ])),
+    }
+}
+
+fn json_body(error: &str, description: &str) -> String {
+    serde_json::json!({ "error": error, "error_description": description }).to_string()
+}
+
+fn denied(rpc_code: i32, http: StatusCode, reason: &str, mut headers: Vec<HeaderValueOption>, body: String, label: &str) -> CheckResponse {
+    headers.push(header_option("content-type", "application/json".into()));
+    headers.push(header_option("cache-control", "no-store".into()));
+    CheckResponse {
+        status: Some(RpcStatus { code: rpc_code, message: reason.to_owned(), details: Vec::new() }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus { code: http as i32 }),
+            headers,
+            body,
+        })),
+        dynamic_metadata: Some(metadata([("decision", "denied".to_owned()), ("reason", label.to_owned())])),
+    }
+}
+
+/// 401 with an RFC 6750 §3 challenge.
+fn unauthenticated(ea: &ExtAuthz, error: Option<&str>, description: &str) -> CheckResponse {
+    let mut challenge = format!("Bearer realm=\"{}\"", ea.realm);
+    if let Some(error) = error {
+        // Descriptions are our own fixed texts; strip quotes anyway so the header stays well-formed.
+        let desc: String = description.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect();
+        challenge.push_str(&format!(", error=\"{error}\", error_description=\"{desc}\""));
+    }
+    let body = json_body(error.unwrap_or("unauthorized"), description);
+    denied(
+        RPC_UNAUTHENTICATED,
+        StatusCode::Unauthorized,
+        description,
+        vec![header_option("www-authenticate", challenge)],
+        body,
+        error.unwrap_or("missing_token"),
+    )
+}
+
+fn forbidden(d: &Denied) -> CheckResponse {
+    let text = d.to_string();
+    denied(RPC_PERMISSION_DENIED, StatusCode::Forbidden, &text, Vec::new(), json_body(d.oauth_code(), &text), d.label())
+}
+
+fn unavailable(description: &str) -> CheckResponse {
+    denied(
+        RPC_UNAVAILABLE,
+        StatusCode::ServiceUnavailable,
+        description,
+        vec![header_option("retry-after", "1".into())],
+        json_body("temporarily_unavailable", description),
+        "unavailable",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Route;
+    use crate::glob::Glob;
+    use crate::pb::envoy::service::auth::v3::attribute_context::Request as AttrRequest;
+
+    fn http_with(headers: &[(&str, &str)]) -> AttributeContext_HttpRequest {
+        AttributeContext_HttpRequest {
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn token_extraction_handles_hostile_headers() {
+        let ea = ExtAuthz::default();
+        let get = |v: &str| extract_token(Some(&http_with(&[("authorization", v)])), &ea);
+        assert_eq!(get("Bearer abc.def.ghi"), Ok("abc.def.ghi".into()));
+        assert_eq!(get("bearer   abc.def.ghi  "), Ok("abc.def.ghi".into()));
+        assert_eq!(get("Basic dXNlcjpwYXNz"), Err(NoToken::WrongScheme));
+        assert_eq!(get("Bearer a.b.c,Bearer d.e.f"), Err(NoToken::Several));
+        assert_eq!(get("Bearer a.b.c d.e.f"), Err(NoToken::Several));
+        assert_eq!(get("Bearer"), Err(NoToken::Empty));
+        assert_eq!(get("   "), Err(NoToken::Missing));
+        assert_eq!(extract_token(Some(&http_with(&[])), &ea), Err(NoToken::Missing));
+        assert_eq!(extract_token(None, &ea), Err(NoToken::Missing));
+    }
+
+    #[test]
+    fn raw_header_map_is_read_when_headers_are_empty() {
+        use crate::pb::envoy::config::core::v3::HeaderMap;
+        let ea = ExtAuthz::default();
+        let http = AttributeContext_HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: vec![HeaderValue { key: "authorization".into(), value: String::new(), raw_value: b"Bearer x.y.z".to_vec() }],
+            }),
+            ..Default::default()
+        };
+        assert_eq!(extract_token(Some(&http), &ea), Ok("x.y.z".into()));
+    }
+
+    #[test]
+    fn target_prefers_context_then_routes_then_default() {
+        let mut ea = ExtAuthz::default();
+        ea.routes = vec![Route { host: Some(Glob::new("*.shop.example")), path_prefix: "/orders".into(), audience: "orders".into(), scope: Some("orders.read".into()) }];
+        ea.default_audience = Some("fallback".into());
+        let attrs = |ctx: &[(&str, &str)], host: &str, path: &str| AttributeContext {
+            context_extensions: ctx.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            request: Some(AttrRequest { http: Some(AttributeContext_HttpRequest { host: host.into(), path: path.into(), ..Default::default() }), ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(target(&attrs(&[("audience", "billing"), ("scope", "b.read")], "x", "/"), &ea), Some(("billing".into(), Some("b.read".into()))));
+        assert_eq!(target(&attrs(&[], "api.shop.example:8443", "/orders/1?x=1"), &ea), Some(("orders".into(), Some("orders.read".into()))));
+        assert_eq!(target(&attrs(&[], "API.SHOP.EXAMPLE", "/orders"), &ea), Some(("orders".into(), Some("orders.read".into()))));
+        assert_eq!(target(&attrs(&[], "api.shop.example", "/other"), &ea), Some(("fallback".into(), None)));
+        ea.default_audience = None;
+        assert_eq!(target(&attrs(&[], "api.shop.example", "/other"), &ea), None);
+    }
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("a.example:8080"), "a.example");
+        assert_eq!(strip_port("a.example"), "a.example");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+    }
+}

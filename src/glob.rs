@@ -1,0 +1,96 @@
+//! Shell-style `*` patterns for audiences, scopes, hosts and (later) SPIFFE IDs.
+//! Only `*` is special (any run of characters, including none and `/`): these
+//! patterns are written by operators in YAML and must read unambiguously.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Glob {
+    pattern: String,
+}
+
+impl Glob {
+    pub fn new(pattern: impl Into<String>) -> Glob {
+        Glob { pattern: pattern.into() }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
+    /// True when the pattern has no `*` and so matches one exact value.
+    pub fn is_literal(&self) -> bool {
+        !self.pattern.contains('*')
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        let mut parts = self.pattern.split('*');
+        // `split` always yields at least one part.
+        let first = parts.next().unwrap_or("");
+        let Some(mut rest) = text.strip_prefix(first) else { return false };
+        let tail: Vec<&str> = parts.collect();
+        let Some((last, middle)) = tail.split_last() else {
+            return rest.is_empty(); // no `*` at all: exact match
+        };
+        for part in middle {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+        rest.len() >= last.len() && rest.ends_with(last)
+    }
+}
+
+impl fmt::Debug for Glob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.pattern)
+    }
+}
+
+impl fmt::Display for Glob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.pattern)
+    }
+}
+
+impl<'de> Deserialize<'de> for Glob {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(serde::de::Error::custom("a pattern must not be empty"));
+        }
+        Ok(Glob::new(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Glob;
+
+    #[test]
+    fn matches_like_a_shell_star() {
+        let cases = [
+            ("orders", "orders", true),
+            ("orders", "orders2", false),
+            ("*", "", true),
+            ("*", "anything/at/all", true),
+            ("api://*", "api://orders", true),
+            ("api://*", "http://orders", false),
+            ("*.example.com", "a.example.com", true),
+            ("*.example.com", "example.com", false),
+            ("spiffe://cluster.local/ns/*/sa/web", "spiffe://cluster.local/ns/prod/sa/web", true),
+            ("spiffe://cluster.local/ns/*/sa/web", "spiffe://cluster.local/ns/prod/sa/api", false),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "acb", false),
+            ("ab*ba", "aba", false),
+            ("orders.*", "orders.read", true),
+        ];
+        for (pattern, text, want) in cases {
+            assert_eq!(Glob::new(pattern).matches(text), want, "{pattern:?} vs {text:?}");
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Trusted identity providers: where their keys come from (OIDC discovery, a
+//! JWKS URL or a local file), the current key set, the background refresh, and
+//! the rate-limited re-fetch when a token names a `kid` we have not seen (the
+//! rotation case that Istio, Envoy and OPA users keep tripping over).
+//!
+//! Keys live behind an `ArcSwap`, so the hot path reads them without a lock;
+//! only a `kid` miss takes the per-issuer refetch mutex.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{Mutex, watch};
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, KeySource, TrustedIssuer, VerifyAlg};
+use crate::jwks::{self, KeySet, VerifyKey};
+
+/// Largest discovery or JWKS document accepted from an IdP.
+const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+/// Retry delay bounds while an issuer's keys have never loaded.
+const FIRST_LOAD_RETRY_MIN: Duration = Duration::from_millis(250);
+const FIRST_LOAD_RETRY_MAX: Duration = Duration::from_secs(15);
+/// After a failed refresh of already loaded keys, retry this soon (keys stay in use).
+const FAILED_REFRESH_RETRY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("GET {url} failed: {reason}")]
+    Http { url: String, reason: String },
+    #[error("GET {url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} is larger than {MAX_DOCUMENT_BYTES} bytes")]
+    TooLarge { url: String },
+    #[error("cannot read {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("discovery document at {url} is not valid OIDC provider metadata: {reason}")]
+    BadDiscovery { url: String, reason: String },
+    #[error("discovery document at {url} names issuer {found:?}, expected {expected:?}")]
+    IssuerMismatch { url: String, found: String, expected: String },
+    #[error("JWKS from {source_name}: {err}")]
+    Jwks { source_name: String, err: jwks::JwksError },
+}
+
+/// Why no key could be found for a token.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyLookupError {
+    /// Keys have never been loaded for this issuer: a server-side problem.
+    #[error("keys of issuer {0:?} are not available yet")]
+    NotLoaded(String),
+    /// The `kid` is unknown and the IdP could not be asked again just now.
+    #[error("keys of issuer {issuer:?} could not be re-fetched: {reason}")]
+    Unreachable { issuer: String, reason: String },
+    /// The `kid` is unknown even after re-fetching (or re-fetching is throttled).
+    #[error("no key with kid {kid:?} for algorithm {alg}")]
+    UnknownKid { kid: String, alg: &'static str },
+    /// No `kid` and not exactly one key that fits the algorithm.
+    #[error("token has no kid and the issuer has no single {0} key")]
+    AmbiguousKey(&'static str),
+}
+
+/// One trusted issuer and its live key set.
+pub struct Issuer {
+    pub cfg: TrustedIssuer,
+    keys: ArcSwapOption<KeySet>,
+    /// When the last `kid`-miss re-fetch started; the mutex also coalesces
+    /// concurrent misses into one fetch.
+    miss_refetch: Mutex<Option<Instant>>,
+    http: reqwest::Client,
+    loaded_tx: watch::Sender<bool>,
+}
+
+impl Issuer {
+    fn new(cfg: TrustedIssuer, http: reqwest::Client) -> Issuer {
+        Issuer {
+            cfg,
+            keys: ArcSwapOption::empty(),
+            miss_refetch: Mutex::new(None),
+            http,
+            loaded_tx: watch::channel(false).0,
+        }
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.keys.load().is_some()
+    }
+
+    /// Fetches the key set again and swaps it in; on failure the old keys stay.
+    pub async fn refresh(&self) -> Result<usize, FetchError> {
+        let set = self.fetch().await?;
+        let count = set.len();
+        for why in &set.skipped {
+            debug!(issuer = %self.cfg.issuer, "skipped JWKS entry: {why}");
+        }
+        let was_loaded = self.is_loaded();
+        self.keys.store(Some(Arc::new(set)));
+        self.loaded_tx.send_replace(true);
+        if !was_loaded {
+            info!(issuer = %self.cfg.issuer, keys = count, "issuer keys loaded");
+        }
+        Ok(count)
+    }
+
+    async fn fetch(&self) -> Result<KeySet, FetchError> {
+        let (source_name, body) = match self.cfg.key_source() {
+            KeySource::JwksFile(path) => {
+                let body = tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| FetchError::File { path: path.display().to_string(), reason: e.to_string() })?;
+                (path.display().to_string(), body)
+            }
+            KeySource::JwksUrl(url) => {
+                let body = self.get(&url).await?;
+                (url, body)
+            }
+            KeySource::Discovery(url) => {
+                let jwks_uri = self.discover(&url).await?;
+                let body = self.get(&jwks_uri).await?;
+                (jwks_uri, body)
+            }
+        };
+        jwks::parse(&body).map_err(|err| FetchError::Jwks { source_name, err })
+    }
+
+    /// Reads the OIDC discovery document and returns its `jwks_uri`, refusing a
+    /// document that names another issuer (OpenID Connect Discovery §4.3).
+    async fn discover(&self, url: &str) -> Result<String, FetchError> {
+        let body = self.get(url).await?;
+        let meta: openidconnect::core::CoreProviderMetadata = serde_json::from_slice(&body)
+            .map_err(|e| FetchError::BadDiscovery { url: url.to_owned(), reason: e.to_string() })?;
+        let found = meta.issuer().as_str();
+        if found != self.cfg.issuer {
+            return Err(FetchError::IssuerMismatch {
+                url: url.to_owned(),
+                found: found.to_owned(),
+                expected: self.cfg.issuer.clone(),
+            });
+        }
+        Ok(meta.jwks_uri().url().to_string())
+    }
+
+    async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+        let http_err = |e: reqwest::Error| FetchError::Http { url: url.to_owned(), reason: error_chain(&e) };
+        let mut resp = self
+            .http
+            .get(url)
+            .timeout(self.cfg.fetch_timeout.0)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(http_err)?;
+        if !resp.status().is_success() {
+            return Err(FetchError::Status { url: url.to_owned(), status: resp.status().as_u16() });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(http_err)? {
+            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err(FetchError::TooLarge { url: url.to_owned() });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    /// The key that must verify a token with this `kid` and `alg`. An unknown
+    /// `kid` triggers at most one re-fetch per `unknown_kid_refetch_interval`.
+    pub async fn key_for(&self, kid: Option<&str>, alg: VerifyAlg) -> Result<Arc<VerifyKey>, KeyLookupError> {
+        if let Some(found) = self.lookup(kid, alg)? {
+            return Ok(found);
+        }
+        let Some(kid) = kid else {
+            return Err(KeyLookupError::AmbiguousKey(alg.as_str()));
+        };
+        let mut last = self.miss_refetch.lock().await;
+        // Another task may have re-fetched while we waited for the lock.
+        if let Some(found) = self.lookup(Some(kid), alg)? {
+            return Ok(found);
+        }
+        let unknown = || KeyLookupError::UnknownKid { kid: kid.to_owned(), alg: alg.as_str() };
+        if last.is_some_and(|at| at.elapsed() < self.cfg.unknown_kid_refetch_interval.0) {
+            return Err(unknown());
+        }
+        *last = Some(Instant::now());
+        info!(issuer = %self.cfg.issuer, kid, "unknown kid: re-fetching keys");
+        if let Err(e) = self.refresh().await {
+            warn!(issuer = %self.cfg.issuer, "re-fetch after unknown kid failed: {e}");
+            return Err(KeyLookupError::Unreachable { issuer: self.cfg.issuer.clone(), reason: e.to_string() });
+        }
+        self.lookup(Some(kid), alg)?.ok_or_else(unknown)
+    }
+
+    fn lookup(&self, kid: Option<&str>, alg: VerifyAlg) -> Result<Option<Arc<VerifyKey>>, KeyLookupError> {
+        let guard = self.keys.load();
+        let Some(set) = guard.as_ref() else {
+            return Err(KeyLookupError::NotLoaded(self.cfg.issuer.clone()));
+        };
+        Ok(match kid {
+            Some(kid) => set.get(kid).filter(|k| k.accepts(alg)).cloned(),
+            None => set.only_key_for(alg).cloned(),
+        })
+    }
+
+    /// Keeps keys fresh until the process ends: fast retries until the first
+    /// load, then every `refresh_interval`, keeping old keys when a refresh fails.
+    async fn refresh_loop(self: Arc<Self>) {
+        let mut retry = FIRST_LOAD_RETRY_MIN;
+        loop {
+            let wait = match self.refresh().await {
+                Ok(_) => {
+                    retry = FIRST_LOAD_RETRY_MIN;
+                    self.cfg.refresh_interval.0
+                }
+                Err(e) if self.is_loaded() => {
+                    warn!(issuer = %self.cfg.issuer, "key refresh failed, keeping previous keys: {e}");
+                    FAILED_REFRESH_RETRY.min(self.cfg.refresh_interval.0)
+                }
+                Err(e) => {
+                    warn!(issuer = %self.cfg.issuer, retry_in = ?retry, "cannot load keys: {e}");
+                    let wait = retry;
+                    retry = (retry * 2).min(FIRST_LOAD_RETRY_MAX);
+                    wait
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Every trusted issuer, by exact `iss`.
+pub struct Issuers {
+    by_iss: HashMap<String, Arc<Issuer>>,
+}
+
+impl Issuers {
+    pub fn new(cfg: &Config, http: reqwest::Client) -> Issuers {
+        let by_iss = cfg
+            .trusted_issuers
+            .iter()
+            .map(|t| (t.issuer.clone(), Arc::new(Issuer::new(t.clone(), http.clone()))))
+            .collect();
+        Issuers { by_iss }
+    }
+
+    pub fn get(&self, iss: &str) -> Option<&Arc<Issuer>> {
+        self.by_iss.get(iss)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Issuer>> {
+        self.by_iss.values()
+    }
+
+    pub fn all_loaded(&self) -> bool {
+        self.by_iss.values().all(|i| i.is_loaded())
+    }
+
+    /// Starts one refresh task per issuer; they end with the runtime.
+    pub fn spawn_refresh(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.by_iss
+            .values()
+            .map(|issuer| {
+                let issuer = issuer.clone();
+                let span = tracing::info_span!("issuer_refresh", issuer = %issuer.cfg.issuer);
+                tokio::spawn(tracing::Instrument::instrument(issuer.refresh_loop(), span))
+            })
+            .collect()
+    }
+
+    /// Resolves once every issuer has loaded keys at least once.
+    pub async fn wait_all_loaded(&self) {
+        for issuer in self.by_iss.values() {
+            let mut rx = issuer.loaded_tx.subscribe();
+            // The sender lives in `issuer`, so this cannot fail while we hold it.
+            let _ = rx.wait_for(|loaded| *loaded).await;
+        }
+    }
+}
+
+/// The HTTP client used for every IdP fetch.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    crate::install_crypto_provider();
+    reqwest::Client::builder()
+        .user_agent(concat!("stsgate/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(5))
+        // A redirect to another host would let a discovery document point us at
+        // keys outside the issuer's control; refuse redirects altogether.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

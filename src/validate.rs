@@ -1,0 +1,400 @@
+//! Subject-token validation following RFC 8725 (JWT BCP): size limit first, then
+//! the header (no `none`, no symmetric algorithms, no header-supplied keys, no
+//! unknown `crit`), the issuer from the allow-list, the algorithm from *that
+//! issuer's* list, the key by `kid`, the signature, and finally the claims.
+//! Every refusal is a precise `TokenError`; nothing here panics on input.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Map, Value};
+
+use crate::config::VerifyAlg;
+use crate::issuer::{Issuer, Issuers, KeyLookupError};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("encrypted tokens (JWE) are not accepted")]
+    Encrypted,
+    #[error("unsigned tokens (alg none) are not accepted")]
+    AlgNone,
+    #[error("symmetric algorithm {0} is not accepted")]
+    Symmetric(String),
+    #[error("algorithm {alg} is not allowed for this issuer")]
+    AlgNotAllowed { alg: String },
+    #[error("header parameter {0} is not accepted (keys come only from the issuer's JWKS)")]
+    HeaderKey(&'static str),
+    #[error("header declares critical extensions, which are not supported")]
+    Crit,
+    #[error("token type {0:?} is not an access token")]
+    WrongType(String),
+    #[error("token type must be at+jwt for this issuer")]
+    NotAtJwt,
+    #[error("issuer is not trusted")]
+    UntrustedIssuer,
+    #[error("{0}")]
+    Key(String),
+    #[error("signature is invalid")]
+    BadSignature,
+    #[error("claim {0} is missing or has the wrong type")]
+    Claim(&'static str),
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("token was issued in the future (iat)")]
+    IssuedInFuture,
+    #[error("token audience is not accepted")]
+    Audience,
+    /// The issuer's keys cannot be obtained: not the token's fault (503).
+    #[error("{0}")]
+    KeysUnavailable(String),
+}
+
+impl TokenError {
+    /// Whether the failure is on our side (keys unavailable) rather than the token's.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, TokenError::KeysUnavailable(_))
+    }
+
+    /// A bounded label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TokenError::TooLarge(_) => "too_large",
+            TokenError::Malformed(_) => "malformed",
+            TokenError::Encrypted => "encrypted",
+            TokenError::AlgNone => "alg_none",
+            TokenError::Symmetric(_) => "symmetric_alg",
+            TokenError::AlgNotAllowed { .. } => "alg_not_allowed",
+            TokenError::HeaderKey(_) => "header_key",
+            TokenError::Crit => "crit",
+            TokenError::WrongType(_) | TokenError::NotAtJwt => "wrong_typ",
+            TokenError::UntrustedIssuer => "untrusted_issuer",
+            TokenError::Key(_) => "unknown_key",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Claim(_) => "bad_claim",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::IssuedInFuture => "issued_in_future",
+            TokenError::Audience => "audience",
+            TokenError::KeysUnavailable(_) => "keys_unavailable",
+        }
+    }
+}
+
+/// The JOSE header fields we read; the key-bearing ones only to refuse them.
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
+    crit: Option<IgnoredAny>,
+    #[serde(default)]
+    jku: Option<IgnoredAny>,
+    #[serde(default)]
+    x5u: Option<IgnoredAny>,
+    #[serde(default)]
+    jwk: Option<IgnoredAny>,
+    #[serde(default)]
+    x5c: Option<IgnoredAny>,
+    #[serde(default)]
+    enc: Option<IgnoredAny>,
+}
+
+/// Claims of a validated token. `other` keeps the rest for rules that copy
+/// claims into the minted token.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Claims {
+    #[serde(default)]
+    pub iss: Option<String>,
+    #[serde(default)]
+    pub sub: Option<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub aud: Vec<String>,
+    #[serde(default)]
+    pub exp: Option<serde_json::Number>,
+    #[serde(default)]
+    pub nbf: Option<serde_json::Number>,
+    #[serde(default)]
+    pub iat: Option<serde_json::Number>,
+    #[serde(default)]
+    pub jti: Option<String>,
+    #[serde(default)]
+    pub scope: Option<Value>,
+    #[serde(default)]
+    pub scp: Option<Value>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub azp: Option<String>,
+    #[serde(default)]
+    pub act: Option<Value>,
+    #[serde(default)]
+    pub may_act: Option<Value>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+/// A token that passed every check, with the values later stages need.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub issuer: String,
+    pub sub: String,
+    pub exp: i64,
+    pub scopes: Vec<String>,
+    /// `client_id`, else `azp`, of the subject token.
+    pub client_id: Option<String>,
+    pub claims: Claims,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Validates subject (and, later, actor) tokens against the trusted issuers.
+pub struct Validator {
+    issuers: Arc<Issuers>,
+    max_bytes: usize,
+}
+
+impl Validator {
+    pub fn new(issuers: Arc<Issuers>, max_bytes: usize) -> Validator {
+        Validator { issuers, max_bytes }
+    }
+
+    pub async fn validate(&self, token: &str) -> Result<Validated, TokenError> {
+        self.validate_at(token, now_unix()).await
+    }
+
+    pub async fn validate_at(&self, token: &str, now: i64) -> Result<Validated, TokenError> {
+        if token.len() > self.max_bytes {
+            return Err(TokenError::TooLarge(self.max_bytes));
+        }
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(s64)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(TokenError::Malformed("expected three dot-separated parts"));
+        };
+        if let Some(_fourth) = parts.next() {
+            // A JWE compact serialization has five parts.
+            return Err(if parts.count() == 1 { TokenError::Encrypted } else { TokenError::Malformed("too many parts") });
+        }
+        if s64.is_empty() {
+            return Err(TokenError::AlgNone);
+        }
+
+        let header: Header = decode_json(h64).ok_or(TokenError::Malformed("header is not base64url JSON"))?;
+        let alg = check_header(&header)?;
+
+        let claims: Claims = decode_json(p64).ok_or(TokenError::Malformed("payload is not base64url JSON claims"))?;
+        let iss = claims.iss.as_deref().ok_or(TokenError::Claim("iss"))?;
+        let issuer: &Arc<Issuer> = self.issuers.get(iss).ok_or(TokenError::UntrustedIssuer)?;
+        let cfg = &issuer.cfg;
+        if !cfg.algorithms.contains(&alg) {
+            return Err(TokenError::AlgNotAllowed { alg: alg.as_str().into() });
+        }
+        if cfg.require_at_jwt && !header.typ.as_deref().is_some_and(is_at_jwt) {
+            return Err(TokenError::NotAtJwt);
+        }
+
+        let key = issuer.key_for(header.kid.as_deref(), alg).await.map_err(|e| match e {
+            KeyLookupError::NotLoaded(_) | KeyLookupError::Unreachable { .. } => TokenError::KeysUnavailable(e.to_string()),
+            KeyLookupError::UnknownKid { .. } | KeyLookupError::AmbiguousKey(_) => TokenError::Key(e.to_string()),
+        })?;
+        let signed = &token[..h64.len() + 1 + p64.len()];
+        match jsonwebtoken::crypto::verify(s64, signed.as_bytes(), &key.key, jwt_alg(alg)) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return Err(TokenError::BadSignature),
+        }
+
+        // Claims, only now that they are known to come from the issuer.
+        let leeway = cfg.leeway.0.as_secs() as i64;
+        let exp = numeric_date(&claims.exp).ok_or(TokenError::Claim("exp"))?;
+        if now > exp.saturating_add(leeway) {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf.is_some() {
+            let nbf = numeric_date(&claims.nbf).ok_or(TokenError::Claim("nbf"))?;
+            if nbf > now.saturating_add(leeway) {
+                return Err(TokenError::NotYetValid);
+            }
+        }
+        if claims.iat.is_some() {
+            let iat = numeric_date(&claims.iat).ok_or(TokenError::Claim("iat"))?;
+            if iat > now.saturating_add(leeway) {
+                return Err(TokenError::IssuedInFuture);
+            }
+        }
+        if !cfg.audiences.is_empty() && !claims.aud.iter().any(|a| cfg.audiences.contains(a)) {
+            return Err(TokenError::Audience);
+        }
+        let sub = claims.sub.clone().filter(|s| !s.is_empty()).ok_or(TokenError::Claim("sub"))?;
+        let scopes = scopes_of(&claims)?;
+        let client_id = claims.client_id.clone().or_else(|| claims.azp.clone());
+        Ok(Validated { issuer: iss.to_owned(), sub, exp, scopes, client_id, claims })
+    }
+}
+
+/// Header checks that need no issuer: returns the (asymmetric) algorithm.
+fn check_header(header: &Header) -> Result<VerifyAlg, TokenError> {
+    if header.enc.is_some() {
+        return Err(TokenError::Encrypted);
+    }
+    if header.alg.eq_ignore_ascii_case("none") {
+        return Err(TokenError::AlgNone);
+    }
+    if header.alg.starts_with("HS") {
+        return Err(TokenError::Symmetric(header.alg.clone()));
+    }
+    let alg = VerifyAlg::from_name(&header.alg).ok_or_else(|| TokenError::AlgNotAllowed { alg: header.alg.clone() })?;
+    for (name, present) in [
+        ("jku", header.jku.is_some()),
+        ("x5u", header.x5u.is_some()),
+        ("jwk", header.jwk.is_some()),
+        ("x5c", header.x5c.is_some()),
+    ] {
+        if present {
+            return Err(TokenError::HeaderKey(name));
+        }
+    }
+    if header.crit.is_some() {
+        return Err(TokenError::Crit);
+    }
+    if let Some(typ) = &header.typ {
+        // RFC 8725 §3.11: a typed JWT of another kind (logout, DPoP proof, ...)
+        // must not be accepted as an access token.
+        let t = typ.to_ascii_lowercase();
+        let t = t.strip_prefix("application/").unwrap_or(&t);
+        if !matches!(t, "jwt" | "at+jwt") {
+            return Err(TokenError::WrongType(typ.chars().take(40).collect()));
+        }
+    }
+    Ok(alg)
+}
+
+fn is_at_jwt(typ: &str) -> bool {
+    typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(b64: &str) -> Option<T> {
+    let bytes = URL_SAFE_NO_PAD.decode(b64).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// NumericDate (RFC 7519 §2): seconds, possibly fractional; rounded down.
+fn numeric_date(n: &Option<serde_json::Number>) -> Option<i64> {
+    let n = n.as_ref()?;
+    if let Some(i) = n.as_i64() {
+        return Some(i);
+    }
+    n.as_f64().filter(|f| f.is_finite() && f.abs() < 1e15).map(|f| f.floor() as i64)
+}
+
+/// Scopes from `scope` (RFC 8693 §4.2, space-separated) or `scp` (string or
+/// array, as Azure AD and Okta send).
+fn scopes_of(claims: &Claims) -> Result<Vec<String>, TokenError> {
+    let mut out = Vec::new();
+    for (name, value) in [("scope", &claims.scope), ("scp", &claims.scp)] {
+        match value {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => out.extend(s.split_whitespace().map(str::to_owned)),
+            Some(Value::Array(items)) => {
+                for item in items {
+                    let s = item.as_str().ok_or(TokenError::Claim(name))?;
+                    out.extend(s.split_whitespace().map(str::to_owned));
+                }
+            }
+            Some(_) => return Err(TokenError::Claim(name)),
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+pub fn jwt_alg(alg: VerifyAlg) -> jsonwebtoken::Algorithm {
+    use jsonwebtoken::Algorithm as A;
+    match alg {
+        VerifyAlg::RS256 => A::RS256,
+        VerifyAlg::RS384 => A::RS384,
+        VerifyAlg::RS512 => A::RS512,
+        VerifyAlg::PS256 => A::PS256,
+        VerifyAlg::PS384 => A::PS384,
+        VerifyAlg::PS512 => A::PS512,
+        VerifyAlg::ES256 => A::ES256,
+        VerifyAlg::ES384 => A::ES384,
+        VerifyAlg::EdDSA => A::EdDSA,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(json: &str) -> Result<VerifyAlg, TokenError> {
+        check_header(&serde_json::from_str::<Header>(json).unwrap())
+    }
+
+    #[test]
+    fn header_checks_refuse_each_attack() {
+        assert_eq!(header(r#"{"alg":"none"}"#), Err(TokenError::AlgNone));
+        assert_eq!(header(r#"{"alg":"NONE"}"#), Err(TokenError::AlgNone));
+        assert_eq!(header(r#"{"alg":"HS256"}"#), Err(TokenError::Symmetric("HS256".into())));
+        assert_eq!(header(r#"{"alg":"RS1"}"#), Err(TokenError::AlgNotAllowed { alg: "RS1".into() }));
+        assert_eq!(header(r#"{"alg":"RS256","jku":"https://evil/jwks"}"#), Err(TokenError::HeaderKey("jku")));
+        assert_eq!(header(r#"{"alg":"RS256","x5u":"https://evil/cert"}"#), Err(TokenError::HeaderKey("x5u")));
+        assert_eq!(header(r#"{"alg":"RS256","jwk":{"kty":"RSA"}}"#), Err(TokenError::HeaderKey("jwk")));
+        assert_eq!(header(r#"{"alg":"RS256","x5c":["MII"]}"#), Err(TokenError::HeaderKey("x5c")));
+        assert_eq!(header(r#"{"alg":"RS256","crit":["exp"]}"#), Err(TokenError::Crit));
+        assert_eq!(header(r#"{"alg":"RS256","typ":"logout+jwt"}"#), Err(TokenError::WrongType("logout+jwt".into())));
+        assert_eq!(header(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#), Err(TokenError::Encrypted));
+        assert_eq!(header(r#"{"alg":"RS256","typ":"JWT"}"#), Ok(VerifyAlg::RS256));
+        assert_eq!(header(r#"{"alg":"ES256","typ":"application/at+jwt"}"#), Ok(VerifyAlg::ES256));
+    }
+
+    #[test]
+    fn duplicate_header_members_are_refused() {
+        // A header with two `alg` members must not be read "the lenient way".
+        assert!(serde_json::from_str::<Header>(r#"{"alg":"RS256","alg":"none"}"#).is_err());
+    }
+
+    #[test]
+    fn numeric_dates_accept_fractions_and_refuse_junk() {
+        let n = |s: &str| numeric_date(&Some(serde_json::from_str(s).unwrap()));
+        assert_eq!(n("1700000000"), Some(1700000000));
+        assert_eq!(n("1700000000.9"), Some(1700000000));
+        assert_eq!(n("1e300"), None);
+    }
+
+    #[test]
+    fn scopes_come_from_scope_or_scp() {
+        let c = |json: &str| scopes_of(&serde_json::from_str::<Claims>(json).unwrap());
+        assert_eq!(c(r#"{"scope":"b a  a"}"#).unwrap(), vec!["a", "b"]);
+        assert_eq!(c(r#"{"scp":["x","y"]}"#).unwrap(), vec!["x", "y"]);
+        assert_eq!(c(r#"{"scope":42}"#), Err(TokenError::Claim("scope")));
+        assert_eq!(c(r#"{}"#).unwrap(), Vec::<String>::new());
+    }
+}
