@@ -323,6 +323,61 @@ pub struct ExtAuthz {
     /// Scope requested when neither the context extensions nor `routes` give one.
     #[serde(default)]
     pub default_scope: Option<String>,
+    /// Where the actor comes from.
+    #[serde(default)]
+    pub actor: ActorSource,
+    /// Request header naming a different subject to impersonate (only for
+    /// rules with `impersonate_subjects`); empty disables it.
+    #[serde(default)]
+    pub requested_subject_header: String,
+}
+
+/// Which actor sources a request consults: `none`, `peer`, `token` or `any`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorMode {
+    None,
+    Peer,
+    Token,
+    #[default]
+    Any,
+}
+
+impl ActorMode {
+    pub fn parse(s: &str) -> Option<ActorMode> {
+        Some(match s {
+            "none" => ActorMode::None,
+            "peer" => ActorMode::Peer,
+            "token" => ActorMode::Token,
+            "any" => ActorMode::Any,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorSource {
+    /// Default for routes that do not say (context extension `actor` or a
+    /// `routes` entry's `actor`).
+    #[serde(default)]
+    pub mode: ActorMode,
+    /// Use the mTLS peer identity Envoy reports (`source.principal`).
+    #[serde(default = "default_true")]
+    pub peer: bool,
+    /// Request header carrying an actor token (validated like subject tokens
+    /// against the trusted issuers); empty disables actor tokens.
+    #[serde(default)]
+    pub token_header: String,
+    /// Scheme before the actor token in that header; empty for a bare token.
+    #[serde(default)]
+    pub token_scheme: String,
+}
+
+impl Default for ActorSource {
+    fn default() -> Self {
+        ActorSource { mode: ActorMode::Any, peer: true, token_header: String::new(), token_scheme: String::new() }
+    }
 }
 
 impl Default for ExtAuthz {
@@ -338,6 +393,8 @@ impl Default for ExtAuthz {
             routes: Vec::new(),
             default_audience: None,
             default_scope: None,
+            actor: ActorSource::default(),
+            requested_subject_header: String::new(),
         }
     }
 }
@@ -371,6 +428,9 @@ pub struct Route {
     pub audience: String,
     #[serde(default)]
     pub scope: Option<String>,
+    /// Actor sources for this route (overrides `ext_authz.actor.mode`).
+    #[serde(default)]
+    pub actor: Option<ActorMode>,
 }
 
 fn default_path_prefix() -> String {
@@ -397,11 +457,81 @@ pub struct RuleMatch {
     /// Target audiences (globs) this rule applies to; empty = any.
     #[serde(default)]
     pub audiences: Vec<Glob>,
+    /// Subject-token claims that must match: claim name → patterns (one-of).
+    /// A string claim matches when it fits a pattern; an array claim (e.g.
+    /// `groups`) when any element does. Every listed claim must match.
+    #[serde(default)]
+    pub subject: std::collections::BTreeMap<String, Vec<Glob>>,
+    /// Who may act. Omitted = whatever the outcome implies (exchange: no
+    /// actor; delegation: any actor; impersonation: any actor or none).
+    #[serde(default)]
+    pub actor: Option<ActorMatch>,
+}
+
+/// Conditions on the actor; the listed kinds are alternatives (one-of).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorMatch {
+    /// The calling workload's mTLS identity (SPIFFE ID globs).
+    #[serde(default)]
+    pub spiffe: Vec<Glob>,
+    /// `sub` of a validated actor token (globs).
+    #[serde(default)]
+    pub sub: Vec<Glob>,
+    /// `client_id` (or `azp`) of a validated actor token (globs).
+    #[serde(default)]
+    pub client_id: Vec<Glob>,
+    /// Match requests that have no actor at all.
+    #[serde(default)]
+    pub none: bool,
+}
+
+impl ActorMatch {
+    pub fn names_someone(&self) -> bool {
+        !(self.spiffe.is_empty() && self.sub.is_empty() && self.client_id.is_empty())
+    }
+}
+
+/// What a matching rule does with the subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Same subject, re-issued for the audience; no actor involved.
+    #[default]
+    Exchange,
+    /// Same subject; `act` names the actor (RFC 8693 §4.1).
+    Delegation,
+    /// The actor acts as the subject and nothing in the token shows it.
+    Impersonation,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Exchange => "exchange",
+            Outcome::Delegation => "delegation",
+            Outcome::Impersonation => "impersonation",
+        }
+    }
+}
+
+/// How delegation is written into the minted token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DelegationShape {
+    /// `sub` = subject, `act` = actor (nested with prior actors).
+    #[default]
+    Act,
+    /// `sub` = actor, `act_as` = subject (for receivers built that way).
+    ActAs,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
+    /// exchange, delegation or impersonation.
+    #[serde(default)]
+    pub outcome: Outcome,
     /// Scopes (globs) this rule may grant; the result is requested ∩ subject
     /// token's ∩ these.
     #[serde(default)]
@@ -413,13 +543,68 @@ pub struct Grant {
     /// Upper bound on the minted token's lifetime (also capped by `tokens.lifetime`).
     #[serde(default)]
     pub max_lifetime: Option<Dur>,
+    /// Claims copied from the subject token when present.
+    #[serde(default)]
+    pub copy_claims: Vec<String>,
+    /// Static claims added to the minted token.
+    #[serde(default)]
+    pub add_claims: serde_json::Map<String, serde_json::Value>,
+    /// Longest `act` chain the minted token may carry (delegation depth).
+    #[serde(default = "default_chain_depth")]
+    pub max_chain_depth: usize,
+    /// `act` (RFC 8693) or `act_as`.
+    #[serde(default)]
+    pub delegation_shape: DelegationShape,
+    /// Impersonation only: subjects (globs) the actor may become through the
+    /// requested-subject header; empty = only the token's own subject.
+    #[serde(default)]
+    pub impersonate_subjects: Vec<Glob>,
+    /// Impersonation only: name of an audit claim naming the real actor.
+    #[serde(default)]
+    pub audit_claim: Option<String>,
+    /// Extra, narrower tokens for the upstream's own downstream calls.
+    #[serde(default)]
+    pub downstream_tokens: Vec<DownstreamToken>,
+}
+
+fn default_chain_depth() -> usize {
+    3
 }
 
 impl Default for Grant {
     fn default() -> Self {
-        Grant { scopes: Vec::new(), allow_empty_scope: false, max_lifetime: None }
+        Grant {
+            outcome: Outcome::default(),
+            scopes: Vec::new(),
+            allow_empty_scope: false,
+            max_lifetime: None,
+            copy_claims: Vec::new(),
+            add_claims: serde_json::Map::new(),
+            max_chain_depth: default_chain_depth(),
+            delegation_shape: DelegationShape::default(),
+            impersonate_subjects: Vec::new(),
+            audit_claim: None,
+            downstream_tokens: Vec::new(),
+        }
     }
 }
+
+/// An additional token minted for a named downstream audience and put into
+/// its own request header (the "embedded token" pattern).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamToken {
+    pub audience: String,
+    /// Request header that carries it (bare token, no scheme).
+    pub header: String,
+    /// Scopes (globs) kept from the main token's granted scopes.
+    #[serde(default)]
+    pub scopes: Vec<Glob>,
+}
+
+/// Claims stsgate sets itself; rules may not copy or add them.
+pub const RESERVED_CLAIMS: &[&str] =
+    &["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "act", "act_as", "may_act", "cnf"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -649,6 +834,20 @@ impl Config {
                 bad(format!("ext_authz.{key}"), "must be a single word such as Bearer, or empty".into());
             }
         }
+        for (key, name) in
+            [("actor.token_header", &ea.actor.token_header), ("requested_subject_header", &ea.requested_subject_header)]
+        {
+            if !name.is_empty() {
+                if let Err(why) = check_header_name(name) {
+                    bad(format!("ext_authz.{key}"), why);
+                } else if name == &ea.subject_header || name == &ea.output_header {
+                    bad(format!("ext_authz.{key}"), "must differ from subject_header and output_header".into());
+                }
+            }
+        }
+        if ea.actor.mode != ActorMode::None && !ea.actor.peer && ea.actor.token_header.is_empty() && ea.actor.mode != ActorMode::Any {
+            bad("ext_authz.actor".into(), "the actor mode needs `peer: true` or a `token_header`".into());
+        }
         if ea.realm.contains('"') || ea.realm.contains('\\') {
             bad("ext_authz.realm".into(), "must not contain quotes or backslashes".into());
         }
@@ -689,6 +888,73 @@ impl Config {
             if let Some(max) = rule.grant.max_lifetime {
                 if max.0 < Duration::from_secs(1) {
                     bad(format!("{at}.grant.max_lifetime"), "must be at least 1s".into());
+                }
+            }
+            let g = &rule.grant;
+            let names_actor = rule.when.actor.as_ref().is_some_and(|a| a.names_someone());
+            let only_none = rule.when.actor.as_ref().is_some_and(|a| a.none && !a.names_someone());
+            match g.outcome {
+                Outcome::Exchange if names_actor => bad(
+                    format!("{at}.match.actor"),
+                    "an exchange involves no actor; use outcome delegation or impersonation to name one".into(),
+                ),
+                Outcome::Delegation if only_none => bad(
+                    format!("{at}.match.actor"),
+                    "delegation needs an actor, so `none: true` alone can never match".into(),
+                ),
+                _ => {}
+            }
+            if !g.impersonate_subjects.is_empty() {
+                if g.outcome != Outcome::Impersonation {
+                    bad(format!("{at}.grant.impersonate_subjects"), "only allowed with outcome impersonation".into());
+                } else if !names_actor {
+                    bad(
+                        format!("{at}.match.actor"),
+                        "impersonating other subjects requires naming the actor (spiffe, sub or client_id)".into(),
+                    );
+                }
+                if self.ext_authz.requested_subject_header.is_empty() {
+                    bad(
+                        format!("{at}.grant.impersonate_subjects"),
+                        "ext_authz.requested_subject_header is not set, so no request can name another subject".into(),
+                    );
+                }
+            }
+            if let Some(claim) = &g.audit_claim {
+                if g.outcome != Outcome::Impersonation {
+                    bad(format!("{at}.grant.audit_claim"), "only allowed with outcome impersonation".into());
+                }
+                if RESERVED_CLAIMS.contains(&claim.as_str()) || claim.is_empty() {
+                    bad(format!("{at}.grant.audit_claim"), format!("{claim:?} is a claim stsgate sets itself"));
+                }
+            }
+            for (j, claim) in g.copy_claims.iter().enumerate() {
+                if RESERVED_CLAIMS.contains(&claim.as_str()) {
+                    bad(format!("{at}.grant.copy_claims[{j}]"), format!("{claim:?} is a claim stsgate sets itself"));
+                }
+            }
+            for claim in g.add_claims.keys() {
+                if RESERVED_CLAIMS.contains(&claim.as_str()) {
+                    bad(format!("{at}.grant.add_claims.{claim}"), format!("{claim:?} is a claim stsgate sets itself"));
+                }
+            }
+            if g.max_chain_depth == 0 && g.outcome == Outcome::Delegation {
+                bad(format!("{at}.grant.max_chain_depth"), "delegation needs a depth of at least 1".into());
+            }
+            if g.max_chain_depth > 25 {
+                bad(format!("{at}.grant.max_chain_depth"), "must be at most 25".into());
+            }
+            for (j, d) in g.downstream_tokens.iter().enumerate() {
+                if d.audience.is_empty() {
+                    bad(format!("{at}.grant.downstream_tokens[{j}].audience"), "must not be empty".into());
+                }
+                if let Err(why) = check_header_name(&d.header) {
+                    bad(format!("{at}.grant.downstream_tokens[{j}].header"), why);
+                } else if d.header == self.ext_authz.output_header || d.header == self.ext_authz.subject_header {
+                    bad(
+                        format!("{at}.grant.downstream_tokens[{j}].header"),
+                        "must differ from ext_authz.output_header and subject_header".into(),
+                    );
                 }
             }
         }

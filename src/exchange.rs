@@ -5,12 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Map;
-
 use crate::config::Config;
 use crate::issuer::Issuers;
 use crate::mint::{AccessClaims, KeyRing, MintError, new_jti};
-use crate::rules::{self, Denied, RuleInput};
+use crate::rules::{self, Actor, ActorKind, Denied, RuleInput};
 use crate::validate::{TokenError, Validated, Validator, now_unix};
 
 /// A request to exchange a subject token for a token for `audience`.
@@ -22,6 +20,10 @@ pub struct ExchangeRequest<'a> {
     pub scopes: Option<Vec<String>>,
     /// `client_id` of the minted token when the subject token names none.
     pub default_client_id: &'a str,
+    /// The party acting (peer identity or validated actor token), if any.
+    pub actor: Option<Actor>,
+    /// A different subject the actor asks to impersonate.
+    pub requested_subject: Option<&'a str>,
 }
 
 /// A minted token and what decided it (for headers, metadata and logs).
@@ -31,12 +33,17 @@ pub struct Exchanged {
     pub claims: AccessClaims,
     pub subject_issuer: String,
     pub rule: String,
+    pub outcome: crate::config::Outcome,
+    /// Extra tokens for downstream audiences: (header, token).
+    pub downstream: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
     #[error("invalid subject token: {0}")]
     Token(#[from] TokenError),
+    #[error("invalid actor token: {0}")]
+    ActorToken(TokenError),
     #[error("exchange refused: {0}")]
     Denied(#[from] Denied),
     #[error("could not mint the token: {0}")]
@@ -66,6 +73,12 @@ impl Engine {
         self.exchange_validated(&subject, req, now_unix())
     }
 
+    /// Validates an actor token like a subject token and names its actor.
+    pub async fn actor_from_token(&self, token: &str) -> Result<Actor, ExchangeError> {
+        let v = self.validator.validate(token).await.map_err(ExchangeError::ActorToken)?;
+        Ok(Actor { kind: ActorKind::Token, sub: v.sub, iss: Some(v.issuer), client_id: v.client_id })
+    }
+
     /// The decision and minting for an already validated subject token.
     pub fn exchange_validated(
         &self,
@@ -76,15 +89,27 @@ impl Engine {
         if req.audience.is_empty() {
             return Err(Denied::NoAudience.into());
         }
-        let decision = rules::evaluate(
-            &self.cfg.rules,
-            &RuleInput {
-                issuer: &subject.issuer,
-                audience: req.audience,
-                requested_scopes: req.scopes.as_deref(),
-                subject_scopes: &subject.scopes,
-            },
-        )?;
+        let input = RuleInput {
+            subject,
+            actor: req.actor.as_ref(),
+            audience: req.audience,
+            requested_scopes: req.scopes.as_deref(),
+            requested_subject: req.requested_subject,
+        };
+        let decision = match rules::evaluate(&self.cfg.rules, &input) {
+            Ok(d) => d,
+            Err(denied) => {
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    for (rule, why) in rules::explain(&self.cfg.rules, &input) {
+                        tracing::debug!(rule, why = why.as_deref().unwrap_or("matches"), "rule trace");
+                    }
+                }
+                return Err(denied.into());
+            }
+        };
+        if let Some(audit) = &decision.audit {
+            tracing::info!(target: "stsgate::audit", rule = %decision.rule, "{audit}");
+        }
 
         // Lifetime: the configured default, capped by the rule, and never past
         // the subject token's own expiry.
@@ -98,21 +123,49 @@ impl Engine {
             return Err(TokenError::Expired.into());
         }
 
+        // RFC 9068 client_id: the client that asked. A token actor's client,
+        // else the subject token's client, else the front door's default.
+        let client_id = req
+            .actor
+            .as_ref()
+            .and_then(|a| a.client_id.clone())
+            .or_else(|| subject.client_id.clone())
+            .unwrap_or_else(|| req.default_client_id.to_owned());
+        let mut extra = decision.claims.clone();
+        if let Some(act_as) = &decision.act_as {
+            extra.insert("act_as".into(), act_as.clone());
+        }
         let claims = AccessClaims {
             iss: self.cfg.issuer.clone(),
-            sub: subject.sub.clone(),
+            sub: decision.sub.clone(),
             aud: req.audience.to_owned(),
             exp,
             iat: now,
             nbf: now,
             jti: new_jti(),
-            client_id: subject.client_id.clone().unwrap_or_else(|| req.default_client_id.to_owned()),
+            client_id,
             scope: (!decision.scopes.is_empty()).then(|| decision.scopes.join(" ")),
-            act: None,
-            extra: Map::new(),
+            act: decision.act.clone(),
+            extra,
         };
-        let token = self.keys.active().sign_access_token(&claims)?;
-        Ok(Exchanged { token, claims, subject_issuer: subject.issuer.clone(), rule: decision.rule })
+        let signer = self.keys.active();
+        let token = signer.sign_access_token(&claims)?;
+        let mut downstream = Vec::with_capacity(decision.downstream.len());
+        for d in &decision.downstream {
+            let mut c = claims.clone();
+            c.aud = d.audience.clone();
+            c.jti = new_jti();
+            c.scope = (!d.scopes.is_empty()).then(|| d.scopes.join(" "));
+            downstream.push((d.header.clone(), signer.sign_access_token(&c)?));
+        }
+        Ok(Exchanged {
+            token,
+            claims,
+            subject_issuer: subject.issuer.clone(),
+            rule: decision.rule,
+            outcome: decision.outcome,
+            downstream,
+        })
     }
 
     /// Remaining lifetime of a minted token, for `expires_in`.

@@ -11,7 +11,7 @@ use prost_types::{Struct, Value as PbValue, value::Kind};
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
-use crate::config::{Config, ExtAuthz};
+use crate::config::{ActorMode, Config, ExtAuthz};
 use crate::exchange::{Engine, ExchangeError, ExchangeRequest, Exchanged};
 use crate::metrics::Metrics;
 use crate::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
@@ -21,10 +21,11 @@ use crate::pb::envoy::service::auth::v3::{
     check_response::HttpResponse,
 };
 use crate::pb::google::rpc::Status as RpcStatus;
-use crate::rules::Denied;
+use crate::rules::{Actor, ActorKind, Denied};
 
 /// google.rpc.Code values used in `CheckResponse.status`.
 const RPC_OK: i32 = 0;
+const RPC_INVALID_ARGUMENT: i32 = 3;
 const RPC_PERMISSION_DENIED: i32 = 7;
 const RPC_UNAVAILABLE: i32 = 14;
 const RPC_UNAUTHENTICATED: i32 = 16;
@@ -32,6 +33,11 @@ const RPC_UNAUTHENTICATED: i32 = 16;
 /// Context extension keys set per route in Envoy's `check_settings`.
 pub const CTX_AUDIENCE: &str = "audience";
 pub const CTX_SCOPE: &str = "scope";
+/// Which actor sources the route consults: none, peer, token or any.
+pub const CTX_ACTOR: &str = "actor";
+
+/// Longest requested subject accepted from the impersonation header.
+const MAX_REQUESTED_SUBJECT: usize = 256;
 
 pub struct AuthzService {
     engine: Arc<Engine>,
@@ -69,23 +75,40 @@ impl AuthzService {
             }
         };
 
-        let Some((audience, scope)) = target(&attrs, ea) else {
+        let Some(route) = target(&attrs, ea) else {
             self.metrics.deny(Denied::NoAudience.label());
             return forbidden(&Denied::NoAudience);
         };
-        let scopes = scope.map(|s| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+        let scopes = route.scope.map(|s| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+
+        // The actor: the mTLS peer and/or a validated actor token, never a
+        // plain header a caller could write.
+        let actor = match self.actor(&attrs, http, ea, route.actor).await {
+            Ok(actor) => actor,
+            Err(resp) => return resp,
+        };
+        let requested_subject = match requested_subject(http, ea) {
+            Ok(s) => s,
+            Err(why) => {
+                self.metrics.unauthenticated("bad_requested_subject");
+                return bad_request(ea, why);
+            }
+        };
 
         let request = ExchangeRequest {
             subject_token: &token,
-            audience: &audience,
+            audience: &route.audience,
             scopes,
             default_client_id: &ea.client_id,
+            actor: actor.clone(),
+            requested_subject: requested_subject.as_deref(),
         };
+        let audience = &route.audience;
         match self.engine.exchange(&request).await {
             Ok(done) => {
                 self.metrics.allow();
                 debug!(sub = %done.claims.sub, aud = %done.claims.aud, rule = %done.rule, "exchanged");
-                ok_response(ea, &done)
+                ok_response(ea, &done, actor.as_ref())
             }
             Err(ExchangeError::Token(e)) if e.is_unavailable() => {
                 self.metrics.unavailable(e.label());
@@ -97,6 +120,7 @@ impl AuthzService {
                 debug!("subject token refused: {e}");
                 unauthenticated(ea, Some("invalid_token"), &e.to_string())
             }
+            Err(ExchangeError::ActorToken(e)) => self.actor_token_refused(ea, e),
             Err(ExchangeError::Denied(d)) => {
                 self.metrics.deny(d.label());
                 debug!(audience = %audience, "exchange refused: {d}");
@@ -109,6 +133,96 @@ impl AuthzService {
             }
         }
     }
+}
+
+impl AuthzService {
+    /// Resolves the actor from the sources this route consults. At most one
+    /// actor: a peer identity and an actor token that disagree are refused.
+    async fn actor(
+        &self,
+        attrs: &AttributeContext,
+        http: Option<&AttributeContext_HttpRequest>,
+        ea: &ExtAuthz,
+        route_mode: Option<ActorMode>,
+    ) -> Result<Option<Actor>, CheckResponse> {
+        let mode = route_mode.unwrap_or(ea.actor.mode);
+        let use_peer = ea.actor.peer && matches!(mode, ActorMode::Peer | ActorMode::Any);
+        let use_token = !ea.actor.token_header.is_empty() && matches!(mode, ActorMode::Token | ActorMode::Any);
+
+        let peer = use_peer
+            .then(|| attrs.source.as_ref().map(|s| s.principal.as_str()).unwrap_or(""))
+            .filter(|p| !p.is_empty())
+            .map(|p| Actor { kind: ActorKind::Peer, sub: p.to_owned(), iss: None, client_id: None });
+
+        let token_actor = match use_token.then(|| http.and_then(|h| header(h, &ea.actor.token_header))).flatten() {
+            None => None,
+            Some(raw) => {
+                let token = strip_scheme(raw.trim(), &ea.actor.token_scheme).ok_or_else(|| {
+                    self.metrics.unauthenticated("bad_actor_token");
+                    bad_request(ea, "the actor token header does not hold one token")
+                })?;
+                match self.engine.actor_from_token(token).await {
+                    Ok(actor) => Some(actor),
+                    Err(ExchangeError::ActorToken(e)) => return Err(self.actor_token_refused(ea, e)),
+                    Err(other) => {
+                        warn!("actor token: {other}");
+                        return Err(unavailable("the actor token could not be checked"));
+                    }
+                }
+            }
+        };
+
+        match (peer, token_actor) {
+            (Some(p), Some(t)) if p.sub != t.sub => {
+                self.metrics.deny(Denied::ActorConflict.label());
+                debug!(peer = %p.sub, token_sub = %t.sub, "actor identities disagree");
+                Err(forbidden(&Denied::ActorConflict))
+            }
+            (_, Some(t)) => Ok(Some(t)),
+            (p, None) => Ok(p),
+        }
+    }
+
+    fn actor_token_refused(&self, ea: &ExtAuthz, e: crate::validate::TokenError) -> CheckResponse {
+        if e.is_unavailable() {
+            self.metrics.unavailable(e.label());
+            warn!("cannot validate actor token: {e}");
+            return unavailable("the actor token issuer's keys are not available; try again");
+        }
+        self.metrics.unauthenticated(e.label());
+        debug!("actor token refused: {e}");
+        unauthenticated(ea, Some("invalid_token"), &format!("actor token: {e}"))
+    }
+}
+
+/// The value of the impersonation header, if configured and present.
+fn requested_subject(http: Option<&AttributeContext_HttpRequest>, ea: &ExtAuthz) -> Result<Option<String>, &'static str> {
+    if ea.requested_subject_header.is_empty() {
+        return Ok(None);
+    }
+    let Some(raw) = http.and_then(|h| header(h, &ea.requested_subject_header)) else {
+        return Ok(None);
+    };
+    let value = raw.trim();
+    if value.is_empty() || value.len() > MAX_REQUESTED_SUBJECT || value.contains(',') || value.chars().any(char::is_control) {
+        return Err("the requested subject header must hold one subject identifier");
+    }
+    Ok(Some(value.to_owned()))
+}
+
+/// The token after `scheme` (case-insensitive), or the whole value for an
+/// empty scheme; `None` unless exactly one token remains.
+fn strip_scheme<'a>(raw: &'a str, scheme: &str) -> Option<&'a str> {
+    let token = if scheme.is_empty() {
+        raw
+    } else {
+        let (s, rest) = raw.split_once(' ')?;
+        if !s.eq_ignore_ascii_case(scheme) {
+            return None;
+        }
+        rest.trim()
+    };
+    (!token.is_empty() && !token.contains(char::is_whitespace) && !token.contains(',')).then_some(token)
 }
 
 #[tonic::async_trait]
@@ -206,25 +320,50 @@ fn extract_token(http: Option<&AttributeContext_HttpRequest>, ea: &ExtAuthz) -> 
     Ok(token.to_owned())
 }
 
+/// What the route asks for: audience, scope and actor sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RouteTarget {
+    audience: String,
+    scope: Option<String>,
+    actor: Option<ActorMode>,
+}
+
 /// The target audience and requested scope: the route's context extensions,
 /// else the host/path table, else the configured default.
-fn target(attrs: &AttributeContext, ea: &ExtAuthz) -> Option<(String, Option<String>)> {
+fn target(attrs: &AttributeContext, ea: &ExtAuthz) -> Option<RouteTarget> {
     let ctx: &HashMap<String, String> = &attrs.context_extensions;
     let scope_ctx = ctx.get(CTX_SCOPE).filter(|s| !s.trim().is_empty()).cloned();
+    // An unknown actor mode in Envoy's config consults no actor source at all
+    // rather than guessing; exchange rules still work, delegation fails closed.
+    let actor_ctx = ctx.get(CTX_ACTOR).map(|m| ActorMode::parse(m).unwrap_or(ActorMode::None));
     if let Some(aud) = ctx.get(CTX_AUDIENCE).filter(|a| !a.is_empty()) {
-        return Some((aud.clone(), scope_ctx.or_else(|| ea.default_scope.clone())));
+        return Some(RouteTarget {
+            audience: aud.clone(),
+            scope: scope_ctx.or_else(|| ea.default_scope.clone()),
+            actor: actor_ctx,
+        });
     }
     let http = attrs.request.as_ref().and_then(|r| r.http.as_ref());
     if let Some(http) = http {
-        let host = strip_port(&http.host);
+        let host = strip_port(&http.host).to_ascii_lowercase();
         let path = http.path.split(['?', '#']).next().unwrap_or("");
-        if let Some(route) = ea.routes.iter().find(|r| {
-            r.host.as_ref().is_none_or(|h| h.matches(&host.to_ascii_lowercase())) && path.starts_with(&r.path_prefix)
-        }) {
-            return Some((route.audience.clone(), scope_ctx.or_else(|| route.scope.clone()).or_else(|| ea.default_scope.clone())));
+        if let Some(route) = ea
+            .routes
+            .iter()
+            .find(|r| r.host.as_ref().is_none_or(|h| h.matches(&host)) && path.starts_with(&r.path_prefix))
+        {
+            return Some(RouteTarget {
+                audience: route.audience.clone(),
+                scope: scope_ctx.or_else(|| route.scope.clone()).or_else(|| ea.default_scope.clone()),
+                actor: actor_ctx.or(route.actor),
+            });
         }
     }
-    ea.default_audience.clone().map(|aud| (aud, scope_ctx.or_else(|| ea.default_scope.clone())))
+    ea.default_audience.clone().map(|audience| RouteTarget {
+        audience,
+        scope: scope_ctx.or_else(|| ea.default_scope.clone()),
+        actor: actor_ctx,
+    })
 }
 
 fn strip_port(host: &str) -> &str {
@@ -255,25 +394,29 @@ fn metadata(fields: impl IntoIterator<Item = (&'static str, String)>) -> Struct 
     Struct { fields: fields.into_iter().map(|(k, v)| (k.to_owned(), string_value(v))).collect() }
 }
 
-fn ok_response(ea: &ExtAuthz, done: &Exchanged) -> CheckResponse {
+fn ok_response(ea: &ExtAuthz, done: &Exchanged, actor: Option<&Actor>) -> CheckResponse {
     let value = if ea.output_scheme.is_empty() { done.token.clone() } else { format!("{} {}", ea.output_scheme, done.token) };
+    let mut headers = vec![header_option(&ea.output_header, value)];
+    headers.extend(done.downstream.iter().map(|(name, token)| header_option(name, token.clone())));
+    // Credentials stsgate consumed are not forwarded upstream.
     let mut headers_to_remove = Vec::new();
     if ea.remove_subject_header && ea.subject_header != ea.output_header {
         headers_to_remove.push(ea.subject_header.clone());
     }
+    for extra in [&ea.actor.token_header, &ea.requested_subject_header] {
+        if !extra.is_empty() {
+            headers_to_remove.push(extra.clone());
+        }
+    }
     let c = &done.claims;
     CheckResponse {
         status: Some(RpcStatus { code: RPC_OK, message: String::new(), details: Vec::new() }),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: vec![header_option(&ea.output_header, value)],
-            headers_to_remove,
-            ..Default::default()
-        })),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse { headers, headers_to_remove, ..Default::default() })),
         dynamic_metadata: Some(metadata([
-            ("decision", "exchanged".to_owned()),
+            ("decision", done.outcome.as_str().to_owned()),
             ("sub", c.sub.clone()),
             ("aud", c.aud.clone()),
-            ("actor", c.act.as_ref().and_then(|a| a.get("sub")).and_then(|s| s.as_str()).unwrap_or("").to_owned()),
+            ("actor", actor.map(|a| a.sub.clone()).unwrap_or_default()),
             ("subject_issuer", done.subject_issuer.clone()),
             ("scope", c.scope.clone().unwrap_or_default()),
             ("jti", c.jti.clone()),
@@ -316,6 +459,19 @@ fn unauthenticated(ea: &ExtAuthz, error: Option<&str>, description: &str) -> Che
         vec![header_option("www-authenticate", challenge)],
         body,
         error.unwrap_or("missing_token"),
+    )
+}
+
+/// 400 for a request stsgate cannot read (RFC 6750 invalid_request).
+fn bad_request(ea: &ExtAuthz, description: &str) -> CheckResponse {
+    let challenge = format!("Bearer realm=\"{}\", error=\"invalid_request\", error_description=\"{description}\"", ea.realm);
+    denied(
+        RPC_INVALID_ARGUMENT,
+        StatusCode::BadRequest,
+        description,
+        vec![header_option("www-authenticate", challenge)],
+        json_body("invalid_request", description),
+        "invalid_request",
     )
 }
 
@@ -380,17 +536,19 @@ mod tests {
     #[test]
     fn target_prefers_context_then_routes_then_default() {
         let mut ea = ExtAuthz::default();
-        ea.routes = vec![Route { host: Some(Glob::new("*.shop.example")), path_prefix: "/orders".into(), audience: "orders".into(), scope: Some("orders.read".into()) }];
+        ea.routes = vec![Route { host: Some(Glob::new("*.shop.example")), path_prefix: "/orders".into(), audience: "orders".into(), scope: Some("orders.read".into()), actor: Some(ActorMode::Peer) }];
         ea.default_audience = Some("fallback".into());
         let attrs = |ctx: &[(&str, &str)], host: &str, path: &str| AttributeContext {
             context_extensions: ctx.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             request: Some(AttrRequest { http: Some(AttributeContext_HttpRequest { host: host.into(), path: path.into(), ..Default::default() }), ..Default::default() }),
             ..Default::default()
         };
-        assert_eq!(target(&attrs(&[("audience", "billing"), ("scope", "b.read")], "x", "/"), &ea), Some(("billing".into(), Some("b.read".into()))));
-        assert_eq!(target(&attrs(&[], "api.shop.example:8443", "/orders/1?x=1"), &ea), Some(("orders".into(), Some("orders.read".into()))));
-        assert_eq!(target(&attrs(&[], "API.SHOP.EXAMPLE", "/orders"), &ea), Some(("orders".into(), Some("orders.read".into()))));
-        assert_eq!(target(&attrs(&[], "api.shop.example", "/other"), &ea), Some(("fallback".into(), None)));
+        assert_eq!(target(&attrs(&[("audience", "billing"), ("scope", "b.read")], "x", "/"), &ea), Some(RouteTarget { audience: "billing".into(), scope: Some("b.read".into()), actor: None }));
+        let orders = Some(RouteTarget { audience: "orders".into(), scope: Some("orders.read".into()), actor: Some(ActorMode::Peer) });
+        assert_eq!(target(&attrs(&[], "api.shop.example:8443", "/orders/1?x=1"), &ea), orders);
+        assert_eq!(target(&attrs(&[], "API.SHOP.EXAMPLE", "/orders"), &ea), orders);
+        assert_eq!(target(&attrs(&[], "api.shop.example", "/other"), &ea), Some(RouteTarget { audience: "fallback".into(), scope: None, actor: None }));
+        assert_eq!(target(&attrs(&[("actor", "bogus")], "api.shop.example", "/orders"), &ea).unwrap().actor, Some(ActorMode::None));
         ea.default_audience = None;
         assert_eq!(target(&attrs(&[], "api.shop.example", "/other"), &ea), None);
     }

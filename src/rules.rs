@@ -1,45 +1,117 @@
-//! The exchange decision, kept pure (no I/O, no clock) so it can be tested as a
-//! table. Rules are evaluated in order and the first rule whose `match` fits
-//! decides; no match is a refusal (default deny).
+//! The rule engine: who may exchange, delegate or impersonate, for which
+//! subjects, towards which audiences, with which scopes and for how long.
+//!
+//! Pure (no I/O, no clock) so it can be tested as a table. Rules are evaluated
+//! in order; the first rule whose `match` fits decides, and no match is a
+//! refusal (default deny). Some refusals hold whatever the rules say:
+//! - `may_act` in the subject token must admit the actor (RFC 8693 §4.4);
+//! - a token that carries `act` never becomes one without it (no laundering a
+//!   delegated token into a clean one);
+//! - the `act` chain never grows past the rule's depth limit.
+//!
+//! Decisions look only at top-level claims and the current actor; nested
+//! `act` entries are carried along, never trusted (§4.1).
 
 use std::time::Duration;
 
-use crate::config::Rule;
+use serde_json::{Map, Value};
+
+use crate::config::{DelegationShape, Outcome, Rule};
+use crate::validate::Validated;
+
+/// The party that presents the subject token and wants to act.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub kind: ActorKind,
+    /// SPIFFE ID for a peer; `sub` of an actor token.
+    pub sub: String,
+    /// Issuer of an actor token; none for a peer.
+    pub iss: Option<String>,
+    /// `client_id`/`azp` of an actor token.
+    pub client_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorKind {
+    /// The calling workload's mTLS identity, as Envoy reports it.
+    Peer,
+    /// A validated actor token.
+    Token,
+}
+
+impl Actor {
+    /// The `act` object naming this actor (RFC 8693 §4.1).
+    fn act_claim(&self) -> Map<String, Value> {
+        let mut act = Map::new();
+        act.insert("sub".into(), Value::String(self.sub.clone()));
+        if let Some(iss) = &self.iss {
+            act.insert("iss".into(), Value::String(iss.clone()));
+        }
+        act
+    }
+}
 
 /// What the rules look at.
 #[derive(Debug, Clone)]
 pub struct RuleInput<'a> {
-    /// `iss` of the validated subject token.
-    pub issuer: &'a str,
+    pub subject: &'a Validated,
+    pub actor: Option<&'a Actor>,
     /// The target audience of the new token.
     pub audience: &'a str,
     /// Scopes asked for (route, request); `None` = as many as allowed.
     pub requested_scopes: Option<&'a [String]>,
-    /// Scopes of the subject token: the new token never has more.
-    pub subject_scopes: &'a [String],
+    /// A different subject the actor asks to impersonate.
+    pub requested_subject: Option<&'a str>,
 }
 
-/// A granted exchange.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A granted exchange: everything the minted token will say.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub rule: String,
+    pub outcome: Outcome,
+    pub sub: String,
+    pub act: Option<Value>,
+    pub act_as: Option<Value>,
     /// Sorted, de-duplicated; empty only when the rule allows it.
     pub scopes: Vec<String>,
     pub max_lifetime: Option<Duration>,
+    /// Copied, added and audit claims.
+    pub claims: Map<String, Value>,
+    pub downstream: Vec<DownstreamGrant>,
+    /// Set when the decision must be written to the audit log.
+    pub audit: Option<String>,
 }
 
-/// Why an exchange was refused.
+/// An extra token for a downstream audience, into its own header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownstreamGrant {
+    pub audience: String,
+    pub header: String,
+    pub scopes: Vec<String>,
+}
+
+/// Why an exchange was refused. The text is safe to show the caller: it names
+/// rules and conditions, never token contents.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
-    /// No rule matches this issuer and audience.
-    #[error("no rule allows exchanging a token of this issuer for audience {audience:?}")]
+    #[error("no rule allows this exchange for audience {audience:?}")]
     NoRule { audience: String },
-    /// A rule matched but the scope intersection is empty.
     #[error("rule {rule:?} grants none of the requested scopes")]
     NoScope { rule: String },
-    /// No target audience could be determined for the request.
     #[error("no target audience for this request")]
     NoAudience,
+    #[error("the subject token's may_act does not admit this actor")]
+    MayAct,
+    #[error("the subject token's {0} claim is malformed")]
+    BadClaim(&'static str),
+    #[error("rule {rule:?} would drop the act claim of a delegated token")]
+    WouldDropAct { rule: String },
+    #[error("delegation chain of {depth} exceeds rule {rule:?}'s limit of {max}")]
+    ChainTooDeep { rule: String, depth: usize, max: usize },
+    #[error("the actor identities disagree (peer certificate vs actor token)")]
+    ActorConflict,
+    #[error("impersonating another subject needs a rule that names this actor")]
+    ImpersonationRefused,
 }
 
 impl Denied {
@@ -48,133 +120,321 @@ impl Denied {
         match self {
             Denied::NoRule { .. } | Denied::NoAudience => "invalid_target",
             Denied::NoScope { .. } => "invalid_scope",
+            _ => "access_denied",
         }
     }
 
+    /// A bounded label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
             Denied::NoRule { .. } => "no_rule",
             Denied::NoScope { .. } => "no_scope",
             Denied::NoAudience => "no_audience",
+            Denied::MayAct => "may_act",
+            Denied::BadClaim(_) => "bad_claim",
+            Denied::WouldDropAct { .. } => "would_drop_act",
+            Denied::ChainTooDeep { .. } => "chain_too_deep",
+            Denied::ActorConflict => "actor_conflict",
+            Denied::ImpersonationRefused => "impersonation_refused",
         }
     }
 }
 
 pub fn evaluate(rules: &[Rule], input: &RuleInput<'_>) -> Result<Decision, Denied> {
-    let rule = rules
-        .iter()
-        .find(|r| matches(r, input))
-        .ok_or_else(|| Denied::NoRule { audience: input.audience.to_owned() })?;
-    let requested = input.requested_scopes.unwrap_or(input.subject_scopes);
-    let mut scopes: Vec<String> = requested
-        .iter()
-        .filter(|s| input.subject_scopes.contains(s))
-        .filter(|s| rule.grant.scopes.iter().any(|g| g.matches(s)))
-        .cloned()
-        .collect();
-    scopes.sort();
-    scopes.dedup();
-    if scopes.is_empty() && !rule.grant.allow_empty_scope {
-        return Err(Denied::NoScope { rule: rule.name.clone() });
-    }
-    Ok(Decision { rule: rule.name.clone(), scopes, max_lifetime: rule.grant.max_lifetime.map(|d| d.0) })
+    check_may_act(input)?;
+    let Some(rule) = rules.iter().find(|r| why_not(r, input).is_none()) else {
+        return Err(if input.requested_subject.is_some_and(|s| s != input.subject.sub) {
+            Denied::ImpersonationRefused
+        } else {
+            Denied::NoRule { audience: input.audience.to_owned() }
+        });
+    };
+    decide(rule, input)
 }
 
-fn matches(rule: &Rule, input: &RuleInput<'_>) -> bool {
+/// For each rule, in order, why it does not match (`None` = it matches). Used
+/// for debug logs and `stsgate explain`.
+pub fn explain(rules: &[Rule], input: &RuleInput<'_>) -> Vec<(String, Option<String>)> {
+    rules.iter().map(|r| (r.name.clone(), why_not(r, input))).collect()
+}
+
+/// The first condition of `rule` that `input` fails, in words.
+fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
     let m = &rule.when;
-    (m.issuers.is_empty() || m.issuers.iter().any(|i| i == input.issuer))
-        && (m.audiences.is_empty() || m.audiences.iter().any(|a| a.matches(input.audience)))
+    if !m.issuers.is_empty() && !m.issuers.iter().any(|i| i == &input.subject.issuer) {
+        return Some("subject token issuer is not listed".into());
+    }
+    if !m.audiences.is_empty() && !m.audiences.iter().any(|a| a.matches(input.audience)) {
+        return Some(format!("audience {:?} is not listed", input.audience));
+    }
+    for (claim, patterns) in &m.subject {
+        let values = claim_values(input.subject, claim);
+        if !values.iter().any(|v| patterns.iter().any(|p| p.matches(v))) {
+            return Some(format!("subject claim {claim:?} does not match"));
+        }
+    }
+    let outcome = rule.grant.outcome;
+    match (&m.actor, input.actor) {
+        (Some(am), None) if !am.none => return Some("rule needs an actor and the request has none".into()),
+        (Some(am), Some(actor)) => {
+            let named = match actor.kind {
+                ActorKind::Peer => am.spiffe.iter().any(|g| g.matches(&actor.sub)),
+                ActorKind::Token => {
+                    am.sub.iter().any(|g| g.matches(&actor.sub))
+                        || actor.client_id.as_deref().is_some_and(|c| am.client_id.iter().any(|g| g.matches(c)))
+                }
+            };
+            // `actor: {}` (or only `none: false`) admits any actor.
+            if !named && (am.names_someone() || am.none) {
+                return Some(format!("actor {:?} is not listed", actor.sub));
+            }
+        }
+        _ => {}
+    }
+    match (outcome, input.actor) {
+        (Outcome::Exchange, Some(actor)) => {
+            return Some(format!("an exchange involves no actor, but the request has actor {:?}", actor.sub));
+        }
+        (Outcome::Delegation, None) => return Some("delegation needs an actor and the request has none".into()),
+        _ => {}
+    }
+    if let Some(wanted) = input.requested_subject.filter(|s| *s != input.subject.sub) {
+        if outcome != Outcome::Impersonation {
+            return Some("rule does not impersonate other subjects".into());
+        }
+        if !rule.grant.impersonate_subjects.iter().any(|g| g.matches(wanted)) {
+            return Some(format!("rule does not allow impersonating {wanted:?}"));
+        }
+    }
+    None
+}
+
+/// RFC 8693 §4.4: when the subject token says who may act for it, the actor
+/// must be that party (sub, and iss where given).
+fn check_may_act(input: &RuleInput<'_>) -> Result<(), Denied> {
+    let (Some(may_act), Some(actor)) = (&input.subject.claims.may_act, input.actor) else {
+        return Ok(());
+    };
+    let obj = may_act.as_object().ok_or(Denied::BadClaim("may_act"))?;
+    let sub = obj.get("sub").and_then(Value::as_str).ok_or(Denied::BadClaim("may_act"))?;
+    if sub != actor.sub {
+        return Err(Denied::MayAct);
+    }
+    match obj.get("iss") {
+        None => Ok(()),
+        Some(Value::String(iss)) if actor.iss.as_deref() == Some(iss.as_str()) => Ok(()),
+        Some(Value::String(_)) => Err(Denied::MayAct),
+        Some(_) => Err(Denied::BadClaim("may_act")),
+    }
+}
+
+/// Number of actors in an `act` chain; `Err` when it is not a chain of objects.
+fn chain_depth(act: Option<&Value>) -> Result<usize, Denied> {
+    let mut depth = 0;
+    let mut cur = act;
+    while let Some(v) = cur {
+        let obj = v.as_object().ok_or(Denied::BadClaim("act"))?;
+        if !obj.get("sub").is_some_and(Value::is_string) {
+            return Err(Denied::BadClaim("act"));
+        }
+        depth += 1;
+        cur = obj.get("act");
+    }
+    Ok(depth)
+}
+
+fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
+    let g = &rule.grant;
+    let subject = input.subject;
+    let prior_act = subject.claims.act.as_ref();
+    let prior_depth = chain_depth(prior_act)?;
+    let too_deep = |depth: usize| Denied::ChainTooDeep { rule: rule.name.clone(), depth, max: g.max_chain_depth };
+
+    let mut audit = None;
+    let (sub, act, act_as) = match g.outcome {
+        Outcome::Exchange => {
+            // Same subject; a delegated token stays delegated (its chain is kept as is).
+            if prior_depth > g.max_chain_depth {
+                return Err(too_deep(prior_depth));
+            }
+            (subject.sub.clone(), prior_act.cloned(), None)
+        }
+        Outcome::Delegation => {
+            let actor = input.actor.ok_or(Denied::NoRule { audience: input.audience.to_owned() })?;
+            let depth = prior_depth + 1;
+            if depth > g.max_chain_depth {
+                return Err(too_deep(depth));
+            }
+            match g.delegation_shape {
+                DelegationShape::Act => {
+                    let mut act = actor.act_claim();
+                    if let Some(prior) = prior_act {
+                        act.insert("act".into(), prior.clone());
+                    }
+                    (subject.sub.clone(), Some(Value::Object(act)), None)
+                }
+                DelegationShape::ActAs => {
+                    let mut act_as = Map::new();
+                    act_as.insert("sub".into(), Value::String(subject.sub.clone()));
+                    act_as.insert("iss".into(), Value::String(subject.issuer.clone()));
+                    if let Some(prior) = prior_act {
+                        act_as.insert("act".into(), prior.clone());
+                    }
+                    (actor.sub.clone(), None, Some(Value::Object(act_as)))
+                }
+            }
+        }
+        Outcome::Impersonation => {
+            if prior_act.is_some() {
+                return Err(Denied::WouldDropAct { rule: rule.name.clone() });
+            }
+            let sub = input.requested_subject.unwrap_or(&subject.sub).to_owned();
+            let actor_name = input.actor.map(|a| a.sub.as_str()).unwrap_or("(no actor)");
+            audit = Some(format!(
+                "impersonation: actor {actor_name:?} acts as subject {sub:?} (token subject {:?}) towards {:?} by rule {:?}",
+                subject.sub, input.audience, rule.name
+            ));
+            (sub, None, None)
+        }
+    };
+
+    let requested = input.requested_scopes.unwrap_or(&subject.scopes);
+    let scopes = narrow(requested, &subject.scopes, |s| g.scopes.iter().any(|p| p.matches(s)));
+    if scopes.is_empty() && !g.allow_empty_scope {
+        return Err(Denied::NoScope { rule: rule.name.clone() });
+    }
+
+    let mut claims = Map::new();
+    for name in &g.copy_claims {
+        if let Some(v) = claim_value(subject, name) {
+            claims.insert(name.clone(), v);
+        }
+    }
+    for (k, v) in &g.add_claims {
+        claims.insert(k.clone(), v.clone());
+    }
+    if let (Some(name), Outcome::Impersonation, Some(actor)) = (&g.audit_claim, g.outcome, input.actor) {
+        claims.insert(name.clone(), Value::Object(actor.act_claim()));
+    }
+
+    let downstream = g
+        .downstream_tokens
+        .iter()
+        .map(|d| DownstreamGrant {
+            audience: d.audience.clone(),
+            header: d.header.clone(),
+            scopes: if d.scopes.is_empty() {
+                scopes.clone()
+            } else {
+                scopes.iter().filter(|s| d.scopes.iter().any(|p| p.matches(s))).cloned().collect()
+            },
+        })
+        .collect();
+
+    Ok(Decision {
+        rule: rule.name.clone(),
+        outcome: g.outcome,
+        sub,
+        act,
+        act_as,
+        scopes,
+        max_lifetime: g.max_lifetime.map(|d| d.0),
+        claims,
+        downstream,
+        audit,
+    })
+}
+
+/// requested ∩ held ∩ allowed, sorted and de-duplicated.
+fn narrow(requested: &[String], held: &[String], allowed: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut out: Vec<String> =
+        requested.iter().filter(|s| held.contains(s) && allowed(s)).cloned().collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A subject-token claim as JSON, for copying.
+fn claim_value(v: &Validated, name: &str) -> Option<Value> {
+    let c = &v.claims;
+    match name {
+        "azp" => c.azp.clone().map(Value::String),
+        "scp" => c.scp.clone(),
+        _ => c.other.get(name).cloned(),
+    }
+}
+
+/// A subject-token claim as strings, for matching.
+fn claim_values(v: &Validated, name: &str) -> Vec<String> {
+    let c = &v.claims;
+    match name {
+        "sub" => vec![v.sub.clone()],
+        "iss" => vec![v.issuer.clone()],
+        "aud" => c.aud.clone(),
+        "scope" | "scp" => v.scopes.clone(),
+        "client_id" => v.client_id.iter().cloned().collect(),
+        "azp" => c.azp.iter().cloned().collect(),
+        "jti" => c.jti.iter().cloned().collect(),
+        _ => match c.other.get(name) {
+            Some(Value::Array(items)) => items.iter().filter_map(scalar).collect(),
+            Some(other) => scalar(other).into_iter().collect(),
+            None => Vec::new(),
+        },
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Problems `check-config` reports about rules that are valid one by one but
+/// can never decide anything: rules shadowed by an earlier, wider rule.
+pub fn lint(rules: &[Rule]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (j, later) in rules.iter().enumerate() {
+        if let Some((i, earlier)) = rules[..j].iter().enumerate().find(|(_, e)| covers(e, later)) {
+            out.push(format!(
+                "rules[{j}] {:?} can never match: rules[{i}] {:?} comes first and matches everything it would",
+                later.name, earlier.name
+            ));
+        }
+    }
+    out
+}
+
+/// Whether every request `b` matches is also matched by `a` (conservative:
+/// `false` when unsure).
+fn covers(a: &Rule, b: &Rule) -> bool {
+    use crate::glob::Glob;
+    let globs_cover = |a: &[Glob], b: &[Glob]| {
+        a.is_empty()
+            || (!b.is_empty()
+                && b.iter().all(|pb| a.iter().any(|pa| pa.as_str() == pb.as_str() || (pb.is_literal() && pa.matches(pb.as_str())))))
+    };
+    let issuers = a.when.issuers.is_empty() || (!b.when.issuers.is_empty() && b.when.issuers.iter().all(|i| a.when.issuers.contains(i)));
+    let subject = a.when.subject.iter().all(|(claim, pa)| b.when.subject.get(claim).is_some_and(|pb| globs_cover(pa, pb)));
+    // Actor presence is implied by the outcome; only compare like with like.
+    let actor = a.grant.outcome == b.grant.outcome
+        && match (&a.when.actor, &b.when.actor) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(x), Some(y)) => {
+                (!y.none || x.none)
+                    && globs_cover(&x.spiffe, &y.spiffe)
+                    && globs_cover(&x.sub, &y.sub)
+                    && globs_cover(&x.client_id, &y.client_id)
+                    && x.names_someone() == y.names_someone()
+            }
+        };
+    // Impersonating other subjects depends on the rule's list; stay conservative.
+    let impersonation = b.grant.impersonate_subjects.is_empty();
+    issuers && globs_cover(&a.when.audiences, &b.when.audiences) && subject && actor && impersonation
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Dur, Grant, RuleMatch};
-    use crate::glob::Glob;
-
-    fn rule(name: &str, issuers: &[&str], audiences: &[&str], scopes: &[&str], allow_empty: bool) -> Rule {
-        Rule {
-            name: name.into(),
-            when: RuleMatch {
-                issuers: issuers.iter().map(|s| s.to_string()).collect(),
-                audiences: audiences.iter().map(|s| Glob::new(*s)).collect(),
-            },
-            grant: Grant {
-                scopes: scopes.iter().map(|s| Glob::new(*s)).collect(),
-                allow_empty_scope: allow_empty,
-                max_lifetime: Some(Dur(Duration::from_secs(60))),
-            },
-        }
-    }
-
-    fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn decision_table() {
-        let rules = vec![
-            rule("orders", &["https://idp"], &["orders"], &["orders.*"], false),
-            rule("any-api", &[], &["api://*"], &["*"], true),
-        ];
-        let subject = strings(&["orders.read", "orders.write", "profile"]);
-        struct Case {
-            issuer: &'static str,
-            audience: &'static str,
-            requested: Option<Vec<String>>,
-            want: Result<(&'static str, Vec<&'static str>), &'static str>,
-        }
-        let cases = [
-            // all of the subject's scopes that the rule allows
-            Case { issuer: "https://idp", audience: "orders", requested: None, want: Ok(("orders", vec!["orders.read", "orders.write"])) },
-            // narrowed by the request
-            Case { issuer: "https://idp", audience: "orders", requested: Some(strings(&["orders.read"])), want: Ok(("orders", vec!["orders.read"])) },
-            // a requested scope the subject lacks is never granted
-            Case { issuer: "https://idp", audience: "orders", requested: Some(strings(&["orders.admin"])), want: Err("no_scope") },
-            // a scope the rule does not allow is dropped; nothing left = refusal
-            Case { issuer: "https://idp", audience: "orders", requested: Some(strings(&["profile"])), want: Err("no_scope") },
-            // issuer mismatch: first rule skipped, second does not match audience
-            Case { issuer: "https://other", audience: "orders", requested: None, want: Err("no_rule") },
-            // second rule: glob audience, any issuer, empty scope allowed
-            Case { issuer: "https://other", audience: "api://billing", requested: Some(strings(&["nothing"])), want: Ok(("any-api", vec![])) },
-            Case { issuer: "https://idp", audience: "api://billing", requested: None, want: Ok(("any-api", vec!["orders.read", "orders.write", "profile"])) },
-            // default deny
-            Case { issuer: "https://idp", audience: "payments", requested: None, want: Err("no_rule") },
-        ];
-        for (i, c) in cases.iter().enumerate() {
-            let input = RuleInput {
-                issuer: c.issuer,
-                audience: c.audience,
-                requested_scopes: c.requested.as_deref(),
-                subject_scopes: &subject,
-            };
-            let got = evaluate(&rules, &input);
-            match (&c.want, got) {
-                (Ok((name, scopes)), Ok(d)) => {
-                    assert_eq!(d.rule, *name, "case {i}");
-                    assert_eq!(d.scopes, strings(scopes), "case {i}");
-                    assert_eq!(d.max_lifetime, Some(Duration::from_secs(60)));
-                }
-                (Err(label), Err(d)) => assert_eq!(d.label(), *label, "case {i}: {d}"),
-                (want, got) => panic!("case {i}: want {want:?}, got {got:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn first_matching_rule_decides_even_if_a_later_one_is_wider() {
-        let rules = vec![
-            rule("narrow", &[], &["orders"], &["orders.read"], false),
-            rule("wide", &[], &["*"], &["*"], false),
-        ];
-        let subject = strings(&["orders.read", "orders.write"]);
-        let input = RuleInput { issuer: "i", audience: "orders", requested_scopes: None, subject_scopes: &subject };
-        assert_eq!(evaluate(&rules, &input).unwrap().scopes, strings(&["orders.read"]));
-    }
-
-    #[test]
-    fn no_rules_means_deny() {
-        let input = RuleInput { issuer: "i", audience: "a", requested_scopes: None, subject_scopes: &[] };
-        assert!(matches!(evaluate(&[], &input), Err(Denied::NoRule { .. })));
-    }
-}
+mod tests;

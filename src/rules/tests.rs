@@ -1,0 +1,365 @@
+//! Table-driven tests of the rule engine.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::validate::{Claims, Validated};
+
+const IDP: &str = "https://idp.example";
+
+fn rules(yaml: &str) -> Vec<Rule> {
+    serde_yaml_ng::from_str(yaml).expect("test rules parse")
+}
+
+fn subject(claims: Value) -> Validated {
+    let mut claims = claims;
+    let obj = claims.as_object_mut().unwrap();
+    obj.entry("iss").or_insert(json!(IDP));
+    obj.entry("sub").or_insert(json!("alice"));
+    let parsed: Claims = serde_json::from_value(claims.clone()).unwrap();
+    let scopes = parsed
+        .scope
+        .as_ref()
+        .and_then(Value::as_str)
+        .map(|s| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .unwrap_or_default();
+    Validated {
+        issuer: parsed.iss.clone().unwrap(),
+        sub: parsed.sub.clone().unwrap(),
+        exp: 4_000_000_000,
+        scopes,
+        client_id: parsed.client_id.clone(),
+        claims: parsed,
+    }
+}
+
+fn peer(id: &str) -> Actor {
+    Actor { kind: ActorKind::Peer, sub: id.into(), iss: None, client_id: None }
+}
+
+fn token_actor(sub: &str, iss: &str, client_id: Option<&str>) -> Actor {
+    Actor { kind: ActorKind::Token, sub: sub.into(), iss: Some(iss.into()), client_id: client_id.map(Into::into) }
+}
+
+fn input<'a>(subject: &'a Validated, actor: Option<&'a Actor>, audience: &'a str) -> RuleInput<'a> {
+    RuleInput { subject, actor, audience, requested_scopes: None, requested_subject: None }
+}
+
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+const MESH: &str = r#"
+- name: web-delegates-to-orders
+  match:
+    audiences: [orders]
+    actor: { spiffe: ["spiffe://cluster.local/ns/shop/sa/*"] }
+  grant: { outcome: delegation, scopes: ["orders.*"], max_lifetime: 2m }
+- name: admins-impersonate
+  match:
+    subject: { groups: [sre, admins] }
+    actor: { sub: [ops-console] }
+  grant:
+    outcome: impersonation
+    scopes: ["*"]
+    impersonate_subjects: ["user-*"]
+    audit_claim: impersonated_by
+- name: external-to-internal
+  match:
+    issuers: ["https://idp.example"]
+    audiences: ["api://*"]
+    subject: { sub: ["alice", "bob"] }
+  grant:
+    scopes: [profile, "orders.read"]
+    copy_claims: [email, groups]
+    add_claims: { tenant: acme }
+"#;
+
+#[test]
+fn each_match_dimension_and_default_deny() {
+    let rs = rules(MESH);
+    let alice = subject(json!({"scope": "orders.read orders.write profile", "email": "a@x", "groups": ["dev"]}));
+    let carol = subject(json!({"sub": "carol", "scope": "profile"}));
+    let web = peer(WEB);
+    let other_ns = peer("spiffe://cluster.local/ns/evil/sa/web");
+    struct Case<'a> {
+        what: &'a str,
+        subject: &'a Validated,
+        actor: Option<&'a Actor>,
+        audience: &'a str,
+        want: Result<&'a str, &'a str>,
+    }
+    let cases = [
+        Case { what: "delegation by SPIFFE glob", subject: &alice, actor: Some(&web), audience: "orders", want: Ok("web-delegates-to-orders") },
+        Case { what: "actor outside the glob", subject: &alice, actor: Some(&other_ns), audience: "orders", want: Err("no_rule") },
+        Case { what: "delegation needs an actor", subject: &alice, actor: None, audience: "orders", want: Err("no_rule") },
+        Case { what: "audience glob + subject sub one-of", subject: &alice, actor: None, audience: "api://billing", want: Ok("external-to-internal") },
+        Case { what: "subject not in one-of", subject: &carol, actor: None, audience: "api://billing", want: Err("no_rule") },
+        Case { what: "exchange refuses an actor", subject: &alice, actor: Some(&web), audience: "api://billing", want: Err("no_rule") },
+        Case { what: "default deny", subject: &alice, actor: None, audience: "payments", want: Err("no_rule") },
+    ];
+    for c in cases {
+        let got = evaluate(&rs, &input(c.subject, c.actor, c.audience));
+        match (c.want, &got) {
+            (Ok(name), Ok(d)) => assert_eq!(d.rule, name, "{}", c.what),
+            (Err(label), Err(d)) => assert_eq!(d.label(), label, "{}: {d}", c.what),
+            _ => panic!("{}: got {got:?}", c.what),
+        }
+    }
+}
+
+#[test]
+fn issuer_dimension() {
+    let rs = rules(MESH);
+    let mut other = subject(json!({"scope": "profile"}));
+    other.issuer = "https://other.example".into();
+    assert_eq!(evaluate(&rs, &input(&other, None, "api://x")).unwrap_err().label(), "no_rule");
+    let trace = explain(&rs, &input(&other, None, "api://x"));
+    assert_eq!(trace[2].1.as_deref(), Some("subject token issuer is not listed"));
+}
+
+#[test]
+fn group_claim_matches_any_element() {
+    let rs = rules(MESH);
+    let ops = token_actor("ops-console", IDP, None);
+    let admin = subject(json!({"sub": "root", "groups": ["dev", "admins"], "scope": "x"}));
+    let dev = subject(json!({"sub": "root", "groups": ["dev"], "scope": "x"}));
+    assert_eq!(evaluate(&rs, &input(&admin, Some(&ops), "anything")).unwrap().rule, "admins-impersonate");
+    assert_eq!(evaluate(&rs, &input(&dev, Some(&ops), "anything")).unwrap_err().label(), "no_rule");
+}
+
+#[test]
+fn order_decides_first_match() {
+    let rs = rules(
+        r#"
+- name: narrow
+  match: { audiences: [orders] }
+  grant: { scopes: [orders.read] }
+- name: wide
+  grant: { scopes: ["*"] }
+"#,
+    );
+    let s = subject(json!({"scope": "orders.read orders.write"}));
+    let d = evaluate(&rs, &input(&s, None, "orders")).unwrap();
+    assert_eq!((d.rule.as_str(), d.scopes.clone()), ("narrow", vec!["orders.read".to_string()]));
+    assert_eq!(evaluate(&rs, &input(&s, None, "other")).unwrap().rule, "wide");
+}
+
+#[test]
+fn scopes_are_requested_and_held_and_allowed() {
+    let rs = rules(MESH);
+    let alice = subject(json!({"scope": "orders.read orders.write profile"}));
+    let web = peer(WEB);
+    let cases: [(Option<Vec<&str>>, Result<Vec<&str>, &str>); 5] = [
+        (None, Ok(vec!["orders.read", "orders.write"])),
+        (Some(vec!["orders.read"]), Ok(vec!["orders.read"])),
+        (Some(vec!["orders.read", "orders.admin"]), Ok(vec!["orders.read"])),
+        (Some(vec!["orders.admin"]), Err("no_scope")),
+        (Some(vec!["profile"]), Err("no_scope")),
+    ];
+    for (requested, want) in cases {
+        let req: Option<Vec<String>> = requested.map(|v| v.into_iter().map(String::from).collect());
+        let mut i = input(&alice, Some(&web), "orders");
+        i.requested_scopes = req.as_deref();
+        match (want, evaluate(&rs, &i)) {
+            (Ok(scopes), Ok(d)) => assert_eq!(d.scopes, scopes),
+            (Err(label), Err(d)) => assert_eq!(d.label(), label),
+            (w, g) => panic!("want {w:?} got {g:?}"),
+        }
+    }
+}
+
+#[test]
+fn empty_scope_is_refused_unless_allowed() {
+    let strict = rules("- name: r\n  grant: { scopes: [a] }\n");
+    let lax = rules("- name: r\n  grant: { scopes: [a], allow_empty_scope: true }\n");
+    let s = subject(json!({}));
+    assert_eq!(evaluate(&strict, &input(&s, None, "x")).unwrap_err(), Denied::NoScope { rule: "r".into() });
+    assert_eq!(evaluate(&lax, &input(&s, None, "x")).unwrap().scopes, Vec::<String>::new());
+}
+
+#[test]
+fn lifetime_cap_comes_from_the_rule() {
+    let rs = rules(MESH);
+    let alice = subject(json!({"scope": "orders.read"}));
+    let d = evaluate(&rs, &input(&alice, Some(&peer(WEB)), "orders")).unwrap();
+    assert_eq!(d.max_lifetime, Some(Duration::from_secs(120)));
+}
+
+fn nested(depth: usize) -> Option<Value> {
+    let mut act: Option<Value> = None;
+    for i in 0..depth {
+        let mut obj = json!({"sub": format!("svc-{i}")});
+        if let Some(inner) = act {
+            obj["act"] = inner;
+        }
+        act = Some(obj);
+    }
+    act
+}
+
+#[test]
+fn delegation_nests_prior_actors_up_to_the_limit() {
+    let rs = rules(
+        r#"
+- name: d
+  grant: { outcome: delegation, scopes: ["*"], allow_empty_scope: true, max_chain_depth: 3 }
+"#,
+    );
+    let web = peer(WEB);
+    for prior in 0..=3 {
+        let mut claims = json!({});
+        if let Some(act) = nested(prior) {
+            claims["act"] = act;
+        }
+        let s = subject(claims);
+        let got = evaluate(&rs, &input(&s, Some(&web), "x"));
+        if prior + 1 <= 3 {
+            let d = got.unwrap();
+            let act = d.act.expect("act");
+            assert_eq!(act["sub"], WEB, "outermost act is the current actor");
+            assert!(act.get("iss").is_none(), "a SPIFFE actor has no iss");
+            assert_eq!(chain_depth(Some(&act)).unwrap(), prior + 1);
+            if prior > 0 {
+                assert_eq!(act["act"], nested(prior).unwrap(), "prior chain nested unchanged");
+            }
+            assert_eq!(d.sub, "alice");
+        } else {
+            assert_eq!(got.unwrap_err(), Denied::ChainTooDeep { rule: "d".into(), depth: 4, max: 3 });
+        }
+    }
+}
+
+#[test]
+fn token_actor_act_names_its_issuer() {
+    let rs = rules("- name: d\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
+    let s = subject(json!({}));
+    let actor = token_actor("batch-job", "https://ci.example", Some("ci"));
+    let d = evaluate(&rs, &input(&s, Some(&actor), "x")).unwrap();
+    assert_eq!(d.act, Some(json!({"sub": "batch-job", "iss": "https://ci.example"})));
+}
+
+#[test]
+fn malformed_act_is_refused() {
+    let rs = rules("- name: d\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
+    let s = subject(json!({"act": "svc"}));
+    assert_eq!(evaluate(&rs, &input(&s, Some(&peer(WEB)), "x")).unwrap_err(), Denied::BadClaim("act"));
+}
+
+#[test]
+fn may_act_admits_only_the_named_actor() {
+    let rs = rules("- name: d\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
+    let web = peer(WEB);
+    let tok = token_actor("batch", "https://ci.example", None);
+    let cases = [
+        (json!({"sub": WEB}), &web, Ok(())),
+        (json!({"sub": "spiffe://cluster.local/ns/shop/sa/other"}), &web, Err(Denied::MayAct)),
+        (json!({"sub": WEB, "iss": "https://x"}), &web, Err(Denied::MayAct)),
+        (json!({"sub": "batch", "iss": "https://ci.example"}), &tok, Ok(())),
+        (json!({"sub": "batch", "iss": "https://evil.example"}), &tok, Err(Denied::MayAct)),
+        (json!(["batch"]), &tok, Err(Denied::BadClaim("may_act"))),
+    ];
+    for (may_act, actor, want) in cases {
+        let s = subject(json!({"may_act": may_act}));
+        let got = evaluate(&rs, &input(&s, Some(actor), "x")).map(|_| ());
+        assert_eq!(got, want, "may_act {may_act}");
+    }
+    // may_act refuses even when a rule would allow the actor.
+    let s = subject(json!({"may_act": {"sub": "someone-else"}}));
+    assert_eq!(evaluate(&rs, &input(&s, Some(&web), "x")).unwrap_err(), Denied::MayAct);
+}
+
+#[test]
+fn a_delegated_token_is_never_laundered() {
+    let imp = rules("- name: i\n  grant: { outcome: impersonation, allow_empty_scope: true }\n");
+    let s = subject(json!({"act": {"sub": "svc-a"}}));
+    assert_eq!(
+        evaluate(&imp, &input(&s, Some(&peer(WEB)), "x")).unwrap_err(),
+        Denied::WouldDropAct { rule: "i".into() }
+    );
+    // An exchange keeps the chain as it is.
+    let ex = rules("- name: e\n  grant: { allow_empty_scope: true }\n");
+    let d = evaluate(&ex, &input(&s, None, "x")).unwrap();
+    assert_eq!(d.act, Some(json!({"sub": "svc-a"})));
+}
+
+#[test]
+fn impersonation_of_another_subject_needs_a_named_actor_and_is_audited() {
+    let rs = rules(MESH);
+    let admin = subject(json!({"sub": "root", "groups": ["sre"], "scope": "orders.read"}));
+    let ops = token_actor("ops-console", IDP, None);
+    let mut i = input(&admin, Some(&ops), "orders-api");
+    i.requested_subject = Some("user-123");
+    let d = evaluate(&rs, &i).unwrap();
+    assert_eq!(d.outcome, Outcome::Impersonation);
+    assert_eq!(d.sub, "user-123");
+    assert_eq!(d.act, None);
+    assert_eq!(d.claims["impersonated_by"], json!({"sub": "ops-console", "iss": IDP}));
+    assert!(d.audit.unwrap().contains("user-123"));
+
+    i.requested_subject = Some("admin-1");
+    assert_eq!(evaluate(&rs, &i).unwrap_err(), Denied::ImpersonationRefused);
+
+    // A different actor cannot use the same rule.
+    let intruder = token_actor("intruder", IDP, None);
+    let mut i = input(&admin, Some(&intruder), "orders-api");
+    i.requested_subject = Some("user-123");
+    assert_eq!(evaluate(&rs, &i).unwrap_err(), Denied::ImpersonationRefused);
+}
+
+#[test]
+fn act_as_shape_puts_the_actor_in_sub() {
+    let rs = rules("- name: d\n  grant: { outcome: delegation, delegation_shape: act_as, allow_empty_scope: true }\n");
+    let s = subject(json!({}));
+    let d = evaluate(&rs, &input(&s, Some(&peer(WEB)), "x")).unwrap();
+    assert_eq!(d.sub, WEB);
+    assert_eq!(d.act, None);
+    assert_eq!(d.act_as, Some(json!({"sub": "alice", "iss": IDP})));
+}
+
+#[test]
+fn claims_are_copied_and_added() {
+    let rs = rules(MESH);
+    let alice = subject(json!({"scope": "profile", "email": "a@x", "groups": ["dev"], "secret": "no"}));
+    let d = evaluate(&rs, &input(&alice, None, "api://x")).unwrap();
+    assert_eq!(Value::Object(d.claims), json!({"email": "a@x", "groups": ["dev"], "tenant": "acme"}));
+}
+
+#[test]
+fn downstream_tokens_are_narrower() {
+    let rs = rules(
+        r#"
+- name: r
+  grant:
+    scopes: ["*"]
+    downstream_tokens:
+      - { audience: payments, header: x-payments-token, scopes: ["payments.*"] }
+      - { audience: audit, header: x-audit-token }
+"#,
+    );
+    let s = subject(json!({"scope": "orders.read payments.charge"}));
+    let d = evaluate(&rs, &input(&s, None, "orders")).unwrap();
+    assert_eq!(d.downstream[0], DownstreamGrant { audience: "payments".into(), header: "x-payments-token".into(), scopes: vec!["payments.charge".into()] });
+    assert_eq!(d.downstream[1].scopes, d.scopes);
+}
+
+#[test]
+fn lint_reports_shadowed_rules() {
+    let rs = rules(
+        r#"
+- name: all-orders
+  match: { audiences: ["orders*"] }
+  grant: { scopes: ["*"] }
+- name: orders-read
+  match: { audiences: [orders] , subject: { sub: [alice] } }
+  grant: { scopes: [orders.read] }
+- name: billing
+  match: { audiences: [billing] }
+  grant: { scopes: ["*"] }
+- name: delegation-orders
+  match: { audiences: [orders] }
+  grant: { outcome: delegation, scopes: ["*"] }
+"#,
+    );
+    let issues = lint(&rs);
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert!(issues[0].contains("orders-read") && issues[0].contains("all-orders"));
+}
