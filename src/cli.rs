@@ -54,6 +54,30 @@ pub enum Command {
         /// The YAML configuration.
         file: PathBuf,
     },
+    /// Dry-run one exchange: validate the tokens, show each rule's verdict and the claims that would be minted.
+    Explain {
+        /// The YAML configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The subject token (a JWT).
+        #[arg(long)]
+        subject_token: String,
+        /// An actor token (a JWT), validated like the subject token.
+        #[arg(long)]
+        actor_token: Option<String>,
+        /// The caller's mTLS identity, e.g. spiffe://cluster.local/ns/shop/sa/web.
+        #[arg(long)]
+        peer: Option<String>,
+        /// The target audience.
+        #[arg(long)]
+        audience: String,
+        /// Requested scopes, space-separated.
+        #[arg(long)]
+        scope: Option<String>,
+        /// A different subject to impersonate.
+        #[arg(long)]
+        requested_subject: Option<String>,
+    },
     /// Print a subject token minted by a running `stsgate dev` instance's IdP.
     DevToken {
         /// The token's subject.
@@ -103,6 +127,20 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::CheckConfig { file } => check_config(&file),
+        Command::Explain { config, subject_token, actor_token, peer, audience, scope, requested_subject } => {
+            let cfg = match Config::from_file(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => return config_failure(&e),
+            };
+            let q = crate::explain::Question { subject_token, actor_token, peer, audience, scope, requested_subject };
+            match crate::explain::explain(cfg, &q).await {
+                Ok((answer, allowed)) => {
+                    println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+                    if allowed { ExitCode::SUCCESS } else { ExitCode::from(2) }
+                }
+                Err(e) => failure(&e),
+            }
+        }
         Command::DevToken { sub, scope, aud, ttl, client_id, idp } => {
             let req = DevTokenRequest { sub, scope, aud, ttl: Some(ttl.as_secs().max(1)), client_id };
             match request_token(&idp, &req).await {
@@ -165,7 +203,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         }
         return ExitCode::from(EX_CONFIG);
     }
-    for warning in warnings(&cfg) {
+    for warning in warnings(&cfg).into_iter().chain(crate::rules::lint(&cfg.rules)) {
         println!("warning: {warning}");
     }
     println!(

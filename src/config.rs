@@ -845,8 +845,14 @@ impl Config {
                 }
             }
         }
-        if ea.actor.mode != ActorMode::None && !ea.actor.peer && ea.actor.token_header.is_empty() && ea.actor.mode != ActorMode::Any {
-            bad("ext_authz.actor".into(), "the actor mode needs `peer: true` or a `token_header`".into());
+        match ea.actor.mode {
+            ActorMode::Peer if !ea.actor.peer => {
+                bad("ext_authz.actor.mode".into(), "mode peer needs `peer: true`".into());
+            }
+            ActorMode::Token if ea.actor.token_header.is_empty() => {
+                bad("ext_authz.actor.mode".into(), "mode token needs a `token_header`".into());
+            }
+            _ => {}
         }
         if ea.realm.contains('"') || ea.realm.contains('\\') {
             bad("ext_authz.realm".into(), "must not contain quotes or backslashes".into());

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dev_idp;
 pub mod exchange;
+pub mod explain;
 pub mod ext_authz;
 pub mod glob;
 pub mod http;
