@@ -120,9 +120,58 @@ pub struct Config {
     /// Exchange rules, evaluated in order; no match means deny.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Caches of minted and validated tokens.
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// An in-process development IdP (only for `stsgate dev` and tests).
     #[serde(default)]
     pub dev_idp: Option<DevIdp>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Reuse minted tokens for identical exchanges.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Memory bound of the minted-token cache, in bytes.
+    #[serde(default = "default_cache_bytes")]
+    pub max_bytes: u64,
+    /// A minted token is handed out again until this percentage of its
+    /// lifetime has passed, then re-minted (so callers never get one about to expire).
+    #[serde(default = "default_reuse_percent")]
+    pub reuse_percent: u8,
+    /// How long a validated subject/actor token is remembered (never past its `exp`).
+    #[serde(default = "default_validated_ttl")]
+    pub validated_ttl: Dur,
+    /// Memory bound of the validated-token cache, in bytes.
+    #[serde(default = "default_validated_bytes")]
+    pub validated_max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_bytes: default_cache_bytes(),
+            reuse_percent: default_reuse_percent(),
+            validated_ttl: default_validated_ttl(),
+            validated_max_bytes: default_validated_bytes(),
+        }
+    }
+}
+
+fn default_cache_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_reuse_percent() -> u8 {
+    50
+}
+fn default_validated_ttl() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_validated_bytes() -> u64 {
+    16 * 1024 * 1024
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -765,6 +814,13 @@ impl Config {
         }
         if self.tokens.max_token_bytes < 256 || self.tokens.max_token_bytes > 1024 * 1024 {
             bad("tokens.max_token_bytes".into(), "must be between 256 and 1048576".into());
+        }
+
+        if !(1..=95).contains(&self.cache.reuse_percent) {
+            bad("cache.reuse_percent".into(), "must be between 1 and 95".into());
+        }
+        if self.cache.validated_ttl.0 > Duration::from_secs(300) {
+            bad("cache.validated_ttl".into(), "must be at most 5m".into());
         }
 
         // --- trusted issuers ---

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::cache::{self, Caches};
+use crate::config::{Config, Outcome};
 use crate::issuer::Issuers;
 use crate::mint::{AccessClaims, KeyRing, MintError, new_jti};
 use crate::rules::{self, Actor, ActorKind, Denied, RuleInput};
@@ -24,6 +25,9 @@ pub struct ExchangeRequest<'a> {
     pub actor: Option<Actor>,
     /// A different subject the actor asks to impersonate.
     pub requested_subject: Option<&'a str>,
+    /// `exp` of the actor token, when the actor came from one: the new token
+    /// does not outlive it.
+    pub actor_exp: Option<i64>,
 }
 
 /// A minted token and what decided it (for headers, metadata and logs).
@@ -56,27 +60,68 @@ pub struct Engine {
     pub issuers: Arc<Issuers>,
     pub keys: Arc<KeyRing>,
     validator: Validator,
+    caches: Caches,
 }
 
 impl Engine {
     pub fn new(cfg: Arc<Config>, issuers: Arc<Issuers>, keys: Arc<KeyRing>) -> Engine {
         let validator = Validator::new(issuers.clone(), cfg.tokens.max_token_bytes);
-        Engine { cfg, issuers, keys, validator }
+        let caches = Caches::new(&cfg.cache);
+        Engine { cfg, issuers, keys, validator, caches }
     }
 
     pub fn validator(&self) -> &Validator {
         &self.validator
     }
 
-    pub async fn exchange(&self, req: &ExchangeRequest<'_>) -> Result<Exchanged, ExchangeError> {
-        let subject = self.validator.validate(req.subject_token).await?;
-        self.exchange_validated(&subject, req, now_unix())
+    pub fn caches(&self) -> &Caches {
+        &self.caches
     }
 
-    /// Validates an actor token like a subject token and names its actor.
-    pub async fn actor_from_token(&self, token: &str) -> Result<Actor, ExchangeError> {
-        let v = self.validator.validate(token).await.map_err(ExchangeError::ActorToken)?;
-        Ok(Actor { kind: ActorKind::Token, sub: v.sub, iss: Some(v.issuer), client_id: v.client_id })
+    /// The whole exchange, answered from the minted-token cache when the same
+    /// request was decided recently.
+    pub async fn exchange(&self, req: &ExchangeRequest<'_>) -> Result<Arc<Exchanged>, ExchangeError> {
+        let now = now_unix();
+        let key = cache::exchange_key(
+            req.subject_token,
+            req.actor.as_ref(),
+            req.audience,
+            req.scopes.as_deref(),
+            req.requested_subject,
+            req.default_client_id,
+        );
+        if let Some(hit) = self.caches.get_minted(&key, now) {
+            // The entry never outlives the actor token it was decided with.
+            if req.actor_exp.is_none_or(|exp| hit.claims.exp <= exp) {
+                return Ok(hit);
+            }
+        }
+        let subject = self.validate(req.subject_token, now).await?;
+        let done = Arc::new(self.exchange_validated(&subject, req, now)?);
+        // Impersonation is audited on every request, so it is never answered from cache.
+        if done.outcome != Outcome::Impersonation {
+            self.caches.put_minted(key, done.clone(), now);
+        }
+        Ok(done)
+    }
+
+    /// Validates a token, remembering the result briefly.
+    pub async fn validate(&self, token: &str, now: i64) -> Result<Arc<Validated>, TokenError> {
+        let key = cache::token_key(token);
+        if let Some(hit) = self.caches.get_validated(&key, now) {
+            return Ok(hit);
+        }
+        let v = Arc::new(self.validator.validate_at(token, now).await?);
+        self.caches.put_validated(key, v.clone(), now);
+        Ok(v)
+    }
+
+    /// Validates an actor token like a subject token and names its actor;
+    /// also returns the token's `exp`.
+    pub async fn actor_from_token(&self, token: &str) -> Result<(Actor, i64), ExchangeError> {
+        let v = self.validate(token, now_unix()).await.map_err(ExchangeError::ActorToken)?;
+        let actor = Actor { kind: ActorKind::Token, sub: v.sub.clone(), iss: Some(v.issuer.clone()), client_id: v.client_id.clone() };
+        Ok((actor, v.exp))
     }
 
     /// The decision and minting for an already validated subject token.
@@ -117,7 +162,10 @@ impl Engine {
         if let Some(max) = decision.max_lifetime {
             lifetime = lifetime.min(max);
         }
-        let exp = (now + lifetime.as_secs() as i64).min(subject.exp);
+        let mut exp = (now + lifetime.as_secs() as i64).min(subject.exp);
+        if let Some(actor_exp) = req.actor_exp {
+            exp = exp.min(actor_exp);
+        }
         if exp - now < 1 {
             // Still inside the leeway, but there is nothing left to hand on.
             return Err(TokenError::Expired.into());

@@ -47,9 +47,13 @@ pub async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)>
         Ok(s) => s,
         Err(e) => return Ok(refuse("subject_token", e.to_string())),
     };
+    let mut actor_exp = None;
     let token_actor = match &q.actor_token {
         Some(t) => match engine.actor_from_token(t).await {
-            Ok(a) => Some(a),
+            Ok((a, exp)) => {
+                actor_exp = Some(exp);
+                Some(a)
+            }
             Err(e) => return Ok(refuse("actor_token", e.to_string())),
         },
         None => None,
@@ -80,6 +84,7 @@ pub async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)>
         default_client_id: &cfg.ext_authz.client_id,
         actor,
         requested_subject: q.requested_subject.as_deref(),
+        actor_exp,
     };
     let base = json!({
         "subject": {"iss": subject.issuer, "sub": subject.sub, "scopes": subject.scopes, "act": subject.claims.act, "may_act": subject.claims.may_act},

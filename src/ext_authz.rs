@@ -83,7 +83,7 @@ impl AuthzService {
 
         // The actor: the mTLS peer and/or a validated actor token, never a
         // plain header a caller could write.
-        let actor = match self.actor(&attrs, http, ea, route.actor).await {
+        let (actor, actor_exp) = match self.actor(&attrs, http, ea, route.actor).await {
             Ok(actor) => actor,
             Err(resp) => return resp,
         };
@@ -102,6 +102,7 @@ impl AuthzService {
             default_client_id: &ea.client_id,
             actor: actor.clone(),
             requested_subject: requested_subject.as_deref(),
+            actor_exp,
         };
         let audience = &route.audience;
         match self.engine.exchange(&request).await {
@@ -144,7 +145,7 @@ impl AuthzService {
         http: Option<&AttributeContext_HttpRequest>,
         ea: &ExtAuthz,
         route_mode: Option<ActorMode>,
-    ) -> Result<Option<Actor>, CheckResponse> {
+    ) -> Result<(Option<Actor>, Option<i64>), CheckResponse> {
         let mode = route_mode.unwrap_or(ea.actor.mode);
         let use_peer = ea.actor.peer && matches!(mode, ActorMode::Peer | ActorMode::Any);
         let use_token = !ea.actor.token_header.is_empty() && matches!(mode, ActorMode::Token | ActorMode::Any);
@@ -173,13 +174,13 @@ impl AuthzService {
         };
 
         match (peer, token_actor) {
-            (Some(p), Some(t)) if p.sub != t.sub => {
+            (Some(p), Some((t, _))) if p.sub != t.sub => {
                 self.metrics.deny(Denied::ActorConflict.label());
                 debug!(peer = %p.sub, token_sub = %t.sub, "actor identities disagree");
                 Err(forbidden(&Denied::ActorConflict))
             }
-            (_, Some(t)) => Ok(Some(t)),
-            (p, None) => Ok(p),
+            (_, Some((t, exp))) => Ok((Some(t), Some(exp))),
+            (p, None) => Ok((p, None)),
         }
     }
 

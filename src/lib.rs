@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod dev_idp;

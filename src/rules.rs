@@ -305,7 +305,11 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
     }
 
     let mut claims = Map::new();
-    for name in &g.copy_claims {
+    // Copied claims describe the subject token's subject; a token minted for
+    // another (impersonated) subject must not carry them (say, the operator's
+    // groups or email in user-123's token).
+    let other_subject = g.outcome == Outcome::Impersonation && sub != subject.sub;
+    for name in g.copy_claims.iter().filter(|_| !other_subject) {
         if let Some(v) = claim_value(subject, name) {
             claims.insert(name.clone(), v);
         }

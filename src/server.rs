@@ -79,9 +79,15 @@ impl Server {
             None => None,
         };
 
-        let mut registry = Registry::with_prefix("");
+        // No prefix: `with_prefix("")` would name every metric `_stsgate_...`.
+        let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        // tonic-health starts "" as SERVING; nothing is ready before the issuer
+        // keys load, so say so before the gRPC listener answers its first probe.
+        for service in ["", crate::readiness::AUTHZ_SERVICE] {
+            health_reporter.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
+        }
         let readiness = Readiness::new(issuers.clone(), health_reporter);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
