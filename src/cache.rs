@@ -180,6 +180,7 @@ pub fn exchange_key(
             .field(match a.kind {
                 crate::rules::ActorKind::Peer => b"peer",
                 crate::rules::ActorKind::Token => b"token",
+                crate::rules::ActorKind::PeerAndToken => b"peer+token",
             })
             .field(a.sub.as_bytes())
             .opt(a.iss.as_deref().map(str::as_bytes))

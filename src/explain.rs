@@ -61,7 +61,8 @@ pub async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)>
     let peer = q.peer.clone().map(|p| Actor { kind: ActorKind::Peer, sub: p, iss: None, client_id: None });
     let actor = match (peer, token_actor) {
         (Some(p), Some(t)) if p.sub != t.sub => return Ok(refuse("actor", rules::Denied::ActorConflict.to_string())),
-        (_, Some(t)) => Some(t),
+        (Some(_), Some(t)) => Some(Actor { kind: ActorKind::PeerAndToken, ..t }),
+        (None, Some(t)) => Some(t),
         (p, None) => p,
     };
     let scopes: Option<Vec<String>> = q.scope.as_ref().map(|s| s.split_whitespace().map(str::to_owned).collect());

@@ -90,7 +90,7 @@ impl AuthzService {
         let requested_subject = match requested_subject(http, ea) {
             Ok(s) => s,
             Err(why) => {
-                self.metrics.unauthenticated("bad_requested_subject");
+                self.metrics.bad_request("bad_requested_subject");
                 return bad_request(ea, why);
             }
         };
@@ -125,7 +125,12 @@ impl AuthzService {
             Err(ExchangeError::Denied(d)) => {
                 self.metrics.deny(d.label());
                 debug!(audience = %audience, "exchange refused: {d}");
-                forbidden(&d)
+                // Access logs should show who was refused, not only why.
+                let mut resp = forbidden(&d);
+                if let (Some(md), Some(actor)) = (resp.dynamic_metadata.as_mut(), &actor) {
+                    md.fields.insert("actor".into(), string_value(actor.sub.clone()));
+                }
+                resp
             }
             Err(ExchangeError::Mint(e)) => {
                 self.metrics.unavailable("mint_failed");
@@ -159,7 +164,7 @@ impl AuthzService {
             None => None,
             Some(raw) => {
                 let token = strip_scheme(raw.trim(), &ea.actor.token_scheme).ok_or_else(|| {
-                    self.metrics.unauthenticated("bad_actor_token");
+                    self.metrics.bad_request("bad_actor_token_header");
                     bad_request(ea, "the actor token header does not hold one token")
                 })?;
                 match self.engine.actor_from_token(token).await {
@@ -179,7 +184,8 @@ impl AuthzService {
                 debug!(peer = %p.sub, token_sub = %t.sub, "actor identities disagree");
                 Err(forbidden(&Denied::ActorConflict))
             }
-            (_, Some((t, exp))) => Ok((Some(t), Some(exp))),
+            (Some(_), Some((t, exp))) => Ok((Some(Actor { kind: ActorKind::PeerAndToken, ..t }), Some(exp))),
+            (None, Some((t, exp))) => Ok((Some(t), Some(exp))),
             (p, None) => Ok((p, None)),
         }
     }

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
-    /// ok | unauthenticated | denied | unavailable
+    /// ok | unauthenticated | bad_request | denied | unavailable
     outcome: &'static str,
     /// A bounded reason label (`TokenError::label`, `Denied::label`).
     reason: &'static str,
@@ -48,6 +48,10 @@ impl Metrics {
 
     pub fn unauthenticated(&self, reason: &'static str) {
         self.decisions.get_or_create(&DecisionLabels { outcome: "unauthenticated", reason }).inc();
+    }
+
+    pub fn bad_request(&self, reason: &'static str) {
+        self.decisions.get_or_create(&DecisionLabels { outcome: "bad_request", reason }).inc();
     }
 
     pub fn deny(&self, reason: &'static str) {

@@ -37,6 +37,8 @@ pub enum ActorKind {
     Peer,
     /// A validated actor token.
     Token,
+    /// An actor token whose `sub` is the mTLS peer's identity: both prove it.
+    PeerAndToken,
 }
 
 impl Actor {
@@ -177,12 +179,15 @@ fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
     match (&m.actor, input.actor) {
         (Some(am), None) if !am.none => return Some("rule needs an actor and the request has none".into()),
         (Some(am), Some(actor)) => {
+            let by_peer = || am.spiffe.iter().any(|g| g.matches(&actor.sub));
+            let by_token = || {
+                am.sub.iter().any(|g| g.matches(&actor.sub))
+                    || actor.client_id.as_deref().is_some_and(|c| am.client_id.iter().any(|g| g.matches(c)))
+            };
             let named = match actor.kind {
-                ActorKind::Peer => am.spiffe.iter().any(|g| g.matches(&actor.sub)),
-                ActorKind::Token => {
-                    am.sub.iter().any(|g| g.matches(&actor.sub))
-                        || actor.client_id.as_deref().is_some_and(|c| am.client_id.iter().any(|g| g.matches(c)))
-                }
+                ActorKind::Peer => by_peer(),
+                ActorKind::Token => by_token(),
+                ActorKind::PeerAndToken => by_peer() || by_token(),
             };
             // `actor: {}` (or only `none: false`) admits any actor.
             if !named && (am.names_someone() || am.none) {
@@ -321,6 +326,8 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
         claims.insert(name.clone(), Value::Object(actor.act_claim()));
     }
 
+    // A downstream token with no scope left is only minted where the rule
+    // allows scope-less tokens, like the main token.
     let downstream = g
         .downstream_tokens
         .iter()
@@ -333,6 +340,7 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
                 scopes.iter().filter(|s| d.scopes.iter().any(|p| p.matches(s))).cloned().collect()
             },
         })
+        .filter(|d| !d.scopes.is_empty() || g.allow_empty_scope)
         .collect();
 
     Ok(Decision {

@@ -363,3 +363,24 @@ fn lint_reports_shadowed_rules() {
     assert_eq!(issues.len(), 1, "{issues:?}");
     assert!(issues[0].contains("orders-read") && issues[0].contains("all-orders"));
 }
+
+#[test]
+fn an_actor_proven_by_peer_and_token_matches_either_name() {
+    let by_spiffe = rules("- name: d\n  match: { actor: { spiffe: [\"spiffe://*\"] } }\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
+    let by_sub = rules("- name: d\n  match: { actor: { sub: [\"spiffe://*\"] } }\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
+    let s = subject(json!({}));
+    let both = Actor { kind: ActorKind::PeerAndToken, ..token_actor(WEB, IDP, None) };
+    assert!(evaluate(&by_spiffe, &input(&s, Some(&both), "x")).is_ok());
+    assert!(evaluate(&by_sub, &input(&s, Some(&both), "x")).is_ok());
+    // A token alone does not satisfy a rule that demands the mTLS identity.
+    assert!(evaluate(&by_spiffe, &input(&s, Some(&token_actor(WEB, IDP, None)), "x")).is_err());
+}
+
+#[test]
+fn downstream_tokens_with_no_scope_left_follow_allow_empty_scope() {
+    let strict = rules("- name: r\n  grant:\n    scopes: [\"*\"]\n    downstream_tokens: [{ audience: pay, header: x-pay, scopes: [\"pay.*\"] }]\n");
+    let s = subject(json!({"scope": "orders.read"}));
+    assert!(evaluate(&strict, &input(&s, None, "orders")).unwrap().downstream.is_empty());
+    let lax = rules("- name: r\n  grant:\n    scopes: [\"*\"]\n    allow_empty_scope: true\n    downstream_tokens: [{ audience: pay, header: x-pay, scopes: [\"pay.*\"] }]\n");
+    assert_eq!(evaluate(&lax, &input(&s, None, "orders")).unwrap().downstream[0].scopes, Vec::<String>::new());
+}

@@ -1,0 +1,308 @@
+//! The `stsgate` binary as users run it: `check-config` on good and broken
+//! fixtures, `--help` of every subcommand, and a real `stsgate dev` with a
+//! token from `stsgate dev-token` exchanged over gRPC.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stsgate");
+const EX_CONFIG: i32 = 64;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn stsgate(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("STSGATE_CONFIG")
+        .env_remove("STSGATE_DEV_IDP")
+        .env_remove("STSGATE_LOG_FORMAT")
+        .output()
+        .expect("run stsgate")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[track_caller]
+fn assert_exit(out: &Output, code: i32) -> (String, String) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(code), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    (stdout, stderr)
+}
+
+// ---------------------------------------------------------------------------
+// check-config
+// ---------------------------------------------------------------------------
+
+#[test]
+fn check_config_accepts_a_good_file_and_notes_what_it_skips() {
+    let path = fixture("good.yaml");
+    let (stdout, stderr) = assert_exit(&stsgate(&["check-config", path.to_str().unwrap()]), 0);
+    assert!(stdout.contains("ok (1 trusted issuer(s), 1 rule(s), 1 signing key(s), active kid \"sts-1\")"), "{stdout}");
+    // The relative jwks_file was found next to the config, and its encryption key noted.
+    assert!(stdout.contains("note: trusted_issuers[0].jwks_file: key \"idp-enc-1\""), "{stdout}");
+    assert!(stdout.contains("warning: signing.keys[0] is ephemeral"), "{stdout}");
+    assert!(!stderr.contains("problem"), "{stderr}");
+}
+
+#[test]
+fn check_config_names_an_unknown_key_with_its_path_and_line() {
+    let path = fixture("unknown-key.yaml");
+    let (stdout, stderr) = assert_exit(&stsgate(&["check-config", path.to_str().unwrap()]), EX_CONFIG);
+    assert!(stderr.contains("`trusted_issuers[0].jwks_ulr`"), "{stderr}");
+    assert!(stderr.contains("line 9"), "{stderr}");
+    assert!(stderr.contains("unknown field `jwks_ulr`"), "{stderr}");
+    assert!(stderr.contains("jwks_url"), "the valid keys are suggested: {stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
+#[test]
+fn check_config_names_a_bad_algorithm_with_its_path() {
+    let path = fixture("bad-algorithm.yaml");
+    let (_, stderr) = assert_exit(&stsgate(&["check-config", path.to_str().unwrap()]), EX_CONFIG);
+    assert!(stderr.contains("`trusted_issuers[0].algorithms[1]`"), "{stderr}");
+    assert!(stderr.contains("HS256"), "{stderr}");
+    assert!(stderr.contains("line 10"), "{stderr}");
+}
+
+#[test]
+fn check_config_lists_every_semantic_problem_at_once() {
+    let path = fixture("invalid.yaml");
+    let (_, stderr) = assert_exit(&stsgate(&["check-config", path.to_str().unwrap()]), EX_CONFIG);
+    assert!(stderr.contains("5 problem(s)"), "{stderr}");
+    for (key_path, detail) in [
+        ("issuer", "not a URL"),
+        ("signing.keys[0].file", "does-not-exist.pem does not exist"),
+        ("trusted_issuers[0].jwks_file", "missing-jwks.json does not exist"),
+        ("ext_authz.routes[0].path_prefix", "must start with /"),
+        ("rules[0].match.issuers[0]", "is not one of trusted_issuers"),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("- {key_path}:")))
+            .unwrap_or_else(|| panic!("no line for {key_path} in:\n{stderr}"));
+        assert!(line.contains(detail), "{line}");
+    }
+    // Missing files are named where they were looked for: next to the config.
+    assert!(stderr.contains(fixture("does-not-exist.pem").to_str().unwrap()), "{stderr}");
+}
+
+#[test]
+fn check_config_loads_key_files_like_serve_would() {
+    let path = fixture("unusable-files.yaml");
+    let (_, stderr) = assert_exit(&stsgate(&["check-config", path.to_str().unwrap()]), EX_CONFIG);
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+    assert!(stderr.contains("- signing: signing key \"sts-1\""), "{stderr}");
+    assert!(stderr.contains("not a ES256 private key"), "{stderr}");
+    assert!(stderr.contains("- trusted_issuers[0].jwks_file:"), "{stderr}");
+    assert!(stderr.contains("symmetric"), "{stderr}");
+}
+
+#[test]
+fn check_config_of_a_missing_file_is_a_config_error() {
+    let dir = TempDir::new("cli-missing");
+    let path = dir.path().join("nope.yaml");
+    let (_, stderr) = assert_exit(&stsgate(&["check-config", path.to_str().unwrap()]), EX_CONFIG);
+    assert!(stderr.contains("cannot read") && stderr.contains("nope.yaml"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_broken_config_before_listening() {
+    let path = fixture("invalid.yaml");
+    let started = Instant::now();
+    let (_, stderr) = assert_exit(&stsgate(&["serve", "--config", path.to_str().unwrap()]), EX_CONFIG);
+    assert!(stderr.contains("5 problem(s)"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+// ---------------------------------------------------------------------------
+// help, version, print-config
+// ---------------------------------------------------------------------------
+
+#[test]
+fn every_subcommand_has_help() {
+    let (top, _) = assert_exit(&stsgate(&["--help"]), 0);
+    let subcommands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|c| c != "help")
+        .collect();
+    for expected in ["serve", "dev", "check-config", "dev-token"] {
+        assert!(subcommands.iter().any(|c| c == expected), "{expected} missing from:\n{top}");
+    }
+    for sub in &subcommands {
+        let (stdout, _) = assert_exit(&stsgate(&[sub, "--help"]), 0);
+        assert!(stdout.contains(&format!("Usage: stsgate {sub}")), "{sub} --help:\n{stdout}");
+        let (via_help, _) = assert_exit(&stsgate(&["help", sub]), 0);
+        assert_eq!(via_help, stdout, "`help {sub}` and `{sub} --help` agree");
+    }
+    let (dev_token, _) = assert_exit(&stsgate(&["dev-token", "--help"]), 0);
+    for flag in ["--sub", "--scope", "--idp", "--ttl"] {
+        assert!(dev_token.contains(flag), "{dev_token}");
+    }
+    let (version, _) = assert_exit(&stsgate(&["--version"]), 0);
+    assert_eq!(version.trim(), format!("stsgate {}", env!("CARGO_PKG_VERSION")));
+    // No subcommand is a usage error, not a crash.
+    assert_exit(&stsgate(&[]), 2);
+}
+
+#[test]
+fn dev_print_config_prints_the_embedded_yaml() {
+    let (stdout, _) = assert_exit(&stsgate(&["dev", "--print-config"]), 0);
+    assert!(stdout.contains("trusted_issuers:") && stdout.contains("dev_idp:"), "{stdout}");
+    assert_eq!(stdout, stsgate::config::DEV_YAML);
+    // It is a valid configuration once the listener address is known.
+    let cfg = stsgate::config::Config::from_yaml_validated(&stdout.replace("{http_addr}", "127.0.0.1:18080")).unwrap();
+    assert!(cfg.dev_idp.is_some());
+}
+
+// ---------------------------------------------------------------------------
+// dev + dev-token, end to end
+// ---------------------------------------------------------------------------
+
+/// Kills (and reaps) the child process when dropped.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `stsgate dev` on free ports.
+struct Dev {
+    child: ChildGuard,
+    grpc: String,
+    http: String,
+    _dir: TempDir,
+    log: PathBuf,
+}
+
+impl Dev {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+async fn start_dev() -> Dev {
+    init_logging();
+    let dir = TempDir::new("cli-dev");
+    let log = dir.path().join("stderr.log");
+    let client = reqwest::Client::new();
+    // A free port can be taken between our check and stsgate's bind: retry then.
+    for _attempt in 0..3 {
+        let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+        let child = Command::new(BIN)
+            .args(["dev", "--grpc", &grpc, "--http", &http])
+            .env("RUST_LOG", "info")
+            .env_remove("STSGATE_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn stsgate dev");
+        let mut child = ChildGuard(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                eprintln!(
+                    "stsgate dev exited early ({status}):\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                break;
+            }
+            let ready = client.get(format!("http://{http}/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return Dev { child, grpc, http, _dir: dir, log };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stsgate dev not ready:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    panic!("stsgate dev did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_and_dev_token_exchange_end_to_end() {
+    let mut dev = start_dev().await;
+    let idp = format!("http://{}/dev-idp", dev.http);
+
+    let out = tokio::process::Command::new(BIN)
+        .args(["dev-token", "--sub", "alice", "--scope", "a b", "--idp", &idp])
+        .env_remove("STSGATE_DEV_IDP")
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "dev-token failed:\n{stderr}");
+    // Only the JWT, on one line: `$(stsgate dev-token ...)` must just work.
+    let token = stdout.strip_suffix('\n').unwrap_or_else(|| panic!("one line: {stdout:?}"));
+    assert!(!token.contains(char::is_whitespace), "{stdout:?}");
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "{token}");
+    let (header, claims) = peek(token);
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["scope"], "a b");
+    assert_eq!(claims["iss"], idp);
+
+    // The token is accepted by the running dev instance's ext_authz.
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", dev.grpc)).unwrap().connect().await.unwrap();
+    let mut client = stsgate::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(channel);
+    let bearer = format!("Bearer {token}");
+    let resp =
+        client.check(check_request(&[("authorization", &bearer)], &[], "echo.local", "/")).await.unwrap().into_inner();
+    let ok = allowed(&resp);
+    let minted = ok.bearer();
+    let http = reqwest::Client::new();
+    let sts = format!("http://{}", dev.http);
+    let (h, c) = verify_with_jwks(&http, &format!("{sts}/.well-known/jwks.json"), &sts, &minted, "echo").await;
+    assert_eq!(h.typ.as_deref(), Some("at+jwt"));
+    assert_eq!(c["sub"], "alice");
+    assert_eq!(c["scope"], "a b");
+    assert_eq!(c["client_id"], "dev-client");
+
+    // SIGTERM: a graceful, successful exit.
+    let pid = dev.child.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = dev.child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM:\n{}", dev.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit after SIGTERM: {status}\n{}", dev.log());
+    assert!(dev.log().contains("shutting down"), "{}", dev.log());
+}
+
+#[test]
+fn dev_token_without_a_running_dev_fails_cleanly() {
+    let idp = format!("http://127.0.0.1:{}/dev-idp", free_port());
+    let out = stsgate(&["dev-token", "--sub", "alice", "--idp", &idp]);
+    let (stdout, stderr) = assert_exit(&out, 1);
+    assert!(stdout.is_empty(), "nothing on stdout on failure: {stdout:?}");
+    assert!(stderr.contains("cannot reach the dev IdP"), "{stderr}");
+}
