@@ -1,0 +1,93 @@
+//! `stsgate explain`: the dry run users reach for when a request is refused.
+//! It must fetch the IdP's keys like the server, show each rule's verdict and
+//! the claims that would be minted, and exit non-zero on a refusal.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stsgate");
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+fn config(idp: &MockIdp) -> String {
+    format!(
+        r#"
+issuer: https://sts.test
+signing:
+  keys: [{{ kid: k1, ephemeral: true }}]
+trusted_issuers:
+  - issuer: {iss}
+    jwks_url: {jwks}
+rules:
+  - name: gateway-exchange
+    match: {{ audiences: ["api://*"] }}
+    grant: {{ scopes: ["*"] }}
+  - name: web-delegates-to-orders
+    match:
+      audiences: [orders]
+      actor: {{ spiffe: ["spiffe://cluster.local/ns/shop/sa/*"] }}
+    grant: {{ outcome: delegation, scopes: ["orders.*"], max_lifetime: 1m }}
+"#,
+        iss = idp.issuer,
+        jwks = idp.jwks_url()
+    )
+}
+
+async fn explain(idp: &MockIdp, args: &[&str]) -> (i32, Value) {
+    let dir = TempDir::new("explain");
+    let cfg = dir.write("config.yaml", config(idp));
+    let mut cmd = Command::new(BIN);
+    cmd.arg("explain").arg("--config").arg(&cfg).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run stsgate explain")).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("explain prints JSON ({e}):\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_delegation_shows_the_rule_trace_and_the_claims() {
+    let idp = MockIdp::start().await;
+    let token = idp.token(&idp.claims("alice", "orders.read profile"));
+    let (code, out) = explain(&idp, &["--subject-token", &token, "--audience", "orders", "--peer", WEB]).await;
+    assert_eq!(code, 0, "{out:#}");
+    assert_eq!(out["allowed"], true);
+    assert_eq!(out["outcome"], "delegation");
+    assert_eq!(out["rule"], "web-delegates-to-orders");
+    assert_eq!(out["claims"]["sub"], "alice");
+    assert_eq!(out["claims"]["act"]["sub"], WEB);
+    assert_eq!(out["claims"]["scope"], "orders.read");
+    assert_eq!(out["claims"]["iss"], "https://sts.test");
+    let rules = out["rules"].as_array().unwrap();
+    assert_eq!(rules[0]["matches"], false);
+    assert!(rules[0]["why_not"].as_str().unwrap().contains("audience"), "{out:#}");
+    assert_eq!(rules[1]["matches"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_names_each_rules_failed_condition_and_exits_2() {
+    let idp = MockIdp::start().await;
+    let token = idp.token(&idp.claims("alice", "orders.read"));
+    let intruder = "spiffe://cluster.local/ns/evil/sa/x";
+    let (code, out) = explain(&idp, &["--subject-token", &token, "--audience", "orders", "--peer", intruder]).await;
+    assert_eq!(code, 2, "{out:#}");
+    assert_eq!(out["allowed"], false);
+    assert!(out["reason"].as_str().unwrap().contains("no rule allows"), "{out:#}");
+    let why: Vec<&str> = out["rules"].as_array().unwrap().iter().map(|r| r["why_not"].as_str().unwrap()).collect();
+    assert!(why[0].contains("audience"), "{why:?}");
+    assert!(why[1].contains("is not listed"), "{why:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_subject_token_is_explained_at_its_stage() {
+    let idp = MockIdp::start().await;
+    let mut claims = idp.claims("alice", "orders.read");
+    claims["exp"] = serde_json::json!(now() - 3600);
+    let (code, out) = explain(&idp, &["--subject-token", &idp.token(&claims), "--audience", "api://x"]).await;
+    assert_eq!(code, 2);
+    assert_eq!(out["stage"], "subject_token");
+    assert_eq!(out["reason"], "token has expired");
+}
