@@ -11,18 +11,21 @@
 //! - `validated`: a validated token for a short while, so that a burst of
 //!   distinct audiences (or actor tokens) for one token verifies it once.
 //!
-//! Both are bounded by memory (entry sizes are weighed) and expire per entry.
+//! Both are bounded by memory (entry sizes are weighed). quick_cache keeps
+//! entries in a compact slab with a few dozen bytes of bookkeeping each (an
+//! expiring moka entry costs several hundred), which is what lets 100k cached
+//! exchanges fit in tens of MiB; expiry is checked on read, and stale entries
+//! are the first evicted under pressure.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
-use moka::Expiry;
-use moka::sync::Cache;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
 
 use crate::exchange::Exchanged;
 use crate::rules::Actor;
-use crate::validate::{Validated, now_unix};
+use crate::validate::Validated;
 
 /// A cached value and the unix time until which it may be handed out.
 #[derive(Debug)]
@@ -32,61 +35,69 @@ pub struct Entry<T> {
     weight: u32,
 }
 
-struct UntilExpiry;
+impl<T> Clone for Entry<T> {
+    fn clone(&self) -> Self {
+        Entry { value: self.value.clone(), until: self.until, weight: self.weight }
+    }
+}
 
-impl<K, T> Expiry<K, Arc<Entry<T>>> for UntilExpiry {
-    fn expire_after_create(&self, _key: &K, value: &Arc<Entry<T>>, _created_at: Instant) -> Option<Duration> {
-        Some(Duration::from_secs((value.until - now_unix()).max(0) as u64))
+#[derive(Clone)]
+struct ByWeight;
+
+impl<T> Weighter<Key, Entry<T>> for ByWeight {
+    fn weight(&self, _key: &Key, val: &Entry<T>) -> u64 {
+        val.weight as u64
     }
 }
 
 pub type Key = [u8; 32];
 
+/// Average entry weights, to size the caches' hash tables up front.
+const MINTED_TYPICAL_BYTES: u64 = 600;
+const VALIDATED_TYPICAL_BYTES: u64 = 1200;
+
 pub struct Caches {
-    minted: Option<Cache<Key, Arc<Entry<Exchanged>>>>,
-    validated: Option<Cache<Key, Arc<Entry<Validated>>>>,
+    minted: Option<Cache<Key, Entry<Exchanged>, ByWeight>>,
+    validated: Option<Cache<Key, Entry<Validated>, ByWeight>>,
     validated_ttl: i64,
-    /// Fraction (percent) of a minted token's lifetime after which it is
-    /// re-minted rather than handed out again.
-    refresh_after_percent: i64,
+    /// Percentage of a minted token's lifetime during which it is handed out
+    /// again; after that it is re-minted.
+    reuse_percent: i64,
 }
 
 impl Caches {
     pub fn new(cfg: &crate::config::CacheConfig) -> Caches {
-        fn build<T: Send + Sync + 'static>(max_bytes: u64) -> Cache<Key, Arc<Entry<T>>> {
-            Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|_k: &Key, v: &Arc<Entry<T>>| v.weight)
-                .expire_after(UntilExpiry)
-                .build()
+        fn build<T>(max_bytes: u64, typical: u64) -> Cache<Key, Entry<T>, ByWeight> {
+            // The tables grow as needed: only a modest start is reserved up front.
+            Cache::with_weighter((max_bytes / typical).clamp(16, 1 << 16) as usize, max_bytes, ByWeight)
         }
         Caches {
-            minted: (cfg.enabled && cfg.max_bytes > 0).then(|| build(cfg.max_bytes)),
-            validated: (cfg.enabled && cfg.validated_max_bytes > 0).then(|| build(cfg.validated_max_bytes)),
+            minted: (cfg.enabled && cfg.max_bytes > 0).then(|| build(cfg.max_bytes, MINTED_TYPICAL_BYTES)),
+            validated: (cfg.enabled && cfg.validated_max_bytes > 0)
+                .then(|| build(cfg.validated_max_bytes, VALIDATED_TYPICAL_BYTES)),
             validated_ttl: cfg.validated_ttl.0.as_secs() as i64,
-            refresh_after_percent: cfg.reuse_percent as i64,
+            reuse_percent: cfg.reuse_percent as i64,
         }
     }
 
     pub fn get_minted(&self, key: &Key, now: i64) -> Option<Arc<Exchanged>> {
         let entry = self.minted.as_ref()?.get(key)?;
-        (now < entry.until).then(|| entry.value.clone())
+        (now < entry.until).then_some(entry.value)
     }
 
     pub fn put_minted(&self, key: Key, value: Arc<Exchanged>, now: i64) {
         let Some(cache) = &self.minted else { return };
-        let lifetime = value.claims.exp - now;
-        let until = now + lifetime * self.refresh_after_percent / 100;
+        let until = now + (value.exp - now) * self.reuse_percent / 100;
         if until <= now {
             return;
         }
-        let weight = exchanged_weight(&value);
-        cache.insert(key, Arc::new(Entry { value, until, weight }));
+        let weight = value.heap_bytes().min(u32::MAX as usize) as u32;
+        cache.insert(key, Entry { value, until, weight });
     }
 
     pub fn get_validated(&self, key: &Key, now: i64) -> Option<Arc<Validated>> {
         let entry = self.validated.as_ref()?.get(key)?;
-        (now < entry.until).then(|| entry.value.clone())
+        (now < entry.until).then_some(entry.value)
     }
 
     /// Keeps a validated token until the TTL or its own `exp`, whichever first.
@@ -97,34 +108,13 @@ impl Caches {
             return;
         }
         let weight = 256 + value.sub.len() as u32 + value.issuer.len() as u32 + 64 * value.claims.other.len() as u32;
-        cache.insert(key, Arc::new(Entry { value, until, weight }));
+        cache.insert(key, Entry { value, until, weight });
     }
 
-    /// Entries in the minted cache (after pending maintenance).
+    /// Entries in the minted cache.
     pub fn minted_len(&self) -> u64 {
-        self.minted.as_ref().map(|c| {
-            c.run_pending_tasks();
-            c.entry_count()
-        }).unwrap_or(0)
+        self.minted.as_ref().map_or(0, |c| c.len() as u64)
     }
-}
-
-/// Approximate heap bytes of a cached exchange, for the memory bound.
-fn exchanged_weight(e: &Exchanged) -> u32 {
-    let c = &e.claims;
-    let strings = e.token.len()
-        + c.iss.len()
-        + c.sub.len()
-        + c.aud.len()
-        + c.jti.len()
-        + c.client_id.len()
-        + c.scope.as_ref().map_or(0, String::len)
-        + e.subject_issuer.len()
-        + e.rule.len()
-        + e.downstream.iter().map(|(h, t)| h.len() + t.len()).sum::<usize>();
-    let json = c.act.as_ref().map_or(0, |a| a.to_string().len()) + c.extra.len() * 64;
-    // Struct, Arc and map overhead.
-    (strings + json + 400).min(u32::MAX as usize) as u32
 }
 
 /// Builds cache keys from length-prefixed fields, so no two different

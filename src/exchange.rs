@@ -31,15 +31,71 @@ pub struct ExchangeRequest<'a> {
 }
 
 /// A minted token and what decided it (for headers, metadata and logs).
-#[derive(Debug, Clone)]
+///
+/// Kept compact because it is what the minted-token cache holds: the raw JSON
+/// claims and the raw signature (a third smaller than base64 text), the
+/// header shared with the signing key, and names shared with the config. The
+/// token text is assembled when it is handed out.
+#[derive(Debug)]
 pub struct Exchanged {
-    pub token: String,
-    pub claims: AccessClaims,
-    pub subject_issuer: String,
-    pub rule: String,
-    pub outcome: crate::config::Outcome,
+    header_b64: Arc<str>,
+    /// Raw JSON claims followed by the raw signature, in one allocation.
+    signed: Box<[u8]>,
+    payload_len: u32,
+    pub exp: i64,
+    pub outcome: Outcome,
+    pub rule: Arc<str>,
+    pub subject_issuer: Arc<str>,
     /// Extra tokens for downstream audiences: (header, token).
-    pub downstream: Vec<(String, String)>,
+    pub downstream: Box<[(Arc<str>, Box<str>)]>,
+}
+
+/// The claims front doors show in metadata and logs, read from the payload.
+#[derive(Debug, serde::Deserialize)]
+pub struct ClaimsView<'a> {
+    #[serde(borrow)]
+    pub sub: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub aud: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub scope: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    pub jti: std::borrow::Cow<'a, str>,
+}
+
+impl Exchanged {
+    /// Appends the compact serialization of the token to `out`.
+    pub fn write_token(&self, out: &mut String) {
+        let (payload, sig) = self.signed.split_at(self.payload_len as usize);
+        crate::mint::assemble(out, &self.header_b64, payload, sig);
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.signed[..self.payload_len as usize]
+    }
+
+    pub fn token(&self) -> String {
+        let mut s = String::new();
+        self.write_token(&mut s);
+        s
+    }
+
+    /// `sub`, `aud`, `scope` and `jti`; `None` only if the payload were not
+    /// the JSON stsgate wrote itself.
+    pub fn view(&self) -> Option<ClaimsView<'_>> {
+        serde_json::from_slice(self.payload()).ok()
+    }
+
+    /// All claims, as JSON.
+    pub fn claims_json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.payload()).unwrap_or_default()
+    }
+
+    /// Approximate heap bytes held, for the cache's memory bound.
+    pub fn heap_bytes(&self) -> usize {
+        let downstream: usize = self.downstream.iter().map(|(_, t)| t.len() + 48).sum();
+        std::mem::size_of::<Self>() + 32 + self.signed.len() + downstream + 48
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,13 +117,22 @@ pub struct Engine {
     pub keys: Arc<KeyRing>,
     validator: Validator,
     caches: Caches,
+    /// Rule and issuer names shared by every cache entry that mentions them.
+    names: std::collections::HashMap<String, Arc<str>>,
 }
 
 impl Engine {
     pub fn new(cfg: Arc<Config>, issuers: Arc<Issuers>, keys: Arc<KeyRing>) -> Engine {
         let validator = Validator::new(issuers.clone(), cfg.tokens.max_token_bytes);
         let caches = Caches::new(&cfg.cache);
-        Engine { cfg, issuers, keys, validator, caches }
+        let names = cfg
+            .rules
+            .iter()
+            .map(|r| r.name.as_str())
+            .chain(cfg.trusted_issuers.iter().map(|i| i.issuer.as_str()))
+            .map(|n| (n.to_owned(), Arc::<str>::from(n)))
+            .collect();
+        Engine { cfg, issuers, keys, validator, caches, names }
     }
 
     pub fn validator(&self) -> &Validator {
@@ -92,7 +157,7 @@ impl Engine {
         );
         if let Some(hit) = self.caches.get_minted(&key, now) {
             // The entry never outlives the actor token it was decided with.
-            if req.actor_exp.is_none_or(|exp| hit.claims.exp <= exp) {
+            if req.actor_exp.is_none_or(|exp| hit.exp <= exp) {
                 return Ok(hit);
             }
         }
@@ -183,13 +248,12 @@ impl Engine {
         if let Some(act_as) = &decision.act_as {
             extra.insert("act_as".into(), act_as.clone());
         }
-        let claims = AccessClaims {
+        let mut claims = AccessClaims {
             iss: self.cfg.issuer.clone(),
             sub: decision.sub.clone(),
             aud: req.audience.to_owned(),
             exp,
             iat: now,
-            nbf: now,
             jti: new_jti(),
             client_id,
             scope: (!decision.scopes.is_empty()).then(|| decision.scopes.join(" ")),
@@ -197,27 +261,41 @@ impl Engine {
             extra,
         };
         let signer = self.keys.active();
-        let token = signer.sign_access_token(&claims)?;
+        let encode = |c: &AccessClaims| serde_json::to_vec(c).map_err(|e| MintError::Encode(e.to_string()));
+        let mut signed = encode(&claims)?;
+        let payload_len = u32::try_from(signed.len()).map_err(|_| MintError::Encode("claims too large".into()))?;
+        let sig = signer.sign_payload(&signed)?;
+        signed.extend_from_slice(&sig);
         let mut downstream = Vec::with_capacity(decision.downstream.len());
         for d in &decision.downstream {
-            let mut c = claims.clone();
-            c.aud = d.audience.clone();
-            c.jti = new_jti();
-            c.scope = (!d.scopes.is_empty()).then(|| d.scopes.join(" "));
-            downstream.push((d.header.clone(), signer.sign_access_token(&c)?));
+            claims.aud = d.audience.clone();
+            claims.jti = new_jti();
+            claims.scope = (!d.scopes.is_empty()).then(|| d.scopes.join(" "));
+            let p = encode(&claims)?;
+            let s = signer.sign_payload(&p)?;
+            let mut token = String::new();
+            crate::mint::assemble(&mut token, signer.header_b64(), &p, &s);
+            downstream.push((Arc::<str>::from(d.header.as_str()), token.into_boxed_str()));
         }
         Ok(Exchanged {
-            token,
-            claims,
-            subject_issuer: subject.issuer.clone(),
-            rule: decision.rule,
+            header_b64: signer.header_b64().clone(),
+            signed: signed.into_boxed_slice(),
+            payload_len,
+            exp,
             outcome: decision.outcome,
-            downstream,
+            rule: self.name(&decision.rule),
+            subject_issuer: self.name(&subject.issuer),
+            downstream: downstream.into_boxed_slice(),
         })
+    }
+
+    /// The shared copy of a rule or issuer name.
+    fn name(&self, n: &str) -> Arc<str> {
+        self.names.get(n).cloned().unwrap_or_else(|| Arc::from(n))
     }
 
     /// Remaining lifetime of a minted token, for `expires_in`.
     pub fn expires_in(exchanged: &Exchanged, now: i64) -> Duration {
-        Duration::from_secs((exchanged.claims.exp - now).max(0) as u64)
+        Duration::from_secs((exchanged.exp - now).max(0) as u64)
     }
 }

@@ -98,9 +98,9 @@ pub async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)>
             let mut out = base;
             out["allowed"] = json!(true);
             out["outcome"] = json!(done.outcome.as_str());
-            out["rule"] = json!(done.rule);
-            out["claims"] = serde_json::to_value(&done.claims)?;
-            out["downstream_headers"] = json!(done.downstream.iter().map(|(h, _)| h).collect::<Vec<_>>());
+            out["rule"] = json!(done.rule.as_ref());
+            out["claims"] = done.claims_json();
+            out["downstream_headers"] = json!(done.downstream.iter().map(|(h, _)| h.as_ref()).collect::<Vec<&str>>());
             (out, true)
         }
         Err(e) => {

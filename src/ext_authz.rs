@@ -108,7 +108,7 @@ impl AuthzService {
         match self.engine.exchange(&request).await {
             Ok(done) => {
                 self.metrics.allow();
-                debug!(sub = %done.claims.sub, aud = %done.claims.aud, rule = %done.rule, "exchanged");
+                debug!(rule = %done.rule, outcome = done.outcome.as_str(), "exchanged");
                 ok_response(ea, &done, actor.as_ref())
             }
             Err(ExchangeError::Token(e)) if e.is_unavailable() => {
@@ -402,9 +402,15 @@ fn metadata(fields: impl IntoIterator<Item = (&'static str, String)>) -> Struct 
 }
 
 fn ok_response(ea: &ExtAuthz, done: &Exchanged, actor: Option<&Actor>) -> CheckResponse {
-    let value = if ea.output_scheme.is_empty() { done.token.clone() } else { format!("{} {}", ea.output_scheme, done.token) };
-    let mut headers = vec![header_option(&ea.output_header, value)];
-    headers.extend(done.downstream.iter().map(|(name, token)| header_option(name, token.clone())));
+    let mut value = String::with_capacity(ea.output_scheme.len() + 1 + 700);
+    if !ea.output_scheme.is_empty() {
+        value.push_str(&ea.output_scheme);
+        value.push(' ');
+    }
+    done.write_token(&mut value);
+    let mut headers = Vec::with_capacity(1 + done.downstream.len());
+    headers.push(header_option(&ea.output_header, value));
+    headers.extend(done.downstream.iter().map(|(name, token)| header_option(name, token.to_string())));
     // Credentials stsgate consumed are not forwarded upstream.
     let mut headers_to_remove = Vec::new();
     if ea.remove_subject_header && ea.subject_header != ea.output_header {
@@ -415,20 +421,21 @@ fn ok_response(ea: &ExtAuthz, done: &Exchanged, actor: Option<&Actor>) -> CheckR
             headers_to_remove.push(extra.clone());
         }
     }
-    let c = &done.claims;
+    let mut md = metadata([
+        ("decision", done.outcome.as_str().to_owned()),
+        ("actor", actor.map(|a| a.sub.clone()).unwrap_or_default()),
+        ("subject_issuer", done.subject_issuer.to_string()),
+        ("rule", done.rule.to_string()),
+    ]);
+    if let Some(c) = done.view() {
+        for (k, v) in [("sub", c.sub), ("aud", c.aud), ("jti", c.jti), ("scope", c.scope.unwrap_or_default())] {
+            md.fields.insert(k.to_owned(), string_value(v.into_owned()));
+        }
+    }
     CheckResponse {
         status: Some(RpcStatus { code: RPC_OK, message: String::new(), details: Vec::new() }),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse { headers, headers_to_remove, ..Default::default() })),
-        dynamic_metadata: Some(metadata([
-            ("decision", done.outcome.as_str().to_owned()),
-            ("sub", c.sub.clone()),
-            ("aud", c.aud.clone()),
-            ("actor", actor.map(|a| a.sub.clone()).unwrap_or_default()),
-            ("subject_issuer", done.subject_issuer.clone()),
-            ("scope", c.scope.clone().unwrap_or_default()),
-            ("jti", c.jti.clone()),
-            ("rule", done.rule.clone()),
-        ])),
+        dynamic_metadata: Some(md),
     }
 }
 

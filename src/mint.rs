@@ -40,8 +40,9 @@ pub struct Signer {
     pub alg: SignAlg,
     material: KeyMaterial,
     rng: SystemRandom,
-    /// base64url of `{"alg":..,"typ":"at+jwt","kid":..}`, encoded once.
-    at_jwt_header: String,
+    /// base64url of `{"alg":..,"typ":"at+jwt","kid":..}`, encoded once and
+    /// shared by every token (and cache entry) this key signs.
+    at_jwt_header: Arc<str>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -77,13 +78,28 @@ impl Signer {
 
     fn from_material(kid: String, alg: SignAlg, material: KeyMaterial) -> Signer {
         let header = json!({"alg": alg.as_str(), "typ": "at+jwt", "kid": kid});
-        let at_jwt_header = URL_SAFE_NO_PAD.encode(header.to_string());
+        let at_jwt_header: Arc<str> = URL_SAFE_NO_PAD.encode(header.to_string()).into();
         Signer { kid, alg, material, rng: SystemRandom::new(), at_jwt_header }
     }
 
     /// Signs `claims` as an RFC 9068 access token (`typ: at+jwt`).
     pub fn sign_access_token(&self, claims: &impl Serialize) -> Result<String, MintError> {
         self.sign_with_header(&self.at_jwt_header, claims)
+    }
+
+    /// The encoded `at+jwt` header of this key.
+    pub fn header_b64(&self) -> &Arc<str> {
+        &self.at_jwt_header
+    }
+
+    /// Signs an access token given its raw JSON claims; returns the raw
+    /// signature (the caller keeps the parts, see `exchange::Exchanged`).
+    pub fn sign_payload(&self, payload: &[u8]) -> Result<Vec<u8>, MintError> {
+        let mut message = String::with_capacity(self.at_jwt_header.len() + 1 + payload.len() * 4 / 3 + 4);
+        message.push_str(&self.at_jwt_header);
+        message.push('.');
+        URL_SAFE_NO_PAD.encode_string(payload, &mut message);
+        self.sign_raw(message.as_bytes())
     }
 
     /// Signs with another `typ` (the development IdP mimics IdPs that send `JWT`).
@@ -227,7 +243,6 @@ pub struct AccessClaims {
     pub aud: String,
     pub exp: i64,
     pub iat: i64,
-    pub nbf: i64,
     pub jti: String,
     pub client_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -237,6 +252,16 @@ pub struct AccessClaims {
     /// Claims added or copied by rules.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// Writes a compact JWS from its parts: `header.b64(payload).b64(sig)`.
+pub fn assemble(out: &mut String, header_b64: &str, payload: &[u8], sig: &[u8]) {
+    out.reserve(header_b64.len() + 2 + (payload.len() + sig.len()) * 4 / 3 + 4);
+    out.push_str(header_b64);
+    out.push('.');
+    URL_SAFE_NO_PAD.encode_string(payload, out);
+    out.push('.');
+    URL_SAFE_NO_PAD.encode_string(sig, out);
 }
 
 /// A random, unguessable token identifier (128 bits).

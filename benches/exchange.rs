@@ -1,0 +1,288 @@
+//! Criterion benchmarks of the exchange hot path, and the crypto ceiling it is
+//! measured against (run: `cargo bench --bench exchange`).
+//!
+//! - `validate`: RS256 subject token (~830 bytes, keys from a `jwks_file`
+//!   issuer), straight through the `Validator` (no validated-token cache).
+//! - `rules`: `rules::evaluate` over 10 rules, the 10th matching.
+//! - `mint`: ES256 signature of typical RFC 9068 claims through `Signer`.
+//! - `cache_hit`: `Engine::exchange` of a request answered from the minted cache.
+//! - `check_cached` / `check_cold`: `AuthzService::decide` end to end on a
+//!   `CheckRequest`; cold = every cache disabled (verify + rules + sign).
+//! - `ceiling/rs256_verify_raw` + `ceiling/es256_sign_raw`: aws-lc-rs with
+//!   keys parsed once, no JWT layer. ceiling µs = verify + sign; the cold
+//!   exchange is compared with it (scripts/bench.sh computes the ratio).
+//! - `ceiling/rs256_verify_jsonwebtoken`: what `validate` calls for the
+//!   signature (jsonwebtoken with a JWK n/e key), for comparison.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, ParsedPublicKey, RsaKeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use prometheus_client::registry::Registry;
+use serde_json::{Map, json};
+use tokio::runtime::Runtime;
+
+use stsgate::config::{Config, SignAlg};
+use stsgate::exchange::{Engine, ExchangeRequest};
+use stsgate::ext_authz::AuthzService;
+use stsgate::issuer::{Issuers, http_client};
+use stsgate::metrics::Metrics;
+use stsgate::mint::{AccessClaims, KeyRing, Signer, new_jti};
+use stsgate::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
+use stsgate::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use stsgate::rules::{self, RuleInput};
+use stsgate::validate::now_unix;
+
+const IDP: &str = "https://idp.bench.example/realms/corp";
+const AUDIENCE: &str = "bench-api";
+const CLIENT_ID: &str = "stsgate-ext-authz";
+
+/// Ten rules; the first nine miss for different reasons (audience, issuer,
+/// subject claims), the tenth matches `bench-*`.
+const RULES: &str = r#"
+rules:
+  - { name: r1-orders,   match: { audiences: [orders] },                      grant: { scopes: ["orders.*"] } }
+  - { name: r2-billing,  match: { audiences: ["billing", "api://billing/*"] }, grant: { scopes: ["billing.*"] } }
+  - { name: r3-partners, match: { audiences: ["bench-*"], subject: { email: ["*@partner.example"] } }, grant: { scopes: ["*"] } }
+  - { name: r4-admins,   match: { audiences: ["bench-*"], subject: { groups: [admins, sre] } }, grant: { scopes: ["*"] } }
+  - { name: r5-payments, match: { audiences: [payments] },                    grant: { scopes: ["payments.*"] } }
+  - { name: r6-client,   match: { audiences: ["bench-*"], subject: { client_id: [batch-*] } }, grant: { scopes: ["*"] } }
+  - { name: r7-search,   match: { audiences: ["search", "search-*"] },        grant: { scopes: ["search.*"] } }
+  - { name: r8-users,    match: { audiences: ["bench-*"], subject: { sub: [svc-*] } }, grant: { scopes: ["*"] } }
+  - { name: r9-inventory, match: { audiences: ["inventory"] },                grant: { scopes: ["inventory.*"] } }
+  - name: r10-bench
+    match: { issuers: ["https://idp.bench.example/realms/corp"], audiences: ["bench-*"], subject: { groups: [customers] } }
+    grant: { scopes: ["orders.*", profile, email], max_lifetime: 5m }
+"#;
+
+struct Fixture {
+    rt: Runtime,
+    _dir: TempDir,
+    token: String,
+    cached: Arc<Engine>,
+    cold: Arc<Engine>,
+    svc_cached: AuthzService,
+    svc_cold: AuthzService,
+    check: CheckRequest,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(jwks: &std::path::Path, cache: &str) -> Config {
+    let yaml = format!(
+        r#"
+issuer: https://sts.bench.example
+signing:
+  keys: [{{ kid: bench-es256, alg: ES256, ephemeral: true }}]
+tokens: {{ lifetime: 5m }}
+trusted_issuers:
+  - issuer: {IDP}
+    jwks_file: {}
+    algorithms: [RS256]
+    audiences: [mesh-gateway]
+ext_authz:
+  actor: {{ mode: none }}
+cache: {cache}
+{RULES}"#,
+        jwks.display()
+    );
+    Config::from_yaml_validated(&yaml).expect("bench config")
+}
+
+async fn engine(cfg: Config) -> Arc<Engine> {
+    let cfg = Arc::new(cfg);
+    let keys = Arc::new(KeyRing::load(&cfg.signing).expect("signing keys"));
+    let issuers = Arc::new(Issuers::new(&cfg, http_client().expect("http client")));
+    for issuer in issuers.all() {
+        issuer.refresh().await.expect("load the IdP JWKS file");
+    }
+    Arc::new(Engine::new(cfg, issuers, keys))
+}
+
+fn subject_token(idp: &Signer) -> String {
+    let now = now_unix();
+    let claims = json!({
+        "iss": IDP,
+        "sub": "user-000001",
+        "aud": ["mesh-gateway", "account"],
+        "exp": now + 6 * 3600,
+        "iat": now,
+        "nbf": now,
+        "jti": new_jti(),
+        "scope": "openid profile email orders.read orders.write",
+        "client_id": "web-frontend",
+        "groups": ["customers", "staff"],
+        "email": "user-000001@bench.example",
+    });
+    idp.sign_typed("JWT", &claims).expect("sign subject token")
+}
+
+fn check_request(token: &str) -> CheckRequest {
+    let headers = [
+        (":authority", "bench.example".to_owned()),
+        (":method", "GET".to_owned()),
+        (":path", "/".to_owned()),
+        (":scheme", "http".to_owned()),
+        ("user-agent", "wrk".to_owned()),
+        ("x-request-id", "00000000-0000-4000-8000-000000000000".to_owned()),
+        ("authorization", format!("Bearer {token}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/".into(),
+                    host: "bench.example".into(),
+                    scheme: "http".into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            context_extensions: [("audience".to_owned(), AUDIENCE.to_owned())].into_iter().collect(),
+            ..Default::default()
+        }),
+    }
+}
+
+fn fixture() -> Fixture {
+    stsgate::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let dir = TempDir(std::env::temp_dir().join(format!("stsgate-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let idp = Signer::generate("bench-idp-1", SignAlg::RS256).expect("IdP key");
+    let jwks = dir.0.join("idp-jwks.json");
+    std::fs::write(&jwks, json!({ "keys": [idp.public_jwk()] }).to_string()).expect("write JWKS");
+    let token = subject_token(&idp);
+
+    let cached = rt.block_on(engine(config(&jwks, "{ enabled: true }")));
+    let cold = rt.block_on(engine(config(&jwks, "{ enabled: false }")));
+    let metrics = Metrics::register(&mut Registry::default());
+    let svc_cached = AuthzService::new(cached.clone(), metrics.clone());
+    let svc_cold = AuthzService::new(cold.clone(), metrics);
+    let check = check_request(&token);
+    Fixture { rt, _dir: dir, token, cached, cold, svc_cached, svc_cold, check }
+}
+
+fn exchange_request(token: &str) -> ExchangeRequest<'_> {
+    ExchangeRequest {
+        subject_token: token,
+        audience: AUDIENCE,
+        scopes: None,
+        default_client_id: CLIENT_ID,
+        actor: None,
+        requested_subject: None,
+        actor_exp: None,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let f = fixture();
+    let now = now_unix();
+
+    // Sanity: the fixture exchanges, so nothing below measures an error path.
+    let validated = f.rt.block_on(f.cold.validator().validate_at(&f.token, now)).expect("subject token validates");
+    let done = f.rt.block_on(f.cold.exchange(&exchange_request(&f.token))).expect("exchange succeeds");
+    assert_eq!(&*done.rule, "r10-bench");
+    eprintln!("subject token {} bytes, minted token {} bytes", f.token.len(), done.token().len());
+
+    c.bench_function("validate", |b| {
+        b.iter(|| f.rt.block_on(f.cold.validator().validate_at(black_box(&f.token), now)).unwrap())
+    });
+
+    let input = RuleInput {
+        subject: &validated,
+        actor: None,
+        audience: AUDIENCE,
+        requested_scopes: None,
+        requested_subject: None,
+    };
+    c.bench_function("rules", |b| b.iter(|| rules::evaluate(black_box(&f.cold.cfg.rules), black_box(&input)).unwrap()));
+
+    let signer = f.cold.keys.active().clone();
+    let claims = AccessClaims {
+        iss: "https://sts.bench.example".into(),
+        sub: "user-000001".into(),
+        aud: AUDIENCE.into(),
+        exp: now + 300,
+        iat: now,
+        jti: new_jti(),
+        client_id: "web-frontend".into(),
+        scope: Some("email orders.read orders.write profile".into()),
+        act: None,
+        extra: Map::new(),
+    };
+    c.bench_function("mint", |b| b.iter(|| signer.sign_access_token(black_box(&claims)).unwrap()));
+
+    let req = exchange_request(&f.token);
+    f.rt.block_on(f.cached.exchange(&req)).expect("warm the cache");
+    c.bench_function("cache_hit", |b| b.iter(|| f.rt.block_on(f.cached.exchange(black_box(&req))).unwrap()));
+
+    let ok = |r: &stsgate::pb::envoy::service::auth::v3::CheckResponse| r.status.as_ref().is_some_and(|s| s.code == 0);
+    assert!(ok(&f.rt.block_on(f.svc_cached.decide(f.check.clone()))), "cached Check allowed");
+    assert!(ok(&f.rt.block_on(f.svc_cold.decide(f.check.clone()))), "cold Check allowed");
+    c.bench_function("check_cached", |b| {
+        b.iter_batched(|| f.check.clone(), |r| f.rt.block_on(f.svc_cached.decide(r)), BatchSize::SmallInput)
+    });
+    c.bench_function("check_cold", |b| {
+        b.iter_batched(|| f.check.clone(), |r| f.rt.block_on(f.svc_cold.decide(r)), BatchSize::SmallInput)
+    });
+
+    // The crypto ceiling: aws-lc-rs keys parsed once, no JWT layer, messages
+    // the size of the real signing inputs.
+    let rng = SystemRandom::new();
+    let rsa = RsaKeyPair::generate(KeySize::Rsa2048).expect("RSA key");
+    let subject_input = f.token.rsplit_once('.').expect("three parts").0.as_bytes().to_vec();
+    let mut rsa_sig = vec![0; rsa.public_modulus_len()];
+    rsa.sign(&signature::RSA_PKCS1_SHA256, &rng, &subject_input, &mut rsa_sig).expect("RSA sign");
+    let rsa_pub = ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, rsa.public_key().as_ref()).expect("RSA public");
+    let ec = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256 key");
+    let minted_input = done.token().rsplit_once('.').expect("three parts").0.as_bytes().to_vec();
+
+    let mut g = c.benchmark_group("ceiling");
+    g.bench_function("rs256_verify_raw", |b| b.iter(|| rsa_pub.verify_sig(black_box(&subject_input), black_box(&rsa_sig)).unwrap()));
+    g.bench_function("es256_sign_raw", |b| b.iter(|| ec.sign(&rng, black_box(&minted_input)).unwrap()));
+    // The same RSA check as `validate` does it: jsonwebtoken with a JWK (n, e) key.
+    let n = URL_SAFE_NO_PAD.encode(rsa.public_key().modulus().big_endian_without_leading_zero());
+    let e = URL_SAFE_NO_PAD.encode(rsa.public_key().exponent().big_endian_without_leading_zero());
+    let jwt_key = jsonwebtoken::DecodingKey::from_rsa_components(&n, &e).expect("n/e key");
+    let sig_b64 = URL_SAFE_NO_PAD.encode(&rsa_sig);
+    g.bench_function("rs256_verify_jsonwebtoken", |b| {
+        b.iter(|| {
+            assert!(
+                jsonwebtoken::crypto::verify(&sig_b64, black_box(&subject_input), &jwt_key, jsonwebtoken::Algorithm::RS256)
+                    .unwrap()
+            )
+        })
+    });
+    g.finish();
+}
+
+fn short() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(700))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+        .without_plots()
+}
+
+criterion_group! { name = exchange; config = short(); targets = benches }
+criterion_main!(exchange);
