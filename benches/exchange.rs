@@ -201,7 +201,7 @@ fn benches(c: &mut Criterion) {
     // Sanity: the fixture exchanges, so nothing below measures an error path.
     let validated = f.rt.block_on(f.cold.validator().validate_at(&f.token, now)).expect("subject token validates");
     let done = f.rt.block_on(f.cold.exchange(&exchange_request(&f.token))).expect("exchange succeeds");
-    assert_eq!(&*done.rule, "r10-bench");
+    assert_eq!(done.rule(), "r10-bench");
     eprintln!("subject token {} bytes, minted token {} bytes", f.token.len(), done.token().len());
 
     c.bench_function("validate", |b| {

@@ -23,22 +23,16 @@ use aws_lc_rs::digest;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
-use crate::exchange::Exchanged;
+use crate::exchange::Minted;
 use crate::rules::Actor;
 use crate::validate::Validated;
 
 /// A cached value and the unix time until which it may be handed out.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Entry<T> {
-    pub value: Arc<T>,
+    pub value: T,
     pub until: i64,
     weight: u32,
-}
-
-impl<T> Clone for Entry<T> {
-    fn clone(&self) -> Self {
-        Entry { value: self.value.clone(), until: self.until, weight: self.weight }
-    }
 }
 
 #[derive(Clone)]
@@ -57,8 +51,8 @@ const MINTED_TYPICAL_BYTES: u64 = 600;
 const VALIDATED_TYPICAL_BYTES: u64 = 1200;
 
 pub struct Caches {
-    minted: Option<Cache<Key, Entry<Exchanged>, ByWeight>>,
-    validated: Option<Cache<Key, Entry<Validated>, ByWeight>>,
+    minted: Option<Cache<Key, Entry<Minted>, ByWeight>>,
+    validated: Option<Cache<Key, Entry<Arc<Validated>>, ByWeight>>,
     validated_ttl: i64,
     /// Percentage of a minted token's lifetime during which it is handed out
     /// again; after that it is re-minted.
@@ -67,7 +61,7 @@ pub struct Caches {
 
 impl Caches {
     pub fn new(cfg: &crate::config::CacheConfig) -> Caches {
-        fn build<T>(max_bytes: u64, typical: u64) -> Cache<Key, Entry<T>, ByWeight> {
+        fn build<T: Clone>(max_bytes: u64, typical: u64) -> Cache<Key, Entry<T>, ByWeight> {
             // The tables grow as needed: only a modest start is reserved up front.
             Cache::with_weighter((max_bytes / typical).clamp(16, 1 << 16) as usize, max_bytes, ByWeight)
         }
@@ -80,18 +74,18 @@ impl Caches {
         }
     }
 
-    pub fn get_minted(&self, key: &Key, now: i64) -> Option<Arc<Exchanged>> {
+    pub fn get_minted(&self, key: &Key, now: i64) -> Option<Minted> {
         let entry = self.minted.as_ref()?.get(key)?;
         (now < entry.until).then_some(entry.value)
     }
 
-    pub fn put_minted(&self, key: Key, value: Arc<Exchanged>, now: i64) {
+    pub fn put_minted(&self, key: Key, value: Minted, now: i64) {
         let Some(cache) = &self.minted else { return };
         let until = now + (value.exp - now) * self.reuse_percent / 100;
         if until <= now {
             return;
         }
-        let weight = value.heap_bytes().min(u32::MAX as usize) as u32;
+        let weight = value.weight().min(u32::MAX as usize) as u32;
         cache.insert(key, Entry { value, until, weight });
     }
 

@@ -30,24 +30,42 @@ pub struct ExchangeRequest<'a> {
     pub actor_exp: Option<i64>,
 }
 
-/// A minted token and what decided it (for headers, metadata and logs).
+/// A minted token as the cache keeps it: compact and self-contained.
 ///
-/// Kept compact because it is what the minted-token cache holds: the raw JSON
-/// claims and the raw signature (a third smaller than base64 text), the
-/// header shared with the signing key, and names shared with the config. The
-/// token text is assembled when it is handed out.
-#[derive(Debug)]
-pub struct Exchanged {
-    header_b64: Arc<str>,
-    /// Raw JSON claims followed by the raw signature, in one allocation.
+/// The claims are stored as raw JSON without the constant `iss` member (see
+/// `IssPrefix`) and followed by the raw signature, in one allocation; rule,
+/// issuer and key are indices into the engine's configuration. The token text
+/// is assembled when it is handed out. With about 500 bytes per entry, 100k
+/// cached exchanges fit in the memory budget.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    /// `{` + the claims after `iss`, then the signature.
     signed: Box<[u8]>,
-    payload_len: u32,
+    rest_len: u32,
     pub exp: i64,
     pub outcome: Outcome,
-    pub rule: Arc<str>,
-    pub subject_issuer: Arc<str>,
-    /// Extra tokens for downstream audiences: (header, token).
-    pub downstream: Box<[(Arc<str>, Box<str>)]>,
+    rule: u16,
+    issuer: u16,
+    signer: u16,
+    /// Extra tokens for downstream audiences: (index of the rule's
+    /// `downstream_tokens` entry, token).
+    downstream: Option<Box<[(u16, Box<str>)]>>,
+}
+
+impl Minted {
+    /// Approximate bytes held, for the cache's memory bound.
+    pub fn weight(&self) -> usize {
+        let downstream: usize = self.downstream.iter().flat_map(|d| d.iter()).map(|(_, t)| t.len() + 32).sum();
+        std::mem::size_of::<Self>() + 32 + self.signed.len() + downstream + 48
+    }
+}
+
+/// A minted token together with the engine parts it refers to: what the
+/// front doors read headers, metadata and logs from.
+#[derive(Debug)]
+pub struct Exchanged<'e> {
+    engine: &'e Engine,
+    minted: Minted,
 }
 
 /// The claims front doors show in metadata and logs, read from the payload.
@@ -63,15 +81,13 @@ pub struct ClaimsView<'a> {
     pub jti: std::borrow::Cow<'a, str>,
 }
 
-impl Exchanged {
+impl<'e> Exchanged<'e> {
     /// Appends the compact serialization of the token to `out`.
     pub fn write_token(&self, out: &mut String) {
-        let (payload, sig) = self.signed.split_at(self.payload_len as usize);
-        crate::mint::assemble(out, &self.header_b64, payload, sig);
-    }
-
-    fn payload(&self) -> &[u8] {
-        &self.signed[..self.payload_len as usize]
+        let m = &self.minted;
+        let (rest, sig) = m.signed.split_at(m.rest_len as usize);
+        let header = self.engine.keys.signers()[m.signer as usize].header_b64();
+        self.engine.iss_prefix.assemble(out, header, &rest[1..], sig);
     }
 
     pub fn token(&self) -> String {
@@ -83,18 +99,84 @@ impl Exchanged {
     /// `sub`, `aud`, `scope` and `jti`; `None` only if the payload were not
     /// the JSON stsgate wrote itself.
     pub fn view(&self) -> Option<ClaimsView<'_>> {
-        serde_json::from_slice(self.payload()).ok()
+        serde_json::from_slice(&self.minted.signed[..self.minted.rest_len as usize]).ok()
     }
 
     /// All claims, as JSON.
     pub fn claims_json(&self) -> serde_json::Value {
-        serde_json::from_slice(self.payload()).unwrap_or_default()
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&self.minted.signed[..self.minted.rest_len as usize]).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("iss".into(), serde_json::Value::String(self.engine.cfg.issuer.clone()));
+        }
+        v
     }
 
-    /// Approximate heap bytes held, for the cache's memory bound.
-    pub fn heap_bytes(&self) -> usize {
-        let downstream: usize = self.downstream.iter().map(|(_, t)| t.len() + 48).sum();
-        std::mem::size_of::<Self>() + 32 + self.signed.len() + downstream + 48
+    pub fn exp(&self) -> i64 {
+        self.minted.exp
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        self.minted.outcome
+    }
+
+    pub fn rule(&self) -> &'e str {
+        &self.engine.cfg.rules[self.minted.rule as usize].name
+    }
+
+    pub fn subject_issuer(&self) -> &'e str {
+        &self.engine.cfg.trusted_issuers[self.minted.issuer as usize].issuer
+    }
+
+    /// Extra tokens for downstream audiences: (request header, token).
+    pub fn downstream(&self) -> impl Iterator<Item = (&'e str, &str)> + '_ {
+        let tokens = &self.engine.cfg.rules[self.minted.rule as usize].grant.downstream_tokens;
+        self.minted
+            .downstream
+            .iter()
+            .flat_map(|d| d.iter())
+            .map(move |(i, t)| (tokens[*i as usize].header.as_str(), &**t))
+    }
+}
+
+/// The constant start of every payload: `{"iss":"<issuer>",` padded with JSON
+/// whitespace to a multiple of three bytes, so that its base64 is a constant
+/// that can be concatenated with the base64 of the rest. Cache entries then
+/// store only the rest, and a hit encodes fewer bytes.
+#[derive(Debug)]
+struct IssPrefix {
+    /// What serde_json writes: `{"iss":"…",`.
+    written: Vec<u8>,
+    /// The same, padded with spaces.
+    padded: Vec<u8>,
+    padded_b64: String,
+}
+
+impl IssPrefix {
+    fn new(issuer: &str) -> IssPrefix {
+        use base64::Engine as _;
+        let mut written = b"{\"iss\":".to_vec();
+        written.extend_from_slice(serde_json::to_string(issuer).unwrap_or_default().as_bytes());
+        written.push(b',');
+        let mut padded = written.clone();
+        while padded.len() % 3 != 0 {
+            padded.push(b' ');
+        }
+        let padded_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&padded);
+        IssPrefix { written, padded, padded_b64 }
+    }
+
+    /// `header.b64(prefix + rest).b64(sig)`.
+    fn assemble(&self, out: &mut String, header_b64: &str, rest: &[u8], sig: &[u8]) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        out.reserve(header_b64.len() + self.padded_b64.len() + 2 + (rest.len() + sig.len()) * 4 / 3 + 4);
+        out.push_str(header_b64);
+        out.push('.');
+        out.push_str(&self.padded_b64);
+        b64.encode_string(rest, out);
+        out.push('.');
+        b64.encode_string(sig, out);
     }
 }
 
@@ -117,22 +199,27 @@ pub struct Engine {
     pub keys: Arc<KeyRing>,
     validator: Validator,
     caches: Caches,
-    /// Rule and issuer names shared by every cache entry that mentions them.
-    names: std::collections::HashMap<String, Arc<str>>,
+    iss_prefix: IssPrefix,
+    /// Positions of rules and trusted issuers, which cache entries refer to.
+    rule_index: std::collections::HashMap<String, u16>,
+    issuer_index: std::collections::HashMap<String, u16>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("issuer", &self.cfg.issuer).finish_non_exhaustive()
+    }
 }
 
 impl Engine {
     pub fn new(cfg: Arc<Config>, issuers: Arc<Issuers>, keys: Arc<KeyRing>) -> Engine {
         let validator = Validator::new(issuers.clone(), cfg.tokens.max_token_bytes);
         let caches = Caches::new(&cfg.cache);
-        let names = cfg
-            .rules
-            .iter()
-            .map(|r| r.name.as_str())
-            .chain(cfg.trusted_issuers.iter().map(|i| i.issuer.as_str()))
-            .map(|n| (n.to_owned(), Arc::<str>::from(n)))
-            .collect();
-        Engine { cfg, issuers, keys, validator, caches, names }
+        let index = |names: Vec<&str>| names.into_iter().enumerate().map(|(i, n)| (n.to_owned(), i as u16)).collect();
+        let rule_index = index(cfg.rules.iter().map(|r| r.name.as_str()).collect());
+        let issuer_index = index(cfg.trusted_issuers.iter().map(|i| i.issuer.as_str()).collect());
+        let iss_prefix = IssPrefix::new(&cfg.issuer);
+        Engine { cfg, issuers, keys, validator, caches, iss_prefix, rule_index, issuer_index }
     }
 
     pub fn validator(&self) -> &Validator {
@@ -145,7 +232,7 @@ impl Engine {
 
     /// The whole exchange, answered from the minted-token cache when the same
     /// request was decided recently.
-    pub async fn exchange(&self, req: &ExchangeRequest<'_>) -> Result<Arc<Exchanged>, ExchangeError> {
+    pub async fn exchange(&self, req: &ExchangeRequest<'_>) -> Result<Exchanged<'_>, ExchangeError> {
         let now = now_unix();
         let key = cache::exchange_key(
             req.subject_token,
@@ -158,14 +245,14 @@ impl Engine {
         if let Some(hit) = self.caches.get_minted(&key, now) {
             // The entry never outlives the actor token it was decided with.
             if req.actor_exp.is_none_or(|exp| hit.exp <= exp) {
-                return Ok(hit);
+                return Ok(Exchanged { engine: self, minted: hit });
             }
         }
         let subject = self.validate(req.subject_token, now).await?;
-        let done = Arc::new(self.exchange_validated(&subject, req, now)?);
+        let done = self.exchange_validated(&subject, req, now)?;
         // Impersonation is audited on every request, so it is never answered from cache.
-        if done.outcome != Outcome::Impersonation {
-            self.caches.put_minted(key, done.clone(), now);
+        if done.minted.outcome != Outcome::Impersonation {
+            self.caches.put_minted(key, done.minted.clone(), now);
         }
         Ok(done)
     }
@@ -195,7 +282,7 @@ impl Engine {
         subject: &Validated,
         req: &ExchangeRequest<'_>,
         now: i64,
-    ) -> Result<Exchanged, ExchangeError> {
+    ) -> Result<Exchanged<'_>, ExchangeError> {
         if req.audience.is_empty() {
             return Err(Denied::NoAudience.into());
         }
@@ -260,42 +347,54 @@ impl Engine {
             act: decision.act.clone(),
             extra,
         };
-        let signer = self.keys.active();
-        let encode = |c: &AccessClaims| serde_json::to_vec(c).map_err(|e| MintError::Encode(e.to_string()));
-        let mut signed = encode(&claims)?;
-        let payload_len = u32::try_from(signed.len()).map_err(|_| MintError::Encode("claims too large".into()))?;
-        let sig = signer.sign_payload(&signed)?;
-        signed.extend_from_slice(&sig);
+        let signer_index = self.keys.active_index();
+        let signer = &self.keys.signers()[signer_index];
+        let sign = |c: &AccessClaims| -> Result<(Vec<u8>, usize), MintError> {
+            // serde_json writes `iss` first, exactly as the prefix expects.
+            let json = serde_json::to_vec(c).map_err(|e| MintError::Encode(e.to_string()))?;
+            let rest = json.strip_prefix(self.iss_prefix.written.as_slice()).ok_or(MintError::Encode("unexpected claims layout".into()))?;
+            let mut payload = Vec::with_capacity(self.iss_prefix.padded.len() + rest.len());
+            payload.extend_from_slice(&self.iss_prefix.padded);
+            payload.extend_from_slice(rest);
+            let sig = signer.sign_payload(&payload)?;
+            let mut signed = Vec::with_capacity(1 + rest.len() + sig.len());
+            signed.push(b'{');
+            signed.extend_from_slice(rest);
+            let rest_len = signed.len();
+            signed.extend_from_slice(&sig);
+            Ok((signed, rest_len))
+        };
+        let (signed, rest_len) = sign(&claims)?;
+        let rule = *self.rule_index.get(&decision.rule).ok_or(MintError::Encode("unknown rule".into()))?;
         let mut downstream = Vec::with_capacity(decision.downstream.len());
-        for d in &decision.downstream {
-            claims.aud = d.audience.clone();
-            claims.jti = new_jti();
-            claims.scope = (!d.scopes.is_empty()).then(|| d.scopes.join(" "));
-            let p = encode(&claims)?;
-            let s = signer.sign_payload(&p)?;
-            let mut token = String::new();
-            crate::mint::assemble(&mut token, signer.header_b64(), &p, &s);
-            downstream.push((Arc::<str>::from(d.header.as_str()), token.into_boxed_str()));
+        if !decision.downstream.is_empty() {
+            let entries = &self.cfg.rules[rule as usize].grant.downstream_tokens;
+            for d in &decision.downstream {
+                claims.aud = d.audience.clone();
+                claims.jti = new_jti();
+                claims.scope = (!d.scopes.is_empty()).then(|| d.scopes.join(" "));
+                let (s, n) = sign(&claims)?;
+                let mut token = String::new();
+                self.iss_prefix.assemble(&mut token, signer.header_b64(), &s[1..n], &s[n..]);
+                let i = entries.iter().position(|e| e.header == d.header).unwrap_or(0) as u16;
+                downstream.push((i, token.into_boxed_str()));
+            }
         }
-        Ok(Exchanged {
-            header_b64: signer.header_b64().clone(),
+        let minted = Minted {
             signed: signed.into_boxed_slice(),
-            payload_len,
+            rest_len: rest_len as u32,
             exp,
             outcome: decision.outcome,
-            rule: self.name(&decision.rule),
-            subject_issuer: self.name(&subject.issuer),
-            downstream: downstream.into_boxed_slice(),
-        })
-    }
-
-    /// The shared copy of a rule or issuer name.
-    fn name(&self, n: &str) -> Arc<str> {
-        self.names.get(n).cloned().unwrap_or_else(|| Arc::from(n))
+            rule,
+            issuer: self.issuer_index.get(&subject.issuer).copied().unwrap_or(0),
+            signer: signer_index as u16,
+            downstream: (!downstream.is_empty()).then(|| downstream.into_boxed_slice()),
+        };
+        Ok(Exchanged { engine: self, minted })
     }
 
     /// Remaining lifetime of a minted token, for `expires_in`.
-    pub fn expires_in(exchanged: &Exchanged, now: i64) -> Duration {
-        Duration::from_secs((exchanged.exp - now).max(0) as u64)
+    pub fn expires_in(exchanged: &Exchanged<'_>, now: i64) -> Duration {
+        Duration::from_secs((exchanged.exp() - now).max(0) as u64)
     }
 }

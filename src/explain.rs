@@ -97,10 +97,10 @@ pub async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)>
         Ok(done) => {
             let mut out = base;
             out["allowed"] = json!(true);
-            out["outcome"] = json!(done.outcome.as_str());
-            out["rule"] = json!(done.rule.as_ref());
+            out["outcome"] = json!(done.outcome().as_str());
+            out["rule"] = json!(done.rule());
             out["claims"] = done.claims_json();
-            out["downstream_headers"] = json!(done.downstream.iter().map(|(h, _)| h.as_ref()).collect::<Vec<&str>>());
+            out["downstream_headers"] = json!(done.downstream().map(|(h, _)| h).collect::<Vec<&str>>());
             (out, true)
         }
         Err(e) => {

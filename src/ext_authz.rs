@@ -108,7 +108,7 @@ impl AuthzService {
         match self.engine.exchange(&request).await {
             Ok(done) => {
                 self.metrics.allow();
-                debug!(rule = %done.rule, outcome = done.outcome.as_str(), "exchanged");
+                debug!(rule = done.rule(), outcome = done.outcome().as_str(), "exchanged");
                 ok_response(ea, &done, actor.as_ref())
             }
             Err(ExchangeError::Token(e)) if e.is_unavailable() => {
@@ -401,16 +401,16 @@ fn metadata(fields: impl IntoIterator<Item = (&'static str, String)>) -> Struct 
     Struct { fields: fields.into_iter().map(|(k, v)| (k.to_owned(), string_value(v))).collect() }
 }
 
-fn ok_response(ea: &ExtAuthz, done: &Exchanged, actor: Option<&Actor>) -> CheckResponse {
+fn ok_response(ea: &ExtAuthz, done: &Exchanged<'_>, actor: Option<&Actor>) -> CheckResponse {
     let mut value = String::with_capacity(ea.output_scheme.len() + 1 + 700);
     if !ea.output_scheme.is_empty() {
         value.push_str(&ea.output_scheme);
         value.push(' ');
     }
     done.write_token(&mut value);
-    let mut headers = Vec::with_capacity(1 + done.downstream.len());
+    let mut headers = Vec::with_capacity(1);
     headers.push(header_option(&ea.output_header, value));
-    headers.extend(done.downstream.iter().map(|(name, token)| header_option(name, token.to_string())));
+    headers.extend(done.downstream().map(|(name, token)| header_option(name, token.to_owned())));
     // Credentials stsgate consumed are not forwarded upstream.
     let mut headers_to_remove = Vec::new();
     if ea.remove_subject_header && ea.subject_header != ea.output_header {
@@ -422,10 +422,10 @@ fn ok_response(ea: &ExtAuthz, done: &Exchanged, actor: Option<&Actor>) -> CheckR
         }
     }
     let mut md = metadata([
-        ("decision", done.outcome.as_str().to_owned()),
+        ("decision", done.outcome().as_str().to_owned()),
         ("actor", actor.map(|a| a.sub.clone()).unwrap_or_default()),
-        ("subject_issuer", done.subject_issuer.to_string()),
-        ("rule", done.rule.to_string()),
+        ("subject_issuer", done.subject_issuer().to_owned()),
+        ("rule", done.rule().to_owned()),
     ]);
     if let Some(c) = done.view() {
         for (k, v) in [("sub", c.sub), ("aud", c.aud), ("jti", c.jti), ("scope", c.scope.unwrap_or_default())] {

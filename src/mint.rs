@@ -225,6 +225,11 @@ impl KeyRing {
         &self.active
     }
 
+    /// Position of the active key in `signers()`.
+    pub fn active_index(&self) -> usize {
+        self.all.iter().position(|s| Arc::ptr_eq(s, &self.active)).unwrap_or(0)
+    }
+
     pub fn signers(&self) -> &[Arc<Signer>] {
         &self.all
     }
