@@ -51,7 +51,7 @@ const MINTED_TYPICAL_BYTES: u64 = 600;
 const VALIDATED_TYPICAL_BYTES: u64 = 1200;
 
 pub struct Caches {
-    minted: Option<Cache<Key, Entry<Minted>, ByWeight>>,
+    minted: Option<Cache<Key, Entry<Arc<Minted>>, ByWeight>>,
     validated: Option<Cache<Key, Entry<Arc<Validated>>, ByWeight>>,
     validated_ttl: i64,
     /// Percentage of a minted token's lifetime during which it is handed out
@@ -74,12 +74,12 @@ impl Caches {
         }
     }
 
-    pub fn get_minted(&self, key: &Key, now: i64) -> Option<Minted> {
+    pub fn get_minted(&self, key: &Key, now: i64) -> Option<Arc<Minted>> {
         let entry = self.minted.as_ref()?.get(key)?;
         (now < entry.until).then_some(entry.value)
     }
 
-    pub fn put_minted(&self, key: Key, value: Minted, now: i64) {
+    pub fn put_minted(&self, key: Key, value: Arc<Minted>, now: i64) {
         let Some(cache) = &self.minted else { return };
         let until = now + (value.exp - now) * self.reuse_percent / 100;
         if until <= now {

@@ -65,7 +65,8 @@ impl Minted {
 #[derive(Debug)]
 pub struct Exchanged<'e> {
     engine: &'e Engine,
-    minted: Minted,
+    /// Shared with the cache: a hit costs one reference count, not a copy.
+    minted: Arc<Minted>,
 }
 
 /// The claims front doors show in metadata and logs, read from the payload.
@@ -390,7 +391,7 @@ impl Engine {
             signer: signer_index as u16,
             downstream: (!downstream.is_empty()).then(|| downstream.into_boxed_slice()),
         };
-        Ok(Exchanged { engine: self, minted })
+        Ok(Exchanged { engine: self, minted: Arc::new(minted) })
     }
 
     /// Remaining lifetime of a minted token, for `expires_in`.
