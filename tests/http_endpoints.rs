@@ -151,7 +151,8 @@ async fn metrics_count_decisions() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
     let before = resp.text().await.unwrap();
-    assert!(metric_value(&before, "stsgate_decisions_total", &["outcome=\"ok\""]).is_none(), "{before}");
+    // The allow series exists from the start (so rate() works at once), at zero.
+    assert_eq!(metric_value(&before, "stsgate_decisions_total", &["outcome=\"ok\""]), Some(0.0), "{before}");
 
     let token = idp.token(&idp.claims("alice", "orders.read"));
     allowed(&h.check_for(&token, "orders").await);
