@@ -124,9 +124,10 @@ def load_runs(work):
             r["envoy_us_per_req"] = ecpu / wall * 1e6 / r["rps"]
         if num(cpu.get("foreign_cores")) is not None:
             r["foreign_cores"] = num(cpu.get("foreign_cores"))
-        if cpu.get("server_is_envoy"):
-            r.pop("server_cores", None)
-            r.pop("server_us_per_req", None)
+        if cpu.get("server_is_envoy"):  # jwt_authn: Envoy was sampled as the server
+            for k in ("cores", "us_per_req"):
+                if "server_" + k in r:
+                    r["envoy_" + k] = r.pop("server_" + k)
         runs.setdefault(case, {})[rnd] = r
     return runs
 

@@ -162,20 +162,28 @@ wait_quiet() { # what
     done
 }
 CLK_TCK="$(getconf CLK_TCK)"
-cpu_seconds() { # pid -> utime+stime in seconds (all threads); 0 once it has exited
-    awk -v t="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / t }' "/proc/$1/stat" 2>/dev/null || echo 0
+# CPU sampling window: from DIRECT_DELAY (direct) or 0.3 s (wrk) after the load tool
+# starts, for WINDOW s, ending 0.5 s before the tool's measured part does.
+DIRECT_DELAY="$(awk -v w="$WARMUP" 'BEGIN { print w + 0.3 }')"
+WINDOW="$(awk -v d="$DURATION" 'BEGIN { x = d - 0.8; print (x < 0.5 ? 0.5 : x) }')"
+cpu_seconds() { # pid -> utime+stime in seconds (all threads); "nan" once it has exited
+    awk -v t="$CLK_TCK" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / t }' "/proc/$1/stat" 2>/dev/null || echo nan
 }
 ours_seconds() { # utime+stime of every process this script started, in seconds
     local files=() pid
     if ((${#PIDS[@]})); then
         for pid in "${PIDS[@]}"; do [[ -r /proc/$pid/stat ]] && files+=("/proc/$pid/stat"); done
     fi
-    if ((${#files[@]} == 0)); then echo 0; return; fi
+    if ((${#files[@]} == 0)); then
+        echo 0
+        return
+    fi
     cat "${files[@]}" 2>/dev/null | awk -v t="$CLK_TCK" '{ sub(/^.*\) /, ""); s += $12 + $13 } END { printf "%.3f", s / t }'
 }
 now_s() { date +%s.%N; }
-machine_seconds() { # user+nice+system of the whole machine, in seconds
-    awk -v t="$CLK_TCK" '/^cpu / { printf "%.3f", ($2 + $3 + $4) / t }' /proc/stat
+machine_seconds() { # user+nice+system+irq+softirq of the whole machine, in seconds
+    # (a task's stime includes the irq/softirq ticks taken while it ran, /proc/stat lists them apart)
+    awk -v t="$CLK_TCK" '/^cpu / { printf "%.3f", ($2 + $3 + $4 + $7 + $8) / t }' /proc/stat
 }
 
 # ---------------------------------------------------------------------------
@@ -318,11 +326,12 @@ sample_cpu() { # out delay server_pid envoy_pid|- load_pid
     local t0 s0 e0=0 l0 m0 t1 s1 e1=0 l1 m1
     t0=$(now_s); m0=$(machine_seconds); s0=$(cpu_seconds "$spid"); l0=$(cpu_seconds "$lpid")
     if [[ "$epid" != - ]]; then e0=$(cpu_seconds "$epid"); fi
-    sleep "$(python3 -c "print(max($DURATION - 0.6, 0.5))")"
+    sleep "$WINDOW"
     t1=$(now_s); m1=$(machine_seconds); s1=$(cpu_seconds "$spid"); l1=$(cpu_seconds "$lpid")
     if [[ "$epid" != - ]]; then e1=$(cpu_seconds "$epid"); fi
     python3 - "$t0" "$t1" "$s0" "$s1" "$e0" "$e1" "$l0" "$l1" "$m0" "$m1" "$epid" >"$out" <<'PY'
 import sys
+import math
 t0, t1, s0, s1, e0, e1, l0, l1, m0, m1 = map(float, sys.argv[1:11])
 has_envoy = sys.argv[11] != "-"
 wall, server, load, machine = t1 - t0, s1 - s0, l1 - l0, m1 - m0
@@ -330,12 +339,14 @@ envoy = e1 - e0 if has_envoy else 0.0
 print("wall_s", wall)
 print("server_cpu_s", server)
 print("envoy_cpu_s", envoy if has_envoy else "null")
-print("load_cpu_s", load)
+# A process that ended inside the window reads as nan: no CPU figure then.
+print("load_cpu_s", "null" if math.isnan(load) else load)
 print("machine_cpu_s", machine)
-print("foreign_cores", max(machine - server - envoy - load, 0.0) / wall)
+foreign = machine - server - envoy - load
+print("foreign_cores", "null" if math.isnan(foreign) else max(foreign, 0.0) / wall)
 PY
 }
-foreign() { awk '/foreign_cores/ {printf "%.2f", $2}' "$1"; }
+foreign() { awk '/foreign_cores/ { if ($2 == "null") print "?"; else printf "%.2f", $2 }' "$1"; }
 
 direct() { # round case target server_pid
     local r=$1 c=$2 target=$3 spid=$4 base="$RUNS/r$1-$2"
@@ -344,7 +355,7 @@ direct() { # round case target server_pid
         --concurrency "$CONCURRENCY" --channels "$CHANNELS" --duration "${DURATION}s" --warmup "${WARMUP}s" \
         --label "$c" >"$base.json" 2>"$base.err" &
     local lpid=$!
-    sample_cpu "$base.cpu" "$(python3 -c "print($WARMUP + 0.3)")" "$spid" - "$lpid" &
+    sample_cpu "$base.cpu" "$DIRECT_DELAY" "$spid" - "$lpid" &
     local sampler=$!
     wait "$lpid" || { cat "$base.err" >&2; die "loadgen $c failed"; }
     wait "$sampler"
@@ -355,8 +366,7 @@ through_envoy() { # round case server_pid|-
     local r=$1 c=$2 spid=$3 base="$RUNS/r$1-$2"
     local epid_var="PID_$c" url="http://127.0.0.1:${E_LISTEN[$c]}/"
     alive "${!epid_var}" "$c"
-    local cpu_pid=$spid lpid
-    [[ "$spid" == - ]] && cpu_pid=${!epid_var}
+    local lpid
     if [[ "$LOADTOOL" == wrk ]]; then
         wrk -t1 -c"$CONCURRENCY" -d"${WARMUP}s" -H "authorization: Bearer $TOKEN" "$url" >/dev/null
         wrk -t1 -c"$CONCURRENCY" -d"${DURATION}s" --latency -H "authorization: Bearer $TOKEN" "$url" >"$base.wrk" 2>&1 &
@@ -366,7 +376,11 @@ through_envoy() { # round case server_pid|-
         oha -z "${DURATION}s" -c "$CONCURRENCY" --no-tui --json -H "authorization: Bearer $TOKEN" "$url" >"$base.oha" 2>&1 &
         lpid=$!
     fi
-    sample_cpu "$base.cpu" 0.3 "$cpu_pid" "${!epid_var}" "$lpid" &
+    if [[ "$spid" == - ]]; then # Envoy alone (jwt_authn): it is the "server"
+        sample_cpu "$base.cpu" 0.3 "${!epid_var}" - "$lpid" &
+    else
+        sample_cpu "$base.cpu" 0.3 "$spid" "${!epid_var}" "$lpid" &
+    fi
     local sampler=$!
     wait "$lpid" || die "$LOADTOOL $c failed"
     wait "$sampler"
