@@ -74,6 +74,14 @@ impl Caches {
         }
     }
 
+    pub fn minted_enabled(&self) -> bool {
+        self.minted.is_some()
+    }
+
+    pub fn validated_enabled(&self) -> bool {
+        self.validated.is_some()
+    }
+
     pub fn get_minted(&self, key: &Key, now: i64) -> Option<Arc<Minted>> {
         let entry = self.minted.as_ref()?.get(key)?;
         (now < entry.until).then_some(entry.value)

@@ -235,15 +235,18 @@ impl Engine {
     /// request was decided recently.
     pub async fn exchange(&self, req: &ExchangeRequest<'_>) -> Result<Exchanged<'_>, ExchangeError> {
         let now = now_unix();
-        let key = cache::exchange_key(
-            req.subject_token,
-            req.actor.as_ref(),
-            req.audience,
-            req.scopes.as_deref(),
-            req.requested_subject,
-            req.default_client_id,
-        );
-        if let Some(hit) = self.caches.get_minted(&key, now) {
+        // No hashing at all when the cache is off.
+        let key = self.caches.minted_enabled().then(|| {
+            cache::exchange_key(
+                req.subject_token,
+                req.actor.as_ref(),
+                req.audience,
+                req.scopes.as_deref(),
+                req.requested_subject,
+                req.default_client_id,
+            )
+        });
+        if let Some(hit) = key.as_ref().and_then(|k| self.caches.get_minted(k, now)) {
             // The entry never outlives the actor token it was decided with.
             if req.actor_exp.is_none_or(|exp| hit.exp <= exp) {
                 return Ok(Exchanged { engine: self, minted: hit });
@@ -252,7 +255,7 @@ impl Engine {
         let subject = self.validate(req.subject_token, now).await?;
         let done = self.exchange_validated(&subject, req, now)?;
         // Impersonation is audited on every request, so it is never answered from cache.
-        if done.minted.outcome != Outcome::Impersonation {
+        if let Some(key) = key.filter(|_| done.minted.outcome != Outcome::Impersonation) {
             self.caches.put_minted(key, done.minted.clone(), now);
         }
         Ok(done)
@@ -260,6 +263,9 @@ impl Engine {
 
     /// Validates a token, remembering the result briefly.
     pub async fn validate(&self, token: &str, now: i64) -> Result<Arc<Validated>, TokenError> {
+        if !self.caches.validated_enabled() {
+            return Ok(Arc::new(self.validator.validate_at(token, now).await?));
+        }
         let key = cache::token_key(token);
         if let Some(hit) = self.caches.get_validated(&key, now) {
             return Ok(hit);

@@ -105,6 +105,11 @@ impl Server {
             .build_v1alpha()?;
         let authz = AuthorizationServer::new(AuthzService::new(engine.clone(), metrics));
         let grpc = tonic::transport::Server::builder()
+            // Envoy multiplexes every Check over one HTTP/2 connection and resets
+            // the pending ones when its downstreams go away; h2's default limit
+            // (20) would then drop the whole connection and fail unrelated
+            // requests closed.
+            .http2_max_pending_accept_reset_streams(Some(1024))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
