@@ -211,6 +211,13 @@ pub struct Signing {
     pub keys: Vec<SigningKey>,
 }
 
+impl Signing {
+    /// `active`, or else the first key.
+    pub fn active_kid(&self) -> &str {
+        self.active.as_deref().unwrap_or_else(|| self.keys.first().map(|k| k.kid.as_str()).unwrap_or(""))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SigningKey {
@@ -763,10 +770,7 @@ impl Config {
 
     /// The `kid` of the key that signs new tokens.
     pub fn active_kid(&self) -> &str {
-        self.signing
-            .active
-            .as_deref()
-            .unwrap_or_else(|| self.signing.keys.first().map(|k| k.kid.as_str()).unwrap_or(""))
+        self.signing.active_kid()
     }
 
     /// Checks everything serde cannot: returns every problem found.

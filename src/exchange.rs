@@ -3,7 +3,6 @@
 //! mint the new token. Callers map `ExchangeError` to their wire format.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::cache::{self, Caches};
 use crate::config::{Config, Outcome};
@@ -398,10 +397,5 @@ impl Engine {
             downstream: (!downstream.is_empty()).then(|| downstream.into_boxed_slice()),
         };
         Ok(Exchanged { engine: self, minted: Arc::new(minted) })
-    }
-
-    /// Remaining lifetime of a minted token, for `expires_in`.
-    pub fn expires_in(exchanged: &Exchanged<'_>, now: i64) -> Duration {
-        Duration::from_secs((exchanged.exp() - now).max(0) as u64)
     }
 }

@@ -59,11 +59,9 @@ pub async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)>
         None => None,
     };
     let peer = q.peer.clone().map(|p| Actor { kind: ActorKind::Peer, sub: p, iss: None, client_id: None });
-    let actor = match (peer, token_actor) {
-        (Some(p), Some(t)) if p.sub != t.sub => return Ok(refuse("actor", rules::Denied::ActorConflict.to_string())),
-        (Some(_), Some(t)) => Some(Actor { kind: ActorKind::PeerAndToken, ..t }),
-        (None, Some(t)) => Some(t),
-        (p, None) => p,
+    let actor = match Actor::combine(peer, token_actor) {
+        Ok(actor) => actor,
+        Err(denied) => return Ok(refuse("actor", denied.to_string())),
     };
     let scopes: Option<Vec<String>> = q.scope.as_ref().map(|s| s.split_whitespace().map(str::to_owned).collect());
     let input = RuleInput {

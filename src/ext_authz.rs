@@ -163,7 +163,7 @@ impl AuthzService {
         let token_actor = match use_token.then(|| http.and_then(|h| header(h, &ea.actor.token_header))).flatten() {
             None => None,
             Some(raw) => {
-                let token = strip_scheme(raw.trim(), &ea.actor.token_scheme).ok_or_else(|| {
+                let token = token_in(&raw, &ea.actor.token_scheme).map_err(|_| {
                     self.metrics.bad_request("bad_actor_token_header");
                     bad_request(ea, "the actor token header does not hold one token")
                 })?;
@@ -178,15 +178,15 @@ impl AuthzService {
             }
         };
 
-        match (peer, token_actor) {
-            (Some(p), Some((t, _))) if p.sub != t.sub => {
-                self.metrics.deny(Denied::ActorConflict.label());
-                debug!(peer = %p.sub, token_sub = %t.sub, "actor identities disagree");
-                Err(forbidden(&Denied::ActorConflict))
+        let (token_actor, exp) = token_actor.unzip();
+        let subs = (peer.as_ref().map(|p| p.sub.clone()), token_actor.as_ref().map(|t| t.sub.clone()));
+        match Actor::combine(peer, token_actor) {
+            Ok(actor) => Ok((actor, exp)),
+            Err(denied) => {
+                self.metrics.deny(denied.label());
+                debug!(peer = ?subs.0, token_sub = ?subs.1, "actor identities disagree");
+                Err(forbidden(&denied))
             }
-            (Some(_), Some((t, exp))) => Ok((Some(Actor { kind: ActorKind::PeerAndToken, ..t }), Some(exp))),
-            (None, Some((t, exp))) => Ok((Some(t), Some(exp))),
-            (p, None) => Ok((p, None)),
         }
     }
 
@@ -215,21 +215,6 @@ fn requested_subject(http: Option<&AttributeContext_HttpRequest>, ea: &ExtAuthz)
         return Err("the requested subject header must hold one subject identifier");
     }
     Ok(Some(value.to_owned()))
-}
-
-/// The token after `scheme` (case-insensitive), or the whole value for an
-/// empty scheme; `None` unless exactly one token remains.
-fn strip_scheme<'a>(raw: &'a str, scheme: &str) -> Option<&'a str> {
-    let token = if scheme.is_empty() {
-        raw
-    } else {
-        let (s, rest) = raw.split_once(' ')?;
-        if !s.eq_ignore_ascii_case(scheme) {
-            return None;
-        }
-        rest.trim()
-    };
-    (!token.is_empty() && !token.contains(char::is_whitespace) && !token.contains(',')).then_some(token)
 }
 
 #[tonic::async_trait]
@@ -298,26 +283,28 @@ use crate::pb::envoy::service::auth::v3::attribute_context::HttpRequest as Attri
 fn extract_token<'a>(http: Option<&'a AttributeContext_HttpRequest>, ea: &ExtAuthz) -> Result<std::borrow::Cow<'a, str>, NoToken> {
     use std::borrow::Cow;
     match http.and_then(|h| header(h, &ea.subject_header)).ok_or(NoToken::Missing)? {
-        Cow::Borrowed(raw) => token_in(raw, ea).map(Cow::Borrowed),
-        Cow::Owned(raw) => token_in(&raw, ea).map(|t| Cow::Owned(t.to_owned())),
+        Cow::Borrowed(raw) => token_in(raw, &ea.subject_scheme).map(Cow::Borrowed),
+        Cow::Owned(raw) => token_in(&raw, &ea.subject_scheme).map(|t| Cow::Owned(t.to_owned())),
     }
 }
 
-fn token_in<'a>(raw: &'a str, ea: &ExtAuthz) -> Result<&'a str, NoToken> {
+/// The one token after `scheme` (case-insensitive; an empty scheme means a
+/// bare token), for the subject and the actor token headers alike.
+fn token_in<'a>(raw: &'a str, scheme: &str) -> Result<&'a str, NoToken> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Err(NoToken::Missing);
     }
-    let token = if ea.subject_scheme.is_empty() {
+    let token = if scheme.is_empty() {
         raw
     } else {
-        let (scheme, rest) = raw.split_once(' ').ok_or(if raw.eq_ignore_ascii_case(&ea.subject_scheme) {
+        let (given, rest) = raw.split_once(' ').ok_or(if raw.eq_ignore_ascii_case(scheme) {
             NoToken::Empty
         } else {
             NoToken::WrongScheme
         })?;
         // RFC 7235 §2.1: the scheme is case-insensitive.
-        if !scheme.eq_ignore_ascii_case(&ea.subject_scheme) {
+        if !given.eq_ignore_ascii_case(scheme) {
             return Err(NoToken::WrongScheme);
         }
         rest.trim()

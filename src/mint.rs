@@ -206,8 +206,7 @@ pub struct KeyRing {
 impl KeyRing {
     pub fn load(cfg: &Signing) -> Result<KeyRing, MintError> {
         let all = cfg.keys.iter().map(|k| Signer::load(k).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
-        let active_kid = cfg.active.as_deref().unwrap_or_else(|| cfg.keys.first().map(|k| k.kid.as_str()).unwrap_or(""));
-        KeyRing::from_signers(all, active_kid)
+        KeyRing::from_signers(all, cfg.active_kid())
     }
 
     pub fn from_signers(all: Vec<Arc<Signer>>, active_kid: &str) -> Result<KeyRing, MintError> {
@@ -257,16 +256,6 @@ pub struct AccessClaims {
     /// Claims added or copied by rules.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
-}
-
-/// Writes a compact JWS from its parts: `header.b64(payload).b64(sig)`.
-pub fn assemble(out: &mut String, header_b64: &str, payload: &[u8], sig: &[u8]) {
-    out.reserve(header_b64.len() + 2 + (payload.len() + sig.len()) * 4 / 3 + 4);
-    out.push_str(header_b64);
-    out.push('.');
-    URL_SAFE_NO_PAD.encode_string(payload, out);
-    out.push('.');
-    URL_SAFE_NO_PAD.encode_string(sig, out);
 }
 
 /// A random, unguessable token identifier (128 bits).

@@ -42,6 +42,17 @@ pub enum ActorKind {
 }
 
 impl Actor {
+    /// The one actor of a request from its two possible sources: an actor
+    /// token whose `sub` is the peer's identity is proven by both; a peer and
+    /// a token naming different parties are refused.
+    pub fn combine(peer: Option<Actor>, token: Option<Actor>) -> Result<Option<Actor>, Denied> {
+        match (peer, token) {
+            (Some(p), Some(t)) if p.sub != t.sub => Err(Denied::ActorConflict),
+            (Some(_), Some(t)) => Ok(Some(Actor { kind: ActorKind::PeerAndToken, ..t })),
+            (p, t) => Ok(t.or(p)),
+        }
+    }
+
     /// The `act` object naming this actor (RFC 8693 §4.1).
     fn act_claim(&self) -> Map<String, Value> {
         let mut act = Map::new();

@@ -8,7 +8,7 @@ mod e2e;
 
 use std::process::{Command, Stdio};
 
-use e2e::{ChildGuard, Echo, Envoy, Stsgate, TempDir, WAIT, bearer, echoed_header, eventually, http_client, jwt_claims, jwt_parts};
+use e2e::{ChildGuard, Echo, Envoy, Stsgate, TempDir, WAIT, bearer, echoed_header, eventually, http_client, jwt_claims, jwt_parts, verify_with_jwks};
 use serde_json::Value;
 
 /// stsgate + echo upstream + Envoy; dropped Envoy first, the scratch directory last.
@@ -45,28 +45,6 @@ impl Stack {
         assert_eq!(status, 200, "GET {path}: {body}\n{}", self.sts.log_text());
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("echo answer is not JSON ({e}): {body}"))
     }
-}
-
-/// Verifies a token minted by stsgate against its published JWKS.
-async fn verify_with_jwks(sts: &Stsgate, token: &str, audience: &str) -> Value {
-    let jwks: jsonwebtoken::jwk::JwkSet = http_client()
-        .get(format!("http://{}/.well-known/jwks.json", sts.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    let kid = header.kid.clone().expect("minted token has a kid");
-    let jwk = jwks.find(&kid).unwrap_or_else(|| panic!("kid {kid} not in stsgate's JWKS"));
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_audience(&[audience]);
-    validation.set_issuer(&[sts.issuer()]);
-    jsonwebtoken::decode::<Value>(token, &key, &validation)
-        .unwrap_or_else(|e| panic!("minted token does not verify against stsgate's JWKS: {e}"))
-        .claims
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

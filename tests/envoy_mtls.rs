@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use e2e::{Echo, Envoy, Stsgate, TempDir, bearer, echoed_header, http_client, jwt_parts};
+use e2e::{Echo, Envoy, Stsgate, TempDir, bearer, echoed_header, jwt_parts, verify_with_jwks};
 use serde_json::Value;
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -109,28 +109,6 @@ impl Stack {
     async fn ssl_stat(&self, name: &str) -> u64 {
         self.envoy.stat(&format!("listener.mtls.ssl.{name}")).await.unwrap_or(0)
     }
-}
-
-/// Verifies a token minted by stsgate against its published JWKS.
-async fn verify_with_jwks(sts: &Stsgate, token: &str, audience: &str) -> Value {
-    let jwks: jsonwebtoken::jwk::JwkSet = http_client()
-        .get(format!("http://{}/.well-known/jwks.json", sts.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    let kid = header.kid.clone().expect("minted token has a kid");
-    let jwk = jwks.find(&kid).unwrap_or_else(|| panic!("kid {kid} not in stsgate's JWKS"));
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_audience(&[audience]);
-    validation.set_issuer(&[sts.issuer()]);
-    jsonwebtoken::decode::<Value>(token, &key, &validation)
-        .unwrap_or_else(|e| panic!("minted token does not verify against stsgate's JWKS: {e}"))
-        .claims
 }
 
 /// The whole error chain, for messages.

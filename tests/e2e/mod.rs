@@ -615,3 +615,25 @@ impl Envoy {
         text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))?.trim().parse().ok())
     }
 }
+
+/// Verifies a token minted by stsgate against its published JWKS.
+pub async fn verify_with_jwks(sts: &Stsgate, token: &str, audience: &str) -> Value {
+    let jwks: jsonwebtoken::jwk::JwkSet = http_client()
+        .get(format!("http://{}/.well-known/jwks.json", sts.http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let kid = header.kid.clone().expect("minted token has a kid");
+    let jwk = jwks.find(&kid).unwrap_or_else(|| panic!("kid {kid} not in stsgate's JWKS"));
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_audience(&[audience]);
+    validation.set_issuer(&[sts.issuer()]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .unwrap_or_else(|e| panic!("minted token does not verify against stsgate's JWKS: {e}"))
+        .claims
+}
