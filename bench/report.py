@@ -28,7 +28,7 @@ CRITERION = [
 CASES = [
     ("direct_cached", "direct gRPC → stsgate, cached exchange"),
     ("direct_noop", "direct gRPC → do-nothing Check server"),
-    ("direct_noop_like", "direct gRPC → do-nothing server answering like stsgate (header + 8 metadata)"),
+    ("direct_noop_like", "direct gRPC → do-nothing server answering like stsgate (same header and metadata)"),
     ("direct_cold", "direct gRPC → stsgate, cache disabled (verify + sign per call)"),
     ("envoy_cached", "Envoy ext_authz → stsgate, cached exchange"),
     ("envoy_noop", "Envoy ext_authz → do-nothing server"),

@@ -9,7 +9,7 @@
 #   2. runs the criterion benches (benches/exchange.rs), including the crypto ceiling;
 #   3. starts stsgate cached, stsgate cold (cache: {enabled: false}), the do-nothing
 #      Check server, plain and "like stsgate" (it answers with the same shape as a cached
-#      exchange: one 470-byte overwrite header and 8 dynamic-metadata strings), and five
+#      exchange: one 470-byte overwrite header, no dynamic metadata by default), and five
 #      Envoys (one worker each): ext_authz -> stsgate cached | noop | stsgate cold |
 #      noop-like, and jwt_authn RS256 without cache; every route is a direct_response;
 #   4. ROUNDS (3) alternating rounds of: direct gRPC (stsgate-loadgen: 64 calls over
@@ -36,9 +36,10 @@ WARMUP="${WARMUP:-1}"
 CONCURRENCY="${CONCURRENCY:-64}"
 CHANNELS="${CHANNELS:-2}"
 FILL="${FILL:-100000}"
-# "Bearer " + the ES256 token this config mints (463 bytes), and stsgate's 8 metadata fields.
+# "Bearer " + the ES256 token this config mints (463 bytes); stsgate sends no dynamic
+# metadata unless `ext_authz.dynamic_metadata` lists fields (METADATA_FIELDS=8: all of them).
 HEADER_BYTES="${HEADER_BYTES:-470}"
-METADATA_FIELDS="${METADATA_FIELDS:-8}"
+METADATA_FIELDS="${METADATA_FIELDS:-0}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 ENVOY="$REPO/.tools/bin/envoy"
 ISSUER="https://idp.bench.example/realms/corp"
@@ -229,9 +230,13 @@ open(out, "w").write(text)
 EOF
 }
 
+# METADATA_FIELDS=8 makes stsgate send every dynamic metadata field (and the
+# noop-like server 8 strings), to measure what the metadata costs.
+METADATA_LIST="[]"
+((METADATA_FIELDS > 0)) && METADATA_LIST="[decision, rule, sub, aud, actor, scope, jti, subject_issuer]"
 stsgate_cfg() { # name grpc http cache
     render bench/stsgate.yaml.tmpl "$WORK/$1.yaml" GRPC_PORT="$2" HTTP_PORT="$3" CACHE="$4" \
-        ISSUER="$ISSUER" SUBJECT_AUD="$SUBJECT_AUD" JWKS_FILE="$JWKS_FILE"
+        ISSUER="$ISSUER" SUBJECT_AUD="$SUBJECT_AUD" JWKS_FILE="$JWKS_FILE" METADATA="$METADATA_LIST"
 }
 CACHED_GRPC=${P[0]}
 COLD_GRPC=${P[2]}

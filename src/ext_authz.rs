@@ -11,7 +11,7 @@ use prost_types::{Struct, Value as PbValue, value::Kind};
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
-use crate::config::{ActorMode, Config, ExtAuthz};
+use crate::config::{ActorMode, Config, ExtAuthz, MetadataField};
 use crate::exchange::{Engine, ExchangeError, ExchangeRequest, Exchanged};
 use crate::metrics::Metrics;
 use crate::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
@@ -109,7 +109,7 @@ impl AuthzService {
             Ok(done) => {
                 self.metrics.allow();
                 debug!(rule = done.rule(), outcome = done.outcome().as_str(), "exchanged");
-                ok_response(ea, &done, actor.as_ref())
+                ok_response(ea, http, &done, actor.as_ref())
             }
             Err(ExchangeError::Token(e)) if e.is_unavailable() => {
                 self.metrics.unavailable(e.label());
@@ -396,7 +396,12 @@ fn metadata(fields: impl IntoIterator<Item = (&'static str, String)>) -> Struct 
     Struct { fields: fields.into_iter().map(|(k, v)| (k.to_owned(), string_value(v))).collect() }
 }
 
-fn ok_response(ea: &ExtAuthz, done: &Exchanged<'_>, actor: Option<&Actor>) -> CheckResponse {
+fn ok_response(
+    ea: &ExtAuthz,
+    http: Option<&AttributeContext_HttpRequest>,
+    done: &Exchanged<'_>,
+    actor: Option<&Actor>,
+) -> CheckResponse {
     let mut value = String::with_capacity(ea.output_scheme.len() + 1 + 700);
     if !ea.output_scheme.is_empty() {
         value.push_str(&ea.output_scheme);
@@ -406,32 +411,49 @@ fn ok_response(ea: &ExtAuthz, done: &Exchanged<'_>, actor: Option<&Actor>) -> Ch
     let mut headers = Vec::with_capacity(1);
     headers.push(header_option(&ea.output_header, value));
     headers.extend(done.downstream().map(|(name, token)| header_option(name, token.to_owned())));
-    // Credentials stsgate consumed are not forwarded upstream.
+    // Credentials stsgate consumed are not forwarded upstream. Only headers
+    // the request carries are named: Envoy scans its header map per name.
+    let present = |name: &str| http.is_some_and(|h| header(h, name).is_some());
     let mut headers_to_remove = Vec::new();
-    if ea.remove_subject_header && ea.subject_header != ea.output_header {
+    if ea.remove_subject_header && ea.subject_header != ea.output_header && present(&ea.subject_header) {
         headers_to_remove.push(ea.subject_header.clone());
     }
     for extra in [&ea.actor.token_header, &ea.requested_subject_header] {
-        if !extra.is_empty() {
+        if !extra.is_empty() && present(extra) {
             headers_to_remove.push(extra.clone());
-        }
-    }
-    let mut md = metadata([
-        ("decision", done.outcome().as_str().to_owned()),
-        ("actor", actor.map(|a| a.sub.clone()).unwrap_or_default()),
-        ("subject_issuer", done.subject_issuer().to_owned()),
-        ("rule", done.rule().to_owned()),
-    ]);
-    if let Some(c) = done.view() {
-        for (k, v) in [("sub", c.sub), ("aud", c.aud), ("jti", c.jti), ("scope", c.scope.unwrap_or_default())] {
-            md.fields.insert(k.to_owned(), string_value(v.into_owned()));
         }
     }
     CheckResponse {
         status: Some(RpcStatus { code: RPC_OK, message: String::new(), details: Vec::new() }),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse { headers, headers_to_remove, ..Default::default() })),
-        dynamic_metadata: Some(md),
+        dynamic_metadata: ok_metadata(&ea.dynamic_metadata, done, actor),
     }
+}
+
+/// The configured metadata fields of an allowed request; none at all (not an
+/// empty struct) when none are configured.
+fn ok_metadata(fields: &[MetadataField], done: &Exchanged<'_>, actor: Option<&Actor>) -> Option<Struct> {
+    if fields.is_empty() {
+        return None;
+    }
+    let needs_claims =
+        fields.iter().any(|f| matches!(f, MetadataField::Sub | MetadataField::Aud | MetadataField::Scope | MetadataField::Jti));
+    let claims = if needs_claims { done.view() } else { None };
+    let claim = |pick: fn(&crate::exchange::ClaimsView<'_>) -> String| claims.as_ref().map(pick).unwrap_or_default();
+    let fields = fields.iter().map(|f| {
+        let value = match f {
+            MetadataField::Decision => done.outcome().as_str().to_owned(),
+            MetadataField::Rule => done.rule().to_owned(),
+            MetadataField::Actor => actor.map(|a| a.sub.clone()).unwrap_or_default(),
+            MetadataField::SubjectIssuer => done.subject_issuer().to_owned(),
+            MetadataField::Sub => claim(|c| c.sub.clone().into_owned()),
+            MetadataField::Aud => claim(|c| c.aud.clone().into_owned()),
+            MetadataField::Jti => claim(|c| c.jti.clone().into_owned()),
+            MetadataField::Scope => claim(|c| c.scope.clone().unwrap_or_default().into_owned()),
+        };
+        (f.key().to_owned(), string_value(value))
+    });
+    Some(Struct { fields: fields.collect() })
 }
 
 fn json_body(error: &str, description: &str) -> String {

@@ -197,6 +197,54 @@ async fn other_output_header_removes_the_subject_header() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_metadata_is_opt_in_and_denials_always_explain() {
+    let idp = MockIdp::start().await;
+    let token = idp.token(&idp.claims("alice", "orders.read"));
+
+    // The default: an allowed request carries no metadata at all (Envoy pays per field).
+    let h = Harness::builder(&idp).ext_authz("dynamic_metadata: []").start().await;
+    let resp = h.check_token(&token, &[("audience", "orders")]).await;
+    allowed(&resp);
+    assert!(resp.dynamic_metadata.is_none(), "{:?}", resp.dynamic_metadata);
+    // A denial still says why.
+    let d = denial(&h.check_token(&token, &[("audience", "nobody-grants-this")]).await);
+    assert_eq!(d.http_status, 403);
+    assert_eq!(d.metadata.get("decision").map(String::as_str), Some("denied"));
+    assert_eq!(d.metadata.get("reason").map(String::as_str), Some("no_rule"));
+
+    // Exactly the listed fields, in any order.
+    let h = Harness::builder(&idp).ext_authz("dynamic_metadata: [rule, sub]").start().await;
+    let ok = allowed(&h.check_token(&token, &[("audience", "orders")]).await);
+    let mut keys: Vec<&str> = ok.metadata.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["rule", "sub"]);
+    assert_eq!(ok.metadata["sub"], "alice");
+    assert_eq!(ok.metadata["rule"], "orders");
+
+    // A field listed twice is a config error.
+    let yaml = Harness::builder(&idp).ext_authz("dynamic_metadata: [sub, sub]").yaml();
+    let err = stsgate::config::Config::from_yaml_validated(&yaml).unwrap_err().to_string();
+    assert!(err.contains("ext_authz.dynamic_metadata[1]") && err.contains("listed twice"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_credential_headers_the_request_carries_are_removed() {
+    let idp = MockIdp::start().await;
+    let h = Harness::builder(&idp)
+        .ext_authz("output_header: x-sts-token\nactor: { mode: none, token_header: x-actor-token }\nrequested_subject_header: x-act-as")
+        .start()
+        .await;
+    let bearer = format!("Bearer {}", idp.token(&idp.claims("alice", "x")));
+    let ok = allowed(&h.check(&[("authorization", &bearer)], &[("audience", "api://x")], "a.test", "/").await);
+    assert_eq!(ok.headers_to_remove, ["authorization"], "absent actor/impersonation headers are not named");
+    let ok = allowed(
+        &h.check(&[("authorization", &bearer), ("x-actor-token", "ignored-by-mode-none")], &[("audience", "api://x")], "a.test", "/")
+            .await,
+    );
+    assert_eq!(ok.headers_to_remove, ["authorization", "x-actor-token"], "a present one is never forwarded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_subject_header_and_raw_header_map_are_read() {
     let idp = MockIdp::start().await;
     let h = Harness::builder(&idp).ext_authz("subject_header: x-id-token\nsubject_scheme: \"\"").start().await;

@@ -238,6 +238,7 @@ dev_idp:
   audience: {IDP_AUDIENCE}
 ext_authz:
   realm: stsgate-e2e
+  dynamic_metadata: [decision, rule, sub, aud, actor, scope, jti]
 rules:
   - name: orders
     match: {{ audiences: [orders] }}

@@ -690,9 +690,12 @@ impl HarnessBuilder {
                 s
             }
         };
-        let ext_authz = if self.ext_authz.trim().is_empty() { "{}".to_owned() } else { self.ext_authz.clone() };
-        let ext_authz_block =
-            if ext_authz.trim() == "{}" { " {}".to_owned() } else { format!("\n{}", indent(&ext_authz, 2)) };
+        // Tests read every metadata field unless they configure their own list.
+        let mut ext_authz = self.ext_authz.trim().to_owned();
+        if !ext_authz.contains("dynamic_metadata") {
+            ext_authz.push_str("\ndynamic_metadata: [decision, rule, sub, aud, actor, scope, jti, subject_issuer]");
+        }
+        let ext_authz_block = format!("\n{}", indent(ext_authz.trim_start(), 2));
         let mut yaml = format!(
             "issuer: {STS_ISSUER}\n\
              signing:\n  keys:\n    - kid: {STS_KID}\n      alg: ES256\n      ephemeral: true\n\
