@@ -30,6 +30,18 @@ pub enum VerifyAlg {
 }
 
 impl VerifyAlg {
+    pub const ALL: [VerifyAlg; 9] = [
+        VerifyAlg::RS256,
+        VerifyAlg::RS384,
+        VerifyAlg::RS512,
+        VerifyAlg::PS256,
+        VerifyAlg::PS384,
+        VerifyAlg::PS512,
+        VerifyAlg::ES256,
+        VerifyAlg::ES384,
+        VerifyAlg::EdDSA,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             VerifyAlg::RS256 => "RS256",

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use jsonwebtoken::DecodingKey;
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaPublicKeyComponents};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use serde::Deserialize;
 
@@ -35,13 +37,18 @@ impl KeyKind {
     }
 }
 
-/// A parsed public key from an issuer's JWKS.
+/// Smallest RSA modulus accepted (RFC 8725 §3.5 defers to NIST: 2048 bits).
+const MIN_RSA_BITS: usize = 2048;
+
+/// A parsed public key from an issuer's JWKS. The aws-lc key objects are built
+/// once per fetch, one per algorithm the key may verify, so a signature check
+/// does no key parsing (jsonwebtoken rebuilds the key on every call).
 pub struct VerifyKey {
     pub kid: Option<String>,
     pub kind: KeyKind,
     /// The JWK's own `alg`, when it pins one.
     pub alg: Option<VerifyAlg>,
-    pub key: DecodingKey,
+    parsed: Vec<(VerifyAlg, ParsedPublicKey)>,
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -55,6 +62,82 @@ impl VerifyKey {
     pub fn accepts(&self, alg: VerifyAlg) -> bool {
         self.kind.fits(alg) && self.alg.is_none_or(|pinned| pinned == alg)
     }
+
+    /// Checks a JWS signature (`signature` already base64url-decoded) over
+    /// `signed` (header.payload). False for an algorithm this key does not accept.
+    pub fn verify(&self, alg: VerifyAlg, signed: &[u8], signature: &[u8]) -> bool {
+        self.parsed.iter().find(|(a, _)| *a == alg).is_some_and(|(_, key)| key.verify_sig(signed, signature).is_ok())
+    }
+}
+
+/// The aws-lc algorithm of a JWS `alg` for EC and OKP keys (ECDSA signatures
+/// in JWS are the fixed-width r||s form, RFC 7518 §3.4).
+fn curve_alg(alg: VerifyAlg) -> Option<&'static dyn sig::VerificationAlgorithm> {
+    Some(match alg {
+        VerifyAlg::ES256 => &sig::ECDSA_P256_SHA256_FIXED,
+        VerifyAlg::ES384 => &sig::ECDSA_P384_SHA384_FIXED,
+        VerifyAlg::EdDSA => &sig::ED25519,
+        _ => return None,
+    })
+}
+
+fn rsa_params(alg: VerifyAlg) -> Option<&'static sig::RsaParameters> {
+    Some(match alg {
+        VerifyAlg::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+        VerifyAlg::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+        VerifyAlg::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+        VerifyAlg::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+        VerifyAlg::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+        VerifyAlg::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+        _ => return None,
+    })
+}
+
+fn b64_field(name: &str, value: &str) -> Result<Vec<u8>, String> {
+    URL_SAFE_NO_PAD.decode(value.trim_end_matches('=')).map_err(|_| format!("`{name}` is not base64url"))
+}
+
+/// One parsed key per algorithm this JWK may verify.
+fn parse_material(jwk: &Jwk, kind: KeyKind, pinned: Option<VerifyAlg>) -> Result<Vec<(VerifyAlg, ParsedPublicKey)>, String> {
+    let algs = VerifyAlg::ALL.into_iter().filter(|a| kind.fits(*a) && pinned.is_none_or(|p| p == *a));
+    let rejected = |e: aws_lc_rs::error::KeyRejected| format!("invalid key material ({e})");
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(p) => {
+            let n = b64_field("n", &p.n)?;
+            let e = b64_field("e", &p.e)?;
+            let n_trimmed = &n[n.iter().take_while(|b| **b == 0).count()..];
+            let bits = n_trimmed.len() * 8 - n_trimmed.first().map_or(8, |b| b.leading_zeros() as usize);
+            if bits < MIN_RSA_BITS {
+                return Err(format!("RSA key of {bits} bits is shorter than {MIN_RSA_BITS}"));
+            }
+            let components = RsaPublicKeyComponents { n: n.as_slice(), e: e.as_slice() };
+            algs.filter_map(|a| rsa_params(a).map(|params| (a, params)))
+                .map(|(a, params)| components.to_parsed_public_key(params).map(|k| (a, k)).map_err(rejected))
+                .collect()
+        }
+        AlgorithmParameters::EllipticCurve(p) => {
+            let (x, y) = (b64_field("x", &p.x)?, b64_field("y", &p.y)?);
+            // SEC 1 uncompressed point: 0x04 || X || Y.
+            let point: Vec<u8> = std::iter::once(4u8).chain(x).chain(y).collect();
+            let point: &[u8] = &point;
+            curve_keys(algs, point, rejected)
+        }
+        AlgorithmParameters::OctetKeyPair(p) => {
+            let x = b64_field("x", &p.x)?;
+            curve_keys(algs, &x, rejected)
+        }
+        AlgorithmParameters::OctetKey(_) => Err("symmetric (oct) keys are never accepted from an issuer".into()),
+    }
+}
+
+fn curve_keys(
+    algs: impl Iterator<Item = VerifyAlg>,
+    public: &[u8],
+    rejected: impl Fn(aws_lc_rs::error::KeyRejected) -> String,
+) -> Result<Vec<(VerifyAlg, ParsedPublicKey)>, String> {
+    algs.filter_map(|a| curve_alg(a).map(|lc| (a, lc)))
+        .map(|(a, lc)| ParsedPublicKey::new(lc, public).map(|k| (a, k)).map_err(&rejected))
+        .collect()
 }
 
 /// The usable keys of one JWKS document.
@@ -175,8 +258,8 @@ fn parse_key(value: serde_json::Value) -> Result<VerifyKey, String> {
             return Err(format!("alg {} does not fit a {kind:?} key", alg.as_str()));
         }
     }
-    let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("invalid key material ({e})"))?;
-    Ok(VerifyKey { kid: jwk.common.key_id.clone(), kind, alg, key })
+    let parsed = parse_material(&jwk, kind, alg)?;
+    Ok(VerifyKey { kid: jwk.common.key_id.clone(), kind, alg, parsed })
 }
 
 fn verify_alg_of(ka: KeyAlgorithm) -> Option<VerifyAlg> {
@@ -231,5 +314,45 @@ mod tests {
     fn duplicate_kids_are_both_dropped() {
         let doc = format!(r#"{{"keys":[{EC_KEY},{EC_KEY}]}}"#);
         assert!(matches!(parse(doc.as_bytes()), Err(JwksError::NoUsableKeys(_))));
+    }
+
+    #[test]
+    fn parsed_keys_verify_their_own_algorithm_only() {
+        use crate::config::SignAlg;
+        use crate::mint::Signer;
+        for (sign, verify, other) in [
+            (SignAlg::RS256, VerifyAlg::RS256, VerifyAlg::PS256),
+            (SignAlg::ES256, VerifyAlg::ES256, VerifyAlg::ES384),
+            (SignAlg::EdDSA, VerifyAlg::EdDSA, VerifyAlg::ES256),
+        ] {
+            let signer = Signer::generate("k", sign).unwrap();
+            let doc = serde_json::json!({ "keys": [signer.public_jwk()] }).to_string();
+            let set = parse(doc.as_bytes()).unwrap();
+            let key = set.get("k").unwrap();
+            let token = signer.sign_typed("JWT", &serde_json::json!({"sub": "a"})).unwrap();
+            let (signed, s64) = token.rsplit_once('.').unwrap();
+            let mut signature = URL_SAFE_NO_PAD.decode(s64).unwrap();
+            assert!(key.verify(verify, signed.as_bytes(), &signature), "{sign:?}");
+            assert!(!key.verify(other, signed.as_bytes(), &signature), "{sign:?} key must not verify {other:?}");
+            assert!(!key.verify(verify, format!("{signed}x").as_bytes(), &signature), "{sign:?}: other message");
+            signature[10] ^= 1;
+            assert!(!key.verify(verify, signed.as_bytes(), &signature), "{sign:?}: flipped bit");
+        }
+    }
+
+    #[test]
+    fn short_rsa_keys_and_bad_material_are_skipped_with_a_reason() {
+        let n_1024 = URL_SAFE_NO_PAD.encode([0xC5u8; 128]);
+        let doc = format!(
+            r#"{{"keys":[{EC_KEY},
+            {{"kty":"RSA","kid":"short","n":"{n_1024}","e":"AQAB"}},
+            {{"kty":"RSA","kid":"junk","n":"not base64!","e":"AQAB"}},
+            {{"kty":"EC","crv":"P-256","kid":"offcurve","x":"AAAA","y":"AAAA"}}]}}"#
+        );
+        let set = parse(doc.as_bytes()).unwrap();
+        assert_eq!(set.len(), 1, "{:?}", set.skipped);
+        assert!(set.skipped.iter().any(|s| s.contains("\"short\"") && s.contains("1024 bits")), "{:?}", set.skipped);
+        assert!(set.skipped.iter().any(|s| s.contains("\"junk\"") && s.contains("base64url")), "{:?}", set.skipped);
+        assert!(set.skipped.iter().any(|s| s.contains("\"offcurve\"") && s.contains("invalid key material")), "{:?}", set.skipped);
     }
 }
