@@ -8,6 +8,7 @@
 //!   is fixed for the life of the cache. An entry is reused until a refresh
 //!   margin before the minted token's `exp`, which is never past the subject
 //!   token's `exp`, so a hit never needs the subject's signature checked again.
+//!   When an issuer withdraws a key, every entry decided before is ignored.
 //! - `validated`: a validated token for a short while, so that a burst of
 //!   distinct audiences (or actor tokens) for one token verifies it once.
 //!
@@ -27,12 +28,14 @@ use crate::exchange::Minted;
 use crate::rules::Actor;
 use crate::validate::Validated;
 
-/// A cached value and the unix time until which it may be handed out.
+/// A cached value, the unix time until which it may be handed out, and the
+/// issuers' key epoch it was decided in (see `Issuers::key_epoch`).
 #[derive(Debug, Clone)]
 pub struct Entry<T> {
     pub value: T,
     pub until: i64,
     weight: u32,
+    epoch: u32,
 }
 
 #[derive(Clone)]
@@ -82,35 +85,36 @@ impl Caches {
         self.validated.is_some()
     }
 
-    pub fn get_minted(&self, key: &Key, now: i64) -> Option<Arc<Minted>> {
+    pub fn get_minted(&self, key: &Key, now: i64, epoch: u32) -> Option<Arc<Minted>> {
         let entry = self.minted.as_ref()?.get(key)?;
-        (now < entry.until).then_some(entry.value)
+        (now < entry.until && entry.epoch == epoch).then_some(entry.value)
     }
 
-    pub fn put_minted(&self, key: Key, value: Arc<Minted>, now: i64) {
+    /// `epoch` is the key epoch read before the subject token was validated.
+    pub fn put_minted(&self, key: Key, value: Arc<Minted>, now: i64, epoch: u32) {
         let Some(cache) = &self.minted else { return };
         let until = now + (value.exp - now) * self.reuse_percent / 100;
         if until <= now {
             return;
         }
         let weight = value.weight().min(u32::MAX as usize) as u32;
-        cache.insert(key, Entry { value, until, weight });
+        cache.insert(key, Entry { value, until, weight, epoch });
     }
 
-    pub fn get_validated(&self, key: &Key, now: i64) -> Option<Arc<Validated>> {
+    pub fn get_validated(&self, key: &Key, now: i64, epoch: u32) -> Option<Arc<Validated>> {
         let entry = self.validated.as_ref()?.get(key)?;
-        (now < entry.until).then_some(entry.value)
+        (now < entry.until && entry.epoch == epoch).then_some(entry.value)
     }
 
     /// Keeps a validated token until the TTL or its own `exp`, whichever first.
-    pub fn put_validated(&self, key: Key, value: Arc<Validated>, now: i64) {
+    pub fn put_validated(&self, key: Key, value: Arc<Validated>, now: i64, epoch: u32) {
         let Some(cache) = &self.validated else { return };
         let until = (now + self.validated_ttl).min(value.exp);
         if until <= now {
             return;
         }
         let weight = 256 + value.sub.len() as u32 + value.issuer.len() as u32 + 64 * value.claims.other.len() as u32;
-        cache.insert(key, Entry { value, until, weight });
+        cache.insert(key, Entry { value, until, weight, epoch });
     }
 
     /// Entries in the minted cache.
@@ -134,6 +138,10 @@ impl KeyBuilder {
         self.0.update(&(bytes.len() as u64).to_le_bytes());
         self.0.update(bytes);
         self
+    }
+
+    pub fn fields(self, parts: &[&[u8]]) -> KeyBuilder {
+        parts.iter().fold(self, |b, p| b.field(p))
     }
 
     pub fn opt(self, bytes: Option<&[u8]>) -> KeyBuilder {

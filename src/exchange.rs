@@ -234,6 +234,7 @@ impl Engine {
     /// request was decided recently.
     pub async fn exchange(&self, req: &ExchangeRequest<'_>) -> Result<Exchanged<'_>, ExchangeError> {
         let now = now_unix();
+        let epoch = self.issuers.key_epoch();
         // No hashing at all when the cache is off.
         let key = self.caches.minted_enabled().then(|| {
             cache::exchange_key(
@@ -245,39 +246,40 @@ impl Engine {
                 req.default_client_id,
             )
         });
-        if let Some(hit) = key.as_ref().and_then(|k| self.caches.get_minted(k, now)) {
+        if let Some(hit) = key.as_ref().and_then(|k| self.caches.get_minted(k, now, epoch)) {
             // The entry never outlives the actor token it was decided with.
             if req.actor_exp.is_none_or(|exp| hit.exp <= exp) {
                 return Ok(Exchanged { engine: self, minted: hit });
             }
         }
-        let subject = self.validate(req.subject_token, now).await?;
+        let subject = self.validate(req.subject_token, now, epoch).await?;
         let done = self.exchange_validated(&subject, req, now)?;
         // Impersonation is audited on every request, so it is never answered from cache.
         if let Some(key) = key.filter(|_| done.minted.outcome != Outcome::Impersonation) {
-            self.caches.put_minted(key, done.minted.clone(), now);
+            self.caches.put_minted(key, done.minted.clone(), now, epoch);
         }
         Ok(done)
     }
 
-    /// Validates a token, remembering the result briefly.
-    pub async fn validate(&self, token: &str, now: i64) -> Result<Arc<Validated>, TokenError> {
+    /// Validates a token, remembering the result briefly. `epoch` is the
+    /// issuers' key epoch read before any key was looked up.
+    pub async fn validate(&self, token: &str, now: i64, epoch: u32) -> Result<Arc<Validated>, TokenError> {
         if !self.caches.validated_enabled() {
             return Ok(Arc::new(self.validator.validate_at(token, now).await?));
         }
         let key = cache::token_key(token);
-        if let Some(hit) = self.caches.get_validated(&key, now) {
+        if let Some(hit) = self.caches.get_validated(&key, now, epoch) {
             return Ok(hit);
         }
         let v = Arc::new(self.validator.validate_at(token, now).await?);
-        self.caches.put_validated(key, v.clone(), now);
+        self.caches.put_validated(key, v.clone(), now, epoch);
         Ok(v)
     }
 
     /// Validates an actor token like a subject token and names its actor;
     /// also returns the token's `exp`.
     pub async fn actor_from_token(&self, token: &str) -> Result<(Actor, i64), ExchangeError> {
-        let v = self.validate(token, now_unix()).await.map_err(ExchangeError::ActorToken)?;
+        let v = self.validate(token, now_unix(), self.issuers.key_epoch()).await.map_err(ExchangeError::ActorToken)?;
         let actor = Actor { kind: ActorKind::Token, sub: v.sub.clone(), iss: Some(v.issuer.clone()), client_id: v.client_id.clone() };
         Ok((actor, v.exp))
     }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -69,16 +70,19 @@ pub struct Issuer {
     miss_refetch: Mutex<Option<Instant>>,
     http: reqwest::Client,
     loaded_tx: watch::Sender<bool>,
+    /// Shared by all issuers; see `Issuers::key_epoch`.
+    key_epoch: Arc<AtomicU32>,
 }
 
 impl Issuer {
-    fn new(cfg: TrustedIssuer, http: reqwest::Client) -> Issuer {
+    fn new(cfg: TrustedIssuer, http: reqwest::Client, key_epoch: Arc<AtomicU32>) -> Issuer {
         Issuer {
             cfg,
             keys: ArcSwapOption::empty(),
             miss_refetch: Mutex::new(None),
             http,
             loaded_tx: watch::channel(false).0,
+            key_epoch,
         }
     }
 
@@ -93,12 +97,18 @@ impl Issuer {
         for why in &set.skipped {
             debug!(issuer = %self.cfg.issuer, "skipped JWKS entry: {why}");
         }
-        let was_loaded = self.is_loaded();
-        self.keys.store(Some(Arc::new(set)));
-        self.loaded_tx.send_replace(true);
-        if !was_loaded {
-            info!(issuer = %self.cfg.issuer, keys = count, "issuer keys loaded");
+        let set = Arc::new(set);
+        match self.keys.swap(Some(set.clone())) {
+            None => info!(issuer = %self.cfg.issuer, keys = count, "issuer keys loaded"),
+            Some(old) if set.withdraws_any_of(&old) => {
+                // A withdrawn key may be a compromised one: nothing it
+                // verified is answered from cache any more.
+                self.key_epoch.fetch_add(1, Ordering::AcqRel);
+                warn!(issuer = %self.cfg.issuer, keys = count, "the issuer withdrew a key; cached exchanges are dropped");
+            }
+            Some(_) => {}
         }
+        self.loaded_tx.send_replace(true);
         Ok(count)
     }
 
@@ -230,16 +240,24 @@ impl Issuer {
 /// Every trusted issuer, by exact `iss`.
 pub struct Issuers {
     by_iss: HashMap<String, Arc<Issuer>>,
+    key_epoch: Arc<AtomicU32>,
 }
 
 impl Issuers {
     pub fn new(cfg: &Config, http: reqwest::Client) -> Issuers {
+        let key_epoch = Arc::new(AtomicU32::new(0));
         let by_iss = cfg
             .trusted_issuers
             .iter()
-            .map(|t| (t.issuer.clone(), Arc::new(Issuer::new(t.clone(), http.clone()))))
+            .map(|t| (t.issuer.clone(), Arc::new(Issuer::new(t.clone(), http.clone(), key_epoch.clone()))))
             .collect();
-        Issuers { by_iss }
+        Issuers { by_iss, key_epoch }
+    }
+
+    /// Changes whenever an issuer withdraws a key. Cache entries remember the
+    /// epoch they were decided in and are not used in a later one.
+    pub fn key_epoch(&self) -> u32 {
+        self.key_epoch.load(Ordering::Acquire)
     }
 
     pub fn get(&self, iss: &str) -> Option<&Arc<Issuer>> {

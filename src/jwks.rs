@@ -49,6 +49,8 @@ pub struct VerifyKey {
     /// The JWK's own `alg`, when it pins one.
     pub alg: Option<VerifyAlg>,
     parsed: Vec<(VerifyAlg, ParsedPublicKey)>,
+    /// SHA-256 of the key material, to notice a key withdrawn by its issuer.
+    fingerprint: [u8; 32],
 }
 
 impl std::fmt::Debug for VerifyKey {
@@ -97,8 +99,10 @@ fn b64_field(name: &str, value: &str) -> Result<Vec<u8>, String> {
     URL_SAFE_NO_PAD.decode(value.trim_end_matches('=')).map_err(|_| format!("`{name}` is not base64url"))
 }
 
-/// One parsed key per algorithm this JWK may verify.
-fn parse_material(jwk: &Jwk, kind: KeyKind, pinned: Option<VerifyAlg>) -> Result<Vec<(VerifyAlg, ParsedPublicKey)>, String> {
+type ParsedKeys = Vec<(VerifyAlg, ParsedPublicKey)>;
+
+/// One parsed key per algorithm this JWK may verify, and the material's fingerprint.
+fn parse_material(jwk: &Jwk, kind: KeyKind, pinned: Option<VerifyAlg>) -> Result<(ParsedKeys, [u8; 32]), String> {
     let algs = VerifyAlg::ALL.into_iter().filter(|a| kind.fits(*a) && pinned.is_none_or(|p| p == *a));
     let rejected = |e: aws_lc_rs::error::KeyRejected| format!("invalid key material ({e})");
     match &jwk.algorithm {
@@ -111,23 +115,28 @@ fn parse_material(jwk: &Jwk, kind: KeyKind, pinned: Option<VerifyAlg>) -> Result
                 return Err(format!("RSA key of {bits} bits is shorter than {MIN_RSA_BITS}"));
             }
             let components = RsaPublicKeyComponents { n: n.as_slice(), e: e.as_slice() };
-            algs.filter_map(|a| rsa_params(a).map(|params| (a, params)))
+            let keys = algs
+                .filter_map(|a| rsa_params(a).map(|params| (a, params)))
                 .map(|(a, params)| components.to_parsed_public_key(params).map(|k| (a, k)).map_err(rejected))
-                .collect()
+                .collect::<Result<_, _>>()?;
+            Ok((keys, fingerprint(&[b"RSA", &n, &e])))
         }
         AlgorithmParameters::EllipticCurve(p) => {
             let (x, y) = (b64_field("x", &p.x)?, b64_field("y", &p.y)?);
             // SEC 1 uncompressed point: 0x04 || X || Y.
             let point: Vec<u8> = std::iter::once(4u8).chain(x).chain(y).collect();
-            let point: &[u8] = &point;
-            curve_keys(algs, point, rejected)
+            Ok((curve_keys(algs, &point, rejected)?, fingerprint(&[b"EC", &point])))
         }
         AlgorithmParameters::OctetKeyPair(p) => {
             let x = b64_field("x", &p.x)?;
-            curve_keys(algs, &x, rejected)
+            Ok((curve_keys(algs, &x, rejected)?, fingerprint(&[b"OKP", &x])))
         }
         AlgorithmParameters::OctetKey(_) => Err("symmetric (oct) keys are never accepted from an issuer".into()),
     }
+}
+
+fn fingerprint(parts: &[&[u8]]) -> [u8; 32] {
+    crate::cache::KeyBuilder::new(b"stsgate/jwk/v1").fields(parts).finish()
 }
 
 fn curve_keys(
@@ -166,11 +175,23 @@ impl KeySet {
         self.by_kid.keys().map(String::as_str)
     }
 
+    /// Whether some key of `older` is no longer in this set (removed, or its
+    /// kid now names other material): tokens it verified must be checked again.
+    pub fn withdraws_any_of(&self, older: &KeySet) -> bool {
+        let ours: std::collections::HashSet<([u8; 32], Option<&str>)> =
+            self.all().map(|k| (k.fingerprint, k.kid.as_deref())).collect();
+        older.all().any(|k| !ours.contains(&(k.fingerprint, k.kid.as_deref())))
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<VerifyKey>> {
+        self.by_kid.values().chain(self.without_kid.iter())
+    }
+
     /// For a token without `kid`: the single key that can verify `alg`. With
     /// several candidates the token is ambiguous and is refused rather than
     /// tried against each key.
     pub fn only_key_for(&self, alg: VerifyAlg) -> Option<&Arc<VerifyKey>> {
-        let mut candidates = self.by_kid.values().chain(self.without_kid.iter()).filter(|k| k.accepts(alg));
+        let mut candidates = self.all().filter(|k| k.accepts(alg));
         let first = candidates.next()?;
         if candidates.next().is_some() { None } else { Some(first) }
     }
@@ -258,8 +279,8 @@ fn parse_key(value: serde_json::Value) -> Result<VerifyKey, String> {
             return Err(format!("alg {} does not fit a {kind:?} key", alg.as_str()));
         }
     }
-    let parsed = parse_material(&jwk, kind, alg)?;
-    Ok(VerifyKey { kid: jwk.common.key_id.clone(), kind, alg, parsed })
+    let (parsed, fingerprint) = parse_material(&jwk, kind, alg)?;
+    Ok(VerifyKey { kid: jwk.common.key_id.clone(), kind, alg, parsed, fingerprint })
 }
 
 fn verify_alg_of(ka: KeyAlgorithm) -> Option<VerifyAlg> {
@@ -354,5 +375,19 @@ mod tests {
         assert!(set.skipped.iter().any(|s| s.contains("\"short\"") && s.contains("1024 bits")), "{:?}", set.skipped);
         assert!(set.skipped.iter().any(|s| s.contains("\"junk\"") && s.contains("base64url")), "{:?}", set.skipped);
         assert!(set.skipped.iter().any(|s| s.contains("\"offcurve\"") && s.contains("invalid key material")), "{:?}", set.skipped);
+    }
+
+    #[test]
+    fn withdrawing_or_replacing_a_key_is_noticed_and_adding_one_is_not() {
+        use crate::config::SignAlg;
+        use crate::mint::Signer;
+        let jwk = |kid: &str| Signer::generate(kid, SignAlg::ES256).unwrap().public_jwk();
+        let (a, b, a_again) = (jwk("a"), jwk("b"), jwk("a"));
+        let set = |keys: &[&serde_json::Value]| parse(serde_json::json!({ "keys": keys }).to_string().as_bytes()).unwrap();
+        let old = set(&[&a]);
+        assert!(!set(&[&a, &b]).withdraws_any_of(&old), "a key was added");
+        assert!(!set(&[&a]).withdraws_any_of(&old), "the same set again");
+        assert!(set(&[&b]).withdraws_any_of(&old), "a was removed");
+        assert!(set(&[&a_again]).withdraws_any_of(&old), "kid a now names other material");
     }
 }

@@ -40,17 +40,36 @@ async fn identical_requests_reuse_the_minted_token_and_others_do_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cached_answer_needs_no_idp_but_a_new_audience_uses_the_validated_cache() {
+async fn a_cached_answer_needs_no_idp_until_the_idp_withdraws_the_key() {
     let idp = MockIdp::start().await;
     let h = Harness::start(&idp).await;
+    let engine = &h.server.as_ref().unwrap().engine;
+    let issuer = engine.issuers.get(&idp.issuer).unwrap().clone();
     let token = idp.token(&idp.claims("alice", "orders.read"));
     let first = allowed(&h.check_for(&token, "orders").await).bearer();
-    // Remove the signing key from the IdP: a fresh validation would now fail
-    // (unknown kid), but the exact same request is answered from cache, and a
-    // new audience for the same, already validated token still works.
-    idp.unpublish(&idp.key().kid);
+
+    // The IdP is down: the same request is answered from cache, and a new
+    // audience for the same, already validated token still works.
+    idp.down();
     assert_eq!(allowed(&h.check_for(&token, "orders").await).bearer(), first);
     allowed(&h.check_for(&token, "api://billing").await);
+    idp.up();
+
+    // A refresh that only adds a key keeps the cache.
+    let extra = idp.new_key(KeyKind::Rsa, "extra", true);
+    issuer.refresh().await.unwrap();
+    assert_eq!(allowed(&h.check_for(&token, "orders").await).bearer(), first, "nothing was withdrawn");
+
+    // The IdP withdraws the signing key (say it leaked). Until stsgate sees
+    // the new JWKS the cached answer stands; from the refresh on, nothing that
+    // key verified is answered from either cache.
+    idp.unpublish(&idp.key().kid);
+    assert_eq!(allowed(&h.check_for(&token, "orders").await).bearer(), first);
+    issuer.refresh().await.unwrap();
+    assert_invalid_token(&h.check_for(&token, "orders").await, "");
+    assert_invalid_token(&h.check_for(&token, "api://billing").await, "");
+    // Tokens from the keys still published keep working.
+    allowed(&h.check_for(&extra.token(&idp.claims("alice", "orders.read")), "orders").await);
     h.shutdown().await;
 }
 
