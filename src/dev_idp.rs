@@ -43,7 +43,7 @@ impl DevIdp {
         claims.insert("iat".into(), json!(now));
         claims.insert("nbf".into(), json!(now));
         claims.insert("exp".into(), json!(now + ttl as i64));
-        claims.insert("jti".into(), json!(new_jti()));
+        claims.insert("jti".into(), json!(new_jti()?));
         claims.insert("client_id".into(), json!(req.client_id.clone().unwrap_or_else(|| "dev-client".into())));
         if let Some(scope) = req.scope.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             claims.insert("scope".into(), json!(scope));

@@ -349,7 +349,7 @@ impl Engine {
             aud: req.audience.to_owned(),
             exp,
             iat: now,
-            jti: new_jti(),
+            jti: new_jti()?,
             client_id,
             scope: (!decision.scopes.is_empty()).then(|| decision.scopes.join(" ")),
             act: decision.act.clone(),
@@ -379,7 +379,7 @@ impl Engine {
             let entries = &self.cfg.rules[rule as usize].grant.downstream_tokens;
             for d in &decision.downstream {
                 claims.aud = d.audience.clone();
-                claims.jti = new_jti();
+                claims.jti = new_jti()?;
                 claims.scope = (!d.scopes.is_empty()).then(|| d.scopes.join(" "));
                 let (s, n) = sign(&claims)?;
                 let mut token = String::new();

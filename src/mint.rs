@@ -26,6 +26,8 @@ pub enum MintError {
     Sign,
     #[error("claims could not be encoded: {0}")]
     Encode(String),
+    #[error("the system random number generator failed")]
+    Random,
 }
 
 enum KeyMaterial {
@@ -259,12 +261,12 @@ pub struct AccessClaims {
 }
 
 /// A random, unguessable token identifier (128 bits).
-pub fn new_jti() -> String {
+/// 128 random bits, base64url. A broken RNG fails the mint: a predictable or
+/// repeated `jti` would defeat replay detection downstream.
+pub fn new_jti() -> Result<String, MintError> {
     let mut bytes = [0u8; 16];
-    // SystemRandom only fails if the OS RNG is broken; a zeroed jti is still
-    // unique enough to not break a request, and the failure is not silent in tests.
-    let _ = SystemRandom::new().fill(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
+    SystemRandom::new().fill(&mut bytes).map_err(|_| MintError::Random)?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 #[cfg(test)]
@@ -300,7 +302,7 @@ mod tests {
 
     #[test]
     fn jtis_are_distinct() {
-        assert_ne!(new_jti(), new_jti());
-        assert_eq!(new_jti().len(), 22);
+        assert_ne!(new_jti().unwrap(), new_jti().unwrap());
+        assert_eq!(new_jti().unwrap().len(), 22);
     }
 }

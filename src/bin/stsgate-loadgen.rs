@@ -560,7 +560,7 @@ fn mint_subjects(out: PathBuf, count: usize, issuer: &str, aud: &str, ttl: Durat
             "exp": now + ttl.as_secs() as i64,
             "iat": now,
             "nbf": now,
-            "jti": new_jti(),
+            "jti": new_jti()?,
             "scope": "openid profile email orders.read orders.write",
             "client_id": "web-frontend",
             "groups": ["customers", "staff"],
