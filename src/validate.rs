@@ -114,36 +114,127 @@ struct Header {
 
 /// Claims of a validated token. `other` keeps the rest for rules that copy
 /// claims into the minted token.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Claims {
-    #[serde(default)]
     pub iss: Option<String>,
-    #[serde(default)]
     pub sub: Option<String>,
-    #[serde(default, deserialize_with = "one_or_many")]
     pub aud: Vec<String>,
-    #[serde(default)]
     pub exp: Option<serde_json::Number>,
-    #[serde(default)]
     pub nbf: Option<serde_json::Number>,
-    #[serde(default)]
     pub iat: Option<serde_json::Number>,
-    #[serde(default)]
     pub jti: Option<String>,
-    #[serde(default)]
     pub scope: Option<Value>,
-    #[serde(default)]
     pub scp: Option<Value>,
-    #[serde(default)]
     pub client_id: Option<String>,
-    #[serde(default)]
     pub azp: Option<String>,
-    #[serde(default)]
     pub act: Option<Value>,
-    #[serde(default)]
     pub may_act: Option<Value>,
-    #[serde(flatten)]
     pub other: Map<String, Value>,
+}
+
+/// One pass over the claims object (`#[serde(flatten)]` would buffer every
+/// value first, about doubling the parse). A member that appears twice makes
+/// the token malformed: which one a downstream parser reads is not ours to guess.
+impl<'de> Deserialize<'de> for Claims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Claims, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor};
+        use std::borrow::Cow;
+
+        /// An object key, borrowed from the input when it has no escapes.
+        struct Key<'a>(Cow<'a, str>);
+        impl<'de> Deserialize<'de> for Key<'de> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key<'de>, D::Error> {
+                struct KeyVisitor;
+                impl<'de> Visitor<'de> for KeyVisitor {
+                    type Value = Key<'de>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a claim name")
+                    }
+                    fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                        Ok(Key(Cow::Borrowed(v)))
+                    }
+                    fn visit_str<E: Error>(self, v: &str) -> Result<Key<'de>, E> {
+                        Ok(Key(Cow::Owned(v.to_owned())))
+                    }
+                }
+                d.deserialize_str(KeyVisitor)
+            }
+        }
+
+        struct ClaimsVisitor;
+        impl<'de> Visitor<'de> for ClaimsVisitor {
+            type Value = Claims;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
+                let mut c = Claims::default();
+                let mut seen = 0u16;
+                while let Some(Key(key)) = map.next_key()? {
+                    let bit = match &*key {
+                        "iss" => 0,
+                        "sub" => 1,
+                        "aud" => 2,
+                        "exp" => 3,
+                        "nbf" => 4,
+                        "iat" => 5,
+                        "jti" => 6,
+                        "scope" => 7,
+                        "scp" => 8,
+                        "client_id" => 9,
+                        "azp" => 10,
+                        "act" => 11,
+                        "may_act" => 12,
+                        _ => {
+                            let value: Value = map.next_value()?;
+                            if c.other.insert(key.into_owned(), value).is_some() {
+                                return Err(A::Error::custom("a claim appears twice"));
+                            }
+                            continue;
+                        }
+                    };
+                    if seen & (1 << bit) != 0 {
+                        return Err(A::Error::custom(format!("claim {key} appears twice")));
+                    }
+                    seen |= 1 << bit;
+                    match bit {
+                        0 => c.iss = map.next_value()?,
+                        1 => c.sub = map.next_value()?,
+                        2 => c.aud = map.next_value::<Option<OneOrMany>>()?.map(OneOrMany::into_vec).unwrap_or_default(),
+                        3 => c.exp = map.next_value()?,
+                        4 => c.nbf = map.next_value()?,
+                        5 => c.iat = map.next_value()?,
+                        6 => c.jti = map.next_value()?,
+                        7 => c.scope = map.next_value()?,
+                        8 => c.scp = map.next_value()?,
+                        9 => c.client_id = map.next_value()?,
+                        10 => c.azp = map.next_value()?,
+                        11 => c.act = map.next_value()?,
+                        _ => c.may_act = map.next_value()?,
+                    }
+                }
+                Ok(c)
+            }
+        }
+        d.deserialize_map(ClaimsVisitor)
+    }
+}
+
+/// `aud` is a string or an array of strings (RFC 7519 §4.1.3).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 /// A token that passed every check, with the values later stages need.
@@ -156,19 +247,6 @@ pub struct Validated {
     /// `client_id`, else `azp`, of the subject token.
     pub client_id: Option<String>,
     pub claims: Claims,
-}
-
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => vec![s],
-        OneOrMany::Many(v) => v,
-    })
 }
 
 pub fn now_unix() -> i64 {
@@ -377,6 +455,28 @@ mod tests {
         assert_eq!(n("1700000000"), Some(1700000000));
         assert_eq!(n("1700000000.9"), Some(1700000000));
         assert_eq!(n("1e300"), None);
+    }
+
+    #[test]
+    fn claims_parse_in_one_pass_and_refuse_duplicates() {
+        let c: Claims = serde_json::from_str(
+            r#"{"iss":"i","sub":"s","aud":"a","exp":1,"scope":"x","groups":["g"],"n\u0061me":"v","act":{"sub":"z"}}"#,
+        )
+        .unwrap();
+        assert_eq!((c.iss.as_deref(), c.sub.as_deref(), c.aud.as_slice()), (Some("i"), Some("s"), &["a".to_string()][..]));
+        assert_eq!(c.other.get("groups"), Some(&serde_json::json!(["g"])));
+        assert_eq!(c.other.get("name"), Some(&serde_json::json!("v")), "escaped keys are read too");
+        assert!(c.act.is_some());
+        let aud: Claims = serde_json::from_str(r#"{"aud":["a","b"]}"#).unwrap();
+        assert_eq!(aud.aud, ["a", "b"]);
+        let null: Claims = serde_json::from_str(r#"{"sub":null,"aud":null}"#).unwrap();
+        assert!(null.sub.is_none() && null.aud.is_empty());
+        for dup in [r#"{"sub":"a","sub":"b"}"#, r#"{"aud":"a","aud":["b"]}"#, r#"{"groups":1,"groups":2}"#, r#"{"sub":"a","s\u0075b":"b"}"#] {
+            assert!(serde_json::from_str::<Claims>(dup).is_err(), "{dup}");
+        }
+        for bad in [r#"{"exp":"soon"}"#, r#"{"aud":[1]}"#, r#"{"sub":5}"#, "[]"] {
+            assert!(serde_json::from_str::<Claims>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
