@@ -9,7 +9,7 @@
 #   2. runs the criterion benches (benches/exchange.rs), including the crypto ceiling;
 #   3. starts stsgate cached, stsgate cold (cache: {enabled: false}), the do-nothing
 #      Check server, plain and "like stsgate" (it answers with the same shape as a cached
-#      exchange: one 470-byte overwrite header, no dynamic metadata by default), and five
+#      exchange: one 470-byte overwrite header, 2 dynamic-metadata strings), and five
 #      Envoys (one worker each): ext_authz -> stsgate cached | noop | stsgate cold |
 #      noop-like, and jwt_authn RS256 without cache; every route is a direct_response;
 #   4. ROUNDS (3) alternating rounds of: direct gRPC (stsgate-loadgen: 64 calls over
@@ -36,10 +36,10 @@ WARMUP="${WARMUP:-1}"
 CONCURRENCY="${CONCURRENCY:-64}"
 CHANNELS="${CHANNELS:-2}"
 FILL="${FILL:-100000}"
-# "Bearer " + the ES256 token this config mints (463 bytes); stsgate sends no dynamic
-# metadata unless `ext_authz.dynamic_metadata` lists fields (METADATA_FIELDS=8: all of them).
+# "Bearer " + the ES256 token this config mints (463 bytes), and the metadata
+# strings stsgate sends by default for a request without an actor (sub, aud).
 HEADER_BYTES="${HEADER_BYTES:-470}"
-METADATA_FIELDS="${METADATA_FIELDS:-0}"
+METADATA_FIELDS="${METADATA_FIELDS:-2}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 ENVOY="$REPO/.tools/bin/envoy"
 ISSUER="https://idp.bench.example/realms/corp"
@@ -230,10 +230,15 @@ open(out, "w").write(text)
 EOF
 }
 
-# METADATA_FIELDS=8 makes stsgate send every dynamic metadata field (and the
-# noop-like server 8 strings), to measure what the metadata costs.
-METADATA_LIST="[]"
-((METADATA_FIELDS > 0)) && METADATA_LIST="[decision, rule, sub, aud, actor, scope, jti, subject_issuer]"
+# stsgate's default metadata is sub, aud and actor; with no actor that is 2
+# strings, which the noop-like server mirrors. METADATA_FIELDS=8 sends every
+# field, 0 none (to measure what the metadata costs).
+case "$METADATA_FIELDS" in
+    0) METADATA_LIST="[]" ;;
+    2) METADATA_LIST="[sub, aud, actor]" ;;
+    8) METADATA_LIST="[decision, rule, sub, aud, actor, scope, jti, subject_issuer]" ;;
+    *) die "METADATA_FIELDS must be 0, 2 or 8" ;;
+esac
 stsgate_cfg() { # name grpc http cache
     render bench/stsgate.yaml.tmpl "$WORK/$1.yaml" GRPC_PORT="$2" HTTP_PORT="$3" CACHE="$4" \
         ISSUER="$ISSUER" SUBJECT_AUD="$SUBJECT_AUD" JWKS_FILE="$JWKS_FILE" METADATA="$METADATA_LIST"

@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError, KeySource};
 use crate::dev_idp::{DevTokenRequest, request_token};
+use crate::reload::ReloadOptions;
 use crate::server::{Listeners, Server, dev_config};
 
 /// Exit status for a configuration the user must fix (sysexits EX_USAGE).
@@ -31,11 +33,19 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run with a configuration file (production).
+    /// Run with a configuration file (production). SIGHUP reloads it.
     Serve {
         /// The YAML configuration.
         #[arg(long, short, env = "STSGATE_CONFIG")]
         config: PathBuf,
+        /// Also reload when the file's content (or that of a key or JWKS file it names) changes,
+        /// checked this often, e.g. 10s: how a Kubernetes ConfigMap update is picked up. Off by default.
+        #[arg(long, value_name = "INTERVAL", value_parser = parse_at_least_100ms)]
+        watch_config: Option<Duration>,
+        /// How long a reload may wait for the keys of every trusted issuer before it gives up
+        /// (and changes nothing).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_at_least_100ms)]
+        reload_timeout: Duration,
     },
     /// Run the embedded development set-up: a built-in IdP, ephemeral keys, allow-all rules.
     Dev {
@@ -103,12 +113,14 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config } => {
-            let cfg = match Config::from_file(&config) {
-                Ok(cfg) => cfg,
+        Command::Serve { config, watch_config, reload_timeout } => {
+            let (cfg, text) = match Config::load_file(&config) {
+                Ok(loaded) => loaded,
                 Err(e) => return config_failure(&e),
             };
-            serve(cfg, None).await
+            let reload =
+                ReloadOptions { path: config, watch: watch_config, timeout: reload_timeout, loaded_text: Some(text) };
+            serve(cfg, None, Some(reload)).await
         }
         Command::Dev { grpc, http, print_config } => {
             if print_config {
@@ -122,7 +134,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             let http_addr = listeners.http.local_addr().unwrap_or(http);
             let grpc_addr = listeners.grpc.local_addr().unwrap_or(grpc);
             match dev_config(http_addr, grpc_addr) {
-                Ok(cfg) => serve(cfg, Some(listeners)).await,
+                Ok(cfg) => serve(cfg, Some(listeners), None).await,
                 Err(e) => failure(&e),
             }
         }
@@ -154,7 +166,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn serve(cfg: Config, listeners: Option<Listeners>) -> ExitCode {
+async fn serve(cfg: Config, listeners: Option<Listeners>, reload: Option<ReloadOptions>) -> ExitCode {
     let listeners = match listeners {
         Some(l) => l,
         None => match Listeners::bind(&cfg.listen).await {
@@ -163,7 +175,10 @@ async fn serve(cfg: Config, listeners: Option<Listeners>) -> ExitCode {
         },
     };
     match Server::start(cfg, listeners).await {
-        Ok(server) => {
+        Ok(mut server) => {
+            if let Some(reload) = reload {
+                server.enable_reload(reload).await;
+            }
             server.run_until_signal().await;
             ExitCode::SUCCESS
         }
@@ -172,6 +187,16 @@ async fn serve(cfg: Config, listeners: Option<Listeners>) -> ExitCode {
             ExitCode::from(EX_CONFIG)
         }
     }
+}
+
+/// `--watch-config` and `--reload-timeout`: a shorter poll would only burn
+/// CPU, a shorter timeout would fail every reload.
+fn parse_at_least_100ms(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 10s: {e}"))?;
+    if d < Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(d)
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {

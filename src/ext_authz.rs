@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use prost_types::{Struct, Value as PbValue, value::Kind};
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
-use crate::config::{ActorMode, Config, ExtAuthz, MetadataField};
+use crate::config::{ActorMode, ExtAuthz, MetadataField};
 use crate::exchange::{Engine, ExchangeError, ExchangeRequest, Exchanged};
 use crate::metrics::Metrics;
 use crate::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
@@ -40,17 +41,21 @@ pub const CTX_ACTOR: &str = "actor";
 const MAX_REQUESTED_SUBJECT: usize = 256;
 
 pub struct AuthzService {
-    engine: Arc<Engine>,
+    /// The engine in use; a configuration reload swaps it whole.
+    engine: Arc<ArcSwap<Engine>>,
     metrics: Arc<Metrics>,
 }
 
 impl AuthzService {
+    /// A service that always answers with this one engine.
     pub fn new(engine: Arc<Engine>, metrics: Arc<Metrics>) -> AuthzService {
-        AuthzService { engine, metrics }
+        AuthzService::live(Arc::new(ArcSwap::new(engine)), metrics)
     }
 
-    fn cfg(&self) -> &Config {
-        &self.engine.cfg
+    /// A service that answers with whatever engine `engine` holds at the
+    /// start of each Check.
+    pub fn live(engine: Arc<ArcSwap<Engine>>, metrics: Arc<Metrics>) -> AuthzService {
+        AuthzService { engine, metrics }
     }
 
     /// The whole decision for one CheckRequest.
@@ -62,7 +67,11 @@ impl AuthzService {
     }
 
     async fn decide_inner(&self, req: CheckRequest) -> CheckResponse {
-        let ea = &self.cfg().ext_authz;
+        // One lock-free load per Check: the whole request is decided by the
+        // engine it started with, even if a reload swaps another in meanwhile.
+        let current = self.engine.load();
+        let engine: &Engine = &current;
+        let ea = &engine.cfg.ext_authz;
         let attrs = req.attributes.unwrap_or_default();
         let http = attrs.request.as_ref().and_then(|r| r.http.as_ref());
 
@@ -83,7 +92,7 @@ impl AuthzService {
 
         // The actor: the mTLS peer and/or a validated actor token, never a
         // plain header a caller could write.
-        let (actor, actor_exp) = match self.actor(&attrs, http, ea, route.actor).await {
+        let (actor, actor_exp) = match self.actor(engine, &attrs, http, ea, route.actor).await {
             Ok(actor) => actor,
             Err(resp) => return resp,
         };
@@ -105,7 +114,7 @@ impl AuthzService {
             actor_exp,
         };
         let audience = &route.audience;
-        match self.engine.exchange(&request).await {
+        match engine.exchange(&request).await {
             Ok(done) => {
                 self.metrics.allow();
                 debug!(rule = done.rule(), outcome = done.outcome().as_str(), "exchanged");
@@ -146,6 +155,7 @@ impl AuthzService {
     /// actor: a peer identity and an actor token that disagree are refused.
     async fn actor(
         &self,
+        engine: &Engine,
         attrs: &AttributeContext,
         http: Option<&AttributeContext_HttpRequest>,
         ea: &ExtAuthz,
@@ -167,7 +177,7 @@ impl AuthzService {
                     self.metrics.bad_request("bad_actor_token_header");
                     bad_request(ea, "the actor token header does not hold one token")
                 })?;
-                match self.engine.actor_from_token(token).await {
+                match engine.actor_from_token(token).await {
                     Ok(actor) => Some(actor),
                     Err(ExchangeError::ActorToken(e)) => return Err(self.actor_token_refused(ea, e)),
                     Err(other) => {
@@ -440,18 +450,19 @@ fn ok_metadata(fields: &[MetadataField], done: &Exchanged<'_>, actor: Option<&Ac
         fields.iter().any(|f| matches!(f, MetadataField::Sub | MetadataField::Aud | MetadataField::Scope | MetadataField::Jti));
     let claims = if needs_claims { done.view() } else { None };
     let claim = |pick: fn(&crate::exchange::ClaimsView<'_>) -> String| claims.as_ref().map(pick).unwrap_or_default();
-    let fields = fields.iter().map(|f| {
+    let fields = fields.iter().filter_map(|f| {
         let value = match f {
             MetadataField::Decision => done.outcome().as_str().to_owned(),
             MetadataField::Rule => done.rule().to_owned(),
-            MetadataField::Actor => actor.map(|a| a.sub.clone()).unwrap_or_default(),
+            // Absent rather than empty, so access logs show Envoy's `-`.
+            MetadataField::Actor => actor?.sub.clone(),
             MetadataField::SubjectIssuer => done.subject_issuer().to_owned(),
             MetadataField::Sub => claim(|c| c.sub.clone().into_owned()),
             MetadataField::Aud => claim(|c| c.aud.clone().into_owned()),
             MetadataField::Jti => claim(|c| c.jti.clone().into_owned()),
             MetadataField::Scope => claim(|c| c.scope.clone().unwrap_or_default().into_owned()),
         };
-        (f.key().to_owned(), string_value(value))
+        Some((f.key().to_owned(), string_value(value)))
     });
     Some(Struct { fields: fields.collect() })
 }

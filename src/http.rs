@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -17,7 +18,8 @@ use crate::readiness::Readiness;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub engine: Arc<Engine>,
+    /// The engine in use: a reload's keys and issuer show at once.
+    pub engine: Arc<ArcSwap<Engine>>,
     pub readiness: Arc<Readiness>,
     pub registry: Arc<Registry>,
 }
@@ -29,17 +31,11 @@ pub fn router(state: AppState, dev_idp: Option<(String, Arc<DevIdp>)>) -> Router
         .route("/.well-known/openid-configuration", get(metadata))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
-    // When the issuer has a path (https://host/sts), also serve the documents
-    // where clients derive them from it: {issuer}/.well-known/...
-    let issuer_path = issuer_path(&state.engine.cfg.issuer);
-    if !issuer_path.is_empty() {
-        app = app
-            .route(&format!("{issuer_path}/.well-known/jwks.json"), get(jwks))
-            .route(&format!("{issuer_path}/.well-known/openid-configuration"), get(metadata))
-            .route(&format!("/.well-known/oauth-authorization-server{issuer_path}"), get(metadata));
-    }
-    let mut app = app.with_state(state);
+        .route("/metrics", get(metrics))
+        // The issuer (and so its path) can change on reload: the documents
+        // under it are matched per request rather than routed at start.
+        .fallback(issuer_documents)
+        .with_state(state);
     if let Some((path, idp)) = dev_idp {
         app = app.nest(&path, idp.router());
     }
@@ -50,18 +46,48 @@ fn issuer_path(issuer: &str) -> String {
     reqwest::Url::parse(issuer).map(|u| u.path().trim_end_matches('/').to_owned()).unwrap_or_default()
 }
 
+/// When the issuer has a path (https://host/sts), the documents also live
+/// where clients derive them from it: `{path}/.well-known/jwks.json`,
+/// `{path}/.well-known/openid-configuration` and (RFC 8414 §3)
+/// `/.well-known/oauth-authorization-server{path}`.
+async fn issuer_documents(State(s): State<AppState>, method: Method, uri: Uri) -> Response {
+    let issuer_path = issuer_path(&s.engine.load().cfg.issuer);
+    let path = uri.path();
+    let doc = match path.strip_prefix(issuer_path.as_str()) {
+        _ if issuer_path.is_empty() => None,
+        Some("/.well-known/jwks.json") => Some(Doc::Jwks),
+        Some("/.well-known/openid-configuration") => Some(Doc::Metadata),
+        _ if path.strip_prefix("/.well-known/oauth-authorization-server") == Some(issuer_path.as_str()) => {
+            Some(Doc::Metadata)
+        }
+        _ => None,
+    };
+    match doc {
+        None => StatusCode::NOT_FOUND.into_response(),
+        Some(_) if method != Method::GET && method != Method::HEAD => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+        Some(Doc::Jwks) => jwks(State(s)).await,
+        Some(Doc::Metadata) => metadata(State(s)).await.into_response(),
+    }
+}
+
+enum Doc {
+    Jwks,
+    Metadata,
+}
+
 async fn jwks(State(s): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/jwk-set+json"), (header::CACHE_CONTROL, "public, max-age=300")],
-        s.engine.keys.jwks_json().to_owned(),
+        s.engine.load().keys.jwks_json().to_owned(),
     )
         .into_response()
 }
 
 async fn metadata(State(s): State<AppState>) -> Json<Value> {
-    let issuer = s.engine.cfg.issuer.trim_end_matches('/');
+    let engine = s.engine.load();
+    let issuer = engine.cfg.issuer.trim_end_matches('/');
     let algs: Vec<&str> = {
-        let mut v: Vec<&str> = s.engine.keys.signers().iter().map(|k| k.alg.as_str()).collect();
+        let mut v: Vec<&str> = engine.keys.signers().iter().map(|k| k.alg.as_str()).collect();
         v.sort();
         v.dedup();
         v
@@ -69,7 +95,7 @@ async fn metadata(State(s): State<AppState>) -> Json<Value> {
     // RFC 8414 metadata. stsgate issues access tokens only (no ID tokens, no
     // interactive flows), so the OIDC-only fields describe that honestly.
     Json(json!({
-        "issuer": s.engine.cfg.issuer,
+        "issuer": engine.cfg.issuer,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "grant_types_supported": [],
         "response_types_supported": [],

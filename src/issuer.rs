@@ -214,6 +214,10 @@ impl Issuer {
     /// Keeps keys fresh until the process ends: fast retries until the first
     /// load, then every `refresh_interval`, keeping old keys when a refresh fails.
     async fn refresh_loop(self: Arc<Self>) {
+        // Keys a reload has just loaded need no second fetch right away.
+        if self.is_loaded() {
+            tokio::time::sleep(self.cfg.refresh_interval.0).await;
+        }
         let mut retry = FIRST_LOAD_RETRY_MIN;
         loop {
             let wait = match self.refresh().await {
@@ -272,7 +276,8 @@ impl Issuers {
         self.by_iss.values().all(|i| i.is_loaded())
     }
 
-    /// Starts one refresh task per issuer; they end with the runtime.
+    /// Starts one refresh task per issuer; they end with the runtime, or
+    /// when a reload replaces these issuers and aborts them.
     pub fn spawn_refresh(&self) -> Vec<tokio::task::JoinHandle<()>> {
         self.by_iss
             .values()

@@ -7,6 +7,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod cache;
+pub mod codec;
 pub mod cli;
 pub mod config;
 pub mod dev_idp;
@@ -20,6 +21,7 @@ pub mod jwks;
 pub mod metrics;
 pub mod mint;
 pub mod readiness;
+pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod validate;

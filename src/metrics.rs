@@ -3,11 +3,13 @@
 //! never from token contents.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -73,6 +75,64 @@ impl Metrics {
             "ext_authz" => self.ext_authz_duration.observe(took.as_secs_f64()),
             _ => self.duration.get_or_create(&FrontDoor { api }).observe(took.as_secs_f64()),
         }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    /// ok | error
+    result: &'static str,
+}
+
+/// Configuration reloads, for alerting on one that failed (the previous
+/// configuration then stays in effect, which is easy to miss).
+pub struct ReloadMetrics {
+    ok: Counter,
+    error: Counter,
+    last_success: Gauge<f64, AtomicU64>,
+    last_successful: Gauge,
+}
+
+impl ReloadMetrics {
+    /// Registers the series; the configuration loaded at start counts as the
+    /// last success.
+    pub fn register(reg: &mut Registry) -> Arc<ReloadMetrics> {
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        reg.register("stsgate_config_reloads", "Configuration reloads by result (ok | error)", reloads.clone());
+        let last_success = Gauge::<f64, AtomicU64>::default();
+        reg.register(
+            "stsgate_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load (start-up or reload)",
+            last_success.clone(),
+        );
+        let last_successful = Gauge::default();
+        reg.register(
+            "stsgate_config_last_reload_successful",
+            "1 if the last configuration reload succeeded (or none was tried), 0 if it failed",
+            last_successful.clone(),
+        );
+        // Both series exist from the start, so `increase()` sees the first error.
+        let ok = reloads.get_or_create(&ReloadLabels { result: "ok" }).clone();
+        let error = reloads.get_or_create(&ReloadLabels { result: "error" }).clone();
+        let m = ReloadMetrics { ok, error, last_success, last_successful };
+        m.mark_success();
+        Arc::new(m)
+    }
+
+    pub fn succeeded(&self) {
+        self.ok.inc();
+        self.mark_success();
+    }
+
+    pub fn failed(&self) {
+        self.error.inc();
+        self.last_successful.set(0);
+    }
+
+    fn mark_success(&self) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.last_success.set(now.as_secs_f64());
+        self.last_successful.set(1);
     }
 }
 

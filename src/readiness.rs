@@ -1,22 +1,30 @@
 //! One notion of "ready" shared by gRPC health and `/readyz`: every trusted
-//! issuer has loaded keys at least once, and shutdown has not begun.
+//! issuer of the engine in use has loaded keys at least once, and shutdown
+//! has not begun. A configuration reload swaps the engine, and readiness
+//! follows it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwap;
 use serde::Serialize;
+use tokio::sync::Mutex;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::issuer::Issuers;
+use crate::exchange::Engine;
 
 /// The gRPC service name whose health Envoy/Kubernetes probe besides "".
 pub const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
 
 pub struct Readiness {
-    issuers: Arc<Issuers>,
+    engine: Arc<ArcSwap<Engine>>,
     draining: AtomicBool,
     health: HealthReporter,
+    /// What gRPC health says now; held while deciding a change, so that
+    /// `track` cannot turn SERVING again after `drain` (checks and sets are
+    /// not atomic otherwise).
+    serving: Mutex<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -28,35 +36,45 @@ pub struct Report {
 }
 
 impl Readiness {
-    pub fn new(issuers: Arc<Issuers>, health: HealthReporter) -> Arc<Readiness> {
-        Arc::new(Readiness { issuers, draining: AtomicBool::new(false), health })
+    /// gRPC health must already say NOT_SERVING (the server sets it before
+    /// its listener answers).
+    pub fn new(engine: Arc<ArcSwap<Engine>>, health: HealthReporter) -> Arc<Readiness> {
+        Arc::new(Readiness { engine, draining: AtomicBool::new(false), health, serving: Mutex::new(false) })
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.issuers.all_loaded()
+        !self.draining.load(Ordering::Relaxed) && self.engine.load().issuers.all_loaded()
     }
 
     pub fn report(&self) -> Report {
+        let engine = self.engine.load();
         let mut missing: Vec<String> =
-            self.issuers.all().filter(|i| !i.is_loaded()).map(|i| i.cfg.issuer.clone()).collect();
+            engine.issuers.all().filter(|i| !i.is_loaded()).map(|i| i.cfg.issuer.clone()).collect();
         missing.sort();
-        Report { ready: self.is_ready(), draining: self.draining.load(Ordering::Relaxed), issuers_without_keys: missing }
+        let draining = self.draining.load(Ordering::Relaxed);
+        Report { ready: !draining && missing.is_empty(), draining, issuers_without_keys: missing }
     }
 
-    /// Marks gRPC health NOT_SERVING, waits for every issuer's keys, then SERVING.
+    /// Waits for every issuer of the current engine to have keys, then turns
+    /// gRPC health SERVING. A reload starts a new `track` for the new engine
+    /// (whose keys are loaded already) and aborts the old one.
     pub async fn track(self: Arc<Self>) {
-        self.set_grpc(ServingStatus::NotServing).await;
-        self.issuers.wait_all_loaded().await;
-        if !self.draining.load(Ordering::Relaxed) {
+        let issuers = self.engine.load().issuers.clone();
+        issuers.wait_all_loaded().await;
+        let mut serving = self.serving.lock().await;
+        if !*serving && !self.draining.load(Ordering::Relaxed) {
             self.set_grpc(ServingStatus::Serving).await;
+            *serving = true;
             tracing::info!("all trusted issuers have keys: SERVING");
         }
     }
 
     /// Start of shutdown: probes fail so load balancers stop sending work.
     pub async fn drain(&self) {
+        let mut serving = self.serving.lock().await;
         self.draining.store(true, Ordering::Relaxed);
         self.set_grpc(ServingStatus::NotServing).await;
+        *serving = false;
     }
 
     async fn set_grpc(&self, status: ServingStatus) {

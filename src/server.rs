@@ -1,12 +1,14 @@
 //! Start-up and shutdown: load everything that can fail (config, keys) before
 //! serving, bind both listeners, run gRPC and HTTP until a shutdown signal, then
-//! drain with a grace period.
+//! drain with a grace period. SIGHUP reloads the configuration (see `reload`).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,10 +21,11 @@ use crate::exchange::Engine;
 use crate::ext_authz::AuthzService;
 use crate::http::{AppState, router};
 use crate::issuer::{Issuers, http_client};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadMetrics};
 use crate::mint::KeyRing;
 use crate::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use crate::readiness::Readiness;
+use crate::reload::{Live, ReloadError, ReloadOptions, Reloaded};
 
 /// The encoded descriptor set of stsgate's protos, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stsgate_descriptor.bin"));
@@ -50,12 +53,18 @@ impl Listeners {
 pub struct Server {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    pub engine: Arc<Engine>,
     pub readiness: Arc<Readiness>,
+    live: Arc<Live>,
     shutdown: watch::Sender<bool>,
-    grace: Duration,
     tasks: Vec<JoinHandle<()>>,
+    /// The config file watcher, if any.
     background: Vec<JoinHandle<()>>,
+    /// The file SIGHUP reloads; none for `stsgate dev`.
+    config_path: Option<PathBuf>,
+    /// Registered at start, so a SIGHUP that comes early is queued rather
+    /// than ending the process (its default action).
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Server {
@@ -67,8 +76,11 @@ impl Server {
         let http_addr = listeners.http.local_addr()?;
 
         let keys = Arc::new(KeyRing::load(&cfg.signing).context("cannot load signing keys")?);
-        let issuers = Arc::new(Issuers::new(&cfg, http_client().context("cannot build the HTTP client")?));
-        let engine = Arc::new(Engine::new(cfg.clone(), issuers.clone(), keys));
+        let http = http_client().context("cannot build the HTTP client")?;
+        let issuers = Arc::new(Issuers::new(&cfg, http.clone()));
+        // The engine in use; a reload replaces it whole, and every front door
+        // loads it per request.
+        let engine = Arc::new(ArcSwap::from_pointee(Engine::new(cfg.clone(), issuers, keys)));
 
         let dev_idp = match &cfg.dev_idp {
             Some(dev) => {
@@ -82,13 +94,14 @@ impl Server {
         // No prefix: `with_prefix("")` would name every metric `_stsgate_...`.
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
+        let reload_metrics = ReloadMetrics::register(&mut registry);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         // tonic-health starts "" as SERVING; nothing is ready before the issuer
         // keys load, so say so before the gRPC listener answers its first probe.
         for service in ["", crate::readiness::AUTHZ_SERVICE] {
             health_reporter.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
         }
-        let readiness = Readiness::new(issuers.clone(), health_reporter);
+        let readiness = Readiness::new(engine.clone(), health_reporter);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -103,7 +116,7 @@ impl Server {
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let authz = AuthorizationServer::new(AuthzService::new(engine.clone(), metrics));
+        let authz = AuthorizationServer::new(AuthzService::live(engine.clone(), metrics));
         let grpc = tonic::transport::Server::builder()
             // Envoy multiplexes every Check over one HTTP/2 connection and resets
             // the pending ones when its downstreams go away; h2's default limit
@@ -140,42 +153,142 @@ impl Server {
             .instrument(info_span!("http", addr = %http_addr)),
         ));
 
-        // --- keys and readiness ---
-        let mut background = issuers.spawn_refresh();
-        background.push(tokio::spawn(readiness.clone().track()));
+        // --- keys, readiness, reload ---
+        let live = Live::start(engine, readiness.clone(), reload_metrics, http);
+        #[cfg(unix)]
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("cannot listen for SIGHUP, reload on signal is off: {e}");
+                None
+            }
+        };
 
         info!(grpc = %grpc_addr, http = %http_addr, issuers = cfg.trusted_issuers.len(), rules = cfg.rules.len(), "stsgate started");
         Ok(Server {
             grpc_addr,
             http_addr,
-            engine,
             readiness,
+            live,
             shutdown,
-            grace: cfg.listen.shutdown_grace.0,
             tasks,
-            background,
+            background: Vec::new(),
+            config_path: None,
+            #[cfg(unix)]
+            hangup,
         })
+    }
+
+    /// The engine in use now (a reload replaces it).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.live.engine()
+    }
+
+    /// Reloads the configuration from `path`: a complete new engine, or no
+    /// change at all. Logged and counted in the metrics either way.
+    pub async fn reload_from(&self, path: &Path) -> Result<Reloaded, ReloadError> {
+        self.live.reload_from(path).await
+    }
+
+    /// How long a reload waits for every trusted issuer's keys.
+    pub fn set_reload_timeout(&self, timeout: Duration) {
+        self.live.set_timeout(timeout);
+    }
+
+    /// Reload from `opts.path` on SIGHUP and, with `opts.watch`, when the
+    /// file changes.
+    pub async fn enable_reload(&mut self, opts: ReloadOptions) {
+        self.live.set_timeout(opts.timeout);
+        let hash = self.live.loaded_from(&opts.path, opts.loaded_text).await;
+        let watch = opts.watch.map(|every| humantime::format_duration(every).to_string());
+        let watch = watch.as_deref().unwrap_or("off");
+        info!(config = %opts.path.display(), hash = %hash, watch, "configuration reload on SIGHUP enabled");
+        if let Some(every) = opts.watch {
+            self.background.push(tokio::spawn(self.live.clone().watch(opts.path.clone(), every)));
+        }
+        self.config_path = Some(opts.path);
     }
 
     /// Stops accepting work and waits (up to the grace period) for in-flight requests.
     pub async fn shutdown(self) {
-        self.readiness.drain().await;
-        let _ = self.shutdown.send(true);
-        let all = futures_join(self.tasks);
-        if tokio::time::timeout(self.grace, all).await.is_err() {
-            warn!(grace = ?self.grace, "in-flight requests did not finish within the grace period");
-        }
-        for task in self.background {
+        // No reload starts or applies from here on.
+        for task in &self.background {
             task.abort();
         }
+        self.live.begin_close();
+        self.readiness.drain().await;
+        let _ = self.shutdown.send(true);
+        // Read now: a reload may have changed it.
+        let grace = self.live.engine().cfg.listen.shutdown_grace.0;
+        let all = futures_join(self.tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            warn!(grace = ?grace, "in-flight requests did not finish within the grace period");
+        }
+        self.live.close().await;
         info!("stsgate stopped");
     }
 
-    /// Serves until SIGINT or SIGTERM, then shuts down gracefully.
-    pub async fn run_until_signal(self) {
-        let signal = shutdown_signal().await;
+    /// Serves until SIGINT or SIGTERM, then shuts down gracefully; SIGHUP
+    /// reloads the configuration meanwhile.
+    pub async fn run_until_signal(mut self) {
+        let signal = self.serve_until_shutdown_signal().await;
         info!(signal, "shutting down");
         self.shutdown().await;
+    }
+
+    /// Resolves with the name of the first shutdown signal received; each
+    /// SIGHUP before it starts a reload (they queue: one runs at a time).
+    async fn serve_until_shutdown_signal(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (mut int, mut term) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+                (Ok(int), Ok(term)) => (int, term),
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return "SIGINT";
+                }
+            };
+            let mut reloads: Vec<JoinHandle<()>> = Vec::new();
+            let signal = loop {
+                tokio::select! {
+                    _ = int.recv() => break "SIGINT",
+                    _ = term.recv() => break "SIGTERM",
+                    Some(()) = next_hangup(self.hangup.as_mut()) => {
+                        reloads.retain(|r| !r.is_finished());
+                        match &self.config_path {
+                            Some(path) => {
+                                info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                                let (live, path) = (self.live.clone(), path.clone());
+                                // Spawned: a slow reload must not delay a SIGTERM.
+                                reloads.push(tokio::spawn(async move {
+                                    let _ = live.reload_from(&path).await;
+                                }));
+                            }
+                            None => warn!("SIGHUP ignored: there is no configuration file to reload"),
+                        }
+                    }
+                }
+            };
+            // A reload cut short changes nothing.
+            for reload in reloads {
+                reload.abort();
+            }
+            signal
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn next_hangup(signal: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -187,29 +300,6 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
-}
-
-/// Resolves with the name of the first shutdown signal received.
-async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
-    }
 }
 
 /// The `dev` configuration bound to the real HTTP address.

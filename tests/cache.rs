@@ -35,7 +35,7 @@ async fn identical_requests_reuse_the_minted_token_and_others_do_not() {
             assert_ne!(jti(a), jti(b));
         }
     }
-    assert_eq!(h.server.as_ref().unwrap().engine.caches().minted_len(), 4);
+    assert_eq!(h.server.as_ref().unwrap().engine().caches().minted_len(), 4);
     h.shutdown().await;
 }
 
@@ -43,7 +43,7 @@ async fn identical_requests_reuse_the_minted_token_and_others_do_not() {
 async fn a_cached_answer_needs_no_idp_until_the_idp_withdraws_the_key() {
     let idp = MockIdp::start().await;
     let h = Harness::start(&idp).await;
-    let engine = &h.server.as_ref().unwrap().engine;
+    let engine = h.server.as_ref().unwrap().engine();
     let issuer = engine.issuers.get(&idp.issuer).unwrap().clone();
     let token = idp.token(&idp.claims("alice", "orders.read"));
     let first = allowed(&h.check_for(&token, "orders").await).bearer();

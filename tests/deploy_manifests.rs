@@ -389,16 +389,31 @@ fn deployment_args_parse_and_match_the_mounts() {
     let mount = |path: &str| {
         mounts.iter().find(|m| m["mountPath"] == path).unwrap_or_else(|| panic!("no volumeMount at {path}"))
     };
-    let cfg_mount = mount(config_path);
-    assert_eq!(config_path, "/etc/stsgate/config.yaml");
+    // The config is a file in a mounted ConfigMap directory.
+    assert_eq!(config_path, "/etc/stsgate/config/config.yaml");
+    let (cfg_dir, cfg_file) = config_path.rsplit_once('/').unwrap();
+    let cfg_mount = mount(cfg_dir);
     assert_eq!(cfg_mount["readOnly"], true);
     let keys_mount = mount("/etc/stsgate/keys");
     assert_eq!(keys_mount["readOnly"], true);
+    // --watch-config reloads ConfigMap and Secret updates, which kubelet never
+    // applies to a subPath mount.
+    let watch = args.iter().position(|a| *a == "--watch-config").expect("--watch-config in args");
+    humantime::parse_duration(args[watch + 1]).expect("--watch-config takes a duration");
+    for m in mounts {
+        assert!(m.get("subPath").is_none(), "a subPath mount never sees updates: {m}");
+    }
     let volume = |name: &Value| pod["volumes"].as_array().unwrap().iter().find(|v| &v["name"] == name).unwrap().clone();
     let cm = doc("deploy/kubernetes/configmap.yaml");
     let cfg_volume = volume(&cfg_mount["name"]);
     assert_eq!(cfg_volume["configMap"]["name"], cm["metadata"]["name"]);
-    let key = s(&cfg_mount["subPath"]);
+    let item = cfg_volume["configMap"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["path"] == cfg_file)
+        .unwrap_or_else(|| panic!("the ConfigMap volume has no item at {cfg_file}"));
+    let key = s(&item["key"]);
     assert!(cm["data"][key].is_string(), "ConfigMap has no key {key}");
     let secret = doc("deploy/kubernetes/secret-signing-keys.example.yaml");
     let key_volume = volume(&keys_mount["name"]);

@@ -86,7 +86,7 @@ async fn exchanged_token_reaches_upstream_with_the_routes_audience() {
                 "decision=exchange",
                 "sub=alice",
                 &format!("aud={audience} "),
-                "actor=",
+                "actor=- ",
                 &format!("scope=\"{scope}\""),
                 &format!("rule={rule} "),
                 &format!("jti={}", claims["jti"].as_str().unwrap()),

@@ -54,7 +54,7 @@ async fn good_token_is_exchanged_for_a_verifiable_at_jwt() {
     let md = &ok.metadata;
     // The rule's outcome (the default: a plain exchange, no actor).
     assert_eq!(md.get("decision").map(String::as_str), Some("exchange"));
-    assert_eq!(md.get("actor").map(String::as_str), Some(""));
+    assert_eq!(md.get("actor"), None, "no actor: the field is absent");
     assert_eq!(md.get("sub").map(String::as_str), Some("alice"));
     assert_eq!(md.get("aud").map(String::as_str), Some("orders"));
     assert_eq!(md.get("rule").map(String::as_str), Some("orders"));
@@ -201,7 +201,14 @@ async fn dynamic_metadata_is_opt_in_and_denials_always_explain() {
     let idp = MockIdp::start().await;
     let token = idp.token(&idp.claims("alice", "orders.read"));
 
-    // The default: an allowed request carries no metadata at all (Envoy pays per field).
+    // The default: who and for whom (sub, aud; actor only when there is one).
+    let h = Harness::builder(&idp).default_metadata().start().await;
+    let ok = allowed(&h.check_token(&token, &[("audience", "orders")]).await);
+    let mut keys: Vec<&str> = ok.metadata.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["aud", "sub"]);
+
+    // Turned off: an allowed request carries no metadata at all (Envoy pays per field).
     let h = Harness::builder(&idp).ext_authz("dynamic_metadata: []").start().await;
     let resp = h.check_token(&token, &[("audience", "orders")]).await;
     allowed(&resp);

@@ -37,6 +37,7 @@ use stsgate::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Requ
 use stsgate::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use stsgate::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use stsgate::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use stsgate::reload::{ReloadError, Reloaded};
 use stsgate::server::{Listeners, Server};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -632,6 +633,7 @@ pub struct HarnessBuilder {
     rules: String,
     edits: Vec<Box<dyn FnOnce(String) -> String + Send>>,
     wait_ready: bool,
+    all_metadata: bool,
 }
 
 impl HarnessBuilder {
@@ -651,6 +653,12 @@ impl HarnessBuilder {
     /// The `tokens` mapping (unindented).
     pub fn tokens(mut self, yaml: &str) -> Self {
         self.tokens = yaml.to_owned();
+        self
+    }
+
+    /// Leave `ext_authz.dynamic_metadata` at stsgate's default instead of all fields.
+    pub fn default_metadata(mut self) -> Self {
+        self.all_metadata = false;
         self
     }
 
@@ -690,9 +698,10 @@ impl HarnessBuilder {
                 s
             }
         };
-        // Tests read every metadata field unless they configure their own list.
+        // Tests read every metadata field unless they configure their own
+        // list or ask for the default.
         let mut ext_authz = self.ext_authz.trim().to_owned();
-        if !ext_authz.contains("dynamic_metadata") {
+        if self.all_metadata && !ext_authz.contains("dynamic_metadata") {
             ext_authz.push_str("\ndynamic_metadata: [decision, rule, sub, aud, actor, scope, jti, subject_issuer]");
         }
         let ext_authz_block = format!("\n{}", indent(ext_authz.trim_start(), 2));
@@ -791,6 +800,7 @@ impl Harness {
             rules: DEFAULT_RULES.into(),
             edits: Vec::new(),
             wait_ready: true,
+            all_metadata: true,
         }
     }
 
@@ -852,6 +862,23 @@ impl Harness {
         self.server.as_ref().unwrap().readiness.is_ready()
     }
 
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("stsgate is running")
+    }
+
+    /// Writes `yaml` to a fresh file and reloads stsgate from it.
+    pub async fn reload_yaml(&self, yaml: &str) -> Result<Reloaded, ReloadError> {
+        let dir = TempDir::new("reload");
+        let path = dir.write("config.yaml", yaml);
+        self.server().reload_from(&path).await
+    }
+
+    /// One series of `/metrics` (see `metric_value`).
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> Option<f64> {
+        let text = self.get("/metrics").await.text().await.expect("metrics text");
+        metric_value(&text, name, labels)
+    }
+
     /// Verifies a token minted by stsgate against its *published* JWKS with
     /// jsonwebtoken: signature, `iss`, `aud`, `exp`. Returns header and claims.
     pub async fn verify_minted(&self, token: &str, audience: &str) -> (jsonwebtoken::Header, Value) {
@@ -887,6 +914,15 @@ pub async fn verify_with_jwks(
     let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
         .expect("minted token verifies against the published JWKS");
     (data.header, data.claims)
+}
+
+/// The value of the series `name` (exactly, before its labels) carrying all
+/// of `labels` in Prometheus/OpenMetrics text.
+pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 // ---------------------------------------------------------------------------
