@@ -271,7 +271,7 @@ fn default_max_token_bytes() -> usize {
     16 * 1024
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedIssuer {
     /// The exact `iss` value of this IdP's tokens.

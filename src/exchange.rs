@@ -46,10 +46,12 @@ pub struct Minted {
     rule: u16,
     issuer: u16,
     signer: u16,
-    /// Extra tokens for downstream audiences: (index of the rule's
-    /// `downstream_tokens` entry, token).
-    downstream: Option<Box<[(u16, Box<str>)]>>,
+    /// Extra tokens for downstream audiences.
+    downstream: Option<Box<[DownstreamToken]>>,
 }
+
+/// (index of the rule's `downstream_tokens` entry, token).
+type DownstreamToken = (u16, Box<str>);
 
 impl Minted {
     /// Approximate bytes held, for the cache's memory bound.

@@ -577,8 +577,10 @@ mod tests {
 
     #[test]
     fn target_prefers_context_then_routes_then_default() {
-        let mut ea = ExtAuthz::default();
-        ea.routes = vec![Route { host: Some(Glob::new("*.shop.example")), path_prefix: "/orders".into(), audience: "orders".into(), scope: Some("orders.read".into()), actor: Some(ActorMode::Peer) }];
+        let mut ea = ExtAuthz {
+            routes: vec![Route { host: Some(Glob::new("*.shop.example")), path_prefix: "/orders".into(), audience: "orders".into(), scope: Some("orders.read".into()), actor: Some(ActorMode::Peer) }],
+            ..ExtAuthz::default()
+        };
         ea.default_audience = Some("fallback".into());
         let attrs = |ctx: &[(&str, &str)], host: &str, path: &str| AttributeContext {
             context_extensions: ctx.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),

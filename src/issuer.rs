@@ -90,6 +90,15 @@ impl Issuer {
         self.keys.load().is_some()
     }
 
+    /// Starts with the keys another (older) issuer object holds, as a
+    /// configuration reload does for an issuer whose settings did not change.
+    pub fn seed_from(&self, older: &Issuer) -> bool {
+        let Some(keys) = older.keys.load_full() else { return false };
+        self.keys.store(Some(keys));
+        self.loaded_tx.send_replace(true);
+        true
+    }
+
     /// Fetches the key set again and swaps it in; on failure the old keys stay.
     pub async fn refresh(&self) -> Result<usize, FetchError> {
         let set = self.fetch().await?;

@@ -211,6 +211,7 @@ impl Live {
             return Err(ReloadError::ShuttingDown);
         }
         let current = self.engine.load_full();
+        let current_issuers = current.issuers.clone();
         let file = path.to_owned();
         // Files and key parsing block: off the async workers.
         let (seen, prepared) = tokio::task::spawn_blocking(move || prepare(&file, &current))
@@ -220,7 +221,7 @@ impl Live {
         let Prepared { cfg, keys, hash } = prepared?;
 
         let issuers = Issuers::new(&cfg, self.http.clone());
-        load_issuer_keys(&cfg, &issuers, self.timeout()).await?;
+        load_issuer_keys(&cfg, &issuers, &current_issuers, self.timeout()).await?;
         let engine = Arc::new(Engine::new(Arc::new(cfg), Arc::new(issuers), Arc::new(keys)));
         if self.closed.load(Ordering::Acquire) {
             return Err(ReloadError::ShuttingDown);
@@ -358,15 +359,21 @@ fn signing_keys(cfg: &Config, current: &Engine) -> Result<KeyRing, MintError> {
     KeyRing::from_signers(all, cfg.signing.active_kid())
 }
 
-/// Fetches every issuer's keys, in parallel, until `timeout` has passed.
-async fn load_issuer_keys(cfg: &Config, issuers: &Issuers, timeout: Duration) -> Result<(), ReloadError> {
+/// Gives every issuer its keys: an issuer whose settings did not change and
+/// whose keys come over the network keeps the keys it has (an IdP that is
+/// down must not block an unrelated rule change; its background refresh goes
+/// on as before); the others are fetched, in parallel, until `timeout`.
+async fn load_issuer_keys(cfg: &Config, issuers: &Issuers, current: &Issuers, timeout: Duration) -> Result<(), ReloadError> {
     let deadline = Instant::now() + timeout;
     // Dropping the set (a cancelled reload) aborts the fetches.
     let mut fetches = JoinSet::new();
     for (i, trusted) in cfg.trusted_issuers.iter().enumerate() {
-        if let Some(issuer) = issuers.get(&trusted.issuer).cloned() {
-            fetches.spawn(async move { (i, first_load(issuer, deadline).await) });
+        let Some(issuer) = issuers.get(&trusted.issuer).cloned() else { continue };
+        let unchanged = current.get(&trusted.issuer).filter(|old| old.cfg == *trusted && trusted.jwks_file.is_none());
+        if unchanged.is_some_and(|old| issuer.seed_from(old)) {
+            continue;
         }
+        fetches.spawn(async move { (i, first_load(issuer, deadline).await) });
     }
     let mut failures = Vec::new();
     while let Some(done) = fetches.join_next().await {

@@ -475,7 +475,7 @@ fn deployment_is_hardened_and_probed_as_designed() {
 
     // Image user = pod user.
     let dockerfile = read("Dockerfile");
-    let user = dockerfile.lines().filter_map(|l| l.strip_prefix("USER ")).last().expect("Dockerfile sets USER");
+    let user = dockerfile.lines().rev().find_map(|l| l.strip_prefix("USER ")).expect("Dockerfile sets USER");
     assert_eq!(user.split(':').next().unwrap(), pod["securityContext"]["runAsUser"].to_string());
     assert!(dockerfile.lines().any(|l| l.starts_with("EXPOSE ")
         && l.contains(&port_of("grpc").to_string())

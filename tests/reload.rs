@@ -101,6 +101,29 @@ async fn a_rule_change_takes_effect_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_issuer_keeps_its_keys_so_a_down_idp_does_not_block_a_rule_change() {
+    let idp = MockIdp::start().await;
+    let h = Harness::start(&idp).await;
+    let token = idp.token(&idp.claims("alice", "billing.read"));
+    assert_forbidden(&h.check_for(&token, "billing").await);
+    let fetches = idp.jwks_fetches();
+
+    idp.down();
+    let yaml = Harness::builder(&idp).rules(BILLING_ONLY).yaml();
+    h.reload_yaml(&yaml).await.expect("the issuer's settings did not change: its keys carry over");
+    // A token never seen before validates with the carried-over keys.
+    allowed(&h.check_for(&token, "billing").await);
+    assert_eq!(idp.jwks_fetches(), fetches, "nothing was fetched");
+
+    // A changed issuer entry is fetched again, and with the IdP down that fails.
+    h.server().set_reload_timeout(Duration::from_millis(300));
+    let changed = Harness::builder(&idp).rules(BILLING_ONLY).issuer_option("leeway: 10s").yaml();
+    assert!(matches!(h.reload_yaml(&changed).await, Err(ReloadError::IssuerKeys { .. })));
+    allowed(&h.check_for(&token, "billing").await);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minted_cache_does_not_survive_a_reload() {
     let idp = MockIdp::start().await;
     let h = Harness::start(&idp).await;

@@ -288,6 +288,8 @@ async fn noop_server(
     let (_reporter, health) = tonic_health::server::health_reporter();
     eprintln!("noop ext_authz server on {} (header bytes: {header_bytes}, metadata fields: {metadata_fields})", listener.local_addr()?);
     tonic::transport::Server::builder()
+        // As stsgate does: Envoy resets in-flight Checks when wrk disconnects.
+        .http2_max_pending_accept_reset_streams(Some(1024))
         .add_service(health)
         .add_service(AuthorizationServer::new(Noop { answer }))
         .serve_with_incoming_shutdown(
