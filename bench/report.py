@@ -30,9 +30,11 @@ CASES = [
     ("direct_noop", "direct gRPC → do-nothing Check server"),
     ("direct_noop_like", "direct gRPC → do-nothing server answering like stsgate (same header and metadata)"),
     ("direct_cold", "direct gRPC → stsgate, cache disabled (verify + sign per call)"),
+    ("direct_cached_bare", "direct gRPC → stsgate, cached exchange, `dynamic_metadata: []`"),
     ("envoy_cached", "Envoy ext_authz → stsgate, cached exchange"),
     ("envoy_noop", "Envoy ext_authz → do-nothing server"),
     ("envoy_noop_like", "Envoy ext_authz → do-nothing server answering like stsgate"),
+    ("envoy_cached_bare", "Envoy ext_authz → stsgate, cached exchange, `dynamic_metadata: []`"),
     ("envoy_jwt_authn", "Envoy jwt_authn RS256, no JWT cache (native peer)"),
     ("envoy_cold", "Envoy ext_authz → stsgate, cache disabled"),
 ]
@@ -282,8 +284,11 @@ def main():
       f"{meta.get('concurrency', '?')} calls over {meta.get('channels', '?')} HTTP/2 channels, 1 tokio thread, 1 s warm-up, "
       f"{meta.get('duration', '?')} s) then through Envoy (1 worker, `direct_response` route; "
       f"wrk -t1 -c{meta.get('concurrency', '?')} -d{meta.get('duration', '?')}s --latency after a 1 s warm-up), "
-      "836-byte-class RS256 bearer token on every request. Load client, Envoy and server share the same cores: "
-      "**absolute numbers are noisy, the ratios within a round are what count.** Medians of the rounds; "
+      "836-byte-class RS256 bearer token on every request. "
+      + ("Through Envoy, Envoy runs alone on CPU 1 and wrk shares CPU 0 with the ext_authz server (taskset); "
+         "the direct runs float over all cores. " if meta.get('pin') == '1' else
+         "Load client, Envoy and server share the same cores. ")
+      + "**Absolute numbers are noisy, the ratios within a round are what count.** Medians of the rounds; "
       "spread = (max − min) ÷ median. CPU per request comes from /proc utime+stime of the process during the measured window. "
       f"Each run also records the machine's CPU spent outside the server, Envoy and the load tool (\"foreign\" load: other jobs on "
       f"this box); runs with ≥ {a.foreign_limit} foreign cores are marked * and left out of the medians and ratios when at least "
@@ -323,6 +328,9 @@ def main():
                         ("envoy_cached", "envoy_noop_like", "Envoy cached exchange ÷ do-nothing answering like stsgate: what stsgate's own work costs"),
                         ("direct_noop_like", "direct_noop", "direct do-nothing answering like stsgate ÷ do-nothing"),
                         ("direct_cached", "direct_noop_like", "direct cached exchange ÷ do-nothing answering like stsgate"),
+                        ("envoy_cached_bare", "envoy_noop", "Envoy cached exchange without dynamic metadata ÷ do-nothing"),
+                        ("envoy_cached_bare", "envoy_jwt_authn", "Envoy cached exchange without dynamic metadata ÷ jwt_authn"),
+                        ("direct_cached_bare", "direct_noop", "direct cached exchange without dynamic metadata ÷ do-nothing"),
                         ("envoy_noop", "envoy_jwt_authn", "Envoy do-nothing ext_authz ÷ jwt_authn"),
                         ("envoy_cold", "envoy_noop", "Envoy cold exchange ÷ do-nothing"),
                         ("direct_cold", "direct_noop", "direct cold ÷ do-nothing")]:

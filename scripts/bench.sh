@@ -7,13 +7,15 @@
 #   1. builds release (stsgate + stsgate-loadgen), installs wrk (apt) or oha (cargo)
 #      if neither is there, and Envoy via scripts/install-tools.sh if .tools/bin/envoy is missing;
 #   2. runs the criterion benches (benches/exchange.rs), including the crypto ceiling;
-#   3. starts stsgate cached, stsgate cold (cache: {enabled: false}), the do-nothing
+#   3. starts stsgate cached, stsgate cached with `dynamic_metadata: []` ("bare"), stsgate
+#      cold (cache: {enabled: false}), the do-nothing
 #      Check server, plain and "like stsgate" (it answers with the same shape as a cached
 #      exchange: one 470-byte overwrite header, 2 dynamic-metadata strings), and five
 #      Envoys (one worker each): ext_authz -> stsgate cached | noop | stsgate cold |
-#      noop-like, and jwt_authn RS256 without cache; every route is a direct_response;
+#      noop-like | stsgate bare, and jwt_authn RS256 without cache; every route is a
+#      direct_response;
 #   4. ROUNDS (3) alternating rounds of: direct gRPC (stsgate-loadgen: 64 calls over
-#      2 HTTP/2 channels, 1 s warm-up, 10 s) against stsgate cached, noop, noop-like, cold;
+#      2 HTTP/2 channels, 1 s warm-up, 10 s) against stsgate cached, noop, noop-like, cold, bare;
 #      then wrk -t1 -c64 -d10s --latency (after a 1 s warm-up) through each Envoy;
 #      CPU of the server and of Envoy is read from /proc during each measured window;
 #   5. RSS of a fresh stsgate after 100k distinct cached exchanges, and start-up time
@@ -22,6 +24,10 @@
 #
 # Env: ROUNDS=3 DURATION=10 WARMUP=1 CONCURRENCY=64 CHANNELS=2 FILL=100000
 #      SKIP_CRITERION=1 (reuse nothing; just skip) LOADTOOL=wrk|oha KEEP_WORK=1
+#      PIN=1 (default with >= 2 cores): through Envoy, Envoy runs alone on CPU 1 and the load
+#      tool and the ext_authz server share CPU 0, so the scheduler does not put the server or
+#      wrk on Envoy's core mid-run (the largest source of noise here); PIN=0 lets them float.
+#      The direct gRPC runs always float, like the anchors.
 #      QUIET_WAIT=SECONDS: before the criterion benches and before the rounds, wait up to
 #      this long for the machine to be quiet (< FOREIGN_LIMIT=0.25 busy cores not ours).
 set -euo pipefail
@@ -36,6 +42,9 @@ WARMUP="${WARMUP:-1}"
 CONCURRENCY="${CONCURRENCY:-64}"
 CHANNELS="${CHANNELS:-2}"
 FILL="${FILL:-100000}"
+NCPU="$(nproc)"
+PIN="${PIN:-$((NCPU >= 2 ? 1 : 0))}"
+ALL_CPUS="0-$((NCPU - 1))"
 # "Bearer " + the ES256 token this config mints (463 bytes), and the metadata
 # strings stsgate sends by default for a request without an actor (sub, aud).
 HEADER_BYTES="${HEADER_BYTES:-470}"
@@ -137,6 +146,7 @@ LOADGEN="$TARGET_DIR/release/stsgate-loadgen"
     echo "fill $FILL"
     echo "header_bytes $HEADER_BYTES"
     echo "metadata_fields $METADATA_FIELDS"
+    echo "pin $PIN"
 } >"$WORK/meta.txt"
 
 # Waits (up to QUIET_WAIT s) until the machine's CPU outside our own servers is
@@ -209,12 +219,12 @@ JWKS_FILE="$WORK/idp/idp-jwks.json"
 read -r -a P <<<"$(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(24):
+for _ in range(28):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 )"
-((${#P[@]} == 24)) || die "could not reserve ports"
+((${#P[@]} == 28)) || die "could not reserve ports"
 
 render() { # template out KEY=VALUE...
     python3 - "$@" <<'EOF'
@@ -239,9 +249,9 @@ case "$METADATA_FIELDS" in
     8) METADATA_LIST="[decision, rule, sub, aud, actor, scope, jti, subject_issuer]" ;;
     *) die "METADATA_FIELDS must be 0, 2 or 8" ;;
 esac
-stsgate_cfg() { # name grpc http cache
+stsgate_cfg() { # name grpc http cache [metadata list]
     render bench/stsgate.yaml.tmpl "$WORK/$1.yaml" GRPC_PORT="$2" HTTP_PORT="$3" CACHE="$4" \
-        ISSUER="$ISSUER" SUBJECT_AUD="$SUBJECT_AUD" JWKS_FILE="$JWKS_FILE" METADATA="$METADATA_LIST"
+        ISSUER="$ISSUER" SUBJECT_AUD="$SUBJECT_AUD" JWKS_FILE="$JWKS_FILE" METADATA="${5:-$METADATA_LIST}"
 }
 CACHED_GRPC=${P[0]}
 COLD_GRPC=${P[2]}
@@ -249,15 +259,18 @@ RSS_GRPC=${P[4]}
 START_GRPC=${P[6]}
 NOOP=${P[8]}
 NOOP_LIKE=${P[9]}
+# The same cached exchange with `dynamic_metadata: []`: what the metadata costs.
+BARE_GRPC=${P[24]}
 stsgate_cfg stsgate-cached "$CACHED_GRPC" "${P[1]}" "{enabled: true}"
 stsgate_cfg stsgate-cold "$COLD_GRPC" "${P[3]}" "{enabled: false}"
+stsgate_cfg stsgate-bare "$BARE_GRPC" "${P[25]}" "{enabled: true}" "[]"
 stsgate_cfg stsgate-rss "$RSS_GRPC" "${P[5]}" "{enabled: true, max_bytes: 1073741824}"
 stsgate_cfg stsgate-startup "$START_GRPC" "${P[7]}" "{enabled: true}"
 "$STSGATE" check-config "$WORK/stsgate-cached.yaml" >/dev/null || die "bench config rejected"
 
 JWKS_INLINE="$(cat "$JWKS_FILE")"
 # Envoy cases: name listen admin template authz-port
-ENVOY_CASES=(envoy_cached envoy_noop envoy_jwt_authn envoy_cold envoy_noop_like)
+ENVOY_CASES=(envoy_cached envoy_noop envoy_jwt_authn envoy_cold envoy_noop_like envoy_cached_bare)
 declare -A E_LISTEN E_ADMIN E_PID
 i=10
 for name in "${ENVOY_CASES[@]}"; do
@@ -279,6 +292,7 @@ envoy_cfg envoy_noop "$NOOP"
 envoy_cfg envoy_jwt_authn jwt
 envoy_cfg envoy_cold "$COLD_GRPC"
 envoy_cfg envoy_noop_like "$NOOP_LIKE"
+envoy_cfg envoy_cached_bare "$BARE_GRPC"
 
 # ---------------------------------------------------------------------------
 # Processes
@@ -296,17 +310,22 @@ alive() { kill -0 "$1" 2>/dev/null || die "$2 exited early: $(tail -5 "$WORK/$2.
 export RUST_LOG=warn
 spawn stsgate_cached "$STSGATE" serve --config "$WORK/stsgate-cached.yaml"
 spawn stsgate_cold "$STSGATE" serve --config "$WORK/stsgate-cold.yaml"
+spawn stsgate_bare "$STSGATE" serve --config "$WORK/stsgate-bare.yaml"
 spawn noop "$LOADGEN" noop-server --listen "127.0.0.1:$NOOP"
 spawn noop_like "$LOADGEN" noop-server --listen "127.0.0.1:$NOOP_LIKE" --header-bytes "$HEADER_BYTES" \
     --metadata-fields "$METADATA_FIELDS"
-for t in "$CACHED_GRPC" "$COLD_GRPC" "$NOOP" "$NOOP_LIKE"; do
+for t in "$CACHED_GRPC" "$COLD_GRPC" "$NOOP" "$NOOP_LIKE" "$BARE_GRPC"; do
     "$LOADGEN" wait-serving --target "127.0.0.1:$t" --timeout 20s || die "gRPC server on $t not SERVING"
 done
 
 BASE_ID=$((1500000000 + ($$ % 1000000) * 8))
 n=0
 for name in "${ENVOY_CASES[@]}"; do
-    spawn "$name" "$ENVOY" -c "$WORK/$name.yaml" --concurrency 1 --base-id $((BASE_ID + n)) -l warn
+    if ((PIN)); then
+        spawn "$name" taskset -c 1 "$ENVOY" -c "$WORK/$name.yaml" --concurrency 1 --base-id $((BASE_ID + n)) -l warn
+    else
+        spawn "$name" "$ENVOY" -c "$WORK/$name.yaml" --concurrency 1 --base-id $((BASE_ID + n)) -l warn
+    fi
     n=$((n + 1))
 done
 for name in "${ENVOY_CASES[@]}"; do
@@ -376,14 +395,19 @@ through_envoy() { # round case server_pid|-
     local r=$1 c=$2 spid=$3 base="$RUNS/r$1-$2"
     local epid_var="PID_$c" url="http://127.0.0.1:${E_LISTEN[$c]}/"
     alive "${!epid_var}" "$c"
-    local lpid
+    local lpid pin=()
+    if ((PIN)); then
+        pin=(taskset -c 0)
+        # Every thread of the ext_authz server onto CPU 0 for this run.
+        if [[ "$spid" != - ]]; then taskset -a -p -c 0 "$spid" >/dev/null; fi
+    fi
     if [[ "$LOADTOOL" == wrk ]]; then
-        wrk -t1 -c"$CONCURRENCY" -d"${WARMUP}s" -H "authorization: Bearer $TOKEN" "$url" >/dev/null
-        wrk -t1 -c"$CONCURRENCY" -d"${DURATION}s" --latency -H "authorization: Bearer $TOKEN" "$url" >"$base.wrk" 2>&1 &
+        "${pin[@]}" wrk -t1 -c"$CONCURRENCY" -d"${WARMUP}s" -H "authorization: Bearer $TOKEN" "$url" >/dev/null
+        "${pin[@]}" wrk -t1 -c"$CONCURRENCY" -d"${DURATION}s" --latency -H "authorization: Bearer $TOKEN" "$url" >"$base.wrk" 2>&1 &
         lpid=$!
     else
-        oha -z "${WARMUP}s" -c "$CONCURRENCY" --no-tui -H "authorization: Bearer $TOKEN" "$url" >/dev/null
-        oha -z "${DURATION}s" -c "$CONCURRENCY" --no-tui --json -H "authorization: Bearer $TOKEN" "$url" >"$base.oha" 2>&1 &
+        "${pin[@]}" oha -z "${WARMUP}s" -c "$CONCURRENCY" --no-tui -H "authorization: Bearer $TOKEN" "$url" >/dev/null
+        "${pin[@]}" oha -z "${DURATION}s" -c "$CONCURRENCY" --no-tui --json -H "authorization: Bearer $TOKEN" "$url" >"$base.oha" 2>&1 &
         lpid=$!
     fi
     if [[ "$spid" == - ]]; then # Envoy alone (jwt_authn): it is the "server"
@@ -394,6 +418,7 @@ through_envoy() { # round case server_pid|-
     local sampler=$!
     wait "$lpid" || die "$LOADTOOL $c failed"
     wait "$sampler"
+    if ((PIN)) && [[ "$spid" != - ]]; then taskset -a -p -c "$ALL_CPUS" "$spid" >/dev/null; fi
     if [[ "$spid" == - ]]; then echo "server_is_envoy 1" >>"$base.cpu"; fi
     local summary
     if [[ "$LOADTOOL" == wrk ]]; then
@@ -414,11 +439,13 @@ for r in $(seq 1 "$ROUNDS"); do
     direct "$r" direct_noop "$NOOP" "$PID_noop"
     direct "$r" direct_noop_like "$NOOP_LIKE" "$PID_noop_like"
     direct "$r" direct_cold "$COLD_GRPC" "$PID_stsgate_cold"
+    direct "$r" direct_cached_bare "$BARE_GRPC" "$PID_stsgate_bare"
     through_envoy "$r" envoy_cached "$PID_stsgate_cached"
     through_envoy "$r" envoy_noop "$PID_noop"
     through_envoy "$r" envoy_jwt_authn -
     through_envoy "$r" envoy_cold "$PID_stsgate_cold"
     through_envoy "$r" envoy_noop_like "$PID_noop_like"
+    through_envoy "$r" envoy_cached_bare "$PID_stsgate_bare"
 done
 
 # The load servers are done: stop them so the memory and start-up runs are quiet.
