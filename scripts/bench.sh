@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for stsgate's performance numbers (issue 5). Writes bench/RESULTS.md.
 #
-#   scripts/bench.sh            # ~7-9 minutes once built (the first release build takes longer)
+#   scripts/bench.sh            # ~12 minutes once built (the first release build takes longer)
 #
 # What it does, all on loopback ports that were free a moment before:
 #   1. builds release (stsgate + stsgate-loadgen), installs wrk (apt) or oha (cargo)
@@ -10,7 +10,7 @@
 #   3. starts stsgate cached, stsgate cached with `dynamic_metadata: []` ("bare"), stsgate
 #      cold (cache: {enabled: false}), the do-nothing
 #      Check server, plain and "like stsgate" (it answers with the same shape as a cached
-#      exchange: one 470-byte overwrite header, 2 dynamic-metadata strings), and five
+#      exchange: one 470-byte overwrite header, 2 dynamic-metadata strings), and six
 #      Envoys (one worker each): ext_authz -> stsgate cached | noop | stsgate cold |
 #      noop-like | stsgate bare, and jwt_authn RS256 without cache; every route is a
 #      direct_response;
