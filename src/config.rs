@@ -129,6 +129,9 @@ pub struct Config {
     /// How the ext_authz Check maps a request to an exchange.
     #[serde(default)]
     pub ext_authz: ExtAuthz,
+    /// The RFC 8693 token endpoint on the HTTP listener.
+    #[serde(default)]
+    pub token_endpoint: TokenEndpoint,
     /// Exchange rules, evaluated in order; no match means deny.
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -139,6 +142,33 @@ pub struct Config {
     #[serde(default)]
     pub dev_idp: Option<DevIdp>,
 }
+
+/// The RFC 8693 token endpoint (`POST {path}` on the HTTP listener).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEndpoint {
+    /// Serve it; when off the path answers 404 and metadata does not list it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Path on the HTTP listener (also served under the issuer's path, like
+    /// the JWKS).
+    #[serde(default = "default_token_path")]
+    pub path: String,
+}
+
+impl Default for TokenEndpoint {
+    fn default() -> Self {
+        TokenEndpoint { enabled: true, path: default_token_path() }
+    }
+}
+
+fn default_token_path() -> String {
+    "/token".into()
+}
+
+/// Paths the HTTP listener already serves; the token endpoint may not take one.
+pub const RESERVED_HTTP_PATHS: &[&str] =
+    &["/healthz", "/readyz", "/metrics", "/.well-known/jwks.json", "/.well-known/openid-configuration"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1131,6 +1161,19 @@ impl Config {
             }
         }
 
+        let te = &self.token_endpoint;
+        if !te.path.starts_with('/') || te.path.len() < 2 {
+            bad("token_endpoint.path".into(), "must start with / and name a path, such as /token".into());
+        } else if te.path.ends_with('/') || te.path.contains(['?', '#', ' ']) {
+            bad("token_endpoint.path".into(), "must be a plain path without a trailing /, query or blanks".into());
+        } else if RESERVED_HTTP_PATHS.contains(&te.path.as_str())
+            || te.path.starts_with("/.well-known/oauth-authorization-server")
+        {
+            bad("token_endpoint.path".into(), format!("{} is already served by stsgate's HTTP listener", te.path));
+        } else if let Some(dev) = self.dev_idp.as_ref().filter(|d| te.path == d.path || te.path.starts_with(&format!("{}/", d.path))) {
+            bad("token_endpoint.path".into(), format!("collides with dev_idp.path {}", dev.path));
+        }
+
         if issues.is_empty() { Ok(()) } else { Err(issues) }
     }
 }
@@ -1255,6 +1298,24 @@ rules:
         ] {
             assert!(paths.contains(&expected), "missing {expected} in {issues:#?}");
         }
+    }
+
+    #[test]
+    fn token_endpoint_path_is_checked() {
+        let base = "issuer: https://sts.test\nsigning:\n  keys: [{ kid: a, ephemeral: true }]\n\
+                    trusted_issuers:\n  - { issuer: https://idp.test, jwks_url: https://idp.test/jwks }\n\
+                    rules:\n  - { name: r, match: {}, grant: { scopes: [x] } }\n";
+        let cfg = Config::from_yaml_validated(base).unwrap();
+        assert!(cfg.token_endpoint.enabled);
+        assert_eq!(cfg.token_endpoint.path, "/token");
+        for bad in ["token", "/metrics", "/.well-known/jwks.json", "/", "/token/"] {
+            let text = format!("{base}token_endpoint: {{ path: \"{bad}\" }}\n");
+            let issues = Config::from_yaml_str(&text).unwrap().validate().unwrap_err();
+            assert_eq!(issues.len(), 1, "{bad}: {issues:?}");
+            assert_eq!(issues[0].path, "token_endpoint.path", "{bad}");
+        }
+        let text = format!("{base}token_endpoint: {{ enabled: false, pth: /x }}\n");
+        assert!(Config::from_yaml_str(&text).unwrap_err().to_string().contains("token_endpoint"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The one exchange decision both front doors (ext_authz Check, and later the
+//! The one exchange decision both front doors (ext_authz Check, and the
 //! RFC 8693 token endpoint) call: validate the subject token, ask the rules,
 //! mint the new token. Callers map `ExchangeError` to their wire format.
 

@@ -1,11 +1,12 @@
 //! The HTTP listener: stsgate's public JWKS, its OAuth/OIDC metadata, health
-//! and readiness probes, Prometheus metrics, and (in `dev`) the development IdP.
+//! and readiness probes, Prometheus metrics, the RFC 8693 token endpoint
+//! (`token_endpoint.rs`), and (in `dev`) the development IdP.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -14,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::dev_idp::DevIdp;
 use crate::exchange::Engine;
+use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 
 #[derive(Clone)]
@@ -22,6 +24,8 @@ pub struct AppState {
     pub engine: Arc<ArcSwap<Engine>>,
     pub readiness: Arc<Readiness>,
     pub registry: Arc<Registry>,
+    /// Decision counters and durations, shared with the ext_authz front door.
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: AppState, dev_idp: Option<(String, Arc<DevIdp>)>) -> Router {
@@ -32,8 +36,9 @@ pub fn router(state: AppState, dev_idp: Option<(String, Arc<DevIdp>)>) -> Router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        // The issuer (and so its path) can change on reload: the documents
-        // under it are matched per request rather than routed at start.
+        // The issuer (and so its path) and the token endpoint can change on
+        // reload: the documents under it and the token endpoint are matched
+        // per request rather than routed at start.
         .fallback(issuer_documents)
         .with_state(state);
     if let Some((path, idp)) = dev_idp {
@@ -49,10 +54,18 @@ fn issuer_path(issuer: &str) -> String {
 /// When the issuer has a path (https://host/sts), the documents also live
 /// where clients derive them from it: `{path}/.well-known/jwks.json`,
 /// `{path}/.well-known/openid-configuration` and (RFC 8414 §3)
-/// `/.well-known/oauth-authorization-server{path}`.
-async fn issuer_documents(State(s): State<AppState>, method: Method, uri: Uri) -> Response {
-    let issuer_path = issuer_path(&s.engine.load().cfg.issuer);
-    let path = uri.path();
+/// `/.well-known/oauth-authorization-server{path}`. The token endpoint is
+/// served at its configured path, and also under the issuer's path (where
+/// the metadata's `token_endpoint` points).
+async fn issuer_documents(State(s): State<AppState>, req: Request) -> Response {
+    let engine = s.engine.load_full();
+    let issuer_path = issuer_path(&engine.cfg.issuer);
+    let method = req.method().clone();
+    let path = req.uri().path();
+    let te = &engine.cfg.token_endpoint;
+    if te.enabled && (path == te.path || path.strip_prefix(issuer_path.as_str()) == Some(te.path.as_str())) {
+        return crate::token_endpoint::handle(&engine, &s.metrics, req).await;
+    }
     let doc = match path.strip_prefix(issuer_path.as_str()) {
         _ if issuer_path.is_empty() => None,
         Some("/.well-known/jwks.json") => Some(Doc::Jwks),
@@ -94,7 +107,7 @@ async fn metadata(State(s): State<AppState>) -> Json<Value> {
     };
     // RFC 8414 metadata. stsgate issues access tokens only (no ID tokens, no
     // interactive flows), so the OIDC-only fields describe that honestly.
-    Json(json!({
+    let mut doc = json!({
         "issuer": engine.cfg.issuer,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "grant_types_supported": [],
@@ -102,7 +115,16 @@ async fn metadata(State(s): State<AppState>) -> Json<Value> {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": algs,
         "token_signing_alg_values_supported": algs,
-    }))
+    });
+    let te = &engine.cfg.token_endpoint;
+    if te.enabled {
+        // Built like jwks_uri: the issuer URL plus the path.
+        doc["token_endpoint"] = json!(format!("{issuer}{}", te.path));
+        doc["grant_types_supported"] = json!([crate::token_endpoint::GRANT_TYPE_TOKEN_EXCHANGE]);
+        // No client authentication: the presented tokens are the credentials.
+        doc["token_endpoint_auth_methods_supported"] = json!(["none"]);
+    }
+    Json(doc)
 }
 
 async fn healthz() -> &'static str {

@@ -24,6 +24,7 @@ pub mod readiness;
 pub mod reload;
 pub mod rules;
 pub mod server;
+pub mod token_endpoint;
 pub mod validate;
 
 /// Generated from stsgate's own ext_authz v3 protos (see `proto/`).

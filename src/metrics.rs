@@ -23,7 +23,7 @@ struct DecisionLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FrontDoor {
-    /// ext_authz | token_endpoint
+    /// ext_authz | token
     api: &'static str,
 }
 

@@ -116,7 +116,7 @@ impl Server {
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
-        let authz = AuthorizationServer::new(AuthzService::live(engine.clone(), metrics));
+        let authz = AuthorizationServer::new(AuthzService::live(engine.clone(), metrics.clone()));
         let grpc = tonic::transport::Server::builder()
             // Envoy multiplexes every Check over one HTTP/2 connection and resets
             // the pending ones when its downstreams go away; h2's default limit
@@ -141,7 +141,7 @@ impl Server {
         ));
 
         // --- HTTP ---
-        let state = AppState { engine: engine.clone(), readiness: readiness.clone(), registry: Arc::new(registry) };
+        let state = AppState { engine: engine.clone(), readiness: readiness.clone(), registry: Arc::new(registry), metrics };
         let app = router(state, dev_idp);
         let http_rx = shutdown_rx.clone();
         tasks.push(tokio::spawn(

@@ -1,0 +1,282 @@
+//! The RFC 8693 token endpoint of a real stsgate (`POST /token` on the HTTP
+//! listener), called with reqwest as a service outside the mesh would.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
+const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// Any rule delegates to `orders` (scopes `orders.*`).
+const ANY_ACTOR_DELEGATES: &str = r#"
+- name: delegate-orders
+  match: { audiences: [orders] }
+  grant: { outcome: delegation, scopes: ["orders.*"] }
+"#;
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// The usual exchange parameters for `token` towards `audience`, plus `extra`.
+fn exchange<'a>(token: &'a str, audience: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut v = vec![("grant_type", GRANT), ("subject_token", token), ("subject_token_type", AT), ("audience", audience)];
+    v.extend_from_slice(extra);
+    v
+}
+
+async fn post_raw(h: &Harness, path: &str, content_type: &str, body: String) -> reqwest::Response {
+    h.http
+        .post(h.url(path))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+/// POSTs the form and returns status, the no-store check, and the JSON body.
+async fn post(h: &Harness, pairs: &[(&str, &str)]) -> (u16, Value) {
+    let resp = post_raw(h, "/token", "application/x-www-form-urlencoded", form(pairs)).await;
+    let status = resp.status().as_u16();
+    assert_eq!(resp.headers()["cache-control"], "no-store", "every answer is no-store ({status})");
+    assert_eq!(resp.headers()["pragma"], "no-cache", "{status}");
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    (status, resp.json().await.expect("JSON body"))
+}
+
+/// Asserts an RFC 6749 §5.2 error with `code` whose description contains `needle`.
+fn assert_error(got: &(u16, Value), status: u16, code: &str, needle: &str) {
+    let (s, body) = got;
+    assert_eq!((*s, body["error"].as_str().unwrap_or("")), (status, code), "{body}");
+    let desc = body["error_description"].as_str().unwrap_or("");
+    assert!(desc.contains(needle), "description {desc:?} should mention {needle:?}");
+    assert!(body.get("access_token").is_none(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_a_subject_token_for_an_audience() {
+    let idp = MockIdp::start().await;
+    let h = Harness::start(&idp).await;
+    let subject = idp.token(&idp.claims("alice", "orders.read profile"));
+
+    let (status, body) = post(&h, &exchange(&subject, "orders", &[])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["issued_token_type"], AT);
+    assert_eq!(body["token_type"], "Bearer");
+    // The `orders` rule grants orders.* only: the answer says what was granted.
+    assert_eq!(body["scope"], "orders.read");
+    let token = body["access_token"].as_str().expect("access_token");
+    let (header, claims) = h.verify_minted(token, "orders").await;
+    assert_eq!(header.kid.as_deref(), Some(STS_KID));
+    assert_eq!(claims["aud"], "orders");
+    assert_eq!(claims["sub"], "alice");
+    assert!(claims.get("act").is_none(), "no actor token, no act: {claims}");
+    assert_eq!(claims["client_id"], "stsgate-ext-authz", "the default client id is ext_authz.client_id");
+    let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    let expires_in = body["expires_in"].as_i64().expect("expires_in is a number");
+    assert!((expires_in - lifetime).abs() <= 1, "expires_in {expires_in} vs exp-iat {lifetime}");
+    assert!(lifetime <= 120, "the rule caps the lifetime at 2m: {lifetime}");
+    let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 5, "only the RFC 8693 §2.2.1 members: {keys:?}");
+
+    // A requested JWT type is named back; `resource` works like `audience`.
+    let pairs = [
+        ("grant_type", GRANT),
+        ("subject_token", subject.as_str()),
+        ("subject_token_type", JWT),
+        ("resource", "api://billing"),
+        ("requested_token_type", JWT),
+        ("scope", "profile"),
+        ("client_id", "ignored-unknown-parameter"),
+    ];
+    let (status, body) = post(&h, &pairs).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["issued_token_type"], JWT);
+    assert_eq!(body["scope"], "profile");
+    let (_, claims) = h.verify_minted(body["access_token"].as_str().unwrap(), "api://billing").await;
+    assert_eq!(claims["scope"], "profile");
+
+    // Counted like ext_authz decisions, with their own duration series.
+    assert_eq!(h.metric("stsgate_request_duration_seconds_count", &["api=\"token\""]).await, Some(2.0));
+    assert_eq!(h.metric("stsgate_decisions_total", &["outcome=\"ok\""]).await, Some(2.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_token_makes_a_delegated_token() {
+    let idp = MockIdp::start().await;
+    let h = Harness::builder(&idp).rules(ANY_ACTOR_DELEGATES).start().await;
+    let subject = idp.token(&idp.claims("alice", "orders.read"));
+    let actor = idp.token(&idp.claims("svc-web", ""));
+
+    let (status, body) =
+        post(&h, &exchange(&subject, "orders", &[("actor_token", &actor), ("actor_token_type", AT)])).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, claims) = h.verify_minted(body["access_token"].as_str().unwrap(), "orders").await;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["act"], json!({"sub": "svc-web", "iss": idp.issuer}), "{claims}");
+
+    // Without an actor token the delegation rule does not match.
+    assert_error(&post(&h, &exchange(&subject, "orders", &[])).await, 400, "invalid_target", "no rule allows");
+    // Half an actor.
+    assert_error(&post(&h, &exchange(&subject, "orders", &[("actor_token", &actor)])).await, 400, "invalid_request", "actor_token_type");
+    // An actor token that does not verify: invalid_grant naming the actor token.
+    let forged = forge_none(&idp.claims("svc-web", ""));
+    let got = post(&h, &exchange(&subject, "orders", &[("actor_token", &forged), ("actor_token_type", AT)])).await;
+    assert_error(&got, 400, "invalid_grant", "actor token: unsigned tokens");
+    // A subject token whose may_act names someone else: a policy refusal, 403.
+    let mut claims = idp.claims("bob", "orders.read");
+    claims["may_act"] = json!({"sub": "svc-other"});
+    let bob = idp.token(&claims);
+    let got = post(&h, &exchange(&bob, "orders", &[("actor_token", &actor), ("actor_token_type", AT)])).await;
+    assert_error(&got, 403, "access_denied", "may_act");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_invalid_request() {
+    let idp = MockIdp::start().await;
+    let h = Harness::start(&idp).await;
+    let subject = idp.token(&idp.claims("alice", "orders.read"));
+
+    let wrong_grant = [("grant_type", "client_credentials"), ("subject_token", subject.as_str()), ("subject_token_type", AT)];
+    assert_error(&post(&h, &wrong_grant).await, 400, "unsupported_grant_type", "client_credentials");
+    let missing = [("grant_type", GRANT), ("subject_token_type", AT), ("audience", "orders")];
+    assert_error(&post(&h, &missing).await, 400, "invalid_request", "subject_token is required");
+    let no_type = [("grant_type", GRANT), ("subject_token", subject.as_str()), ("audience", "orders")];
+    assert_error(&post(&h, &no_type).await, 400, "invalid_request", "subject_token_type");
+    let saml = exchange(&subject, "orders", &[("subject_token_type", "urn:ietf:params:oauth:token-type:saml2")]);
+    // Given twice (once by `exchange`): a repeat is refused before the type is looked at.
+    assert_error(&post(&h, &saml).await, 400, "invalid_request", "subject_token_type is given more than once");
+    let mut saml = exchange(&subject, "orders", &[]);
+    saml[2] = ("subject_token_type", "urn:ietf:params:oauth:token-type:saml2");
+    assert_error(&post(&h, &saml).await, 400, "invalid_request", "token-type:saml2");
+    let twice = exchange(&subject, "orders", &[("scope", "orders.read"), ("scope", "orders.write")]);
+    assert_error(&post(&h, &twice).await, 400, "invalid_request", "scope is given more than once");
+    let two_targets = exchange(&subject, "orders", &[("audience", "api://x")]);
+    assert_error(&post(&h, &two_targets).await, 400, "invalid_target", "one audience or resource per request");
+    let aud_and_resource = exchange(&subject, "orders", &[("resource", "api://x")]);
+    assert_error(&post(&h, &aud_and_resource).await, 400, "invalid_target", "one audience or resource per request");
+    let mut none = exchange(&subject, "orders", &[]);
+    none.pop();
+    assert_error(&post(&h, &none).await, 400, "invalid_target", "no audience");
+    let wrong_out = exchange(&subject, "orders", &[("requested_token_type", "urn:ietf:params:oauth:token-type:id_token")]);
+    assert_error(&post(&h, &wrong_out).await, 400, "invalid_request", "requested_token_type");
+
+    // Not a form.
+    let json_body = json!({"grant_type": GRANT, "subject_token": subject, "subject_token_type": AT}).to_string();
+    let resp = post_raw(&h, "/token", "application/json", json_body).await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    // Too large.
+    let huge = form(&exchange(&subject, "orders", &[("pad", &"x".repeat(70 * 1024))]));
+    let resp = post_raw(&h, "/token", "application/x-www-form-urlencoded", huge).await;
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "invalid_request");
+    // Not a POST.
+    let resp = h.get("/token").await;
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+
+    assert!(
+        h.metric("stsgate_decisions_total", &["outcome=\"bad_request\"", "reason=\"content_type\""]).await == Some(1.0),
+        "bad requests are counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_invalid_grant_and_refusals_follow_the_rules() {
+    let idp = MockIdp::start().await;
+    let h = Harness::builder(&idp).ext_authz("default_audience: api://fallback").start().await;
+
+    let mut expired = idp.claims("alice", "orders.read");
+    let t = now();
+    expired["iat"] = json!(t - 1200);
+    expired["nbf"] = json!(t - 1200);
+    expired["exp"] = json!(t - 600);
+    let got = post(&h, &exchange(&idp.token(&expired), "orders", &[])).await;
+    assert_error(&got, 400, "invalid_grant", "subject token: token has expired");
+
+    let forged = forge_none(&idp.claims("alice", "orders.read"));
+    assert_error(&post(&h, &exchange(&forged, "orders", &[])).await, 400, "invalid_grant", "alg none");
+
+    let stranger = MockIdp::start().await;
+    let foreign = stranger.token(&stranger.claims("alice", "orders.read"));
+    assert_error(&post(&h, &exchange(&foreign, "orders", &[])).await, 400, "invalid_grant", "issuer is not trusted");
+
+    // No rule for the audience: Denied::NoRule is invalid_target (400).
+    let subject = idp.token(&idp.claims("alice", "orders.read profile"));
+    assert_error(&post(&h, &exchange(&subject, "payments", &[])).await, 400, "invalid_target", "no rule allows");
+
+    // `orders` grants orders.* and has no allow_empty_scope: asking only for a
+    // scope outside it leaves nothing, which is invalid_scope.
+    let got = post(&h, &exchange(&subject, "orders", &[("scope", "profile")])).await;
+    assert_error(&got, 400, "invalid_scope", "grants none of the requested scopes");
+
+    // No audience at all: ext_authz.default_audience.
+    let mut pairs = exchange(&subject, "unused", &[]);
+    pairs.pop();
+    let (status, body) = post(&h, &pairs).await;
+    assert_eq!(status, 200, "{body}");
+    h.verify_minted(body["access_token"].as_str().unwrap(), "api://fallback").await;
+
+    assert_eq!(h.metric("stsgate_decisions_total", &["outcome=\"denied\"", "reason=\"no_scope\""]).await, Some(1.0));
+    assert_eq!(h.metric("stsgate_decisions_total", &["outcome=\"unauthenticated\"", "reason=\"expired\""]).await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_issuer_keys_are_503_with_retry_after() {
+    let idp = MockIdp::start_in(Mode::Unavailable).await;
+    let h = Harness::builder(&idp).no_wait().start().await;
+    let subject = idp.token(&idp.claims("alice", "orders.read"));
+    let resp = post_raw(&h, "/token", "application/x-www-form-urlencoded", form(&exchange(&subject, "orders", &[]))).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_advertises_the_endpoint_only_when_enabled() {
+    let idp = MockIdp::start().await;
+    let h = Harness::start(&idp).await;
+    for path in ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"] {
+        let meta = h.get_json(path).await;
+        assert_eq!(meta["token_endpoint"], format!("{STS_ISSUER}/token"), "{path}: {meta}");
+        assert_eq!(meta["grant_types_supported"], json!([GRANT]), "{path}");
+    }
+
+    let off = Harness::builder(&idp).edit(|y| format!("{y}token_endpoint: {{ enabled: false }}\n")).start().await;
+    let subject = idp.token(&idp.claims("alice", "orders.read"));
+    let resp = post_raw(&off, "/token", "application/x-www-form-urlencoded", form(&exchange(&subject, "orders", &[]))).await;
+    assert_eq!(resp.status(), 404);
+    for path in ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"] {
+        let meta = off.get_json(path).await;
+        assert!(meta.get("token_endpoint").is_none(), "{path}: {meta}");
+        assert_eq!(meta["grant_types_supported"], json!([]), "{path}");
+    }
+
+    // A custom path, under an issuer with a path: served where the metadata points.
+    let tenant = Harness::builder(&idp)
+        .edit(|y| {
+            let y = y.replace(&format!("issuer: {STS_ISSUER}\n"), "issuer: https://sts.test/tenant-a\n");
+            format!("{y}token_endpoint: {{ path: /oauth2/token }}\n")
+        })
+        .start()
+        .await;
+    let meta = tenant.get_json("/.well-known/oauth-authorization-server/tenant-a").await;
+    assert_eq!(meta["token_endpoint"], "https://sts.test/tenant-a/oauth2/token");
+    for path in ["/tenant-a/oauth2/token", "/oauth2/token"] {
+        let resp = post_raw(&tenant, path, "application/x-www-form-urlencoded", form(&exchange(&subject, "orders", &[]))).await;
+        assert_eq!(resp.status(), 200, "{path}");
+    }
+    assert_eq!(post_raw(&tenant, "/token", "application/x-www-form-urlencoded", String::new()).await.status(), 404);
+}
