@@ -5,7 +5,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -170,20 +170,6 @@ fn dev_print_config_prints_the_embedded_yaml() {
 // ---------------------------------------------------------------------------
 // dev + dev-token, end to end
 // ---------------------------------------------------------------------------
-
-/// Kills (and reaps) the child process when dropped.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A running `stsgate dev` on free ports.
 struct Dev {

@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -450,20 +450,6 @@ async fn checks_during_reloads_are_answered_by_one_engine_or_the_other() {
 // ---------------------------------------------------------------------------
 
 const BIN: &str = env!("CARGO_BIN_EXE_stsgate");
-
-/// Kills (and reaps) the child process when dropped.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A running `stsgate serve --config <file>`.
 struct Serve {

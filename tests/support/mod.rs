@@ -594,6 +594,21 @@ impl Drop for TempDir {
     }
 }
 
+/// Kills (and reaps) a spawned process (the real `stsgate` binary) when dropped.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago, for a spawned binary's listeners.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 // ---------------------------------------------------------------------------
 // stsgate harness
 // ---------------------------------------------------------------------------
