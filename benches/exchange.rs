@@ -34,7 +34,7 @@ use stsgate::exchange::{Engine, ExchangeRequest};
 use stsgate::ext_authz::AuthzService;
 use stsgate::issuer::{Issuers, http_client};
 use stsgate::metrics::Metrics;
-use stsgate::mint::{AccessClaims, KeyRing, Signer, new_jti};
+use stsgate::mint::{AccessClaims, KeyRing, Signer, SubId, new_jti};
 use stsgate::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
 use stsgate::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use stsgate::rules::{self, RuleInput};
@@ -221,6 +221,7 @@ fn benches(c: &mut Criterion) {
     let claims = AccessClaims {
         iss: "https://sts.bench.example".into(),
         sub: "user-000001".into(),
+        sub_id: SubId::IssSub { iss: IDP.into(), sub: "user-000001".into() },
         aud: AUDIENCE.into(),
         exp: now + 300,
         iat: now,

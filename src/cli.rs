@@ -212,6 +212,12 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     for (i, iss) in cfg.trusted_issuers.iter().enumerate() {
         if let KeySource::JwksFile(path) = iss.key_source() {
             match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| crate::jwks::parse(&b).map_err(|e| e.to_string())) {
+                // Served, it would refuse every token of the issuer: a mistake in a file we can see.
+                Ok(set) if set.is_empty() => problems.push(format!(
+                    "trusted_issuers[{i}].jwks_file: {}: no usable signature keys ({})",
+                    path.display(),
+                    set.skipped.join("; ")
+                )),
                 Ok(set) => {
                     for why in &set.skipped {
                         println!("note: trusted_issuers[{i}].jwks_file: {why}");
@@ -253,7 +259,22 @@ fn warnings(cfg: &Config) -> Vec<String> {
     if cfg.dev_idp.is_some() {
         out.push("dev_idp is enabled: anyone reaching the HTTP listener can mint trusted subject tokens".into());
     }
+    if cfg.trusted_issuers.len() > 1 {
+        for (i, rule) in cfg.rules.iter().enumerate().filter(|(_, r)| r.when.issuers.is_empty()) {
+            out.push(format!(
+                "rules[{i}] {:?} has no match.issuers, so it applies to the subjects of all {} trusted issuers: the same sub from two IdPs is told apart only by the minted sub_id",
+                rule.name,
+                cfg.trusted_issuers.len()
+            ));
+        }
+    }
     for (i, iss) in cfg.trusted_issuers.iter().enumerate() {
+        if iss.audiences.is_empty() {
+            out.push(format!(
+                "trusted_issuers[{i}] ({}) has no `audiences`: its tokens meant for any relying party, ID tokens included, can be exchanged",
+                iss.issuer
+            ));
+        }
         let url = match iss.key_source() {
             KeySource::Discovery(u) | KeySource::JwksUrl(u) => u,
             KeySource::JwksFile(_) => continue,
@@ -273,4 +294,31 @@ fn config_failure(e: &ConfigError) -> ExitCode {
 fn failure(e: &anyhow::Error) -> ExitCode {
     eprintln!("stsgate: {e:#}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_without_issuers_over_several_idps_is_a_warning() {
+        let yaml = |issuers: &str| {
+            format!(
+                "issuer: https://sts.test\nsigning:\n  keys: [{{ kid: a, ephemeral: true }}]\n\
+                 trusted_issuers:\n{issuers}\
+                 rules:\n  - {{ name: any-idp, grant: {{ scopes: [x] }} }}\n  - {{ name: pinned, match: {{ issuers: [https://a.test] }}, grant: {{ scopes: [x] }} }}\n"
+            )
+        };
+        let a = "  - { issuer: https://a.test, jwks_url: https://a.test/jwks, audiences: [sts] }\n";
+        let b = "  - { issuer: https://b.test, jwks_url: https://b.test/jwks, audiences: [sts] }\n";
+        let about_issuers = |cfg: &Config| -> Vec<String> {
+            warnings(cfg).into_iter().filter(|w| w.contains("match.issuers")).collect()
+        };
+        let two = Config::from_yaml_validated(&yaml(&format!("{a}{b}"))).unwrap();
+        let got = about_issuers(&two);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("rules[0] \"any-idp\"") && got[0].contains("all 2 trusted issuers"), "{got:?}");
+        let one = Config::from_yaml_validated(&yaml(a)).unwrap();
+        assert!(about_issuers(&one).is_empty());
+    }
 }

@@ -226,11 +226,68 @@ pub struct Listen {
     /// How long in-flight requests may finish after SIGTERM/SIGINT.
     #[serde(default = "default_grace")]
     pub shutdown_grace: Dur,
+    /// Most connections the gRPC listener holds at once; further ones are
+    /// accepted and closed at once (each listener has its own cap, so a flood
+    /// of one cannot take the file descriptors the other needs).
+    #[serde(default = "default_grpc_max_connections")]
+    pub grpc_max_connections: usize,
+    /// Most connections the HTTP listener holds at once.
+    #[serde(default = "default_http_max_connections")]
+    pub http_max_connections: usize,
+    /// A new connection must send the HTTP/2 preface (gRPC) or a complete
+    /// first request head (HTTP) within this.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Dur,
+    /// HTTP listener, HTTP/1: a later request head must be complete this long
+    /// after its first byte.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// HTTP listener: a request must be answered (body read included) within this.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+    /// HTTP listener: a connection with no request in flight is closed after this.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+    /// Both listeners, HTTP/2: ping a connection that sent nothing for this long...
+    #[serde(default = "default_keepalive_interval")]
+    pub http2_keepalive_interval: Dur,
+    /// ...and close it when the ping is not answered within this.
+    #[serde(default = "default_keepalive_timeout")]
+    pub http2_keepalive_timeout: Dur,
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { grpc: default_grpc_addr(), http: default_http_addr(), shutdown_grace: default_grace() }
+        Listen {
+            grpc: default_grpc_addr(),
+            http: default_http_addr(),
+            shutdown_grace: default_grace(),
+            grpc_max_connections: default_grpc_max_connections(),
+            http_max_connections: default_http_max_connections(),
+            handshake_timeout: default_handshake_timeout(),
+            header_read_timeout: default_header_read_timeout(),
+            request_timeout: default_request_timeout(),
+            idle_timeout: default_idle_timeout(),
+            http2_keepalive_interval: default_keepalive_interval(),
+            http2_keepalive_timeout: default_keepalive_timeout(),
+        }
+    }
+}
+
+impl Listen {
+    /// The connection limits, as `(key, value)`: bound at start-up, so a
+    /// reload may not change them.
+    pub fn limit_settings(&self) -> [(&'static str, String); 8] {
+        [
+            ("listen.grpc_max_connections", self.grpc_max_connections.to_string()),
+            ("listen.http_max_connections", self.http_max_connections.to_string()),
+            ("listen.handshake_timeout", self.handshake_timeout.to_string()),
+            ("listen.header_read_timeout", self.header_read_timeout.to_string()),
+            ("listen.request_timeout", self.request_timeout.to_string()),
+            ("listen.idle_timeout", self.idle_timeout.to_string()),
+            ("listen.http2_keepalive_interval", self.http2_keepalive_interval.to_string()),
+            ("listen.http2_keepalive_timeout", self.http2_keepalive_timeout.to_string()),
+        ]
     }
 }
 
@@ -241,6 +298,34 @@ fn default_http_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
 fn default_grace() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+// Envoys (one or two connections per worker) are the gRPC clients: room for a
+// few thousand sidecars per replica. Both caps together stay far below the
+// usual 65536 or more descriptors of a container; start-up lowers them to
+// fit a smaller RLIMIT_NOFILE (see `listener::fit_to_fd_limit`).
+fn default_grpc_max_connections() -> usize {
+    4096
+}
+fn default_http_max_connections() -> usize {
+    1024
+}
+fn default_handshake_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_header_read_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_request_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_keepalive_interval() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_keepalive_timeout() -> Dur {
     Dur(Duration::from_secs(10))
 }
 
@@ -622,7 +707,8 @@ pub struct RuleMatch {
     #[serde(default)]
     pub subject: std::collections::BTreeMap<String, Vec<Glob>>,
     /// Who may act. Omitted = whatever the outcome implies (exchange: no
-    /// actor; delegation: any actor; impersonation: any actor or none).
+    /// actor; delegation: any actor; impersonation: any actor or none), an
+    /// actor token always only from the subject token's issuer.
     #[serde(default)]
     pub actor: Option<ActorMatch>,
 }
@@ -640,9 +726,17 @@ pub struct ActorMatch {
     /// `client_id` (or `azp`) of a validated actor token (globs).
     #[serde(default)]
     pub client_id: Vec<Glob>,
-    /// Match requests that have no actor at all.
+    /// Match requests that have no actor at all. Never on a rule that
+    /// impersonates other subjects (`impersonate_subjects`).
     #[serde(default)]
     pub none: bool,
+    /// Issuers (exact `iss`) an actor token may come from; empty = only the
+    /// subject token's own issuer. A `sub` or `client_id` is a name in its
+    /// issuer's namespace, so an actor token from any other issuer matches
+    /// nothing, and never contributes its `iss` or `client_id`. Peers (mTLS)
+    /// have no issuer and are matched by `spiffe` alone.
+    #[serde(default)]
+    pub issuers: Vec<String>,
 }
 
 impl ActorMatch {
@@ -761,9 +855,16 @@ pub struct DownstreamToken {
     pub scopes: Vec<Glob>,
 }
 
-/// Claims stsgate sets itself; rules may not copy or add them.
-pub const RESERVED_CLAIMS: &[&str] =
-    &["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "act", "act_as", "may_act", "cnf"];
+/// Claims stsgate sets itself, or that would contradict what it sets; rules
+/// may not copy or add them (nor any rule's `audit_claim`). RFC 9068 §2.2 core
+/// claims, `scp` and `azp` (a second scope or client beside the narrowed
+/// `scope` and the real `client_id`), RFC 8693 `act`/`may_act`, RFC 7800 `cnf`,
+/// RFC 9493 `sub_id`, `typ`, and stsgate's `act_as`. `auth_time`, `acr`, `amr`,
+/// `groups`, `roles` and `entitlements` describe the subject and may be copied.
+pub const RESERVED_CLAIMS: &[&str] = &[
+    "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "scp", "azp", "act", "act_as", "may_act",
+    "cnf", "sub_id", "typ",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -904,6 +1005,28 @@ impl Config {
             bad("issuer".into(), why);
         }
 
+        // --- listeners ---
+        let l = &self.listen;
+        let caps = [("grpc_max_connections", l.grpc_max_connections), ("http_max_connections", l.http_max_connections)];
+        for (key, max) in caps {
+            if !(1..=1_000_000).contains(&max) {
+                bad(format!("listen.{key}"), "must be between 1 and 1000000".into());
+            }
+        }
+        let secs = Duration::from_secs;
+        for (key, d, max) in [
+            ("handshake_timeout", l.handshake_timeout, secs(300)),
+            ("header_read_timeout", l.header_read_timeout, secs(300)),
+            ("request_timeout", l.request_timeout, secs(600)),
+            ("idle_timeout", l.idle_timeout, secs(3600)),
+            ("http2_keepalive_interval", l.http2_keepalive_interval, secs(3600)),
+            ("http2_keepalive_timeout", l.http2_keepalive_timeout, secs(300)),
+        ] {
+            if d.0 < secs(1) || d.0 > max {
+                bad(format!("listen.{key}"), format!("must be between 1s and {}", Dur(max)));
+            }
+        }
+
         // --- signing keys ---
         if self.signing.keys.is_empty() {
             bad("signing.keys".into(), "at least one signing key is required".into());
@@ -996,8 +1119,13 @@ impl Config {
             if iss.leeway.0 > Duration::from_secs(300) {
                 bad(format!("{at}.leeway"), "must be at most 5m".into());
             }
-            if iss.refresh_interval.0 < Duration::from_secs(10) {
-                bad(format!("{at}.refresh_interval"), "must be at least 10s".into());
+            // At most a day: a key the IdP withdraws stays trusted until the next refresh.
+            if iss.refresh_interval.0 < Duration::from_secs(10) || iss.refresh_interval.0 > Duration::from_secs(86400) {
+                bad(format!("{at}.refresh_interval"), "must be between 10s and 24h".into());
+            }
+            // Below 1s, tokens with made-up kids would make stsgate hammer the IdP.
+            if iss.unknown_kid_refetch_interval.0 < Duration::from_secs(1) {
+                bad(format!("{at}.unknown_kid_refetch_interval"), "must be at least 1s".into());
             }
             if iss.fetch_timeout.0 < Duration::from_millis(100) || iss.fetch_timeout.0 > Duration::from_secs(60) {
                 bad(format!("{at}.fetch_timeout"), "must be between 100ms and 60s".into());
@@ -1057,6 +1185,9 @@ impl Config {
         let trusted: std::collections::HashSet<&str> =
             self.trusted_issuers.iter().map(|i| i.issuer.as_str()).collect();
         let mut names = std::collections::HashSet::new();
+        // A rule's audit claim names the real actor: no rule may copy or add it.
+        let audit_claims: std::collections::HashSet<&str> =
+            self.rules.iter().filter_map(|r| r.grant.audit_claim.as_deref()).collect();
         for (i, rule) in self.rules.iter().enumerate() {
             let at = format!("rules[{i}]");
             if rule.name.trim().is_empty() {
@@ -1086,6 +1217,18 @@ impl Config {
             let g = &rule.grant;
             let names_actor = rule.when.actor.as_ref().is_some_and(|a| a.names_someone());
             let only_none = rule.when.actor.as_ref().is_some_and(|a| a.none && !a.names_someone());
+            let actor_issuers = rule.when.actor.as_ref().map(|a| a.issuers.as_slice()).unwrap_or_default();
+            for (j, iss) in actor_issuers.iter().enumerate() {
+                if !trusted.contains(iss.as_str()) {
+                    bad(
+                        format!("{at}.match.actor.issuers[{j}]"),
+                        format!("{iss:?} is not one of trusted_issuers, so no actor token can come from it"),
+                    );
+                }
+            }
+            if g.outcome == Outcome::Exchange && !actor_issuers.is_empty() {
+                bad(format!("{at}.match.actor.issuers"), "an exchange involves no actor".into());
+            }
             match g.outcome {
                 Outcome::Exchange if names_actor => bad(
                     format!("{at}.match.actor"),
@@ -1106,6 +1249,12 @@ impl Config {
                         "impersonating other subjects requires naming the actor (spiffe, sub or client_id)".into(),
                     );
                 }
+                if rule.when.actor.as_ref().is_some_and(|a| a.none) {
+                    bad(
+                        format!("{at}.match.actor.none"),
+                        "impersonating other subjects needs a proven actor; `none: true` would let a request with no actor become them".into(),
+                    );
+                }
                 if self.ext_authz.requested_subject_header.is_empty() {
                     bad(
                         format!("{at}.grant.impersonate_subjects"),
@@ -1121,13 +1270,14 @@ impl Config {
                     bad(format!("{at}.grant.audit_claim"), format!("{claim:?} is a claim stsgate sets itself"));
                 }
             }
+            let reserved = |claim: &str| RESERVED_CLAIMS.contains(&claim) || audit_claims.contains(claim);
             for (j, claim) in g.copy_claims.iter().enumerate() {
-                if RESERVED_CLAIMS.contains(&claim.as_str()) {
+                if reserved(claim) {
                     bad(format!("{at}.grant.copy_claims[{j}]"), format!("{claim:?} is a claim stsgate sets itself"));
                 }
             }
             for claim in g.add_claims.keys() {
-                if RESERVED_CLAIMS.contains(&claim.as_str()) {
+                if reserved(claim) {
                     bad(format!("{at}.grant.add_claims.{claim}"), format!("{claim:?} is a claim stsgate sets itself"));
                 }
             }
@@ -1319,10 +1469,131 @@ rules:
     }
 
     #[test]
+    fn key_refresh_intervals_are_bounded() {
+        let with = |line: &str| {
+            let text = MINIMAL.replace(
+                "    jwks_url: https://idp.example.com/jwks",
+                &format!("    jwks_url: https://idp.example.com/jwks\n    {line}"),
+            );
+            Config::from_yaml_str(&text).unwrap().validate()
+        };
+        for ok in ["unknown_kid_refetch_interval: 1s", "refresh_interval: 10s", "refresh_interval: 24h", "fetch_timeout: 60s"] {
+            assert!(with(ok).is_ok(), "{ok}");
+        }
+        for (line, path) in [
+            ("unknown_kid_refetch_interval: 0s", "trusted_issuers[0].unknown_kid_refetch_interval"),
+            ("unknown_kid_refetch_interval: 999ms", "trusted_issuers[0].unknown_kid_refetch_interval"),
+            ("refresh_interval: 9s", "trusted_issuers[0].refresh_interval"),
+            ("refresh_interval: 25h", "trusted_issuers[0].refresh_interval"),
+            ("fetch_timeout: 10ms", "trusted_issuers[0].fetch_timeout"),
+            ("fetch_timeout: 2m", "trusted_issuers[0].fetch_timeout"),
+        ] {
+            let issues = with(line).unwrap_err();
+            assert_eq!(issues.len(), 1, "{line}: {issues:?}");
+            assert_eq!(issues[0].path, path, "{line}");
+        }
+    }
+
+    #[test]
+    fn listener_limits_have_defaults_and_are_checked() {
+        let cfg = Config::from_yaml_validated(MINIMAL).unwrap();
+        assert_eq!(cfg.listen.grpc_max_connections, 4096);
+        assert_eq!(cfg.listen.http_max_connections, 1024);
+        assert_eq!(cfg.listen.handshake_timeout.0, Duration::from_secs(10));
+        assert_eq!(cfg.listen.header_read_timeout.0, Duration::from_secs(10));
+        assert_eq!(cfg.listen.request_timeout.0, Duration::from_secs(30));
+        assert_eq!(cfg.listen.idle_timeout.0, Duration::from_secs(60));
+        assert_eq!(cfg.listen.http2_keepalive_interval.0, Duration::from_secs(30));
+        assert_eq!(cfg.listen.http2_keepalive_timeout.0, Duration::from_secs(10));
+
+        let ok = "listen:\n  grpc_max_connections: 2\n  http_max_connections: 1000000\n  idle_timeout: 1h\n";
+        Config::from_yaml_validated(&format!("{ok}{MINIMAL}")).unwrap();
+
+        for (line, path) in [
+            ("grpc_max_connections: 0", "listen.grpc_max_connections"),
+            ("http_max_connections: 1000001", "listen.http_max_connections"),
+            ("handshake_timeout: 500ms", "listen.handshake_timeout"),
+            ("header_read_timeout: 6m", "listen.header_read_timeout"),
+            ("request_timeout: 11m", "listen.request_timeout"),
+            ("idle_timeout: 2h", "listen.idle_timeout"),
+            ("http2_keepalive_interval: 0s", "listen.http2_keepalive_interval"),
+            ("http2_keepalive_timeout: 10m", "listen.http2_keepalive_timeout"),
+        ] {
+            let text = format!("listen:\n  {line}\n{MINIMAL}");
+            let issues = Config::from_yaml_str(&text).unwrap().validate().unwrap_err();
+            assert_eq!(issues.len(), 1, "{line}: {issues:?}");
+            assert_eq!(issues[0].path, path, "{line}");
+            assert!(issues[0].message.starts_with("must be between"), "{line}: {}", issues[0].message);
+        }
+        // A negative count or a word is a parse error that names the key.
+        let err = Config::from_yaml_str(&format!("listen:\n  http_max_connections: -1\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().contains("listen.http_max_connections"), "{err}");
+        let err = Config::from_yaml_str(&format!("listen:\n  idle_timeout: forever\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().contains("listen.idle_timeout"), "{err}");
+    }
+
+    #[test]
     fn own_issuer_cannot_be_trusted() {
         let text = MINIMAL.replace("  - issuer: https://idp.example.com", "  - issuer: https://sts.example.com");
         let issues = Config::from_yaml_str(&text).unwrap().validate().unwrap_err();
         assert!(issues.iter().any(|i| i.message.contains("own issuer")), "{issues:?}");
+    }
+
+    /// Validation issues of MINIMAL with `rules` (a YAML sequence) instead of its rule.
+    fn rule_issues(rules: &str) -> Vec<ConfigIssue> {
+        let base = MINIMAL.split("rules:").next().unwrap();
+        let text = format!("{base}ext_authz: {{ requested_subject_header: x-requested-subject }}\nrules:\n{rules}");
+        Config::from_yaml_str(&text).unwrap().validate().err().unwrap_or_default()
+    }
+
+    #[test]
+    fn reserved_claims_cannot_be_copied_or_added() {
+        let issues = rule_issues(
+            r#"
+  - name: copies
+    grant:
+      scopes: ["*"]
+      copy_claims: [scp, azp, sub_id, typ, cnf, impersonated_by, auth_time, acr, amr, groups, roles, entitlements]
+      add_claims: { azp: web, scp: [admin], sub_id: x, typ: y, impersonated_by: z, acr: "1" }
+  - name: audited
+    grant: { outcome: impersonation, scopes: ["*"], audit_claim: impersonated_by }
+"#,
+        );
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        for (j, claim) in ["scp", "azp", "sub_id", "typ", "cnf", "impersonated_by"].iter().enumerate() {
+            assert!(paths.contains(&format!("rules[0].grant.copy_claims[{j}]").as_str()), "{claim}: {issues:#?}");
+        }
+        for claim in ["azp", "scp", "sub_id", "typ", "impersonated_by"] {
+            assert!(paths.contains(&format!("rules[0].grant.add_claims.{claim}").as_str()), "{claim}: {issues:#?}");
+        }
+        // Claims about the subject's authentication and entitlements stay copyable.
+        assert_eq!(paths.len(), 11, "only the reserved claims are refused: {issues:#?}");
+        assert!(issues.iter().all(|i| i.message.contains("stsgate sets itself")), "{issues:#?}");
+    }
+
+    #[test]
+    fn none_is_refused_on_rules_that_impersonate_other_subjects() {
+        let rule = |actor: &str, subjects: &str| {
+            format!(
+                "  - name: support\n    match: {{ actor: {actor} }}\n    grant: {{ outcome: impersonation, scopes: [\"*\"], impersonate_subjects: {subjects} }}\n"
+            )
+        };
+        let issues = rule_issues(&rule("{ sub: [support-console], none: true }", "[\"user-*\"]"));
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["rules[0].match.actor.none"], "{issues:#?}");
+        assert!(issues[0].message.contains("proven actor"), "{issues:#?}");
+        // Without `none`, or without other subjects to become, the rule is valid.
+        assert!(rule_issues(&rule("{ sub: [support-console] }", "[\"user-*\"]")).is_empty());
+        assert!(rule_issues(&rule("{ sub: [support-console], none: true }", "[]")).is_empty());
+    }
+
+    #[test]
+    fn actor_issuers_must_be_trusted_and_need_an_actor() {
+        let issues = rule_issues(
+            "  - name: d\n    match: { actor: { issuers: [https://idp.example.com, https://ci.example.com] } }\n    grant: { outcome: delegation, scopes: [\"*\"] }\n  - name: e\n    match: { actor: { issuers: [https://idp.example.com] } }\n    grant: { scopes: [\"*\"] }\n",
+        );
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["rules[0].match.actor.issuers[1]", "rules[1].match.actor.issuers"], "{issues:#?}");
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct Exchanged<'e> {
     engine: &'e Engine,
     /// Shared with the cache: a hit costs one reference count, not a copy.
     minted: Arc<Minted>,
+    /// The audit record of an impersonation, complete with the minted `jti`:
+    /// only a token that was actually minted is audited (never cached).
+    audit: Option<Box<str>>,
 }
 
 /// The claims front doors show in metadata and logs, read from the payload.
@@ -120,6 +123,11 @@ impl<'e> Exchanged<'e> {
 
     pub fn outcome(&self) -> Outcome {
         self.minted.outcome
+    }
+
+    /// The audit record `exchange` writes for this token (impersonation only).
+    pub fn audit(&self) -> Option<&str> {
+        self.audit.as_deref()
     }
 
     pub fn rule(&self) -> &'e str {
@@ -251,11 +259,15 @@ impl Engine {
         if let Some(hit) = key.as_ref().and_then(|k| self.caches.get_minted(k, now, epoch)) {
             // The entry never outlives the actor token it was decided with.
             if req.actor_exp.is_none_or(|exp| hit.exp <= exp) {
-                return Ok(Exchanged { engine: self, minted: hit });
+                return Ok(Exchanged { engine: self, minted: hit, audit: None });
             }
         }
         let subject = self.validate(req.subject_token, now, epoch).await?;
         let done = self.exchange_validated(&subject, req, now)?;
+        // The one place the audit record is written: after the token was minted.
+        if let Some(audit) = done.audit() {
+            tracing::info!(target: "stsgate::audit", rule = done.rule(), "{audit}");
+        }
         // Impersonation is audited on every request, so it is never answered from cache.
         if let Some(key) = key.filter(|_| done.minted.outcome != Outcome::Impersonation) {
             self.caches.put_minted(key, done.minted.clone(), now, epoch);
@@ -286,7 +298,9 @@ impl Engine {
         Ok((actor, v.exp))
     }
 
-    /// The decision and minting for an already validated subject token.
+    /// The decision and minting for an already validated subject token. It
+    /// writes no audit record (`exchange` does, `stsgate explain` does not):
+    /// the result carries it.
     pub fn exchange_validated(
         &self,
         subject: &Validated,
@@ -314,9 +328,6 @@ impl Engine {
                 return Err(denied.into());
             }
         };
-        if let Some(audit) = &decision.audit {
-            tracing::info!(target: "stsgate::audit", rule = %decision.rule, "{audit}");
-        }
 
         // Lifetime: the configured default, capped by the rule, and never past
         // the subject token's own expiry.
@@ -324,23 +335,21 @@ impl Engine {
         if let Some(max) = decision.max_lifetime {
             lifetime = lifetime.min(max);
         }
-        let mut exp = (now + lifetime.as_secs() as i64).min(subject.exp);
-        if let Some(actor_exp) = req.actor_exp {
-            exp = exp.min(actor_exp);
-        }
-        if exp - now < 1 {
+        let subject_exp = (now + lifetime.as_secs() as i64).min(subject.exp);
+        if subject_exp - now < 1 {
             // Still inside the leeway, but there is nothing left to hand on.
             return Err(TokenError::Expired.into());
         }
+        let exp = req.actor_exp.map_or(subject_exp, |actor_exp| subject_exp.min(actor_exp));
+        if exp - now < 1 {
+            // The actor token ran out (inside its leeway): name it, not the subject token.
+            return Err(ExchangeError::ActorToken(TokenError::Expired));
+        }
 
-        // RFC 9068 client_id: the client that asked. A token actor's client,
-        // else the subject token's client, else the front door's default.
-        let client_id = req
-            .actor
-            .as_ref()
-            .and_then(|a| a.client_id.clone())
-            .or_else(|| subject.client_id.clone())
-            .unwrap_or_else(|| req.default_client_id.to_owned());
+        // RFC 9068 client_id: the client that asked, as the rules chose it (an
+        // actor token's from an admitted issuer, else the subject token's),
+        // else the front door's default.
+        let client_id = decision.client_id.clone().unwrap_or_else(|| req.default_client_id.to_owned());
         let mut extra = decision.claims.clone();
         if let Some(act_as) = &decision.act_as {
             extra.insert("act_as".into(), act_as.clone());
@@ -348,6 +357,7 @@ impl Engine {
         let mut claims = AccessClaims {
             iss: self.cfg.issuer.clone(),
             sub: decision.sub.clone(),
+            sub_id: decision.sub_id.clone(),
             aud: req.audience.to_owned(),
             exp,
             iat: now,
@@ -375,6 +385,7 @@ impl Engine {
             Ok((signed, rest_len))
         };
         let (signed, rest_len) = sign(&claims)?;
+        let audit = decision.audit.as_ref().map(|a| format!("{a}; minted jti {:?}", claims.jti).into_boxed_str());
         let rule = *self.rule_index.get(&decision.rule).ok_or(MintError::Encode("unknown rule".into()))?;
         let mut downstream = Vec::with_capacity(decision.downstream.len());
         if !decision.downstream.is_empty() {
@@ -400,6 +411,9 @@ impl Engine {
             signer: signer_index as u16,
             downstream: (!downstream.is_empty()).then(|| downstream.into_boxed_slice()),
         };
-        Ok(Exchanged { engine: self, minted: Arc::new(minted) })
+        Ok(Exchanged { engine: self, minted: Arc::new(minted), audit })
     }
 }
+
+#[cfg(test)]
+mod audit_tests;

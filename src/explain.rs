@@ -99,6 +99,8 @@ pub async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)>
             out["rule"] = json!(done.rule());
             out["claims"] = done.claims_json();
             out["downstream_headers"] = json!(done.downstream().map(|(h, _)| h).collect::<Vec<&str>>());
+            // What the server would write to the audit log (a dry run writes nothing).
+            out["audit"] = json!(done.audit());
             (out, true)
         }
         Err(e) => {

@@ -84,9 +84,27 @@ impl AuthzService {
             }
         };
 
-        let Some(route) = target(&attrs, ea) else {
-            self.metrics.deny(Denied::NoAudience.label());
-            return forbidden(&Denied::NoAudience);
+        let route = match target(&attrs, ea) {
+            Ok(Some(route)) => route,
+            Ok(None) => {
+                self.metrics.deny(Denied::NoAudience.label());
+                return forbidden(&Denied::NoAudience);
+            }
+            Err(bad) => {
+                // A typo in Envoy's route config must not quietly drop the
+                // actor (and turn a refused delegation into an exchange).
+                self.metrics.deny("unknown_actor_mode");
+                let why = bad.to_string();
+                warn!("route refused: {why}");
+                return denied(
+                    RPC_PERMISSION_DENIED,
+                    StatusCode::Forbidden,
+                    &why,
+                    Vec::new(),
+                    json_body("access_denied", &why),
+                    "unknown_actor_mode",
+                );
+            }
         };
         let scopes = route.scope.map(|s| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
 
@@ -118,7 +136,7 @@ impl AuthzService {
             Ok(done) => {
                 self.metrics.allow();
                 debug!(rule = done.rule(), outcome = done.outcome().as_str(), "exchanged");
-                ok_response(ea, http, &done, actor.as_ref())
+                ok_response(engine, http, &done, actor.as_ref())
             }
             Err(ExchangeError::Token(e)) if e.is_unavailable() => {
                 self.metrics.unavailable(e.label());
@@ -340,20 +358,27 @@ struct RouteTarget {
     actor: Option<ActorMode>,
 }
 
+/// A route's `actor` context extension that is not a known mode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the route's actor context extension {0:?} is not one of none, peer, token, any")]
+struct UnknownActorMode(String);
+
 /// The target audience and requested scope: the route's context extensions,
 /// else the host/path table, else the configured default.
-fn target(attrs: &AttributeContext, ea: &ExtAuthz) -> Option<RouteTarget> {
+fn target(attrs: &AttributeContext, ea: &ExtAuthz) -> Result<Option<RouteTarget>, UnknownActorMode> {
     let ctx: &HashMap<String, String> = &attrs.context_extensions;
     let scope_ctx = ctx.get(CTX_SCOPE).filter(|s| !s.trim().is_empty()).cloned();
-    // An unknown actor mode in Envoy's config consults no actor source at all
-    // rather than guessing; exchange rules still work, delegation fails closed.
-    let actor_ctx = ctx.get(CTX_ACTOR).map(|m| ActorMode::parse(m).unwrap_or(ActorMode::None));
+    // An unknown actor mode is refused, never read as some other mode.
+    let actor_ctx = match ctx.get(CTX_ACTOR) {
+        None => None,
+        Some(m) => Some(ActorMode::parse(m).ok_or_else(|| UnknownActorMode(m.chars().take(32).collect()))?),
+    };
     if let Some(aud) = ctx.get(CTX_AUDIENCE).filter(|a| !a.is_empty()) {
-        return Some(RouteTarget {
+        return Ok(Some(RouteTarget {
             audience: aud.clone(),
             scope: scope_ctx.or_else(|| ea.default_scope.clone()),
             actor: actor_ctx,
-        });
+        }));
     }
     let http = attrs.request.as_ref().and_then(|r| r.http.as_ref());
     if let Some(http) = http {
@@ -364,18 +389,18 @@ fn target(attrs: &AttributeContext, ea: &ExtAuthz) -> Option<RouteTarget> {
             .iter()
             .find(|r| r.host.as_ref().is_none_or(|h| h.matches(&host)) && path.starts_with(&r.path_prefix))
         {
-            return Some(RouteTarget {
+            return Ok(Some(RouteTarget {
                 audience: route.audience.clone(),
                 scope: scope_ctx.or_else(|| route.scope.clone()).or_else(|| ea.default_scope.clone()),
                 actor: actor_ctx.or(route.actor),
-            });
+            }));
         }
     }
-    ea.default_audience.clone().map(|audience| RouteTarget {
+    Ok(ea.default_audience.clone().map(|audience| RouteTarget {
         audience,
         scope: scope_ctx.or_else(|| ea.default_scope.clone()),
         actor: actor_ctx,
-    })
+    }))
 }
 
 fn strip_port(host: &str) -> &str {
@@ -407,11 +432,12 @@ fn metadata(fields: impl IntoIterator<Item = (&'static str, String)>) -> Struct 
 }
 
 fn ok_response(
-    ea: &ExtAuthz,
+    engine: &Engine,
     http: Option<&AttributeContext_HttpRequest>,
     done: &Exchanged<'_>,
     actor: Option<&Actor>,
 ) -> CheckResponse {
+    let ea = &engine.cfg.ext_authz;
     let mut value = String::with_capacity(ea.output_scheme.len() + 1 + 700);
     if !ea.output_scheme.is_empty() {
         value.push_str(&ea.output_scheme);
@@ -431,6 +457,16 @@ fn ok_response(
     for extra in [&ea.actor.token_header, &ea.requested_subject_header] {
         if !extra.is_empty() && present(extra) {
             headers_to_remove.push(extra.clone());
+        }
+    }
+    // A downstream-token header is stsgate's to write: when this answer sets
+    // none there (another rule, no scope left), a caller's own value must not
+    // reach the upstream as if stsgate had minted it.
+    let downstream = engine.cfg.rules.iter().flat_map(|r| r.grant.downstream_tokens.iter().map(|d| &d.header));
+    for name in downstream {
+        let set = headers.iter().any(|h| h.header.as_ref().is_some_and(|h| &h.key == name));
+        if !set && present(name) && !headers_to_remove.contains(name) {
+            headers_to_remove.push(name.clone());
         }
     }
     CheckResponse {
@@ -587,14 +623,17 @@ mod tests {
             request: Some(AttrRequest { http: Some(AttributeContext_HttpRequest { host: host.into(), path: path.into(), ..Default::default() }), ..Default::default() }),
             ..Default::default()
         };
-        assert_eq!(target(&attrs(&[("audience", "billing"), ("scope", "b.read")], "x", "/"), &ea), Some(RouteTarget { audience: "billing".into(), scope: Some("b.read".into()), actor: None }));
-        let orders = Some(RouteTarget { audience: "orders".into(), scope: Some("orders.read".into()), actor: Some(ActorMode::Peer) });
+        assert_eq!(target(&attrs(&[("audience", "billing"), ("scope", "b.read")], "x", "/"), &ea), Ok(Some(RouteTarget { audience: "billing".into(), scope: Some("b.read".into()), actor: None })));
+        let orders = Ok(Some(RouteTarget { audience: "orders".into(), scope: Some("orders.read".into()), actor: Some(ActorMode::Peer) }));
         assert_eq!(target(&attrs(&[], "api.shop.example:8443", "/orders/1?x=1"), &ea), orders);
         assert_eq!(target(&attrs(&[], "API.SHOP.EXAMPLE", "/orders"), &ea), orders);
-        assert_eq!(target(&attrs(&[], "api.shop.example", "/other"), &ea), Some(RouteTarget { audience: "fallback".into(), scope: None, actor: None }));
-        assert_eq!(target(&attrs(&[("actor", "bogus")], "api.shop.example", "/orders"), &ea).unwrap().actor, Some(ActorMode::None));
+        assert_eq!(target(&attrs(&[], "api.shop.example", "/other"), &ea), Ok(Some(RouteTarget { audience: "fallback".into(), scope: None, actor: None })));
+        // Typos of a mode are refused, never read as `none` (which would drop the peer).
+        for typo in ["bogus", "Peer", "mtls", ""] {
+            assert_eq!(target(&attrs(&[("actor", typo)], "api.shop.example", "/orders"), &ea), Err(UnknownActorMode(typo.into())));
+        }
         ea.default_audience = None;
-        assert_eq!(target(&attrs(&[], "api.shop.example", "/other"), &ea), None);
+        assert_eq!(target(&attrs(&[], "api.shop.example", "/other"), &ea), Ok(None));
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub enum FetchError {
 }
 
 /// Why no key could be found for a token.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyLookupError {
     /// Keys have never been loaded for this issuer: a server-side problem.
     #[error("keys of issuer {0:?} are not available yet")]
@@ -54,8 +54,9 @@ pub enum KeyLookupError {
     #[error("keys of issuer {issuer:?} could not be re-fetched: {reason}")]
     Unreachable { issuer: String, reason: String },
     /// The `kid` is unknown even after re-fetching (or re-fetching is throttled).
-    #[error("no key with kid {kid:?} for algorithm {alg}")]
-    UnknownKid { kid: String, alg: &'static str },
+    /// (The kid itself is not repeated: it is caller-controlled text.)
+    #[error("no key of the issuer matches the token's kid for algorithm {alg}")]
+    UnknownKid { alg: &'static str },
     /// No `kid` and not exactly one key that fits the algorithm.
     #[error("token has no kid and the issuer has no single {0} key")]
     AmbiguousKey(&'static str),
@@ -72,6 +73,9 @@ pub struct Issuer {
     loaded_tx: watch::Sender<bool>,
     /// Shared by all issuers; see `Issuers::key_epoch`.
     key_epoch: Arc<AtomicU32>,
+    /// The issuer a reload seeded this one from, until this one's refresh
+    /// task starts and takes over what it holds then (see `seed_from`).
+    seeded_from: std::sync::Mutex<Option<Arc<Issuer>>>,
 }
 
 impl Issuer {
@@ -83,42 +87,71 @@ impl Issuer {
             http,
             loaded_tx: watch::channel(false).0,
             key_epoch,
+            seeded_from: std::sync::Mutex::new(None),
         }
     }
 
+    /// Whether the issuer's JWKS has been read at least once. A JWKS with no
+    /// usable key counts: the IdP answered, and its tokens are refused (401).
     pub fn is_loaded(&self) -> bool {
         self.keys.load().is_some()
     }
 
-    /// Starts with the keys another (older) issuer object holds, as a
+    /// Starts with the keys another (older) issuer object holds now, as a
     /// configuration reload does for an issuer whose settings did not change.
-    pub fn seed_from(&self, older: &Issuer) -> bool {
+    /// A withdrawal the older one sees before this one's refresh task starts
+    /// is taken over then, so a reload never brings a withdrawn key back.
+    pub fn seed_from(&self, older: &Arc<Issuer>) -> bool {
         let Some(keys) = older.keys.load_full() else { return false };
         self.keys.store(Some(keys));
+        *self.seeded_from.lock().unwrap_or_else(|e| e.into_inner()) = Some(older.clone());
         self.loaded_tx.send_replace(true);
         true
     }
 
-    /// Fetches the key set again and swaps it in; on failure the old keys stay.
+    /// Takes over the keys the issuer this one was seeded from holds now.
+    fn catch_up_with_seed(&self) {
+        let Some(older) = self.seeded_from.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        if let Some(set) = older.keys.load_full() {
+            self.install(set);
+        }
+    }
+
+    /// Fetches the key set again and swaps it in; on failure (transport, not a
+    /// JWKS) the old keys stay. A JWKS without usable keys is swapped in too.
     pub async fn refresh(&self) -> Result<usize, FetchError> {
         let set = self.fetch().await?;
         let count = set.len();
         for why in &set.skipped {
             debug!(issuer = %self.cfg.issuer, "skipped JWKS entry: {why}");
         }
-        let set = Arc::new(set);
-        match self.keys.swap(Some(set.clone())) {
-            None => info!(issuer = %self.cfg.issuer, keys = count, "issuer keys loaded"),
-            Some(old) if set.withdraws_any_of(&old) => {
-                // A withdrawn key may be a compromised one: nothing it
-                // verified is answered from cache any more.
-                self.key_epoch.fetch_add(1, Ordering::AcqRel);
-                warn!(issuer = %self.cfg.issuer, keys = count, "the issuer withdrew a key; cached exchanges are dropped");
-            }
-            Some(_) => {}
-        }
+        self.install(Arc::new(set));
         self.loaded_tx.send_replace(true);
         Ok(count)
+    }
+
+    /// Swaps in a key set, and moves the key epoch on when it withdraws a key.
+    fn install(&self, set: Arc<KeySet>) {
+        let (count, skipped) = (set.len(), set.skipped.len());
+        let old = self.keys.swap(Some(set.clone()));
+        if let Some(old) = &old {
+            if Arc::ptr_eq(old, &set) || !set.withdraws_any_of(old) {
+                return;
+            }
+            // A withdrawn key may be a compromised one: nothing it
+            // verified is answered from cache any more.
+            self.key_epoch.fetch_add(1, Ordering::AcqRel);
+            warn!(issuer = %self.cfg.issuer, keys = count, "the issuer withdrew a key; cached exchanges are dropped");
+        }
+        match (old.is_none(), count) {
+            (_, 0) => warn!(
+                issuer = %self.cfg.issuer,
+                skipped,
+                "the issuer's JWKS has no usable signature key: all its tokens are refused until it publishes one"
+            ),
+            (true, _) => info!(issuer = %self.cfg.issuer, keys = count, "issuer keys loaded"),
+            (false, _) => {}
+        }
     }
 
     async fn fetch(&self) -> Result<KeySet, FetchError> {
@@ -196,12 +229,13 @@ impl Issuer {
         if let Some(found) = self.lookup(Some(kid), alg)? {
             return Ok(found);
         }
-        let unknown = || KeyLookupError::UnknownKid { kid: kid.to_owned(), alg: alg.as_str() };
+        let unknown = || KeyLookupError::UnknownKid { alg: alg.as_str() };
         if last.is_some_and(|at| at.elapsed() < self.cfg.unknown_kid_refetch_interval.0) {
             return Err(unknown());
         }
         *last = Some(Instant::now());
-        info!(issuer = %self.cfg.issuer, kid, "unknown kid: re-fetching keys");
+        // `?` escapes the caller-chosen kid; it is also cut short.
+        info!(issuer = %self.cfg.issuer, kid = ?kid.chars().take(64).collect::<String>(), "unknown kid: re-fetching keys");
         if let Err(e) = self.refresh().await {
             warn!(issuer = %self.cfg.issuer, "re-fetch after unknown kid failed: {e}");
             return Err(KeyLookupError::Unreachable { issuer: self.cfg.issuer.clone(), reason: e.to_string() });
@@ -223,6 +257,7 @@ impl Issuer {
     /// Keeps keys fresh until the process ends: fast retries until the first
     /// load, then every `refresh_interval`, keeping old keys when a refresh fails.
     async fn refresh_loop(self: Arc<Self>) {
+        self.catch_up_with_seed();
         // Keys a reload has just loaded need no second fetch right away.
         if self.is_loaded() {
             tokio::time::sleep(self.cfg.refresh_interval.0).await;
@@ -329,4 +364,126 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SignAlg;
+    use crate::mint::Signer;
+
+    /// An issuer reading `file`, with its own key epoch.
+    fn file_issuer(file: &std::path::Path) -> Arc<Issuer> {
+        let yaml = format!(
+            "issuer: https://sts.test\nsigning:\n  keys: [{{ kid: a, ephemeral: true }}]\n\
+             trusted_issuers:\n  - {{ issuer: https://idp.test, jwks_file: {:?}, algorithms: [ES256] }}\n",
+            file.display().to_string()
+        );
+        let cfg = Config::from_yaml_str(&yaml).unwrap();
+        Issuers::new(&cfg, http_client().unwrap()).get("https://idp.test").unwrap().clone()
+    }
+
+    struct Jwks(std::path::PathBuf);
+
+    impl Jwks {
+        fn new(label: &str) -> Jwks {
+            let dir = std::env::temp_dir().join(format!("stsgate-issuer-unit-{label}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Jwks(dir.join("jwks.json"))
+        }
+        fn write(&self, body: &str) {
+            std::fs::write(&self.0, body).unwrap();
+        }
+        fn keys(&self, keys: &[&serde_json::Value]) {
+            self.write(&serde_json::json!({ "keys": keys }).to_string());
+        }
+    }
+
+    impl Drop for Jwks {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
+    }
+
+    fn epoch(issuer: &Issuer) -> u32 {
+        issuer.key_epoch.load(Ordering::Acquire)
+    }
+
+    fn has_key(issuer: &Issuer, kid: &str) -> bool {
+        issuer.lookup(Some(kid), VerifyAlg::ES256).unwrap().is_some()
+    }
+
+    #[tokio::test]
+    async fn a_jwks_without_usable_keys_withdraws_them_and_a_broken_one_does_not() {
+        let file = Jwks::new("withdraw");
+        let a = Signer::generate("a", SignAlg::ES256).unwrap().public_jwk();
+        file.keys(&[&a]);
+        let issuer = file_issuer(&file.0);
+        assert_eq!(issuer.refresh().await.unwrap(), 1);
+        assert!(has_key(&issuer, "a"));
+
+        // Not a JWKS (a truncated write, an error page): the keys stay.
+        for broken in ["", "<html>", r#"{"keys":"#, r#"{"error":"down"}"#] {
+            file.write(broken);
+            assert!(issuer.refresh().await.is_err(), "{broken:?}");
+            assert!(has_key(&issuer, "a"), "{broken:?}");
+        }
+        assert_eq!(epoch(&issuer), 0);
+
+        // A JWKS whose keys are all unusable, then an empty one: an answer.
+        for withdrawn in [r#"{"keys":[{"kty":"oct","kid":"a","k":"c2VjcmV0"}]}"#, r#"{"keys":[]}"#] {
+            file.keys(&[&a]);
+            issuer.refresh().await.unwrap();
+            let before = epoch(&issuer);
+            file.write(withdrawn);
+            assert_eq!(issuer.refresh().await.unwrap(), 0, "{withdrawn}");
+            assert!(!has_key(&issuer, "a"), "{withdrawn}");
+            assert!(issuer.is_loaded(), "the IdP answered: loaded, without keys");
+            assert_eq!(epoch(&issuer), before + 1, "cached answers are dropped: {withdrawn}");
+            let err = issuer.key_for(Some("a"), VerifyAlg::ES256).await.unwrap_err();
+            assert!(matches!(err, KeyLookupError::UnknownKid { .. }), "a 401, not a 503: {err:?}");
+        }
+        // Empty again: nothing more to withdraw.
+        issuer.refresh().await.unwrap();
+        assert_eq!(epoch(&issuer), 2);
+    }
+
+    #[tokio::test]
+    async fn a_first_load_without_usable_keys_counts_as_loaded() {
+        let file = Jwks::new("first-empty");
+        file.write(r#"{"keys":[]}"#);
+        let issuer = file_issuer(&file.0);
+        assert_eq!(issuer.refresh().await.unwrap(), 0);
+        assert!(issuer.is_loaded());
+        let err = issuer.key_for(None, VerifyAlg::ES256).await.unwrap_err();
+        assert!(matches!(err, KeyLookupError::AmbiguousKey(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_reload_never_brings_back_a_withdrawn_key() {
+        let file = Jwks::new("reseed");
+        let a = Signer::generate("a", SignAlg::ES256).unwrap().public_jwk();
+        file.keys(&[&a]);
+        let older = file_issuer(&file.0);
+        older.refresh().await.unwrap();
+
+        // Seeded before the withdrawal, which the older issuer sees while
+        // the reload is still under way: taken over when the newer one starts.
+        let newer = file_issuer(&file.0);
+        assert!(newer.seed_from(&older));
+        assert!(has_key(&newer, "a"));
+        file.write(r#"{"keys":[]}"#);
+        older.refresh().await.unwrap();
+        newer.catch_up_with_seed();
+        assert!(!has_key(&newer, "a"));
+        assert_eq!(epoch(&newer), 1, "whatever the newer issuer cached with the key is dropped");
+        assert!(newer.seeded_from.lock().unwrap().is_none(), "the older issuer is released");
+
+        // Seeded after the withdrawal: the current, empty set.
+        let latest = file_issuer(&file.0);
+        assert!(latest.seed_from(&older));
+        assert!(latest.is_loaded() && !has_key(&latest, "a"));
+        latest.catch_up_with_seed();
+        assert_eq!(epoch(&latest), 0, "nothing changed since seeding");
+    }
 }

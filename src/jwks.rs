@@ -109,8 +109,11 @@ fn parse_material(jwk: &Jwk, kind: KeyKind, pinned: Option<VerifyAlg>) -> Result
         AlgorithmParameters::RSA(p) => {
             let n = b64_field("n", &p.n)?;
             let e = b64_field("e", &p.e)?;
-            let n_trimmed = &n[n.iter().take_while(|b| **b == 0).count()..];
-            let bits = n_trimmed.len() * 8 - n_trimmed.first().map_or(8, |b| b.leading_zeros() as usize);
+            // Bit length from the first non-zero byte, so no subtraction can wrap.
+            let Some(first) = n.iter().position(|b| *b != 0) else {
+                return Err("RSA modulus is zero".into());
+            };
+            let bits = (n.len() - first - 1) * 8 + (8 - n[first].leading_zeros() as usize);
             if bits < MIN_RSA_BITS {
                 return Err(format!("RSA key of {bits} bits is shorter than {MIN_RSA_BITS}"));
             }
@@ -201,8 +204,6 @@ impl KeySet {
 pub enum JwksError {
     #[error("not a JWKS document: {0}")]
     NotJwks(String),
-    #[error("the JWKS has no usable signature keys ({})", .0.join("; "))]
-    NoUsableKeys(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -210,10 +211,15 @@ struct RawSet {
     keys: Vec<serde_json::Value>,
 }
 
-/// Parses a JWKS document; fails only when it is malformed or has no usable key.
+/// Parses a JWKS document; fails only when it is not a JWKS at all. A set
+/// with no usable key is a valid answer: the IdP withdrew every key, and
+/// tokens of that issuer must be refused, not checked against older keys.
 pub fn parse(json: &[u8]) -> Result<KeySet, JwksError> {
     let raw: RawSet = serde_json::from_slice(json).map_err(|e| JwksError::NotJwks(e.to_string()))?;
     let mut set = KeySet::default();
+    // A kid two signature keys share is ambiguous for the whole document:
+    // every key under it is skipped, however many there are.
+    let mut duplicated = std::collections::HashSet::new();
     for (i, value) in raw.keys.into_iter().enumerate() {
         let label = value
             .get("kid")
@@ -225,10 +231,11 @@ pub fn parse(json: &[u8]) -> Result<KeySet, JwksError> {
                 let key = Arc::new(key);
                 match &key.kid {
                     Some(kid) => {
-                        if set.by_kid.insert(kid.clone(), key.clone()).is_some() {
-                            // Two keys under one kid make "which key signed" ambiguous.
-                            set.by_kid.remove(kid);
-                            set.skipped.push(format!("{label}: kid appears more than once, both ignored"));
+                        if duplicated.contains(kid) || set.by_kid.remove(kid).is_some() {
+                            duplicated.insert(kid.clone());
+                            set.skipped.push(format!("{label}: kid appears more than once, all its keys ignored"));
+                        } else {
+                            set.by_kid.insert(kid.clone(), key.clone());
                         }
                     }
                     None => set.without_kid.push(key),
@@ -236,9 +243,6 @@ pub fn parse(json: &[u8]) -> Result<KeySet, JwksError> {
             }
             Err(why) => set.skipped.push(format!("{label}: {why}")),
         }
-    }
-    if set.is_empty() {
-        return Err(JwksError::NoUsableKeys(set.skipped));
     }
     Ok(set)
 }
@@ -325,16 +329,60 @@ mod tests {
     }
 
     #[test]
-    fn empty_or_malformed_sets_are_errors() {
-        assert!(matches!(parse(br#"{"keys":[]}"#), Err(JwksError::NoUsableKeys(_))));
-        assert!(matches!(parse(b"<html>"), Err(JwksError::NotJwks(_))));
-        assert!(matches!(parse(br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#), Err(JwksError::NoUsableKeys(_))));
+    fn malformed_documents_are_errors() {
+        for doc in [&b"<html>"[..], b"", b"{}", br#"{"keys":null}"#, br#"{"keys":{}}"#, br#"[]"#] {
+            assert!(matches!(parse(doc), Err(JwksError::NotJwks(_))), "{}", String::from_utf8_lossy(doc));
+        }
     }
 
     #[test]
-    fn duplicate_kids_are_both_dropped() {
-        let doc = format!(r#"{{"keys":[{EC_KEY},{EC_KEY}]}}"#);
-        assert!(matches!(parse(doc.as_bytes()), Err(JwksError::NoUsableKeys(_))));
+    fn a_jwks_without_usable_keys_is_an_empty_set_not_an_error() {
+        let n_1024 = URL_SAFE_NO_PAD.encode([0xC5u8; 128]);
+        for doc in [
+            r#"{"keys":[]}"#.to_owned(),
+            r#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"}]}"#.to_owned(),
+            format!(r#"{{"keys":[{{"kty":"RSA","kid":"short","n":"{n_1024}","e":"AQAB"}}]}}"#),
+        ] {
+            let set = parse(doc.as_bytes()).unwrap_or_else(|e| panic!("{doc}: {e}"));
+            assert!(set.is_empty(), "{doc}");
+            assert!(set.only_key_for(VerifyAlg::RS256).is_none());
+        }
+    }
+
+    #[test]
+    fn every_key_of_a_duplicated_kid_is_dropped() {
+        use crate::config::SignAlg;
+        use crate::mint::Signer;
+        let jwk = |kid: &str| Signer::generate(kid, SignAlg::ES256).unwrap().public_jwk();
+        let other = jwk("other");
+        for copies in [2, 3, 4] {
+            let mut keys: Vec<serde_json::Value> = (0..copies).map(|_| jwk("dup")).collect();
+            keys.push(other.clone());
+            let set = parse(serde_json::json!({ "keys": keys }).to_string().as_bytes()).unwrap();
+            assert!(set.get("dup").is_none(), "{copies} keys under one kid: none may be trusted");
+            assert!(set.get("other").is_some());
+            assert_eq!(set.len(), 1, "{copies}");
+            assert_eq!(set.skipped.iter().filter(|s| s.contains("more than once")).count(), copies - 1);
+        }
+        // The very same key twice is no exception.
+        let doc = format!(r#"{{"keys":[{EC_KEY},{EC_KEY},{EC_KEY}]}}"#);
+        assert!(parse(doc.as_bytes()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_zero_or_empty_rsa_modulus_is_refused_without_panicking() {
+        for n in ["AAAA", "", "AA", &URL_SAFE_NO_PAD.encode([0u8; 256])] {
+            let doc = format!(r#"{{"keys":[{{"kty":"RSA","kid":"zero","n":"{n}","e":"AQAB"}}]}}"#);
+            let set = parse(doc.as_bytes()).unwrap();
+            assert!(set.is_empty(), "n = {n:?}");
+            assert!(set.skipped.iter().any(|s| s.contains("RSA modulus is zero")), "n = {n:?}: {:?}", set.skipped);
+        }
+        // Leading zero bytes do not count towards the size.
+        let mut n = vec![0u8; 4];
+        n.extend([0x01u8; 256]);
+        let doc = format!(r#"{{"keys":[{{"kty":"RSA","kid":"z","n":"{}","e":"AQAB"}}]}}"#, URL_SAFE_NO_PAD.encode(&n));
+        let set = parse(doc.as_bytes()).unwrap();
+        assert!(set.skipped.iter().any(|s| s.contains("2041 bits")), "{:?}", set.skipped);
     }
 
     #[test]

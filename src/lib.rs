@@ -18,6 +18,7 @@ pub mod glob;
 pub mod http;
 pub mod issuer;
 pub mod jwks;
+pub mod listener;
 pub mod metrics;
 pub mod mint;
 pub mod readiness;

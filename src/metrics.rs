@@ -136,6 +136,70 @@ impl ReloadMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    /// grpc | http (`listener::Kind`)
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    /// grpc | http (`listener::Kind`)
+    listener: &'static str,
+    /// `listener::Refused` or `listener::Closed`
+    reason: &'static str,
+}
+
+/// Connections on both listeners, and what their limits did to them.
+pub struct ConnectionMetrics {
+    open: Family<ListenerLabels, Gauge>,
+    refused: Family<ConnectionLabels, Counter>,
+    closed: Family<ConnectionLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    pub fn register(reg: &mut Registry) -> Arc<ConnectionMetrics> {
+        let open = Family::<ListenerLabels, Gauge>::default();
+        reg.register("stsgate_connections_open", "Connections open now, by listener", open.clone());
+        let refused = Family::<ConnectionLabels, Counter>::default();
+        reg.register(
+            "stsgate_connections_refused",
+            "Connections closed as soon as accepted (limit: the listener's max_connections), and accept errors \
+             (accept_error: e.g. out of file descriptors), by listener",
+            refused.clone(),
+        );
+        let closed = Family::<ConnectionLabels, Counter>::default();
+        reg.register(
+            "stsgate_connections_closed",
+            "Connections stsgate closed by a timeout (handshake_timeout, header_timeout, idle_timeout, \
+             keepalive_timeout), and HTTP requests answered 408 by request_timeout, by listener",
+            closed.clone(),
+        );
+        // Both series exist from the start, so `increase()` sees the first refusal.
+        for listener in ["grpc", "http"] {
+            let _ = open.get_or_create(&ListenerLabels { listener });
+            let _ = refused.get_or_create(&ConnectionLabels { listener, reason: "limit" });
+        }
+        Arc::new(ConnectionMetrics { open, refused, closed })
+    }
+
+    pub fn opened(&self, listener: &'static str) {
+        self.open.get_or_create(&ListenerLabels { listener }).inc();
+    }
+
+    pub fn gone(&self, listener: &'static str) {
+        self.open.get_or_create(&ListenerLabels { listener }).dec();
+    }
+
+    pub fn refused(&self, listener: &'static str, reason: &'static str) {
+        self.refused.get_or_create(&ConnectionLabels { listener, reason }).inc();
+    }
+
+    pub fn closed(&self, listener: &'static str, reason: &'static str) {
+        self.closed.get_or_create(&ConnectionLabels { listener, reason }).inc();
+    }
+}
+
 /// Renders the registry in the Prometheus text format.
 pub fn render(reg: &Registry) -> String {
     let mut out = String::new();

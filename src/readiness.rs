@@ -1,7 +1,11 @@
 //! One notion of "ready" shared by gRPC health and `/readyz`: every trusted
 //! issuer of the engine in use has loaded keys at least once, and shutdown
 //! has not begun. A configuration reload swaps the engine, and readiness
-//! follows it.
+//! follows it. An issuer whose JWKS was read but holds no usable key counts
+//! as loaded: the IdP answered, and its tokens get a 401, not a 503.
+//!
+//! `/readyz` answers anyone, so its body carries counts only: issuer URLs
+//! would show internal topology. The names go to the log.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,21 +29,30 @@ pub struct Readiness {
     /// `track` cannot turn SERVING again after `drain` (checks and sets are
     /// not atomic otherwise).
     serving: Mutex<bool>,
+    /// The issuers without keys last logged by `report`, so that a probe
+    /// every few seconds logs only changes.
+    logged_missing: std::sync::Mutex<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub ready: bool,
     pub draining: bool,
-    /// Issuers whose keys have not loaded yet.
-    pub issuers_without_keys: Vec<String>,
+    /// How many trusted issuers have not loaded keys yet (not which).
+    pub issuers_not_loaded: usize,
 }
 
 impl Readiness {
     /// gRPC health must already say NOT_SERVING (the server sets it before
     /// its listener answers).
     pub fn new(engine: Arc<ArcSwap<Engine>>, health: HealthReporter) -> Arc<Readiness> {
-        Arc::new(Readiness { engine, draining: AtomicBool::new(false), health, serving: Mutex::new(false) })
+        Arc::new(Readiness {
+            engine,
+            draining: AtomicBool::new(false),
+            health,
+            serving: Mutex::new(false),
+            logged_missing: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     pub fn is_ready(&self) -> bool {
@@ -51,8 +64,16 @@ impl Readiness {
         let mut missing: Vec<String> =
             engine.issuers.all().filter(|i| !i.is_loaded()).map(|i| i.cfg.issuer.clone()).collect();
         missing.sort();
+        let mut logged = self.logged_missing.lock().unwrap_or_else(|e| e.into_inner());
+        if *logged != missing {
+            if !missing.is_empty() {
+                tracing::warn!(issuers = ?missing, "not ready: trusted issuers whose keys have not loaded");
+            }
+            *logged = missing.clone();
+        }
+        drop(logged);
         let draining = self.draining.load(Ordering::Relaxed);
-        Report { ready: !draining && missing.is_empty(), draining, issuers_without_keys: missing }
+        Report { ready: !draining && missing.is_empty(), draining, issuers_not_loaded: missing.len() }
     }
 
     /// Waits for every issuer of the current engine to have keys, then turns

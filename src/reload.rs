@@ -332,6 +332,11 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
             out.push(format!("{key} changed ({was} -> {now}): restart stsgate to move listeners"));
         }
     }
+    for ((key, was), (_, now)) in old.listen.limit_settings().into_iter().zip(new.listen.limit_settings()) {
+        if was != now {
+            out.push(format!("{key} changed ({was} -> {now}): restart stsgate to apply connection limits"));
+        }
+    }
     let dev = |c: &Config| c.dev_idp.as_ref().map(|d| (d.path.clone(), d.audience.clone()));
     if dev(old) != dev(new) {
         out.push("dev_idp changed: restart stsgate to add, remove or change the development IdP".into());
@@ -476,6 +481,14 @@ mod tests {
         assert_eq!(moved.len(), 2, "{moved:?}");
         assert_eq!(moved[0], "listen.grpc changed (0.0.0.0:9191 -> 0.0.0.0:9192): restart stsgate to move listeners");
         assert!(moved[1].starts_with("listen.http changed (0.0.0.0:8080 -> 127.0.0.1:8080)"), "{moved:?}");
+        let limits = restart_required(&cfg(""), &cfg("listen: { idle_timeout: 5m, http_max_connections: 10 }\n"));
+        assert_eq!(
+            limits,
+            [
+                "listen.http_max_connections changed (1024 -> 10): restart stsgate to apply connection limits",
+                "listen.idle_timeout changed (1m -> 5m): restart stsgate to apply connection limits",
+            ]
+        );
         let dev = restart_required(&cfg(""), &cfg("dev_idp: {}\n"));
         assert_eq!(dev.len(), 1);
         assert!(dev[0].starts_with("dev_idp changed"), "{dev:?}");

@@ -7,7 +7,10 @@
 //! - `may_act` in the subject token must admit the actor (RFC 8693 §4.4);
 //! - a token that carries `act` never becomes one without it (no laundering a
 //!   delegated token into a clean one);
-//! - the `act` chain never grows past the rule's depth limit.
+//! - the `act` chain never grows past the rule's depth limit;
+//! - an actor token is believed only from the issuers the rule admits (its
+//!   `actor.issuers`, else the subject token's own issuer);
+//! - another subject is only ever impersonated by a proven actor.
 //!
 //! Decisions look only at top-level claims and the current actor; nested
 //! `act` entries are carried along, never trusted (§4.1).
@@ -17,6 +20,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::config::{DelegationShape, Outcome, Rule};
+use crate::mint::SubId;
 use crate::validate::Validated;
 
 /// The party that presents the subject token and wants to act.
@@ -50,6 +54,29 @@ impl Actor {
             (Some(p), Some(t)) if p.sub != t.sub => Err(Denied::ActorConflict),
             (Some(_), Some(t)) => Ok(Some(Actor { kind: ActorKind::PeerAndToken, ..t })),
             (p, t) => Ok(t.or(p)),
+        }
+    }
+
+    /// The issuer of the actor token, when an actor token proves this actor.
+    pub fn token_issuer(&self) -> Option<&str> {
+        match self.kind {
+            ActorKind::Peer => None,
+            ActorKind::Token | ActorKind::PeerAndToken => self.iss.as_deref(),
+        }
+    }
+
+    /// Whether the mTLS peer identity proves this actor.
+    pub fn peer_proven(&self) -> bool {
+        matches!(self.kind, ActorKind::Peer | ActorKind::PeerAndToken)
+    }
+
+    /// RFC 9493 identifier of this actor: its token's `iss` + `sub`, else the
+    /// peer's URI (a SPIFFE ID) or, for a peer identity that is no URI, opaque.
+    fn sub_id(&self) -> SubId {
+        match self.token_issuer() {
+            Some(iss) => SubId::IssSub { iss: iss.to_owned(), sub: self.sub.clone() },
+            None if is_uri(&self.sub) => SubId::Uri { uri: self.sub.clone() },
+            None => SubId::Opaque { id: self.sub.clone() },
         }
     }
 
@@ -88,10 +115,19 @@ pub struct Decision {
     /// Sorted, de-duplicated; empty only when the rule allows it.
     pub scopes: Vec<String>,
     pub max_lifetime: Option<Duration>,
+    /// RFC 9493 `sub_id` of the minted `sub`: the subject token's issuer and
+    /// `sub` (also for an impersonated subject: the rule admitted it under
+    /// that issuer), or the actor's for the `act_as` shape.
+    pub sub_id: SubId,
+    /// `client_id` of the minted token: the actor token's (its issuer is one
+    /// the rule admitted), else the subject token's; `None` = the front
+    /// door's default.
+    pub client_id: Option<String>,
     /// Copied, added and audit claims.
     pub claims: Map<String, Value>,
     pub downstream: Vec<DownstreamGrant>,
-    /// Set when the decision must be written to the audit log.
+    /// Set when the decision must be written to the audit log, which happens
+    /// only once the token is minted (see `exchange::Engine::exchange`).
     pub audit: Option<String>,
 }
 
@@ -187,6 +223,16 @@ fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
         }
     }
     let outcome = rule.grant.outcome;
+    if let Some(iss) = input.actor.and_then(Actor::token_issuer) {
+        // A token's `sub` and `client_id` are names in its issuer's namespace.
+        if !actor_issuer_admitted(rule, input.subject, iss) {
+            return Some(if m.actor.as_ref().is_some_and(|a| !a.issuers.is_empty()) {
+                format!("actor token issuer {iss:?} is not in actor.issuers")
+            } else {
+                format!("actor token issuer {iss:?} is not the subject token's (and actor.issuers is empty)")
+            });
+        }
+    }
     match (&m.actor, input.actor) {
         (Some(am), None) if !am.none => return Some("rule needs an actor and the request has none".into()),
         (Some(am), Some(actor)) => {
@@ -218,6 +264,11 @@ fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
         if outcome != Outcome::Impersonation {
             return Some("rule does not impersonate other subjects".into());
         }
+        // Whatever the rule says (`none: true` is refused by check-config):
+        // nobody becomes another subject without a proven actor.
+        if input.actor.is_none() {
+            return Some("impersonating another subject needs a proven actor and the request has none".into());
+        }
         if !rule.grant.impersonate_subjects.iter().any(|g| g.matches(wanted)) {
             return Some(format!("rule does not allow impersonating {wanted:?}"));
         }
@@ -225,8 +276,29 @@ fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
     None
 }
 
+/// Whether an actor token from `iss` may act under `rule`: the issuers its
+/// `actor.issuers` lists, else only the subject token's own issuer.
+fn actor_issuer_admitted(rule: &Rule, subject: &Validated, iss: &str) -> bool {
+    match rule.when.actor.as_ref().filter(|a| !a.issuers.is_empty()) {
+        Some(am) => am.issuers.iter().any(|i| i == iss),
+        None => iss == subject.issuer,
+    }
+}
+
+/// An absolute URI (`scheme:...`), such as a SPIFFE ID.
+fn is_uri(s: &str) -> bool {
+    s.split_once(':').is_some_and(|(scheme, rest)| {
+        !rest.is_empty()
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    })
+}
+
 /// RFC 8693 §4.4: when the subject token says who may act for it, the actor
-/// must be that party (sub, and iss where given).
+/// must be that party: `sub` and `iss` together. Without `iss`, `sub` is a
+/// name of the subject token's issuer, so it admits an actor token from that
+/// issuer, or an mTLS peer whose identity is that SPIFFE ID (a SPIFFE ID
+/// names its trust domain itself; any other peer name could be anyone's).
 fn check_may_act(input: &RuleInput<'_>) -> Result<(), Denied> {
     let (Some(may_act), Some(actor)) = (&input.subject.claims.may_act, input.actor) else {
         return Ok(());
@@ -237,8 +309,10 @@ fn check_may_act(input: &RuleInput<'_>) -> Result<(), Denied> {
         return Err(Denied::MayAct);
     }
     match obj.get("iss") {
-        None => Ok(()),
-        Some(Value::String(iss)) if actor.iss.as_deref() == Some(iss.as_str()) => Ok(()),
+        None if actor.token_issuer() == Some(input.subject.issuer.as_str()) => Ok(()),
+        None if actor.peer_proven() && sub.starts_with("spiffe://") => Ok(()),
+        None => Err(Denied::MayAct),
+        Some(Value::String(iss)) if actor.token_issuer() == Some(iss.as_str()) => Ok(()),
         Some(Value::String(_)) => Err(Denied::MayAct),
         Some(_) => Err(Denied::BadClaim("may_act")),
     }
@@ -265,8 +339,14 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
     let prior_act = subject.claims.act.as_ref();
     let prior_depth = chain_depth(prior_act)?;
     let too_deep = |depth: usize| Denied::ChainTooDeep { rule: rule.name.clone(), depth, max: g.max_chain_depth };
+    // Defence in depth (`why_not` refuses these first): an actor token from
+    // an issuer the rule does not admit contributes nothing, not even a client.
+    if input.actor.and_then(Actor::token_issuer).is_some_and(|iss| !actor_issuer_admitted(rule, subject, iss)) {
+        return Err(Denied::NoRule { audience: input.audience.to_owned() });
+    }
 
     let mut audit = None;
+    let mut sub_id = SubId::IssSub { iss: subject.issuer.clone(), sub: subject.sub.clone() };
     let (sub, act, act_as) = match g.outcome {
         Outcome::Exchange => {
             // Same subject; a delegated token stays delegated (its chain is kept as is).
@@ -296,6 +376,7 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
                     if let Some(prior) = prior_act {
                         act_as.insert("act".into(), prior.clone());
                     }
+                    sub_id = actor.sub_id();
                     (actor.sub.clone(), None, Some(Value::Object(act_as)))
                 }
             }
@@ -305,11 +386,17 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
                 return Err(Denied::WouldDropAct { rule: rule.name.clone() });
             }
             let sub = input.requested_subject.unwrap_or(&subject.sub).to_owned();
+            if sub != subject.sub && input.actor.is_none() {
+                return Err(Denied::ImpersonationRefused);
+            }
             let actor_name = input.actor.map(|a| a.sub.as_str()).unwrap_or("(no actor)");
+            let actor_iss = input.actor.and_then(|a| a.iss.as_deref()).unwrap_or("(none)");
             audit = Some(format!(
-                "impersonation: actor {actor_name:?} acts as subject {sub:?} (token subject {:?}) towards {:?} by rule {:?}",
-                subject.sub, input.audience, rule.name
+                "impersonation: actor {actor_name:?} (issuer {actor_iss:?}) acts as subject {sub:?} (token subject {:?}, issuer {:?}) towards {:?} by rule {:?}",
+                subject.sub, subject.issuer, input.audience, rule.name
             ));
+            // The rule lists which subjects may be impersonated under the subject token's issuer.
+            sub_id = SubId::IssSub { iss: subject.issuer.clone(), sub: sub.clone() };
             (sub, None, None)
         }
     };
@@ -354,6 +441,10 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
         .filter(|d| !d.scopes.is_empty() || g.allow_empty_scope)
         .collect();
 
+    // RFC 9068 client_id: the client that asked. The actor token's client
+    // (from an issuer this rule admits, checked above), else the subject token's.
+    let client_id = input.actor.and_then(|a| a.client_id.clone()).or_else(|| subject.client_id.clone());
+
     Ok(Decision {
         rule: rule.name.clone(),
         outcome: g.outcome,
@@ -362,6 +453,8 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
         act_as,
         scopes,
         max_lifetime: g.max_lifetime.map(|d| d.0),
+        sub_id,
+        client_id,
         claims,
         downstream,
         audit,
@@ -442,7 +535,12 @@ fn covers(a: &Rule, b: &Rule) -> bool {
     let issuers = a.when.issuers.is_empty() || (!b.when.issuers.is_empty() && b.when.issuers.iter().all(|i| a.when.issuers.contains(i)));
     let subject = a.when.subject.iter().all(|(claim, pa)| b.when.subject.get(claim).is_some_and(|pb| globs_cover(pa, pb)));
     // Actor presence is implied by the outcome; only compare like with like.
+    // Actor-token issuers: empty means the subject's own; compare lists only.
+    let actor_issuers = |m: &crate::config::RuleMatch| m.actor.as_ref().map(|x| x.issuers.clone()).unwrap_or_default();
+    let (ai, bi) = (actor_issuers(&a.when), actor_issuers(&b.when));
+    let actor_issuers = if ai.is_empty() { bi.is_empty() } else { !bi.is_empty() && bi.iter().all(|i| ai.contains(i)) };
     let actor = a.grant.outcome == b.grant.outcome
+        && actor_issuers
         && match (&a.when.actor, &b.when.actor) {
             (None, _) => true,
             (Some(_), None) => false,

@@ -21,7 +21,8 @@ use crate::exchange::Engine;
 use crate::ext_authz::AuthzService;
 use crate::http::{AppState, router};
 use crate::issuer::{Issuers, http_client};
-use crate::metrics::{Metrics, ReloadMetrics};
+use crate::listener::{Acceptor, GrpcIncoming, Kind, Limits};
+use crate::metrics::{ConnectionMetrics, Metrics, ReloadMetrics};
 use crate::mint::KeyRing;
 use crate::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use crate::readiness::Readiness;
@@ -95,6 +96,9 @@ impl Server {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let reload_metrics = ReloadMetrics::register(&mut registry);
+        let conn_metrics = ConnectionMetrics::register(&mut registry);
+        let (grpc_limits, http_limits) = connection_limits(&cfg.listen);
+        let caps = (grpc_limits.max_connections, http_limits.max_connections);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         // tonic-health starts "" as SERVING; nothing is ready before the issuer
         // keys load, so say so before the gRPC listener answers its first probe.
@@ -117,20 +121,34 @@ impl Server {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let authz = AuthorizationServer::new(AuthzService::live(engine.clone(), metrics.clone()));
+        let grpc_incoming = GrpcIncoming::new(
+            Acceptor::new(listeners.grpc, Kind::Grpc, grpc_limits.max_connections, conn_metrics.clone()),
+            grpc_limits.handshake_timeout,
+        );
         let grpc = tonic::transport::Server::builder()
             // Envoy multiplexes every Check over one HTTP/2 connection and resets
             // the pending ones when its downstreams go away; h2's default limit
             // (20) would then drop the whole connection and fail unrelated
-            // requests closed.
+            // requests closed. This bounds how many reset streams wait in the
+            // accept queue at once, not how many a connection may reset over
+            // time: a rapid-reset flood (CVE-2023-44487) that outruns the
+            // accept loop by 1024 streams gets GOAWAY(ENHANCE_YOUR_CALM), and
+            // one it does not outrun costs a Check that is dropped unread.
             .http2_max_pending_accept_reset_streams(Some(1024))
+            // tonic turns h2's limit on resets the server is made to send off
+            // ("MadeYouReset", CVE-2025-8671); put h2's default back.
+            .http2_max_local_error_reset_streams(Some(crate::listener::MAX_LOCAL_ERROR_RESETS))
+            // tonic leaves it unlimited; hyper's own default is 200.
+            .max_concurrent_streams(Some(1024))
+            // Finds Envoys that went away without a FIN; an idle, pooled
+            // connection that answers pings stays open.
+            .http2_keepalive_interval(Some(grpc_limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(grpc_limits.keepalive_timeout))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(authz)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-                wait_for(shutdown_rx.clone()),
-            );
+            .serve_with_incoming_shutdown(grpc_incoming, wait_for(shutdown_rx.clone()));
         tasks.push(tokio::spawn(
             async move {
                 if let Err(e) = grpc.await {
@@ -143,14 +161,11 @@ impl Server {
         // --- HTTP ---
         let state = AppState { engine: engine.clone(), readiness: readiness.clone(), registry: Arc::new(registry), metrics };
         let app = router(state, dev_idp);
-        let http_rx = shutdown_rx.clone();
+        let http_acceptor =
+            Acceptor::new(listeners.http, Kind::Http, http_limits.max_connections, conn_metrics.clone());
         tasks.push(tokio::spawn(
-            async move {
-                if let Err(e) = axum::serve(listeners.http, app).with_graceful_shutdown(wait_for(http_rx)).await {
-                    warn!("HTTP server ended with an error: {e}");
-                }
-            }
-            .instrument(info_span!("http", addr = %http_addr)),
+            crate::listener::serve_http(http_acceptor, http_limits, app, conn_metrics, shutdown_rx.clone())
+                .instrument(info_span!("http", addr = %http_addr)),
         ));
 
         // --- keys, readiness, reload ---
@@ -164,7 +179,15 @@ impl Server {
             }
         };
 
-        info!(grpc = %grpc_addr, http = %http_addr, issuers = cfg.trusted_issuers.len(), rules = cfg.rules.len(), "stsgate started");
+        info!(
+            grpc = %grpc_addr,
+            http = %http_addr,
+            issuers = cfg.trusted_issuers.len(),
+            rules = cfg.rules.len(),
+            grpc_max_connections = caps.0,
+            http_max_connections = caps.1,
+            "stsgate started"
+        );
         Ok(Server {
             grpc_addr,
             http_addr,
@@ -296,6 +319,28 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
     }
+}
+
+/// Both listeners' limits, the connection caps lowered (with a warning) when
+/// together they would not fit the process's file-descriptor limit.
+fn connection_limits(listen: &Listen) -> (Limits, Limits) {
+    let (mut grpc, mut http) = (Limits::new(listen, Kind::Grpc), Limits::new(listen, Kind::Http));
+    if let Some(nofile) = crate::listener::open_files_limit() {
+        if let Some((g, h)) = crate::listener::fit_to_fd_limit(grpc.max_connections, http.max_connections, nofile) {
+            warn!(
+                nofile,
+                grpc_max_connections = g,
+                http_max_connections = h,
+                "listen.grpc_max_connections ({}) + listen.http_max_connections ({}) do not fit the file-descriptor \
+                 limit (ulimit -n) with {} to spare: lowered; raise the limit or lower them",
+                grpc.max_connections,
+                http.max_connections,
+                crate::listener::FD_RESERVE,
+            );
+            (grpc.max_connections, http.max_connections) = (g, h);
+        }
+    }
+    (grpc, http)
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {

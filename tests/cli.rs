@@ -51,6 +51,22 @@ fn check_config_accepts_a_good_file_and_notes_what_it_skips() {
     assert!(stdout.contains("note: trusted_issuers[0].jwks_file: key \"idp-enc-1\""), "{stdout}");
     assert!(stdout.contains("warning: signing.keys[0] is ephemeral"), "{stdout}");
     assert!(!stderr.contains("problem"), "{stderr}");
+    assert!(!stdout.contains("no `audiences`"), "{stdout}");
+}
+
+#[test]
+fn check_config_warns_about_a_trusted_issuer_without_audiences() {
+    let dir = TempDir::new("cli-no-audiences");
+    dir.write("idp-jwks.json", std::fs::read(fixture("idp-jwks.json")).unwrap());
+    let good = std::fs::read_to_string(fixture("good.yaml")).unwrap();
+    let yaml = good.replace("    audiences: [stsgate]\n", "");
+    assert_ne!(yaml, good, "good.yaml names the issuer's audiences");
+    let path = dir.write("config.yaml", yaml);
+    let (stdout, _) = assert_exit(&stsgate(&["check-config", path.to_str().unwrap()]), 0);
+    assert!(
+        stdout.contains("warning: trusted_issuers[0] (https://idp.example.test) has no `audiences`"),
+        "{stdout}"
+    );
 }
 
 #[test]

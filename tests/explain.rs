@@ -91,3 +91,60 @@ async fn an_invalid_subject_token_is_explained_at_its_stage() {
     assert_eq!(out["stage"], "subject_token");
     assert_eq!(out["reason"], "token has expired");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_token_from_another_idp_is_explained_and_an_impersonation_shows_its_audit() {
+    let (idp, other) = (MockIdp::start().await, MockIdp::start().await);
+    let dir = TempDir::new("explain");
+    let cfg = dir.write(
+        "config.yaml",
+        format!(
+            r#"
+issuer: https://sts.test
+signing:
+  keys: [{{ kid: k1, ephemeral: true }}]
+trusted_issuers:
+  - {{ issuer: "{a}", jwks_url: "{a_jwks}" }}
+  - {{ issuer: "{b}", jwks_url: "{b_jwks}" }}
+ext_authz: {{ requested_subject_header: x-requested-subject }}
+rules:
+  - name: support
+    match: {{ actor: {{ sub: [support-console] }} }}
+    grant: {{ outcome: impersonation, scopes: ["*"], impersonate_subjects: ["user-*"] }}
+"#,
+            a = idp.issuer,
+            a_jwks = idp.jwks_url(),
+            b = other.issuer,
+            b_jwks = other.jwks_url()
+        ),
+    );
+    let run = |args: Vec<String>| {
+        let cfg = cfg.clone();
+        async move {
+            let mut cmd = Command::new(BIN);
+            cmd.arg("explain").arg("--config").arg(&cfg).args(&args);
+            let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+            let json: Value = serde_json::from_slice(&out.stdout).expect("explain prints JSON");
+            (out.status.code().unwrap_or(-1), json)
+        }
+    };
+    let operator = idp.token(&idp.claims("operator", "orders.read"));
+    let args = |actor: &str| {
+        ["--subject-token", &operator, "--actor-token", actor, "--audience", "orders", "--requested-subject", "user-1"]
+            .map(String::from)
+            .to_vec()
+    };
+
+    let (code, out) = run(args(&other.token(&other.claims("support-console", "")))).await;
+    assert_eq!(code, 2, "{out:#}");
+    let why = out["rules"][0]["why_not"].as_str().unwrap();
+    assert!(why.contains("actor token issuer") && why.contains(&other.issuer), "{out:#}");
+    assert!(out.get("audit").is_none(), "{out:#}");
+
+    let (code, out) = run(args(&idp.token(&idp.claims("support-console", "")))).await;
+    assert_eq!(code, 0, "{out:#}");
+    assert_eq!(out["claims"]["sub_id"], serde_json::json!({"format": "iss_sub", "iss": idp.issuer, "sub": "user-1"}));
+    let audit = out["audit"].as_str().unwrap();
+    let jti = out["claims"]["jti"].as_str().unwrap();
+    assert!(audit.contains(jti) && audit.contains(&idp.issuer) && audit.contains("\"user-1\""), "{audit}");
+}

@@ -414,10 +414,41 @@ async fn unsigned_and_symmetric_tokens_are_refused() {
     // Alg confusion: HS256 keyed with the IdP's RSA public key (PEM and DER).
     let key = idp.key();
     let forged = forge_hs256(key.public_pem.as_bytes(), Some(&key.kid), &claims);
-    assert_invalid_token(&h.check_for(&forged, "orders").await, "symmetric algorithm HS256");
+    assert_invalid_token(&h.check_for(&forged, "orders").await, "symmetric (HMAC) algorithms");
     let der = pem::parse(&key.public_pem).unwrap().into_contents();
     let forged = forge_hs256(&der, Some(&key.kid), &claims);
-    assert_invalid_token(&h.check_for(&forged, "orders").await, "symmetric algorithm HS256");
+    assert_invalid_token(&h.check_for(&forged, "orders").await, "symmetric (HMAC) algorithms");
+}
+
+/// Header values are caller-controlled: none of them may reach the gRPC
+/// status, the challenge or the JSON body (where they would also reach the
+/// log line that reports the refusal, forging entries with a newline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_header_values_are_never_reflected() {
+    let idp = MockIdp::start().await;
+    let h = Harness::start(&idp).await;
+    let key = idp.key();
+    let claims = idp.claims("alice", "orders.read");
+    let forged = "X\nstsgate::audit: impersonation approved INJECTED";
+    let with = |field: &str, value: &str| {
+        let mut header = key.header();
+        header[field] = json!(value);
+        key.sign(&header, &claims)
+    };
+    let cases = [
+        ("alg", with("alg", &format!("RS256{forged}")), "algorithm is not one stsgate verifies"),
+        ("alg HS", with("alg", &format!("HS256{forged}")), "symmetric (HMAC)"),
+        ("kid", with("kid", &format!("ghost{forged}")), "matches the token's kid"),
+        ("typ", with("typ", &format!("logout+jwt{forged}")), "not an access token"),
+    ];
+    for (what, token, expected) in cases {
+        let resp = h.check_for(&token, "orders").await;
+        let d = assert_invalid_token(&resp, expected);
+        let status = resp.status.as_ref().unwrap().message.clone();
+        for text in [status.as_str(), d.description(), d.www_authenticate().unwrap()] {
+            assert!(!text.contains("INJECTED") && !text.contains('\n'), "{what}: header value reflected in {text:?}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -641,4 +672,86 @@ async fn keys_not_loaded_is_503_not_401() {
     assert!(d.www_authenticate().is_none(), "not the caller's fault: no challenge");
     // Header checks that need no key still answer precisely.
     assert_invalid_token(&h.check_for(&forge_none(&idp.claims("alice", "x")), "orders").await, "alg none");
+}
+
+/// A typo in a route's `actor` context extension is refused with a reason
+/// naming it: read as `none`, it would drop the mTLS peer and turn a refused
+/// delegation into an allowed actor-less exchange.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_actor_context_extension_is_refused() {
+    use stsgate::pb::envoy::service::auth::v3::attribute_context::Peer;
+    let idp = MockIdp::start().await;
+    // `orders` is a plain exchange (no actor); with the peer taken into account
+    // the request has an actor and must not match it.
+    let h = Harness::start(&idp).await;
+    let token = idp.token(&idp.claims("alice", "orders.read"));
+    let bearer = format!("Bearer {token}");
+    let with_peer = |mode: &str| {
+        let mut req = check_request(&[("authorization", &bearer)], &[("audience", "orders"), ("actor", mode)], "api.test", "/");
+        req.attributes.as_mut().unwrap().source =
+            Some(Peer { principal: "spiffe://cluster.local/ns/shop/sa/web".into(), ..Default::default() });
+        req
+    };
+    for typo in ["Peer", "mtls", "", "peer\nINJECTED-and-a-very-long-tail-that-goes-on-and-on"] {
+        let d = denial(&h.check_request(with_peer(typo)).await);
+        assert_eq!((d.rpc_code, d.http_status, d.error()), (RPC_PERMISSION_DENIED, 403, "access_denied"), "{typo:?}: {d:#?}");
+        assert!(d.description().contains("actor context extension"), "{d:#?}");
+        assert!(!d.description().contains('\n') && !d.description().contains("on-and-on"), "escaped and cut short: {d:#?}");
+        assert_eq!(d.metadata.get("reason").map(String::as_str), Some("unknown_actor_mode"));
+    }
+    // Known modes behave as documented: `none` ignores the peer, `peer` uses it.
+    allowed(&h.check_request(with_peer("none")).await);
+    let d = denial(&h.check_request(with_peer("peer")).await);
+    assert_eq!(d.http_status, 403, "{d:#?}");
+}
+
+/// Every configured downstream-token header that an answer does not set is
+/// removed, so a caller cannot forge one for the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_supplied_downstream_token_headers_never_pass() {
+    let idp = MockIdp::start().await;
+    let h = Harness::builder(&idp)
+        .rules(
+            r#"
+- name: checkout
+  match: { audiences: [orders] }
+  grant:
+    scopes: ["orders.*", "payments.*"]
+    downstream_tokens:
+      - { audience: payments, header: x-payments-token, scopes: ["payments.read"] }
+- name: billing
+  match: { audiences: [billing] }
+  grant:
+    scopes: ["*"]
+    downstream_tokens:
+      - { audience: ledger, header: x-ledger-token, scopes: ["ledger.read"] }
+"#,
+        )
+        .start()
+        .await;
+    let forged = [("x-payments-token", "FORGED"), ("x-ledger-token", "FORGED")];
+    let check = |token: String, audience: &'static str| {
+        let bearer = format!("Bearer {token}");
+        let mut headers = vec![("authorization", bearer.clone())];
+        headers.extend(forged.iter().map(|(k, v)| (*k, v.to_string())));
+        let h = &h;
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            allowed(&h.check(&headers, &[("audience", audience)], "api.test", "/").await)
+        }
+    };
+
+    // No payments scope left: the payments token is not minted, and the
+    // forged one is removed; so is the other rule's header.
+    let ok = check(idp.token(&idp.claims("alice", "orders.read")), "orders").await;
+    assert!(!ok.headers.iter().any(|h| h.header.as_ref().unwrap().key == "x-payments-token"), "{ok:?}");
+    for name in ["x-payments-token", "x-ledger-token"] {
+        assert!(ok.headers_to_remove.contains(&name.to_owned()), "{name} must be removed: {ok:?}");
+    }
+
+    // Minted: stsgate's token overwrites the header; the other rule's is removed.
+    let ok = check(idp.token(&idp.claims("alice", "orders.read payments.read")), "orders").await;
+    assert_ne!(ok.header_value("x-payments-token"), "FORGED");
+    assert!(!ok.headers_to_remove.contains(&"x-payments-token".to_owned()), "{ok:?}");
+    assert!(ok.headers_to_remove.contains(&"x-ledger-token".to_owned()), "{ok:?}");
 }

@@ -127,7 +127,7 @@ async fn probes_report_liveness_and_readiness() {
     let resp = h.get("/readyz").await;
     assert_eq!(resp.status(), 200);
     let report: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(report, json!({"ready": true, "draining": false, "issuers_without_keys": []}));
+    assert_eq!(report, json!({"ready": true, "draining": false, "issuers_not_loaded": 0}));
     assert_eq!(h.get("/no-such-endpoint").await.status(), 404);
 
     // Liveness does not depend on the IdP; readiness does.

@@ -846,3 +846,144 @@ async fn impersonated_subject_does_not_inherit_the_operators_copied_claims() {
     assert_eq!(c["email"], "operator@corp.example");
     h.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------
+// Two IdPs: actor tokens are believed only from the issuers a rule admits,
+// and minted tokens say whose subject they carry (security review, issue #9)
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_token_from_another_idp_cannot_impersonate_or_satisfy_may_act() {
+    let idp = MockIdp::start().await;
+    let other = MockIdp::start().await;
+    let rules = format!(
+        r#"
+- name: support-impersonates-customers
+  match:
+    issuers: ["{idp}"]
+    audiences: [orders]
+    actor: {{ sub: [support-console] }}
+  grant:
+    outcome: impersonation
+    scopes: ["orders.read"]
+    impersonate_subjects: ["user-*"]
+    audit_claim: impersonated_by
+- name: payments-delegates
+  match:
+    audiences: [payments]
+    actor: {{ issuers: ["{idp}", "{other}"] }}
+  grant: {{ outcome: delegation, scopes: ["payments.*"] }}
+"#,
+        idp = idp.issuer,
+        other = other.issuer
+    );
+    let h = Harness::bare().trusted_issuers(&trust(&[&idp, &other])).ext_authz(ACTOR_TOKENS).rules(&rules).start().await;
+    let operator = idp.token(&claims_with(&idp, "operator", "orders.read", json!({"groups": ["sre"]})));
+    let console = |from: &MockIdp| {
+        from.token(&claims_with(from, "support-console", "", json!({"client_id": format!("console@{}", from.issuer)})))
+    };
+    let ctx = [("audience", "orders")];
+
+    // The other IdP's support-console is not ours: no impersonation.
+    let resp = check(
+        &h,
+        &operator,
+        &ctx,
+        &[("x-actor-token", &console(&other)), ("x-requested-subject", "user-123")],
+        None,
+    )
+    .await;
+    assert_forbidden(&resp, "access_denied", "impersonation_refused", &["impersonating another subject"]);
+
+    // Ours is: the audit claim and sub_id name the issuers, client_id is the console's.
+    let resp =
+        check(&h, &operator, &ctx, &[("x-actor-token", &console(&idp)), ("x-requested-subject", "user-123")], None)
+            .await;
+    let (ok, c) = minted(&h, &resp, "orders").await;
+    assert_eq!(c["sub"], "user-123");
+    assert_eq!(c["impersonated_by"], json!({"sub": "support-console", "iss": idp.issuer}), "{c}");
+    assert_eq!(c["sub_id"], json!({"format": "iss_sub", "iss": idp.issuer, "sub": "user-123"}), "{c}");
+    assert_eq!(c["client_id"], format!("console@{}", idp.issuer));
+    assert_eq!(md(&ok, "decision"), "impersonation");
+
+    // may_act without iss names a party of the subject token's own IdP, even
+    // where the rule admits actor tokens from both.
+    let alice = idp.token(&claims_with(&idp, "alice", "payments.read", json!({"may_act": {"sub": "svc-pay"}})));
+    let pay = |from: &MockIdp| {
+        from.token(&claims_with(from, "svc-pay", "", json!({"client_id": format!("pay@{}", from.issuer)})))
+    };
+    let resp = check(&h, &alice, &[("audience", "payments")], &[("x-actor-token", &pay(&other))], None).await;
+    assert_forbidden(&resp, "access_denied", "may_act", &["may_act does not admit this actor"]);
+    let resp = check(&h, &alice, &[("audience", "payments")], &[("x-actor-token", &pay(&idp))], None).await;
+    let (_, c) = minted(&h, &resp, "payments").await;
+    assert_eq!(c["act"], json!({"sub": "svc-pay", "iss": idp.issuer}), "{c}");
+    assert_eq!(c["client_id"], format!("pay@{}", idp.issuer));
+
+    // An actor token from an issuer the rule does not admit contributes
+    // nothing: not its iss, not its client_id; the request is refused.
+    let bob = other.token(&claims_with(&other, "bob", "orders.read", json!({"client_id": "bob-app"})));
+    let resp = check(&h, &bob, &ctx, &[("x-actor-token", &console(&idp))], None).await;
+    assert_forbidden(&resp, "invalid_target", "no_rule", &["\"orders\""]);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_sub_from_two_idps_is_told_apart_by_sub_id() {
+    let idp = MockIdp::start().await;
+    let other = MockIdp::start().await;
+    let h = Harness::bare()
+        .trusted_issuers(&trust(&[&idp, &other]))
+        .rules(
+            r#"
+- name: any-idp
+  match: { audiences: [orders] }
+  grant:
+    scopes: ["orders.*", "payments.*"]
+    downstream_tokens:
+      - { audience: payments, header: x-payments-token, scopes: ["payments.*"] }
+"#,
+        )
+        .start()
+        .await;
+    for from in [&idp, &other] {
+        let admin = from.token(&from.claims("admin", "orders.read payments.read"));
+        let resp = check(&h, &admin, &[("audience", "orders")], &[], None).await;
+        let (ok, c) = minted(&h, &resp, "orders").await;
+        let want = json!({"format": "iss_sub", "iss": from.issuer, "sub": "admin"});
+        assert_eq!(c["sub"], "admin");
+        assert_eq!(c["sub_id"], want, "{c}");
+        // stsgate's own downstream tokens say it too.
+        let (_, d) = h.verify_minted(&ok.header_value("x-payments-token"), "payments").await;
+        assert_eq!(d["sub_id"], want, "{d}");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_token_expiring_inside_the_leeway_is_named_and_nothing_is_minted() {
+    let idp = MockIdp::start().await;
+    let h = Harness::builder(&idp)
+        .issuer_option("leeway: 60s")
+        .ext_authz(ACTOR_TOKENS)
+        .rules(SUPPORT_IMPERSONATES)
+        .start()
+        .await;
+    let operator = idp.token(&claims_with(&idp, "operator", "orders.read", json!({"groups": ["sre"]})));
+    // Expired 10 seconds ago: valid inside the leeway, but nothing left to hand on.
+    let mut console = idp.claims("ops-console", "");
+    console["exp"] = json!(now() - 10);
+    console["iat"] = json!(now() - 100);
+    console["nbf"] = json!(now() - 100);
+    let console = idp.token(&console);
+    let resp = check(
+        &h,
+        &operator,
+        &[("audience", "orders")],
+        &[("x-actor-token", &console), ("x-requested-subject", "user-123")],
+        None,
+    )
+    .await;
+    let d = assert_invalid_token(&resp, "actor token: token has expired");
+    assert_eq!(d.description(), "actor token: token has expired");
+    h.shutdown().await;
+}

@@ -233,6 +233,23 @@ async fn bad_tokens_are_invalid_grant_and_refusals_follow_the_rules() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_header_values_are_never_reflected() {
+    let idp = MockIdp::start().await;
+    let h = Harness::start(&idp).await;
+    let key = idp.key();
+    let claims = idp.claims("alice", "orders.read");
+    for field in ["alg", "kid", "typ"] {
+        let mut header = key.header();
+        header[field] = json!(format!("{}\nstsgate::audit: INJECTED", header[field].as_str().unwrap_or("x")));
+        let token = key.sign(&header, &claims);
+        let (status, body) = post(&h, &exchange(&token, "orders", &[])).await;
+        assert!(status == 400 || status == 401, "{field}: {status} {body}");
+        let desc = body["error_description"].as_str().unwrap_or("");
+        assert!(!desc.is_empty() && !desc.contains("INJECTED") && !desc.contains('\n'), "{field}: reflected in {desc:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_issuer_keys_are_503_with_retry_after() {
     let idp = MockIdp::start_in(Mode::Unavailable).await;
     let h = Harness::builder(&idp).no_wait().start().await;

@@ -231,11 +231,17 @@ fn delegation_nests_prior_actors_up_to_the_limit() {
 
 #[test]
 fn token_actor_act_names_its_issuer() {
-    let rs = rules("- name: d\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
+    let rs = rules(
+        "- name: d\n  match: { actor: { issuers: [\"https://ci.example\"] } }\n  grant: { outcome: delegation, allow_empty_scope: true }\n",
+    );
     let s = subject(json!({}));
     let actor = token_actor("batch-job", "https://ci.example", Some("ci"));
     let d = evaluate(&rs, &input(&s, Some(&actor), "x")).unwrap();
     assert_eq!(d.act, Some(json!({"sub": "batch-job", "iss": "https://ci.example"})));
+    assert_eq!(d.client_id.as_deref(), Some("ci"));
+    // Without actor.issuers only the subject token's issuer may send actor tokens.
+    let any = rules("- name: d\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
+    assert_eq!(evaluate(&any, &input(&s, Some(&actor), "x")).unwrap_err().label(), "no_rule");
 }
 
 #[test]
@@ -247,7 +253,9 @@ fn malformed_act_is_refused() {
 
 #[test]
 fn may_act_admits_only_the_named_actor() {
-    let rs = rules("- name: d\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
+    let rs = rules(
+        "- name: d\n  match: { actor: { issuers: [\"https://ci.example\"] } }\n  grant: { outcome: delegation, allow_empty_scope: true }\n",
+    );
     let web = peer(WEB);
     let tok = token_actor("batch", "https://ci.example", None);
     let cases = [
@@ -384,4 +392,200 @@ fn downstream_tokens_with_no_scope_left_follow_allow_empty_scope() {
     assert!(evaluate(&strict, &input(&s, None, "orders")).unwrap().downstream.is_empty());
     let lax = rules("- name: r\n  grant:\n    scopes: [\"*\"]\n    allow_empty_scope: true\n    downstream_tokens: [{ audience: pay, header: x-pay, scopes: [\"pay.*\"] }]\n");
     assert_eq!(evaluate(&lax, &input(&s, None, "orders")).unwrap().downstream[0].scopes, Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------
+// Two issuers: an actor token's names mean something only in its issuer's
+// namespace (security review, issue #9).
+// ---------------------------------------------------------------------------
+
+const IDP_B: &str = "https://idp-b.example";
+
+/// Impersonation pinned to IDP's subjects, naming the actor by `sub`.
+const SUPPORT_PINNED: &str = r#"
+- name: support
+  match:
+    issuers: ["https://idp.example"]
+    actor: { sub: [support-console] }
+  grant: { outcome: impersonation, scopes: ["*"], allow_empty_scope: true, impersonate_subjects: ["user-*"], audit_claim: impersonated_by }
+"#;
+
+fn impersonating<'a>(subject: &'a Validated, actor: Option<&'a Actor>, who: &'a str) -> RuleInput<'a> {
+    RuleInput { requested_subject: Some(who), ..input(subject, actor, "orders") }
+}
+
+#[test]
+fn actor_token_from_another_issuer_does_not_match_a_rule_pinned_to_the_subjects() {
+    let rs = rules(SUPPORT_PINNED);
+    let operator = subject(json!({"sub": "operator"}));
+    let ours = token_actor("support-console", IDP, Some("console"));
+    let theirs = token_actor("support-console", IDP_B, Some("console"));
+
+    let d = evaluate(&rs, &impersonating(&operator, Some(&ours), "user-123")).unwrap();
+    assert_eq!(d.sub, "user-123");
+    assert_eq!(d.claims["impersonated_by"], json!({"sub": "support-console", "iss": IDP}));
+
+    // Same sub, other IdP: a different party, whatever its name.
+    let i = impersonating(&operator, Some(&theirs), "user-123");
+    assert_eq!(evaluate(&rs, &i).unwrap_err(), Denied::ImpersonationRefused);
+    let why = explain(&rs, &i)[0].1.clone().unwrap();
+    assert!(why.contains("actor token issuer") && why.contains(IDP_B), "{why}");
+    // Not even as the operator's own subject.
+    assert_eq!(evaluate(&rs, &input(&operator, Some(&theirs), "orders")).unwrap_err().label(), "no_rule");
+
+    // actor.issuers admits exactly the listed issuers, and only those.
+    let rs = rules(&SUPPORT_PINNED.replace("sub: [support-console]", "issuers: [\"https://idp-b.example\"], sub: [support-console]"));
+    let d = evaluate(&rs, &impersonating(&operator, Some(&theirs), "user-123")).unwrap();
+    assert_eq!(d.claims["impersonated_by"], json!({"sub": "support-console", "iss": IDP_B}));
+    let i = impersonating(&operator, Some(&ours), "user-123");
+    assert_eq!(evaluate(&rs, &i).unwrap_err(), Denied::ImpersonationRefused);
+    assert!(explain(&rs, &i)[0].1.as_deref().unwrap().contains("is not in actor.issuers"));
+
+    // A client_id glob is a name in the issuer's namespace too.
+    let by_client = rules(&SUPPORT_PINNED.replace("sub: [support-console]", "client_id: [console]"));
+    assert!(evaluate(&by_client, &impersonating(&operator, Some(&ours), "user-1")).is_ok());
+    assert_eq!(
+        evaluate(&by_client, &impersonating(&operator, Some(&theirs), "user-1")).unwrap_err(),
+        Denied::ImpersonationRefused
+    );
+}
+
+#[test]
+fn a_peer_and_token_actor_needs_its_token_from_an_admitted_issuer() {
+    // Matched by its SPIFFE ID, but the token half would put IDP_B's iss in
+    // act and its client in client_id: both proofs must hold under the rule.
+    let rs = rules(
+        "- name: d\n  match: { actor: { spiffe: [\"spiffe://*\"] } }\n  grant: { outcome: delegation, allow_empty_scope: true }\n",
+    );
+    let s = subject(json!({}));
+    let ours = Actor { kind: ActorKind::PeerAndToken, ..token_actor(WEB, IDP, Some("web")) };
+    let theirs = Actor { kind: ActorKind::PeerAndToken, ..token_actor(WEB, IDP_B, Some("web-b")) };
+    let d = evaluate(&rs, &input(&s, Some(&ours), "x")).unwrap();
+    assert_eq!(d.act, Some(json!({"sub": WEB, "iss": IDP})));
+    assert_eq!(d.client_id.as_deref(), Some("web"));
+    assert_eq!(evaluate(&rs, &input(&s, Some(&theirs), "x")).unwrap_err().label(), "no_rule");
+    // The peer alone is still the SPIFFE ID the rule names.
+    assert!(evaluate(&rs, &input(&s, Some(&peer(WEB)), "x")).is_ok());
+}
+
+#[test]
+fn may_act_without_iss_names_a_party_of_the_subject_tokens_issuer() {
+    // The rule admits actor tokens from both IdPs: only may_act decides here.
+    let rs = rules(
+        "- name: d\n  match: { actor: { issuers: [\"https://idp.example\", \"https://idp-b.example\"] } }\n  grant: { outcome: delegation, allow_empty_scope: true }\n",
+    );
+    let pay_a = token_actor("svc-pay", IDP, None);
+    let pay_b = token_actor("svc-pay", IDP_B, None);
+    let web_both_b = Actor { kind: ActorKind::PeerAndToken, ..token_actor(WEB, IDP_B, None) };
+    let cases = [
+        (json!({"sub": "svc-pay"}), &pay_a, Ok(())),
+        (json!({"sub": "svc-pay"}), &pay_b, Err(Denied::MayAct)),
+        (json!({"sub": "svc-pay", "iss": IDP_B}), &pay_b, Ok(())),
+        (json!({"sub": "svc-pay", "iss": IDP_B}), &pay_a, Err(Denied::MayAct)),
+        // A SPIFFE ID names its own trust domain: the mTLS proof suffices.
+        (json!({"sub": WEB}), &web_both_b, Ok(())),
+    ];
+    for (may_act, actor, want) in cases {
+        let s = subject(json!({"may_act": may_act}));
+        let got = evaluate(&rs, &input(&s, Some(actor), "x")).map(|_| ());
+        assert_eq!(got, want, "may_act {may_act} vs {actor:?}");
+    }
+    // A peer whose identity is no SPIFFE ID is not the IdP's `svc-pay`.
+    let s = subject(json!({"may_act": {"sub": "svc-pay"}}));
+    assert_eq!(evaluate(&rs, &input(&s, Some(&peer("svc-pay")), "x")).unwrap_err(), Denied::MayAct);
+    let s = subject(json!({"may_act": {"sub": WEB}}));
+    assert!(evaluate(&rs, &input(&s, Some(&peer(WEB)), "x")).is_ok());
+}
+
+#[test]
+fn client_id_comes_only_from_an_admitted_actor_token() {
+    let rs = rules("- name: d\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
+    let s = subject(json!({"client_id": "subject-app"}));
+    let ours = token_actor("batch", IDP, Some("batch-client"));
+    let theirs = token_actor("batch", IDP_B, Some("foreign-client"));
+    assert_eq!(evaluate(&rs, &input(&s, Some(&ours), "x")).unwrap().client_id.as_deref(), Some("batch-client"));
+    assert_eq!(evaluate(&rs, &input(&s, Some(&peer(WEB)), "x")).unwrap().client_id.as_deref(), Some("subject-app"));
+    assert_eq!(evaluate(&rs, &input(&s, Some(&theirs), "x")).unwrap_err().label(), "no_rule");
+    // Defence in depth: even past matching, a foreign actor token decides nothing.
+    assert_eq!(decide(&rs[0], &input(&s, Some(&theirs), "x")).unwrap_err().label(), "no_rule");
+}
+
+#[test]
+fn impersonating_another_subject_needs_a_proven_actor() {
+    // `none: true` on such a rule is refused by check-config; the engine
+    // refuses the request anyway.
+    let rs = rules(&SUPPORT_PINNED.replace("sub: [support-console]", "sub: [support-console], none: true"));
+    let operator = subject(json!({"sub": "operator"}));
+    let i = impersonating(&operator, None, "user-123");
+    assert_eq!(evaluate(&rs, &i).unwrap_err(), Denied::ImpersonationRefused);
+    assert!(explain(&rs, &i)[0].1.as_deref().unwrap().contains("needs a proven actor"), "{:?}", explain(&rs, &i));
+    assert_eq!(decide(&rs[0], &i).unwrap_err(), Denied::ImpersonationRefused);
+    // With no other subject asked for, the token keeps its own subject.
+    let d = evaluate(&rs, &input(&operator, None, "orders")).unwrap();
+    assert_eq!(d.sub, "operator");
+    assert!(d.claims.get("impersonated_by").is_none());
+}
+
+#[test]
+fn sub_id_names_the_minted_subject_in_its_issuers_namespace() {
+    let iss_sub = |iss: &str, sub: &str| SubId::IssSub { iss: iss.into(), sub: sub.into() };
+    let alice = subject(json!({"scope": "profile"}));
+    let ex = rules("- name: e\n  grant: { allow_empty_scope: true }\n");
+    assert_eq!(evaluate(&ex, &input(&alice, None, "x")).unwrap().sub_id, iss_sub(IDP, "alice"));
+    let mut theirs = alice.clone();
+    theirs.issuer = IDP_B.into();
+    assert_eq!(evaluate(&ex, &input(&theirs, None, "x")).unwrap().sub_id, iss_sub(IDP_B, "alice"));
+
+    // Delegation keeps the subject; act_as puts the actor in sub, and sub_id follows it.
+    let act = rules("- name: d\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
+    assert_eq!(evaluate(&act, &input(&alice, Some(&peer(WEB)), "x")).unwrap().sub_id, iss_sub(IDP, "alice"));
+    let act_as = rules("- name: d\n  grant: { outcome: delegation, delegation_shape: act_as, allow_empty_scope: true }\n");
+    assert_eq!(evaluate(&act_as, &input(&alice, Some(&peer(WEB)), "x")).unwrap().sub_id, SubId::Uri { uri: WEB.into() });
+    assert_eq!(
+        evaluate(&act_as, &input(&alice, Some(&peer("web.shop.svc")), "x")).unwrap().sub_id,
+        SubId::Opaque { id: "web.shop.svc".into() }
+    );
+    let job = token_actor("job", IDP, None);
+    assert_eq!(evaluate(&act_as, &input(&alice, Some(&job), "x")).unwrap().sub_id, iss_sub(IDP, "job"));
+
+    // Impersonation: the impersonated subject, under the subject token's issuer.
+    let rs = rules(SUPPORT_PINNED);
+    let operator = subject(json!({"sub": "operator"}));
+    let console = token_actor("support-console", IDP, None);
+    let d = evaluate(&rs, &impersonating(&operator, Some(&console), "user-123")).unwrap();
+    assert_eq!(d.sub_id, iss_sub(IDP, "user-123"));
+    assert_eq!(
+        serde_json::to_value(&d.sub_id).unwrap(),
+        json!({"format": "iss_sub", "iss": IDP, "sub": "user-123"})
+    );
+}
+
+#[test]
+fn impersonation_audit_names_both_issuers() {
+    let rs = rules(&SUPPORT_PINNED.replace("sub: [support-console]", "issuers: [\"https://idp-b.example\"], sub: [support-console]"));
+    let operator = subject(json!({"sub": "operator"}));
+    let console = token_actor("support-console", IDP_B, None);
+    let audit = evaluate(&rs, &impersonating(&operator, Some(&console), "user-123")).unwrap().audit.unwrap();
+    assert!(audit.contains(&format!("actor \"support-console\" (issuer {IDP_B:?})")), "{audit}");
+    assert!(audit.contains(&format!("token subject \"operator\", issuer {IDP:?}")), "{audit}");
+    assert!(audit.contains("acts as subject \"user-123\""), "{audit}");
+}
+
+#[test]
+fn lint_keeps_rules_that_admit_other_actor_issuers() {
+    let rs = rules(
+        r#"
+- name: same-idp-actors
+  grant: { outcome: delegation, scopes: ["*"] }
+- name: ci-actors
+  match: { actor: { issuers: ["https://ci.example"] } }
+  grant: { outcome: delegation, scopes: ["*"] }
+- name: ci-actors-again
+  match: { audiences: [orders], actor: { issuers: ["https://ci.example"] } }
+  grant: { outcome: delegation, scopes: ["*"] }
+"#,
+    );
+    let issues = lint(&rs);
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert!(issues[0].contains("ci-actors-again") && issues[0].contains("rules[1]"), "{issues:?}");
 }
