@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .codec_path("crate::codec::CheckCodec")
+        .codec_path("crate::api::codec::CheckCodec")
         .compile_fds(fds)?;
     Ok(())
 }

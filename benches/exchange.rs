@@ -30,15 +30,16 @@ use serde_json::{Map, json};
 use tokio::runtime::Runtime;
 
 use stsgate::config::{Config, SignAlg};
-use stsgate::exchange::{Engine, ExchangeRequest};
-use stsgate::ext_authz::AuthzService;
-use stsgate::issuer::{Issuers, http_client};
+use stsgate::engine::{Engine, ExchangeRequest};
+use stsgate::api::ext_authz::AuthzService;
+use stsgate::trust::issuer::{Issuers, http_client};
 use stsgate::metrics::Metrics;
-use stsgate::mint::{AccessClaims, KeyRing, Signer, SubId, new_jti};
+use stsgate::rules::SubId;
+use stsgate::signing::{AccessClaims, KeyRing, Signer, new_jti};
 use stsgate::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
 use stsgate::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use stsgate::rules::{self, RuleInput};
-use stsgate::validate::now_unix;
+use stsgate::clock::now_unix;
 
 const IDP: &str = "https://idp.bench.example/realms/corp";
 const AUDIENCE: &str = "bench-api";

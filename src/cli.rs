@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError, KeySource};
-use crate::dev_idp::{DevTokenRequest, request_token};
-use crate::reload::ReloadOptions;
-use crate::server::{Listeners, Server, dev_config};
+use crate::api::dev_idp::{DevTokenRequest, request_token};
+use crate::runtime::reload::ReloadOptions;
+use crate::runtime::server::{Listeners, Server, dev_config};
 
 /// Exit status for a configuration the user must fix (sysexits EX_USAGE).
 pub const EX_CONFIG: u8 = 64;
@@ -144,8 +144,8 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(e) => return config_failure(&e),
             };
-            let q = crate::explain::Question { subject_token, actor_token, peer, audience, scope, requested_subject };
-            match crate::explain::explain(cfg, &q).await {
+            let q = crate::api::explain::Question { subject_token, actor_token, peer, audience, scope, requested_subject };
+            match crate::api::explain::explain(cfg, &q).await {
                 Ok((answer, allowed)) => {
                     println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
                     if allowed { ExitCode::SUCCESS } else { ExitCode::from(2) }
@@ -206,12 +206,12 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     };
     // Load what can be loaded offline, exactly as `serve` would.
     let mut problems = Vec::new();
-    if let Err(e) = crate::mint::KeyRing::load(&cfg.signing) {
+    if let Err(e) = crate::signing::KeyRing::load(&cfg.signing) {
         problems.push(format!("signing: {e}"));
     }
     for (i, iss) in cfg.trusted_issuers.iter().enumerate() {
         if let KeySource::JwksFile(path) = iss.key_source() {
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| crate::jwks::parse(&b).map_err(|e| e.to_string())) {
+            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| crate::trust::jwks::parse(&b).map_err(|e| e.to_string())) {
                 // Served, it would refuse every token of the issuer: a mistake in a file we can see.
                 Ok(set) if set.is_empty() => problems.push(format!(
                     "trusted_issuers[{i}].jwks_file: {}: no usable signature keys ({})",

@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use stsgate::config::Config;
-use stsgate::issuer::{Issuers, http_client};
-use stsgate::validate::Validator;
+use stsgate::trust::issuer::{Issuers, http_client};
+use stsgate::trust::validator::Validator;
 use support::*;
 
 // ---------------------------------------------------------------------------

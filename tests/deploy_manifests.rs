@@ -462,7 +462,7 @@ fn deployment_is_hardened_and_probed_as_designed() {
     assert_eq!(port_of("http"), u64::from(cfg.listen.http.port()));
     let ready = &c["readinessProbe"]["grpc"];
     assert_eq!(ready["port"].as_u64(), Some(port_of("grpc")));
-    assert_eq!(s(&ready["service"]), stsgate::readiness::AUTHZ_SERVICE);
+    assert_eq!(s(&ready["service"]), stsgate::api::readiness::AUTHZ_SERVICE);
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
 

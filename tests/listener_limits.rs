@@ -516,7 +516,7 @@ async fn streams_the_server_must_reset_are_capped_per_connection() {
     let resets = kinds.iter().filter(|k| **k == RST_STREAM).count();
     let (_, code) = goaway.unwrap_or_else(|| panic!("no GOAWAY after {resets} server-sent resets"));
     assert_eq!(code, ENHANCE_YOUR_CALM);
-    assert!(resets <= stsgate::listener::MAX_LOCAL_ERROR_RESETS, "{resets} resets before GOAWAY");
+    assert!(resets <= stsgate::runtime::listener::MAX_LOCAL_ERROR_RESETS, "{resets} resets before GOAWAY");
     fresh_check_is_allowed(&idp, h.grpc_addr).await;
     h.shutdown().await;
 }

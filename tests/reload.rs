@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use stsgate::reload::{ReloadError, short_hash};
+use stsgate::runtime::reload::{ReloadError, short_hash};
 use support::*;
 
 /// Only `billing` (the default rules allow `orders` and `api://*`, not `billing`).
@@ -96,7 +96,7 @@ async fn a_rule_change_takes_effect_both_ways() {
     assert_eq!(h.metric(RELOADS, &ERROR).await, Some(0.0));
     assert!(h.metric(LAST_OK_TIME, &[]).await.unwrap() > started_at);
     assert!(h.is_ready());
-    assert_eq!(h.health(stsgate::readiness::AUTHZ_SERVICE).await, Some(SERVING));
+    assert_eq!(h.health(stsgate::api::readiness::AUTHZ_SERVICE).await, Some(SERVING));
     h.shutdown().await;
 }
 
@@ -386,7 +386,7 @@ async fn readiness_follows_the_current_engine() {
     let hr = &h;
     eventually(
         "gRPC health SERVING",
-        || async move { hr.health(stsgate::readiness::AUTHZ_SERVICE).await == Some(SERVING) },
+        || async move { hr.health(stsgate::api::readiness::AUTHZ_SERVICE).await == Some(SERVING) },
     )
     .await;
     assert_eq!(h.health("").await, Some(SERVING));

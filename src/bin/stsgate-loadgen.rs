@@ -27,7 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use stsgate::config::SignAlg;
-use stsgate::mint::{Signer, new_jti};
+use stsgate::signing::{Signer, new_jti};
 use stsgate::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use stsgate::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use stsgate::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};

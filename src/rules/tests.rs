@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::validate::{Claims, Validated};
+use crate::trust::validator::{Claims, Validated};
 
 const IDP: &str = "https://idp.example";
 

@@ -37,8 +37,8 @@ use stsgate::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Requ
 use stsgate::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use stsgate::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use stsgate::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
-use stsgate::reload::{ReloadError, Reloaded};
-use stsgate::server::{Listeners, Server};
+use stsgate::runtime::reload::{ReloadError, Reloaded};
+use stsgate::runtime::server::{Listeners, Server};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::*;
 use crate::config::{Config, SignAlg};
-use crate::issuer::http_client;
-use crate::mint::Signer;
+use crate::trust::issuer::http_client;
+use crate::signing::Signer;
 
 const IDP_A: &str = "https://idp-a.test";
 const IDP_B: &str = "https://idp-b.test";

@@ -13,7 +13,7 @@ use crate::glob::Glob;
 
 /// The `dev` subcommand's embedded configuration. `{http_addr}` is replaced by
 /// the address the HTTP listener really bound, where the dev IdP is served.
-pub const DEV_YAML: &str = include_str!("config/dev.yaml");
+pub const DEV_YAML: &str = include_str!("dev.yaml");
 
 /// Algorithms stsgate accepts on subject tokens (asymmetric only, RFC 8725 §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

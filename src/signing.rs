@@ -248,7 +248,7 @@ pub struct AccessClaims {
     pub sub: String,
     /// Who `sub` is, with the namespace it is a name in (RFC 9493): stsgate
     /// re-issues subjects of several IdPs under its one `iss`.
-    pub sub_id: SubId,
+    pub sub_id: crate::rules::SubId,
     pub aud: String,
     pub exp: i64,
     pub iat: i64,
@@ -261,19 +261,6 @@ pub struct AccessClaims {
     /// Claims added or copied by rules.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
-}
-
-/// An RFC 9493 subject identifier, as the `sub_id` claim of minted tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "format", rename_all = "snake_case")]
-pub enum SubId {
-    /// `{"format":"iss_sub","iss":..,"sub":..}`: a subject (or actor) token's
-    /// `sub` in its issuer's namespace (§3.2.5).
-    IssSub { iss: String, sub: String },
-    /// `{"format":"uri","uri":..}`: an mTLS peer's URI identity, e.g. a SPIFFE ID (§3.2.7).
-    Uri { uri: String },
-    /// `{"format":"opaque","id":..}`: an mTLS peer identity that is not a URI (§3.2.4).
-    Opaque { id: String },
 }
 
 /// A random, unguessable token identifier (128 bits).

@@ -20,8 +20,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::config::{DelegationShape, Outcome, Rule};
-use crate::mint::SubId;
-use crate::validate::Validated;
+use crate::trust::validator::Validated;
 
 /// The party that presents the subject token and wants to act.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +128,19 @@ pub struct Decision {
     /// Set when the decision must be written to the audit log, which happens
     /// only once the token is minted (see `exchange::Engine::exchange`).
     pub audit: Option<String>,
+}
+
+/// An RFC 9493 subject identifier, as the `sub_id` claim of minted tokens.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "format", rename_all = "snake_case")]
+pub enum SubId {
+    /// `{"format":"iss_sub","iss":..,"sub":..}`: a subject (or actor) token's
+    /// `sub` in its issuer's namespace (§3.2.5).
+    IssSub { iss: String, sub: String },
+    /// `{"format":"uri","uri":..}`: an mTLS peer's URI identity, e.g. a SPIFFE ID (§3.2.7).
+    Uri { uri: String },
+    /// `{"format":"opaque","id":..}`: an mTLS peer identity that is not a URI (§3.2.4).
+    Opaque { id: String },
 }
 
 /// An extra token for a downstream audience, into its own header.

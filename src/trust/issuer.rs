@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, KeySource, TrustedIssuer, VerifyAlg};
-use crate::jwks::{self, KeySet, VerifyKey};
+use crate::trust::jwks::{self, KeySet, VerifyKey};
 
 /// Largest discovery or JWKS document accepted from an IdP.
 const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
@@ -370,7 +370,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use crate::config::SignAlg;
-    use crate::mint::Signer;
+    use crate::signing::Signer;
 
     /// An issuer reading `file`, with its own key epoch.
     fn file_issuer(file: &std::path::Path) -> Arc<Issuer> {

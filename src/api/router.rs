@@ -13,10 +13,10 @@ use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
-use crate::dev_idp::DevIdp;
-use crate::exchange::Engine;
+use crate::api::dev_idp::DevIdp;
+use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::readiness::Readiness;
+use crate::api::readiness::Readiness;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -64,7 +64,7 @@ async fn issuer_documents(State(s): State<AppState>, req: Request) -> Response {
     let path = req.uri().path();
     let te = &engine.cfg.token_endpoint;
     if te.enabled && (path == te.path || path.strip_prefix(issuer_path.as_str()) == Some(te.path.as_str())) {
-        return crate::token_endpoint::handle(&engine, &s.metrics, req).await;
+        return crate::api::token_endpoint::handle(&engine, &s.metrics, req).await;
     }
     let doc = match path.strip_prefix(issuer_path.as_str()) {
         _ if issuer_path.is_empty() => None,
@@ -120,7 +120,7 @@ async fn metadata(State(s): State<AppState>) -> Json<Value> {
     if te.enabled {
         // Built like jwks_uri: the issuer URL plus the path.
         doc["token_endpoint"] = json!(format!("{issuer}{}", te.path));
-        doc["grant_types_supported"] = json!([crate::token_endpoint::GRANT_TYPE_TOKEN_EXCHANGE]);
+        doc["grant_types_supported"] = json!([crate::api::token_endpoint::GRANT_TYPE_TOKEN_EXCHANGE]);
         // No client authentication: the presented tokens are the credentials.
         doc["token_endpoint_auth_methods_supported"] = json!(["none"]);
     }

@@ -22,11 +22,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info};
 
 use crate::config::{Config, ConfigError};
-use crate::exchange::Engine;
-use crate::issuer::{Issuer, Issuers};
+use crate::engine::Engine;
+use crate::trust::issuer::{Issuer, Issuers};
 use crate::metrics::ReloadMetrics;
-use crate::mint::{KeyRing, MintError, Signer};
-use crate::readiness::Readiness;
+use crate::signing::{KeyRing, MintError, Signer};
+use crate::api::readiness::Readiness;
 
 /// How long a reload waits for the keys of every trusted issuer. Twice the
 /// default `fetch_timeout` (5s): a discovery document and then the JWKS, each

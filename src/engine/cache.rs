@@ -26,13 +26,13 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use aws_lc_rs::digest;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
-use crate::exchange::Minted;
+use crate::digest::KeyBuilder;
+use crate::engine::Minted;
 use crate::rules::Actor;
-use crate::validate::Validated;
+use crate::trust::validator::Validated;
 
 /// A cached value, the unix time until which it may be handed out, and the
 /// issuers' key epoch it was decided in (see `Issuers::key_epoch`).
@@ -53,7 +53,7 @@ impl<T> Weighter<Key, Entry<T>> for ByWeight {
     }
 }
 
-pub type Key = [u8; 32];
+pub type Key = crate::digest::Digest;
 
 /// Average entry weights, to size the caches' hash tables up front.
 const MINTED_TYPICAL_BYTES: u64 = 600;
@@ -195,47 +195,11 @@ async fn sweeper(minted: Option<Weak<MintedCache>>, validated: Option<Weak<Valid
         if m.is_none() && v.is_none() {
             return;
         }
-        let now = crate::validate::now_unix();
+        let now = crate::clock::now_unix();
         let dropped = sweep(m.as_deref(), now) + sweep(v.as_deref(), now);
         if dropped > 0 {
             tracing::debug!(dropped, "dropped expired cache entries");
         }
-    }
-}
-
-/// Builds cache keys from length-prefixed fields, so no two different
-/// field lists can produce the same byte stream.
-pub struct KeyBuilder(digest::Context);
-
-impl KeyBuilder {
-    pub fn new(domain: &[u8]) -> KeyBuilder {
-        let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(domain);
-        KeyBuilder(ctx)
-    }
-
-    pub fn field(mut self, bytes: &[u8]) -> KeyBuilder {
-        self.0.update(&(bytes.len() as u64).to_le_bytes());
-        self.0.update(bytes);
-        self
-    }
-
-    pub fn fields(self, parts: &[&[u8]]) -> KeyBuilder {
-        parts.iter().fold(self, |b, p| b.field(p))
-    }
-
-    pub fn opt(self, bytes: Option<&[u8]>) -> KeyBuilder {
-        match bytes {
-            None => self.field(b"\x00none"),
-            Some(b) => self.field(b"\x01").field(b),
-        }
-    }
-
-    pub fn finish(self) -> Key {
-        let d = self.0.finish();
-        let mut key = [0u8; 32];
-        key.copy_from_slice(d.as_ref());
-        key
     }
 }
 
@@ -322,7 +286,7 @@ mod tests {
     }
 
     fn validated(claims: serde_json::Value) -> Validated {
-        let claims: crate::validate::Claims = serde_json::from_str(&claims.to_string()).unwrap();
+        let claims: crate::trust::validator::Claims = serde_json::from_str(&claims.to_string()).unwrap();
         Validated {
             issuer: claims.iss.clone().unwrap_or_default(),
             sub: claims.sub.clone().unwrap_or_default(),
@@ -429,7 +393,7 @@ mod tests {
     async fn the_sweeper_drops_expired_entries_without_traffic() {
         let caches = Caches::new(&cache_config(1 << 20, 1));
         // Put a while ago: already past the 1s TTL.
-        let then = crate::validate::now_unix() - 10;
+        let then = crate::clock::now_unix() - 10;
         let v = Arc::new(validated(claims("alice", serde_json::json!({}))));
         caches.put_validated(token_key("t"), v, then, 0);
         assert_eq!(caches.validated_len(), 1);

@@ -5,7 +5,7 @@
 //! Every refusal is a precise `TokenError`; nothing here panics on input.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use crate::clock::now_unix;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,7 +14,7 @@ use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
 use crate::config::VerifyAlg;
-use crate::issuer::{Issuer, Issuers, KeyLookupError};
+use crate::trust::issuer::{Issuer, Issuers, KeyLookupError};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -326,10 +326,6 @@ mod weigh {
         };
         nodes + m.iter().map(|(k, v)| string(k) + value(v)).sum::<usize>()
     }
-}
-
-pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Validates subject (and, later, actor) tokens against the trusted issuers.

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
 use crate::config::{ActorMode, ExtAuthz, MetadataField};
-use crate::exchange::{Engine, ExchangeError, ExchangeRequest, Exchanged};
+use crate::engine::{Engine, ExchangeError, ExchangeRequest, Exchanged};
 use crate::metrics::Metrics;
 use crate::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
 use crate::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
@@ -218,7 +218,7 @@ impl AuthzService {
         }
     }
 
-    fn actor_token_refused(&self, ea: &ExtAuthz, e: crate::validate::TokenError) -> CheckResponse {
+    fn actor_token_refused(&self, ea: &ExtAuthz, e: crate::trust::validator::TokenError) -> CheckResponse {
         if e.is_unavailable() {
             self.metrics.unavailable(e.label());
             warn!("cannot validate actor token: {e}");
@@ -485,7 +485,7 @@ fn ok_metadata(fields: &[MetadataField], done: &Exchanged<'_>, actor: Option<&Ac
     let needs_claims =
         fields.iter().any(|f| matches!(f, MetadataField::Sub | MetadataField::Aud | MetadataField::Scope | MetadataField::Jti));
     let claims = if needs_claims { done.view() } else { None };
-    let claim = |pick: fn(&crate::exchange::ClaimsView<'_>) -> String| claims.as_ref().map(pick).unwrap_or_default();
+    let claim = |pick: fn(&crate::engine::ClaimsView<'_>) -> String| claims.as_ref().map(pick).unwrap_or_default();
     let fields = fields.iter().filter_map(|f| {
         let value = match f {
             MetadataField::Decision => done.outcome().as_str().to_owned(),

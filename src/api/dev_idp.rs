@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::config::SignAlg;
-use crate::mint::{MintError, Signer, new_jti};
-use crate::validate::now_unix;
+use crate::signing::{MintError, Signer, new_jti};
+use crate::clock::now_unix;
 
 pub struct DevIdp {
     pub issuer: String,
@@ -125,7 +125,7 @@ pub async fn request_token(base: &str, req: &DevTokenRequest) -> anyhow::Result<
         form.push(("client_id", c.clone()));
     }
     let url = format!("{}/token", base.trim_end_matches('/'));
-    let client = crate::issuer::http_client()?;
+    let client = crate::trust::issuer::http_client()?;
     let resp = client
         .post(&url)
         .timeout(Duration::from_secs(5))

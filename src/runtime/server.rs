@@ -16,17 +16,17 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{Config, Listen};
-use crate::dev_idp::DevIdp;
-use crate::exchange::Engine;
-use crate::ext_authz::AuthzService;
-use crate::http::{AppState, router};
-use crate::issuer::{Issuers, http_client};
-use crate::listener::{Acceptor, GrpcIncoming, Kind, Limits};
+use crate::api::dev_idp::DevIdp;
+use crate::engine::Engine;
+use crate::api::ext_authz::AuthzService;
+use crate::api::router::{AppState, router};
+use crate::trust::issuer::{Issuers, http_client};
+use crate::runtime::listener::{Acceptor, GrpcIncoming, Kind, Limits};
 use crate::metrics::{ConnectionMetrics, Metrics, ReloadMetrics};
-use crate::mint::KeyRing;
+use crate::signing::KeyRing;
 use crate::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
-use crate::readiness::Readiness;
-use crate::reload::{Live, ReloadError, ReloadOptions, Reloaded};
+use crate::api::readiness::Readiness;
+use crate::runtime::reload::{Live, ReloadError, ReloadOptions, Reloaded};
 
 /// The encoded descriptor set of stsgate's protos, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stsgate_descriptor.bin"));
@@ -102,7 +102,7 @@ impl Server {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         // tonic-health starts "" as SERVING; nothing is ready before the issuer
         // keys load, so say so before the gRPC listener answers its first probe.
-        for service in ["", crate::readiness::AUTHZ_SERVICE] {
+        for service in ["", crate::api::readiness::AUTHZ_SERVICE] {
             health_reporter.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
         }
         let readiness = Readiness::new(engine.clone(), health_reporter);
@@ -137,7 +137,7 @@ impl Server {
             .http2_max_pending_accept_reset_streams(Some(1024))
             // tonic turns h2's limit on resets the server is made to send off
             // ("MadeYouReset", CVE-2025-8671); put h2's default back.
-            .http2_max_local_error_reset_streams(Some(crate::listener::MAX_LOCAL_ERROR_RESETS))
+            .http2_max_local_error_reset_streams(Some(crate::runtime::listener::MAX_LOCAL_ERROR_RESETS))
             // tonic leaves it unlimited; hyper's own default is 200.
             .max_concurrent_streams(Some(1024))
             // Finds Envoys that went away without a FIN; an idle, pooled
@@ -164,7 +164,7 @@ impl Server {
         let http_acceptor =
             Acceptor::new(listeners.http, Kind::Http, http_limits.max_connections, conn_metrics.clone());
         tasks.push(tokio::spawn(
-            crate::listener::serve_http(http_acceptor, http_limits, app, conn_metrics, shutdown_rx.clone())
+            crate::runtime::listener::serve_http(http_acceptor, http_limits, app, conn_metrics, shutdown_rx.clone())
                 .instrument(info_span!("http", addr = %http_addr)),
         ));
 
@@ -325,8 +325,8 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
 /// together they would not fit the process's file-descriptor limit.
 fn connection_limits(listen: &Listen) -> (Limits, Limits) {
     let (mut grpc, mut http) = (Limits::new(listen, Kind::Grpc), Limits::new(listen, Kind::Http));
-    if let Some(nofile) = crate::listener::open_files_limit() {
-        if let Some((g, h)) = crate::listener::fit_to_fd_limit(grpc.max_connections, http.max_connections, nofile) {
+    if let Some(nofile) = crate::runtime::listener::open_files_limit() {
+        if let Some((g, h)) = crate::runtime::listener::fit_to_fd_limit(grpc.max_connections, http.max_connections, nofile) {
             warn!(
                 nofile,
                 grpc_max_connections = g,
@@ -335,7 +335,7 @@ fn connection_limits(listen: &Listen) -> (Limits, Limits) {
                  limit (ulimit -n) with {} to spare: lowered; raise the limit or lower them",
                 grpc.max_connections,
                 http.max_connections,
-                crate::listener::FD_RESERVE,
+                crate::runtime::listener::FD_RESERVE,
             );
             (grpc.max_connections, http.max_connections) = (g, h);
         }

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::config::Config;
-use crate::exchange::{Engine, ExchangeError, ExchangeRequest};
-use crate::issuer::{Issuers, http_client};
-use crate::mint::KeyRing;
+use crate::engine::{Engine, ExchangeError, ExchangeRequest};
+use crate::trust::issuer::{Issuers, http_client};
+use crate::signing::KeyRing;
 use crate::rules::{self, Actor, ActorKind, RuleInput};
-use crate::validate::now_unix;
+use crate::clock::now_unix;
 
 /// What to explain.
 #[derive(Debug, Clone, Default)]

@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::exchange::Engine;
+use crate::engine::Engine;
 
 /// The gRPC service name whose health Envoy/Kubernetes probe besides "".
 pub const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";

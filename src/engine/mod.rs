@@ -4,12 +4,15 @@
 
 use std::sync::Arc;
 
-use crate::cache::{self, Caches};
+pub mod cache;
+
+use self::cache::Caches;
 use crate::config::{Config, Outcome};
-use crate::issuer::Issuers;
-use crate::mint::{AccessClaims, KeyRing, MintError, new_jti};
+use crate::trust::issuer::Issuers;
+use crate::signing::{AccessClaims, KeyRing, MintError, new_jti};
 use crate::rules::{self, Actor, ActorKind, Denied, RuleInput};
-use crate::validate::{TokenError, Validated, Validator, now_unix};
+use crate::clock::now_unix;
+use crate::trust::validator::{TokenError, Validated, Validator};
 
 /// A request to exchange a subject token for a token for `audience`.
 #[derive(Debug, Clone)]

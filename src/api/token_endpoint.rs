@@ -27,10 +27,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tracing::{debug, warn};
 
-use crate::exchange::{Engine, ExchangeError, ExchangeRequest};
+use crate::engine::{Engine, ExchangeError, ExchangeRequest};
 use crate::metrics::Metrics;
 use crate::rules::Denied;
-use crate::validate::{TokenError, now_unix};
+use crate::clock::now_unix;
+use crate::trust::validator::TokenError;
 
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";

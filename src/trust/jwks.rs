@@ -139,7 +139,7 @@ fn parse_material(jwk: &Jwk, kind: KeyKind, pinned: Option<VerifyAlg>) -> Result
 }
 
 fn fingerprint(parts: &[&[u8]]) -> [u8; 32] {
-    crate::cache::KeyBuilder::new(b"stsgate/jwk/v1").fields(parts).finish()
+    crate::digest::KeyBuilder::new(b"stsgate/jwk/v1").fields(parts).finish()
 }
 
 fn curve_keys(
@@ -352,7 +352,7 @@ mod tests {
     #[test]
     fn every_key_of_a_duplicated_kid_is_dropped() {
         use crate::config::SignAlg;
-        use crate::mint::Signer;
+        use crate::signing::Signer;
         let jwk = |kid: &str| Signer::generate(kid, SignAlg::ES256).unwrap().public_jwk();
         let other = jwk("other");
         for copies in [2, 3, 4] {
@@ -388,7 +388,7 @@ mod tests {
     #[test]
     fn parsed_keys_verify_their_own_algorithm_only() {
         use crate::config::SignAlg;
-        use crate::mint::Signer;
+        use crate::signing::Signer;
         for (sign, verify, other) in [
             (SignAlg::RS256, VerifyAlg::RS256, VerifyAlg::PS256),
             (SignAlg::ES256, VerifyAlg::ES256, VerifyAlg::ES384),
@@ -428,7 +428,7 @@ mod tests {
     #[test]
     fn withdrawing_or_replacing_a_key_is_noticed_and_adding_one_is_not() {
         use crate::config::SignAlg;
-        use crate::mint::Signer;
+        use crate::signing::Signer;
         let jwk = |kid: &str| Signer::generate(kid, SignAlg::ES256).unwrap().public_jwk();
         let (a, b, a_again) = (jwk("a"), jwk("b"), jwk("a"));
         let set = |keys: &[&serde_json::Value]| parse(serde_json::json!({ "keys": keys }).to_string().as_bytes()).unwrap();

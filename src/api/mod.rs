@@ -1,0 +1,11 @@
+//! The front doors: the ext_authz Check, the RFC 8693 token endpoint, the
+//! HTTP router (JWKS, metadata, probes, metrics), readiness, `explain` and the
+//! development IdP. Each renders the engine's answers in its own wire format.
+
+pub mod codec;
+pub mod dev_idp;
+pub mod explain;
+pub mod ext_authz;
+pub mod readiness;
+pub mod router;
+pub mod token_endpoint;
