@@ -32,14 +32,15 @@ use tokio::runtime::Runtime;
 use stsgate::config::{Config, SignAlg};
 use stsgate::engine::{Engine, ExchangeRequest};
 use stsgate::api::ext_authz::AuthzService;
-use stsgate::trust::issuer::{Issuers, http_client};
+use stsgate::trust::issuer::http_client;
 use stsgate::metrics::Metrics;
 use stsgate::rules::SubId;
-use stsgate::signing::{AccessClaims, KeyRing, Signer, new_jti};
-use stsgate::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
-use stsgate::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use stsgate::engine::mint::{AccessClaims, new_jti};
+use stsgate::signing::Signer;
+use stsgate::pb::envoy::service::auth::v3::CheckRequest;
 use stsgate::rules::{self, RuleInput};
 use stsgate::clock::now_unix;
+use stsgate::testkit::CheckRequestBuilder;
 
 const IDP: &str = "https://idp.bench.example/realms/corp";
 const AUDIENCE: &str = "bench-api";
@@ -104,13 +105,10 @@ cache: {cache}
 }
 
 async fn engine(cfg: Config) -> Arc<Engine> {
-    let cfg = Arc::new(cfg);
-    let keys = Arc::new(KeyRing::load(&cfg.signing).expect("signing keys"));
-    let issuers = Arc::new(Issuers::new(&cfg, http_client().expect("http client")));
-    for issuer in issuers.all() {
-        issuer.refresh().await.expect("load the IdP JWKS file");
-    }
-    Arc::new(Engine::new(cfg, issuers, keys))
+    let engine = Engine::load(Arc::new(cfg), http_client().expect("http client"), None).expect("signing keys");
+    let failed = engine.fetch_issuer_keys().await;
+    assert!(failed.is_empty(), "load the IdP JWKS file: {failed:?}");
+    Arc::new(engine)
 }
 
 fn subject_token(idp: &Signer) -> String {
@@ -131,37 +129,17 @@ fn subject_token(idp: &Signer) -> String {
     idp.sign_typed("JWT", &claims).expect("sign subject token")
 }
 
+/// What Envoy sends for `GET http://bench.example/` from wrk (the headers wrk
+/// and Envoy add included).
 fn check_request(token: &str) -> CheckRequest {
-    let headers = [
-        (":authority", "bench.example".to_owned()),
-        (":method", "GET".to_owned()),
-        (":path", "/".to_owned()),
-        (":scheme", "http".to_owned()),
-        ("user-agent", "wrk".to_owned()),
-        ("x-request-id", "00000000-0000-4000-8000-000000000000".to_owned()),
-        ("authorization", format!("Bearer {token}")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    host: "bench.example".into(),
-                    scheme: "http".into(),
-                    protocol: "HTTP/1.1".into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: [("audience".to_owned(), AUDIENCE.to_owned())].into_iter().collect(),
-            ..Default::default()
-        }),
-    }
+    CheckRequestBuilder::new()
+        .host("bench.example")
+        .pseudo_headers()
+        .header("user-agent", "wrk")
+        .header("x-request-id", "00000000-0000-4000-8000-000000000000")
+        .bearer(token)
+        .context("audience", AUDIENCE)
+        .build()
 }
 
 fn fixture() -> Fixture {

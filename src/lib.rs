@@ -16,10 +16,14 @@ pub mod trust;
 pub mod signing;
 pub mod config;
 // Leaves: they import nothing of ours.
+pub mod backoff;
 pub mod clock;
 pub mod digest;
 pub mod glob;
 pub mod metrics;
+// CheckRequests for tests, benches and the load generator (feature `testkit`).
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 /// Generated from stsgate's own ext_authz v3 protos (see `proto/`).
 #[allow(clippy::all, missing_docs)]

@@ -1,23 +1,26 @@
-//! stsgate's own signing keys and the tokens it mints. Keys are parsed once at
-//! load into aws-lc-rs key pairs (jsonwebtoken would re-parse the key on every
-//! signature, which costs 2x for ES256 and RS256); the JOSE header of the
-//! active key is encoded once. The public JWKS is rendered once per key ring.
+//! stsgate's own signing keys. Keys are parsed once at load into aws-lc-rs
+//! key pairs (jsonwebtoken would re-parse the key on every signature, which
+//! costs 2x for ES256 and RS256); the JOSE header of the active key is encoded
+//! once. The public JWKS is rendered once per key ring. What a minted token
+//! says is the engine's (`engine::mint`): this layer knows keys, not claims,
+//! so that trust can verify stsgate's own tokens with the key ring.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::config::{SignAlg, Signing, SigningKey};
 
+/// What can go wrong with one of stsgate's keys: loading it, or signing with it.
 #[derive(Debug, thiserror::Error)]
-pub enum MintError {
+pub enum KeyError {
     #[error("signing key {kid:?}: cannot read {path}: {reason}")]
     Read { kid: String, path: String, reason: String },
     #[error("signing key {kid:?}: {reason}")]
@@ -26,8 +29,6 @@ pub enum MintError {
     Sign,
     #[error("claims could not be encoded: {0}")]
     Encode(String),
-    #[error("the system random number generator failed")]
-    Random,
 }
 
 enum KeyMaterial {
@@ -55,12 +56,12 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     /// Loads a configured key: from its PEM file, or generated for `ephemeral`.
-    pub fn load(cfg: &SigningKey) -> Result<Signer, MintError> {
-        let bad = |reason: String| MintError::BadKey { kid: cfg.kid.clone(), reason };
+    pub fn load(cfg: &SigningKey) -> Result<Signer, KeyError> {
+        let bad = |reason: String| KeyError::BadKey { kid: cfg.kid.clone(), reason };
         let material = match &cfg.file {
             None => generate(cfg.alg).map_err(bad)?,
             Some(path) => {
-                let text = std::fs::read(path).map_err(|e| MintError::Read {
+                let text = std::fs::read(path).map_err(|e| KeyError::Read {
                     kid: cfg.kid.clone(),
                     path: path.display().to_string(),
                     reason: e.to_string(),
@@ -72,9 +73,9 @@ impl Signer {
     }
 
     /// A fresh in-memory key (development issuer, tests).
-    pub fn generate(kid: impl Into<String>, alg: SignAlg) -> Result<Signer, MintError> {
+    pub fn generate(kid: impl Into<String>, alg: SignAlg) -> Result<Signer, KeyError> {
         let kid = kid.into();
-        let material = generate(alg).map_err(|reason| MintError::BadKey { kid: kid.clone(), reason })?;
+        let material = generate(alg).map_err(|reason| KeyError::BadKey { kid: kid.clone(), reason })?;
         Ok(Signer::from_material(kid, alg, material))
     }
 
@@ -85,7 +86,7 @@ impl Signer {
     }
 
     /// Signs `claims` as an RFC 9068 access token (`typ: at+jwt`).
-    pub fn sign_access_token(&self, claims: &impl Serialize) -> Result<String, MintError> {
+    pub fn sign_access_token(&self, claims: &impl Serialize) -> Result<String, KeyError> {
         self.sign_with_header(&self.at_jwt_header, claims)
     }
 
@@ -95,8 +96,8 @@ impl Signer {
     }
 
     /// Signs an access token given its raw JSON claims; returns the raw
-    /// signature (the caller keeps the parts, see `exchange::Exchanged`).
-    pub fn sign_payload(&self, payload: &[u8]) -> Result<Vec<u8>, MintError> {
+    /// signature (the caller keeps the parts, see `engine::mint::Minted`).
+    pub fn sign_payload(&self, payload: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut message = String::with_capacity(self.at_jwt_header.len() + 1 + payload.len() * 4 / 3 + 4);
         message.push_str(&self.at_jwt_header);
         message.push('.');
@@ -105,13 +106,13 @@ impl Signer {
     }
 
     /// Signs with another `typ` (the development IdP mimics IdPs that send `JWT`).
-    pub fn sign_typed(&self, typ: &str, claims: &impl Serialize) -> Result<String, MintError> {
+    pub fn sign_typed(&self, typ: &str, claims: &impl Serialize) -> Result<String, KeyError> {
         let header = json!({"alg": self.alg.as_str(), "typ": typ, "kid": self.kid});
         self.sign_with_header(&URL_SAFE_NO_PAD.encode(header.to_string()), claims)
     }
 
-    fn sign_with_header(&self, header_b64: &str, claims: &impl Serialize) -> Result<String, MintError> {
-        let payload = serde_json::to_vec(claims).map_err(|e| MintError::Encode(e.to_string()))?;
+    fn sign_with_header(&self, header_b64: &str, claims: &impl Serialize) -> Result<String, KeyError> {
+        let payload = serde_json::to_vec(claims).map_err(|e| KeyError::Encode(e.to_string()))?;
         let mut token = String::with_capacity(header_b64.len() + payload.len() * 4 / 3 + 100);
         token.push_str(header_b64);
         token.push('.');
@@ -122,12 +123,12 @@ impl Signer {
         Ok(token)
     }
 
-    fn sign_raw(&self, message: &[u8]) -> Result<Vec<u8>, MintError> {
+    fn sign_raw(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         match &self.material {
-            KeyMaterial::Es256(k) => k.sign(&self.rng, message).map(|s| s.as_ref().to_vec()).map_err(|_| MintError::Sign),
+            KeyMaterial::Es256(k) => k.sign(&self.rng, message).map(|s| s.as_ref().to_vec()).map_err(|_| KeyError::Sign),
             KeyMaterial::Rs256(k) => {
                 let mut sig = vec![0; k.public_modulus_len()];
-                k.sign(&signature::RSA_PKCS1_SHA256, &self.rng, message, &mut sig).map_err(|_| MintError::Sign)?;
+                k.sign(&signature::RSA_PKCS1_SHA256, &self.rng, message, &mut sig).map_err(|_| KeyError::Sign)?;
                 Ok(sig)
             }
             KeyMaterial::EdDsa(k) => Ok(k.sign(message).as_ref().to_vec()),
@@ -206,17 +207,37 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    pub fn load(cfg: &Signing) -> Result<KeyRing, MintError> {
-        let all = cfg.keys.iter().map(|k| Signer::load(k).map(Arc::new)).collect::<Result<Vec<_>, _>>()?;
+    pub fn load(cfg: &Signing) -> Result<KeyRing, KeyError> {
+        KeyRing::load_keeping(cfg, None)
+    }
+
+    /// Like `load`, but an `ephemeral` key that `running` (the running
+    /// configuration and its ring) declares too, same kid and alg, keeps its
+    /// key: it lives as long as the process, so tokens it signed stay
+    /// verifiable across reloads.
+    pub fn load_keeping(cfg: &Signing, running: Option<(&Signing, &KeyRing)>) -> Result<KeyRing, KeyError> {
+        let kept = |k: &SigningKey| {
+            let (was, ring) = running.filter(|_| k.ephemeral)?;
+            let was_ephemeral = was.keys.iter().any(|w| w.ephemeral && w.kid == k.kid && w.alg == k.alg);
+            ring.signers().iter().find(|s| was_ephemeral && s.kid == k.kid && s.alg == k.alg).cloned()
+        };
+        let all = cfg
+            .keys
+            .iter()
+            .map(|k| match kept(k) {
+                Some(signer) => Ok(signer),
+                None => Signer::load(k).map(Arc::new),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         KeyRing::from_signers(all, cfg.active_kid())
     }
 
-    pub fn from_signers(all: Vec<Arc<Signer>>, active_kid: &str) -> Result<KeyRing, MintError> {
+    pub fn from_signers(all: Vec<Arc<Signer>>, active_kid: &str) -> Result<KeyRing, KeyError> {
         let active = all
             .iter()
             .find(|s| s.kid == active_kid)
             .cloned()
-            .ok_or_else(|| MintError::BadKey { kid: active_kid.into(), reason: "no such key".into() })?;
+            .ok_or_else(|| KeyError::BadKey { kid: active_kid.into(), reason: "no such key".into() })?;
         let keys: Vec<Value> = all.iter().map(|s| s.public_jwk()).collect();
         let jwks_json = json!({ "keys": keys }).to_string();
         Ok(KeyRing { active, all, jwks_json })
@@ -239,37 +260,6 @@ impl KeyRing {
     pub fn jwks_json(&self) -> &str {
         &self.jwks_json
     }
-}
-
-/// The claims of an access token minted by stsgate (RFC 9068 §2.2).
-#[derive(Debug, Clone, Serialize)]
-pub struct AccessClaims {
-    pub iss: String,
-    pub sub: String,
-    /// Who `sub` is, with the namespace it is a name in (RFC 9493): stsgate
-    /// re-issues subjects of several IdPs under its one `iss`.
-    pub sub_id: crate::rules::SubId,
-    pub aud: String,
-    pub exp: i64,
-    pub iat: i64,
-    pub jti: String,
-    pub client_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub act: Option<Value>,
-    /// Claims added or copied by rules.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
-/// A random, unguessable token identifier (128 bits).
-/// 128 random bits, base64url. A broken RNG fails the mint: a predictable or
-/// repeated `jti` would defeat replay detection downstream.
-pub fn new_jti() -> Result<String, MintError> {
-    let mut bytes = [0u8; 16];
-    SystemRandom::new().fill(&mut bytes).map_err(|_| MintError::Random)?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 #[cfg(test)]
@@ -301,11 +291,5 @@ mod tests {
         roundtrip(SignAlg::ES256);
         roundtrip(SignAlg::EdDSA);
         roundtrip(SignAlg::RS256);
-    }
-
-    #[test]
-    fn jtis_are_distinct() {
-        assert_ne!(new_jti().unwrap(), new_jti().unwrap());
-        assert_eq!(new_jti().unwrap().len(), 22);
     }
 }

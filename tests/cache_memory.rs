@@ -190,25 +190,25 @@ async fn resident_memory_stays_within_the_validated_cache_budget_under_a_flood_o
         .edit(move |y| format!("{listen}{y}{cache}").replace("algorithms: [RS256]", "algorithms: [ES256]"))
         .yaml();
     let config = dir.write("config.yaml", yaml);
-    let child = Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        // As many workers (and so malloc arenas) as on the machine the finding
-        // was measured on, whatever the number of cores CI has.
-        .env("TOKIO_WORKER_THREADS", "2")
-        .env_remove("STSGATE_CONFIG")
-        .env_remove("STSGATE_LOG_FORMAT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn stsgate serve");
-    let mut child = ChildGuard(child);
-    let pid = child.0.id();
+    let mut child = ChildGuard::spawn(
+        "stsgate serve",
+        Command::new(BIN)
+            .args(["serve", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            // As many workers (and so malloc arenas) as on the machine the finding
+            // was measured on, whatever the number of cores CI has.
+            .env("TOKIO_WORKER_THREADS", "2")
+            .env_remove("STSGATE_CONFIG")
+            .env_remove("STSGATE_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let pid = child.pid();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + WAIT;
     loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = child.exited() {
             panic!("stsgate serve exited ({status}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
         }
         if client.get(format!("http://{http}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
@@ -266,7 +266,7 @@ async fn resident_memory_stays_within_the_validated_cache_budget_under_a_flood_o
     while let Some(done) = workers.join_next().await {
         done.unwrap();
     }
-    assert!(child.0.try_wait().unwrap().is_none(), "stsgate exited:\n{}", std::fs::read_to_string(&log).unwrap());
+    assert!(child.exited().is_none(), "stsgate exited:\n{}", std::fs::read_to_string(&log).unwrap());
 
     let (after, peak) = (proc_status(pid, "VmRSS:"), proc_status(pid, "VmHWM:"));
     eprintln!(

@@ -210,19 +210,19 @@ async fn start_dev() -> Dev {
     // A free port can be taken between our check and stsgate's bind: retry then.
     for _attempt in 0..3 {
         let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-        let child = Command::new(BIN)
-            .args(["dev", "--grpc", &grpc, "--http", &http])
-            .env("RUST_LOG", "info")
-            .env_remove("STSGATE_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn stsgate dev");
-        let mut child = ChildGuard(child);
+        let mut child = ChildGuard::spawn(
+            "stsgate dev",
+            Command::new(BIN)
+                .args(["dev", "--grpc", &grpc, "--http", &http])
+                .env("RUST_LOG", "info")
+                .env_remove("STSGATE_LOG_FORMAT")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
+            if let Some(status) = child.exited() {
                 eprintln!(
                     "stsgate dev exited early ({status}):\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()
@@ -286,11 +286,10 @@ async fn dev_and_dev_token_exchange_end_to_end() {
     assert_eq!(c["client_id"], "dev-client");
 
     // SIGTERM: a graceful, successful exit.
-    let pid = dev.child.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    dev.child.signal("TERM");
     let deadline = Instant::now() + WAIT;
     let status = loop {
-        if let Some(status) = dev.child.0.try_wait().unwrap() {
+        if let Some(status) = dev.child.exited() {
             break status;
         }
         assert!(Instant::now() < deadline, "no exit after SIGTERM:\n{}", dev.log());

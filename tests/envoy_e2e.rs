@@ -8,7 +8,10 @@ mod e2e;
 
 use std::process::{Command, Stdio};
 
-use e2e::{ChildGuard, Echo, Envoy, Stsgate, TempDir, WAIT, bearer, echoed_header, eventually, http_client, jwt_claims, jwt_parts, verify_with_jwks};
+use e2e::{
+    ChildGuard, Echo, Envoy, Stsgate, TempDir, WAIT, bearer, echoed_header, eventually_some, http_client, jwt_claims,
+    jwt_parts, verify_with_jwks,
+};
 use serde_json::Value;
 
 /// stsgate + echo upstream + Envoy; dropped Envoy first, the scratch directory last.
@@ -182,7 +185,7 @@ async fn fails_closed_while_stsgate_is_down_and_recovers_after_restart() {
     s.sts.restart().await;
     // The dev IdP has a new key after a restart: ask it for a new token.
     let token = s.sts.mint("alice", "orders.read").await;
-    let echoed = eventually("traffic through Envoy to recover", WAIT, || async {
+    let echoed = eventually_some("traffic through Envoy to recover", WAIT, || async {
         let resp = s.get("/orders/1", Some(&token)).await;
         if resp.status() == 200 { resp.json::<Value>().await.ok() } else { None }
     })
@@ -208,7 +211,7 @@ async fn demo_config_works_with_stsgate_dev() {
             .stderr(std::fs::File::create(dir.join("stsgate.log")).unwrap()),
     );
     let client = http_client();
-    eventually("stsgate dev to be ready", WAIT, || async {
+    eventually_some("stsgate dev to be ready", WAIT, || async {
         let r = client.get(format!("http://127.0.0.1:{http}/readyz")).send().await.ok()?;
         r.status().is_success().then_some(())
     })

@@ -146,17 +146,17 @@ async fn an_http_flood_under_a_low_fd_limit_does_not_starve_grpc() {
     // No timeout frees a descriptor while the test runs: only the caps do.
     let listen = format!("listen:\n  grpc: {grpc}\n  http: {http}\n  handshake_timeout: 5m\n");
     let config = dir.write("config.yaml", Harness::builder(&idp).edit(move |y| format!("{listen}{y}")).yaml());
-    let child = Command::new("sh")
-        .args(["-c", "ulimit -n 200 && exec \"$0\" \"$@\"", BIN, "serve", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .env_remove("STSGATE_CONFIG")
-        .env_remove("STSGATE_LOG_FORMAT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn stsgate serve");
-    let _child = ChildGuard(child);
+    let _child = ChildGuard::spawn(
+        "stsgate serve",
+        Command::new("sh")
+            .args(["-c", "ulimit -n 200 && exec \"$0\" \"$@\"", BIN, "serve", "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .env_remove("STSGATE_CONFIG")
+            .env_remove("STSGATE_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let probe = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let ready = format!("http://{http}/readyz");

@@ -479,12 +479,11 @@ impl Serve {
     }
 
     fn signal(&self, name: &str) {
-        let pid = self.child.0.id().to_string();
-        assert!(Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success());
+        self.child.signal(name);
     }
 
     fn assert_running(&mut self) {
-        assert!(self.child.0.try_wait().unwrap().is_none(), "stsgate exited:\n{}", self.log());
+        assert!(self.child.exited().is_none(), "stsgate exited:\n{}", self.log());
     }
 
     async fn check_for(&self, token: &str, audience: &str) -> stsgate::pb::envoy::service::auth::v3::CheckResponse {
@@ -506,7 +505,7 @@ impl Serve {
         self.signal("TERM");
         let deadline = Instant::now() + WAIT;
         let status = loop {
-            if let Some(status) = self.child.0.try_wait().unwrap() {
+            if let Some(status) = self.child.exited() {
                 break status;
             }
             assert!(Instant::now() < deadline, "no exit after SIGTERM:\n{}", self.log());
@@ -530,21 +529,21 @@ async fn start_serve(idp: &MockIdp, rules: &str, extra: &[&str]) -> Serve {
     for _attempt in 0..3 {
         let (grpc, http) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
         let config = dir.write("config.yaml", serve_yaml(idp, rules, &grpc, &http));
-        let child = Command::new(BIN)
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env_remove("STSGATE_CONFIG")
-            .env_remove("STSGATE_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn stsgate serve");
-        let mut child = ChildGuard(child);
+        let mut child = ChildGuard::spawn(
+            "stsgate serve",
+            Command::new(BIN)
+                .args(["serve", "--config", config.to_str().unwrap()])
+                .args(extra)
+                .env("RUST_LOG", "info")
+                .env_remove("STSGATE_CONFIG")
+                .env_remove("STSGATE_LOG_FORMAT")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
+            if let Some(status) = child.exited() {
                 eprintln!(
                     "stsgate serve exited early ({status}):\n{}",
                     std::fs::read_to_string(&log).unwrap_or_default()

@@ -15,9 +15,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::config::SignAlg;
-use crate::signing::{MintError, Signer, new_jti};
 use crate::clock::now_unix;
+use crate::config::SignAlg;
+use crate::engine::mint::{MintError, new_jti};
+use crate::signing::{KeyError, Signer};
 
 pub struct DevIdp {
     pub issuer: String,
@@ -26,7 +27,7 @@ pub struct DevIdp {
 }
 
 impl DevIdp {
-    pub fn new(issuer: String, audience: String) -> Result<DevIdp, MintError> {
+    pub fn new(issuer: String, audience: String) -> Result<DevIdp, KeyError> {
         // RS256, as most corporate IdPs sign.
         let signer = Signer::generate("dev-idp-rs256", SignAlg::RS256)?;
         Ok(DevIdp { issuer, audience, signer })

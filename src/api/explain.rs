@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use crate::clock::now_unix;
 use crate::config::Config;
 use crate::engine::{Engine, ExchangeError, ExchangeRequest};
-use crate::trust::issuer::{Issuers, http_client};
-use crate::signing::KeyRing;
-use crate::rules::{self, Actor, ActorKind, RuleInput};
-use crate::clock::now_unix;
+use crate::rules::{self, RuleInput, split_scopes};
+use crate::trust::issuer::http_client;
 
 /// What to explain.
 #[derive(Debug, Clone, Default)]
@@ -29,16 +28,11 @@ pub struct Question {
 /// The answer as JSON (printed by the CLI), and whether the exchange is allowed.
 pub async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)> {
     crate::install_crypto_provider();
-    let cfg = Arc::new(cfg);
-    let keys = Arc::new(KeyRing::load(&cfg.signing)?);
-    let issuers = Arc::new(Issuers::new(&cfg, http_client()?));
-    let mut fetch_errors = Vec::new();
-    for issuer in issuers.all() {
-        if let Err(e) = issuer.refresh().await {
-            fetch_errors.push(json!({"issuer": issuer.cfg.issuer, "error": e.to_string()}));
-        }
-    }
-    let engine = Engine::new(cfg.clone(), issuers, keys);
+    let engine = Engine::load(Arc::new(cfg), http_client()?, None)?;
+    let failed = engine.fetch_issuer_keys().await;
+    let fetch_errors: Vec<Value> =
+        failed.iter().map(|(issuer, e)| json!({"issuer": issuer, "error": e.to_string()})).collect();
+    let cfg = &engine.cfg;
 
     let refuse = |stage: &str, why: String| {
         (json!({"allowed": false, "stage": stage, "reason": why, "key_fetch_errors": fetch_errors}), false)
@@ -47,23 +41,12 @@ pub async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)>
         Ok(s) => s,
         Err(e) => return Ok(refuse("subject_token", e.to_string())),
     };
-    let mut actor_exp = None;
-    let token_actor = match &q.actor_token {
-        Some(t) => match engine.actor_from_token(t).await {
-            Ok((a, exp)) => {
-                actor_exp = Some(exp);
-                Some(a)
-            }
-            Err(e) => return Ok(refuse("actor_token", e.to_string())),
-        },
-        None => None,
+    let (actor, actor_exp) = match engine.resolve_actor(q.peer.as_deref(), q.actor_token.as_deref()).await {
+        Ok(resolved) => (resolved.actor, resolved.exp),
+        Err(ExchangeError::Denied(denied)) => return Ok(refuse("actor", denied.to_string())),
+        Err(e) => return Ok(refuse("actor_token", e.to_string())),
     };
-    let peer = q.peer.clone().map(|p| Actor { kind: ActorKind::Peer, sub: p, iss: None, client_id: None });
-    let actor = match Actor::combine(peer, token_actor) {
-        Ok(actor) => actor,
-        Err(denied) => return Ok(refuse("actor", denied.to_string())),
-    };
-    let scopes: Option<Vec<String>> = q.scope.as_ref().map(|s| s.split_whitespace().map(str::to_owned).collect());
+    let scopes = q.scope.as_deref().map(split_scopes);
     let input = RuleInput {
         subject: &subject,
         actor: actor.as_ref(),
@@ -71,7 +54,7 @@ pub async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)>
         requested_scopes: scopes.as_deref(),
         requested_subject: q.requested_subject.as_deref(),
     };
-    let trace: Vec<Value> = rules::explain(&cfg.rules, &input)
+    let trace: Vec<Value> = rules::verdicts(&cfg.rules, &input)
         .into_iter()
         .map(|(rule, why)| json!({"rule": rule, "matches": why.is_none(), "why_not": why}))
         .collect();

@@ -3,6 +3,7 @@
 //! status, headers and JSON body instead of its own generic 403. Anything we
 //! cannot decide with certainty is a denial (fail closed).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,10 +11,11 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use prost_types::{Struct, Value as PbValue, value::Kind};
 use tonic::{Request, Response, Status};
-use tracing::{debug, warn};
+use tracing::{Level, debug};
 
+use crate::api::refusal::{Class, Condition, Door, Refusal};
 use crate::config::{ActorMode, ExtAuthz, MetadataField};
-use crate::engine::{Engine, ExchangeError, ExchangeRequest, Exchanged};
+use crate::engine::{Engine, ExchangeRequest, Exchanged};
 use crate::metrics::Metrics;
 use crate::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
 use crate::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
@@ -22,7 +24,7 @@ use crate::pb::envoy::service::auth::v3::{
     check_response::HttpResponse,
 };
 use crate::pb::google::rpc::Status as RpcStatus;
-use crate::rules::{Actor, ActorKind, Denied};
+use crate::rules::{Actor, Denied, split_scopes};
 
 /// google.rpc.Code values used in `CheckResponse.status`.
 const RPC_OK: i32 = 0;
@@ -71,163 +73,80 @@ impl AuthzService {
         // engine it started with, even if a reload swaps another in meanwhile.
         let current = self.engine.load();
         let engine: &Engine = &current;
-        let ea = &engine.cfg.ext_authz;
         let attrs = req.attributes.unwrap_or_default();
+        match self.exchange(engine, &attrs).await {
+            Ok(resp) => resp,
+            Err(refusal) => {
+                refusal.record(&self.metrics, Door::Check);
+                refused(&engine.cfg.ext_authz, &refusal)
+            }
+        }
+    }
+
+    async fn exchange(&self, engine: &Engine, attrs: &AttributeContext) -> Result<CheckResponse, Refusal> {
+        let ea = &engine.cfg.ext_authz;
         let http = attrs.request.as_ref().and_then(|r| r.http.as_ref());
-
-        let token = match extract_token(http, ea) {
-            Ok(t) => t,
-            Err(missing) => {
-                self.metrics.unauthenticated(missing.label());
-                debug!(reason = missing.describe(), "no usable subject token");
-                return unauthenticated(ea, missing.challenge_error(), missing.describe());
-            }
-        };
-
-        let route = match target(&attrs, ea) {
+        let token = extract_token(http, ea).map_err(NoToken::refusal)?;
+        let route = match target(attrs, ea) {
             Ok(Some(route)) => route,
-            Ok(None) => {
-                self.metrics.deny(Denied::NoAudience.label());
-                return forbidden(&Denied::NoAudience);
-            }
-            Err(bad) => {
-                // A typo in Envoy's route config must not quietly drop the
-                // actor (and turn a refused delegation into an exchange).
-                self.metrics.deny("unknown_actor_mode");
-                let why = bad.to_string();
-                warn!("route refused: {why}");
-                return denied(
-                    RPC_PERMISSION_DENIED,
-                    StatusCode::Forbidden,
-                    &why,
-                    Vec::new(),
-                    json_body("access_denied", &why),
-                    "unknown_actor_mode",
-                );
-            }
+            Ok(None) => return Err(Refusal::denied(&Denied::NoAudience)),
+            // A typo in Envoy's route config must not quietly drop the actor
+            // (and turn a refused delegation into an exchange).
+            Err(bad) => return Err(bad.refusal()),
         };
-        let scopes = route.scope.map(|s| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
+        let scopes = route.scope.as_deref().map(split_scopes);
 
         // The actor: the mTLS peer and/or a validated actor token, never a
         // plain header a caller could write.
-        let (actor, actor_exp) = match self.actor(engine, &attrs, http, ea, route.actor).await {
-            Ok(actor) => actor,
-            Err(resp) => return resp,
-        };
-        let requested_subject = match requested_subject(http, ea) {
-            Ok(s) => s,
-            Err(why) => {
-                self.metrics.bad_request("bad_requested_subject");
-                return bad_request(ea, why);
-            }
-        };
+        let (peer, actor_token) = actor_sources(attrs, http, ea, route.actor)?;
+        let actor = engine
+            .resolve_actor(peer, actor_token.as_deref())
+            .await
+            .map_err(|e| Refusal::from_exchange(&e, Door::Check))?;
+        let requested_subject =
+            requested_subject(http, ea).map_err(|why| Refusal::bad_request("bad_requested_subject", why))?;
 
         let request = ExchangeRequest {
             subject_token: &token,
             audience: &route.audience,
             scopes,
             default_client_id: &ea.client_id,
-            actor: actor.clone(),
+            actor: actor.actor,
             requested_subject: requested_subject.as_deref(),
-            actor_exp,
+            actor_exp: actor.exp,
         };
-        let audience = &route.audience;
         match engine.exchange(&request).await {
             Ok(done) => {
                 self.metrics.allow();
                 debug!(rule = done.rule(), outcome = done.outcome().as_str(), "exchanged");
-                ok_response(engine, http, &done, actor.as_ref())
+                Ok(ok_response(engine, http, &done, request.actor.as_ref()))
             }
-            Err(ExchangeError::Token(e)) if e.is_unavailable() => {
-                self.metrics.unavailable(e.label());
-                warn!("cannot validate subject token: {e}");
-                unavailable("the token issuer's keys are not available; try again")
-            }
-            Err(ExchangeError::Token(e)) => {
-                self.metrics.unauthenticated(e.label());
-                debug!("subject token refused: {e}");
-                unauthenticated(ea, Some("invalid_token"), &e.to_string())
-            }
-            Err(ExchangeError::ActorToken(e)) => self.actor_token_refused(ea, e),
-            Err(ExchangeError::Denied(d)) => {
-                self.metrics.deny(d.label());
-                debug!(audience = %audience, "exchange refused: {d}");
-                // Access logs should show who was refused, not only why.
-                let mut resp = forbidden(&d);
-                if let (Some(md), Some(actor)) = (resp.dynamic_metadata.as_mut(), &actor) {
-                    md.fields.insert("actor".into(), string_value(actor.sub.clone()));
-                }
-                resp
-            }
-            Err(ExchangeError::Mint(e)) => {
-                self.metrics.unavailable("mint_failed");
-                warn!("minting failed: {e}");
-                unavailable("the token could not be issued")
-            }
+            Err(e) => Err(Refusal::from_exchange(&e, Door::Check).by(request.actor.as_ref())),
         }
     }
 }
 
-impl AuthzService {
-    /// Resolves the actor from the sources this route consults. At most one
-    /// actor: a peer identity and an actor token that disagree are refused.
-    async fn actor(
-        &self,
-        engine: &Engine,
-        attrs: &AttributeContext,
-        http: Option<&AttributeContext_HttpRequest>,
-        ea: &ExtAuthz,
-        route_mode: Option<ActorMode>,
-    ) -> Result<(Option<Actor>, Option<i64>), CheckResponse> {
-        let mode = route_mode.unwrap_or(ea.actor.mode);
-        let use_peer = ea.actor.peer && matches!(mode, ActorMode::Peer | ActorMode::Any);
-        let use_token = !ea.actor.token_header.is_empty() && matches!(mode, ActorMode::Token | ActorMode::Any);
-
-        let peer = use_peer
-            .then(|| attrs.source.as_ref().map(|s| s.principal.as_str()).unwrap_or(""))
-            .filter(|p| !p.is_empty())
-            .map(|p| Actor { kind: ActorKind::Peer, sub: p.to_owned(), iss: None, client_id: None });
-
-        let token_actor = match use_token.then(|| http.and_then(|h| header(h, &ea.actor.token_header))).flatten() {
-            None => None,
-            Some(raw) => {
-                let token = token_in(&raw, &ea.actor.token_scheme).map_err(|_| {
-                    self.metrics.bad_request("bad_actor_token_header");
-                    bad_request(ea, "the actor token header does not hold one token")
-                })?;
-                match engine.actor_from_token(token).await {
-                    Ok(actor) => Some(actor),
-                    Err(ExchangeError::ActorToken(e)) => return Err(self.actor_token_refused(ea, e)),
-                    Err(other) => {
-                        warn!("actor token: {other}");
-                        return Err(unavailable("the actor token could not be checked"));
-                    }
-                }
-            }
-        };
-
-        let (token_actor, exp) = token_actor.unzip();
-        let subs = (peer.as_ref().map(|p| p.sub.clone()), token_actor.as_ref().map(|t| t.sub.clone()));
-        match Actor::combine(peer, token_actor) {
-            Ok(actor) => Ok((actor, exp)),
-            Err(denied) => {
-                self.metrics.deny(denied.label());
-                debug!(peer = ?subs.0, token_sub = ?subs.1, "actor identities disagree");
-                Err(forbidden(&denied))
-            }
-        }
-    }
-
-    fn actor_token_refused(&self, ea: &ExtAuthz, e: crate::trust::validator::TokenError) -> CheckResponse {
-        if e.is_unavailable() {
-            self.metrics.unavailable(e.label());
-            warn!("cannot validate actor token: {e}");
-            return unavailable("the actor token issuer's keys are not available; try again");
-        }
-        self.metrics.unauthenticated(e.label());
-        debug!("actor token refused: {e}");
-        unauthenticated(ea, Some("invalid_token"), &format!("actor token: {e}"))
-    }
+/// The actor sources the route consults, as the request carries them: the
+/// mTLS peer identity Envoy reports, and the token in the actor-token header.
+fn actor_sources<'a>(
+    attrs: &'a AttributeContext,
+    http: Option<&'a AttributeContext_HttpRequest>,
+    ea: &ExtAuthz,
+    route_mode: Option<ActorMode>,
+) -> Result<(Option<&'a str>, Option<Cow<'a, str>>), Refusal> {
+    let mode = route_mode.unwrap_or(ea.actor.mode);
+    let use_peer = ea.actor.peer && matches!(mode, ActorMode::Peer | ActorMode::Any);
+    let use_token = !ea.actor.token_header.is_empty() && matches!(mode, ActorMode::Token | ActorMode::Any);
+    let peer = use_peer
+        .then(|| attrs.source.as_ref().map(|s| s.principal.as_str()).unwrap_or(""))
+        .filter(|p| !p.is_empty());
+    let token = match use_token.then(|| http.and_then(|h| header(h, &ea.actor.token_header))).flatten() {
+        None => None,
+        Some(raw) => Some(token_in_header(raw, &ea.actor.token_scheme).map_err(|_| {
+            Refusal::bad_request("bad_actor_token_header", "the actor token header does not hold one token")
+        })?),
+    };
+    Ok((peer, token))
 }
 
 /// The value of the impersonation header, if configured and present.
@@ -280,12 +199,11 @@ impl NoToken {
         }
     }
 
-    /// RFC 6750 §3: with no credentials at all, the challenge has no error code.
-    fn challenge_error(self) -> Option<&'static str> {
-        match self {
-            NoToken::Missing => None,
-            _ => Some("invalid_request"),
-        }
+    /// With no credentials at all, the challenge has no error code (RFC 6750 §3).
+    fn refusal(self) -> Refusal {
+        let condition = if self == NoToken::Missing { Condition::NoCredential } else { Condition::Malformed };
+        Refusal::new(Class::Unauthenticated, condition, self.label(), self.describe())
+            .logged(Level::DEBUG, format!("no usable subject token: {}", self.describe()))
     }
 }
 
@@ -308,11 +226,16 @@ use crate::pb::envoy::service::auth::v3::attribute_context::HttpRequest as Attri
 
 /// Takes the subject token from the configured header and scheme (borrowed
 /// from the request when Envoy sent the usual header map).
-fn extract_token<'a>(http: Option<&'a AttributeContext_HttpRequest>, ea: &ExtAuthz) -> Result<std::borrow::Cow<'a, str>, NoToken> {
-    use std::borrow::Cow;
-    match http.and_then(|h| header(h, &ea.subject_header)).ok_or(NoToken::Missing)? {
-        Cow::Borrowed(raw) => token_in(raw, &ea.subject_scheme).map(Cow::Borrowed),
-        Cow::Owned(raw) => token_in(&raw, &ea.subject_scheme).map(|t| Cow::Owned(t.to_owned())),
+fn extract_token<'a>(http: Option<&'a AttributeContext_HttpRequest>, ea: &ExtAuthz) -> Result<Cow<'a, str>, NoToken> {
+    let raw = http.and_then(|h| header(h, &ea.subject_header)).ok_or(NoToken::Missing)?;
+    token_in_header(raw, &ea.subject_scheme)
+}
+
+/// `token_in` of a header value, borrowed when the value is.
+fn token_in_header<'a>(raw: Cow<'a, str>, scheme: &str) -> Result<Cow<'a, str>, NoToken> {
+    match raw {
+        Cow::Borrowed(raw) => token_in(raw, scheme).map(Cow::Borrowed),
+        Cow::Owned(raw) => token_in(&raw, scheme).map(|t| Cow::Owned(t.to_owned())),
     }
 }
 
@@ -362,6 +285,14 @@ struct RouteTarget {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the route's actor context extension {0:?} is not one of none, peer, token, any")]
 struct UnknownActorMode(String);
+
+impl UnknownActorMode {
+    fn refusal(&self) -> Refusal {
+        let why = self.to_string();
+        Refusal::new(Class::Forbidden, Condition::Denied, "unknown_actor_mode", why.clone())
+            .logged(Level::WARN, format!("route refused: {why}"))
+    }
+}
 
 /// The target audience and requested scope: the route's context extensions,
 /// else the host/path table, else the configured default.
@@ -507,6 +438,17 @@ fn json_body(error: &str, description: &str) -> String {
     serde_json::json!({ "error": error, "error_description": description }).to_string()
 }
 
+/// A refusal as the Check answers it: 401 with a challenge, 400, 403 or 503.
+fn refused(ea: &ExtAuthz, r: &Refusal) -> CheckResponse {
+    let code = r.condition.code(Door::Check);
+    match r.class {
+        Class::Unauthenticated => unauthenticated(ea, code, &r.description),
+        Class::InvalidRequest => bad_request(ea, &r.description),
+        Class::Forbidden => forbidden(code.unwrap_or("access_denied"), r),
+        Class::Unavailable | Class::Internal => unavailable(&r.description),
+    }
+}
+
 fn denied(rpc_code: i32, http: StatusCode, reason: &str, mut headers: Vec<HeaderValueOption>, body: String, label: &str) -> CheckResponse {
     headers.push(header_option("content-type", "application/json".into()));
     headers.push(header_option("cache-control", "no-store".into()));
@@ -553,9 +495,15 @@ fn bad_request(ea: &ExtAuthz, description: &str) -> CheckResponse {
     )
 }
 
-fn forbidden(d: &Denied) -> CheckResponse {
-    let text = d.to_string();
-    denied(RPC_PERMISSION_DENIED, StatusCode::Forbidden, &text, Vec::new(), json_body(d.oauth_code(), &text), d.label())
+/// 403; the metadata names the refusal's reason and, when known, the actor
+/// refused (access logs should show who was refused, not only why).
+fn forbidden(code: &str, r: &Refusal) -> CheckResponse {
+    let text = &r.description;
+    let mut resp = denied(RPC_PERMISSION_DENIED, StatusCode::Forbidden, text, Vec::new(), json_body(code, text), r.label);
+    if let (Some(md), Some(actor)) = (resp.dynamic_metadata.as_mut(), &r.actor) {
+        md.fields.insert("actor".into(), string_value(actor.clone()));
+    }
+    resp
 }
 
 fn unavailable(description: &str) -> CheckResponse {

@@ -1,11 +1,13 @@
 //! The front doors: the ext_authz Check, the RFC 8693 token endpoint, the
 //! HTTP router (JWKS, metadata, probes, metrics), readiness, `explain` and the
-//! development IdP. Each renders the engine's answers in its own wire format.
+//! development IdP. Each renders the engine's answers in its own wire format;
+//! refusals are mapped once, in `refusal`.
 
 pub mod codec;
 pub mod dev_idp;
 pub mod explain;
 pub mod ext_authz;
 pub mod readiness;
+pub mod refusal;
 pub mod router;
 pub mod token_endpoint;

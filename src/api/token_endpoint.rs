@@ -25,13 +25,13 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tracing::{debug, warn};
+use tracing::debug;
 
+use crate::api::refusal::{Class, Condition, Door, Refusal};
+use crate::clock::now_unix;
 use crate::engine::{Engine, ExchangeError, ExchangeRequest};
 use crate::metrics::Metrics;
-use crate::rules::Denied;
-use crate::clock::now_unix;
-use crate::trust::validator::TokenError;
+use crate::rules::split_scopes;
 
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -51,37 +51,27 @@ const ACCEPTED_INPUT_TYPES: [&str; 3] = [TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT
 const SINGLE: [&str; 7] =
     ["grant_type", "subject_token", "subject_token_type", "actor_token", "actor_token_type", "scope", "requested_token_type"];
 
-/// An RFC 6749 §5.2 error answer.
-#[derive(Debug)]
-struct OAuthError {
-    status: StatusCode,
-    code: &'static str,
-    description: String,
-    /// Seconds, for 503.
-    retry_after: Option<u32>,
-}
-
-impl OAuthError {
-    fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> OAuthError {
-        OAuthError { status, code, description: description.into(), retry_after: None }
-    }
-
-    fn invalid_request(description: impl Into<String>) -> OAuthError {
-        OAuthError::new(StatusCode::BAD_REQUEST, "invalid_request", description)
-    }
-
-    fn unavailable(description: impl Into<String>) -> OAuthError {
-        OAuthError { retry_after: Some(1), ..OAuthError::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", description) }
-    }
-
-    fn into_response(self) -> Response {
-        let body = json!({ "error": self.code, "error_description": self.description });
-        let mut resp = json_response(self.status, &body);
-        if let Some(secs) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+/// A refusal as an RFC 6749 §5.2 error answer; the status follows the code.
+fn refused(r: &Refusal) -> Response {
+    let code = r.condition.code(Door::Token).unwrap_or("invalid_request");
+    let status = match r.condition {
+        Condition::Method => StatusCode::METHOD_NOT_ALLOWED,
+        Condition::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Condition::Denied => StatusCode::FORBIDDEN,
+        Condition::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut resp = json_response(status, &json!({ "error": code, "error_description": r.description }));
+    match r.condition {
+        Condition::Method => {
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         }
-        resp
+        Condition::Unavailable => {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+        }
+        _ => {}
     }
+    resp
 }
 
 /// JSON with the RFC 6749 §5.1 cache headers (on errors too: they can echo token details).
@@ -97,116 +87,69 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
 /// Answers one request to the token endpoint.
 pub async fn handle(engine: &Engine, metrics: &Metrics, req: Request<Body>) -> Response {
     let started = Instant::now();
-    let resp = match handle_inner(engine, metrics, req).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
+    let resp = match handle_inner(engine, req).await {
+        Ok(resp) => {
+            metrics.allow();
+            resp
+        }
+        Err(refusal) => {
+            refusal.record(metrics, Door::Token);
+            refused(&refusal)
+        }
     };
     metrics.observe(API, started.elapsed());
     resp
 }
 
-async fn handle_inner(engine: &Engine, metrics: &Metrics, req: Request<Body>) -> Result<Response, OAuthError> {
-    let bad = |label: &'static str, e: OAuthError| {
-        metrics.bad_request(label);
-        e
-    };
+async fn handle_inner(engine: &Engine, req: Request<Body>) -> Result<Response, Refusal> {
     if req.method() != Method::POST {
-        let mut resp = OAuthError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "the token endpoint accepts POST only")
-            .into_response();
-        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
-        metrics.bad_request("method");
-        return Ok(resp);
+        let why = "the token endpoint accepts POST only";
+        return Err(Refusal::new(Class::InvalidRequest, Condition::Method, "method", why));
     }
     if !is_form(req.headers().get(header::CONTENT_TYPE)) {
-        return Err(bad(
+        return Err(Refusal::bad_request(
             "content_type",
-            OAuthError::invalid_request("the request must be application/x-www-form-urlencoded (RFC 6749 §4.1.3)"),
+            "the request must be application/x-www-form-urlencoded (RFC 6749 §4.1.3)",
         ));
     }
     let too_large = || {
-        OAuthError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", format!("the request body exceeds {MAX_BODY_BYTES} bytes"))
+        let why = format!("the request body exceeds {MAX_BODY_BYTES} bytes");
+        Refusal::new(Class::InvalidRequest, Condition::TooLarge, "body_too_large", why)
     };
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(bad("body_too_large", too_large()));
+        return Err(too_large());
     }
-    let body = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await.map_err(|_| bad("body_too_large", too_large()))?;
+    let body = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await.map_err(|_| too_large())?;
 
-    let params = Params::parse(&body).map_err(|e| bad("invalid_request", e))?;
-    let form = Form::from_params(&params, engine).map_err(|(label, e)| bad(label, e))?;
+    let params = Params::parse(&body)?;
+    let form = Form::from_params(&params, engine)?;
 
     // The actor: the validated actor token only.
-    let (actor, actor_exp) = match form.actor_token {
-        None => (None, None),
-        Some(token) => match engine.actor_from_token(token).await {
-            Ok((actor, exp)) => (Some(actor), Some(exp)),
-            Err(ExchangeError::ActorToken(e)) => return Err(token_refused(metrics, "actor token", e)),
-            Err(other) => {
-                metrics.unavailable("actor_token");
-                warn!("actor token: {other}");
-                return Err(OAuthError::unavailable("the actor token could not be checked"));
-            }
-        },
-    };
+    let refuse = |e: ExchangeError| Refusal::from_exchange(&e, Door::Token);
+    let actor = engine.resolve_actor(None, form.actor_token).await.map_err(refuse)?;
 
     let request = ExchangeRequest {
         subject_token: form.subject_token,
         audience: form.audience,
-        scopes: form.scope.map(|s| s.split_whitespace().map(str::to_owned).collect()),
+        scopes: form.scope.map(split_scopes),
         default_client_id: &engine.cfg.ext_authz.client_id,
-        actor,
+        actor: actor.actor,
         requested_subject: None,
-        actor_exp,
+        actor_exp: actor.exp,
     };
-    match engine.exchange(&request).await {
-        Ok(done) => {
-            metrics.allow();
-            debug!(rule = done.rule(), outcome = done.outcome().as_str(), audience = form.audience, "token endpoint: exchanged");
-            let mut body = json!({
-                "access_token": done.token(),
-                "issued_token_type": form.issued_token_type,
-                "token_type": "Bearer",
-                "expires_in": (done.exp() - now_unix()).max(1),
-            });
-            if let Some(scope) = done.view().and_then(|v| v.scope.map(|s| s.into_owned())).filter(|s| !s.is_empty()) {
-                body["scope"] = json!(scope);
-            }
-            Ok(json_response(StatusCode::OK, &body))
-        }
-        Err(ExchangeError::Token(e)) => Err(token_refused(metrics, "subject token", e)),
-        Err(ExchangeError::ActorToken(e)) => Err(token_refused(metrics, "actor token", e)),
-        Err(ExchangeError::Denied(d)) => {
-            metrics.deny(d.label());
-            debug!(audience = form.audience, "token endpoint: exchange refused: {d}");
-            Err(denied(&d))
-        }
-        Err(ExchangeError::Mint(e)) => {
-            metrics.unavailable("mint_failed");
-            warn!("minting failed: {e}");
-            Err(OAuthError::unavailable("the token could not be issued"))
-        }
+    let done = engine.exchange(&request).await.map_err(refuse)?;
+    debug!(rule = done.rule(), outcome = done.outcome().as_str(), audience = form.audience, "token endpoint: exchanged");
+    let mut body = json!({
+        "access_token": done.token(),
+        "issued_token_type": form.issued_token_type,
+        "token_type": "Bearer",
+        "expires_in": (done.exp() - now_unix()).max(1),
+    });
+    if let Some(scope) = done.view().and_then(|v| v.scope.map(|s| s.into_owned())).filter(|s| !s.is_empty()) {
+        body["scope"] = json!(scope);
     }
-}
-
-/// A refused rule decision: invalid_target / invalid_scope are the client's
-/// request (400), anything else is a policy refusal (403 access_denied).
-fn denied(d: &Denied) -> OAuthError {
-    let code = d.oauth_code();
-    let status = if code == "access_denied" { StatusCode::FORBIDDEN } else { StatusCode::BAD_REQUEST };
-    OAuthError::new(status, code, d.to_string())
-}
-
-/// A subject or actor token that did not validate: 400 invalid_grant, or 503
-/// when the issuer's keys are not available.
-fn token_refused(metrics: &Metrics, which: &str, e: TokenError) -> OAuthError {
-    if e.is_unavailable() {
-        metrics.unavailable(e.label());
-        warn!("cannot validate {which}: {e}");
-        return OAuthError::unavailable(format!("the {which} issuer's keys are not available; try again"));
-    }
-    metrics.unauthenticated(e.label());
-    debug!("token endpoint: {which} refused: {e}");
-    OAuthError::new(StatusCode::BAD_REQUEST, "invalid_grant", format!("{which}: {e}"))
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 fn is_form(content_type: Option<&HeaderValue>) -> bool {
@@ -222,12 +165,13 @@ fn is_form(content_type: Option<&HeaderValue>) -> bool {
 struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn parse(body: &[u8]) -> Result<Params, OAuthError> {
+    fn parse(body: &[u8]) -> Result<Params, Refusal> {
         let pairs: Vec<(String, String)> =
             form_urlencoded::parse(body).filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
         for name in SINGLE {
             if pairs.iter().filter(|(k, _)| k == name).count() > 1 {
-                return Err(OAuthError::invalid_request(format!("parameter {name} is given more than once")));
+                let why = format!("parameter {name} is given more than once");
+                return Err(Refusal::bad_request("invalid_request", why));
             }
         }
         Ok(Params(pairs))
@@ -252,23 +196,16 @@ struct Form<'a> {
     issued_token_type: &'static str,
 }
 
-type FormError = (&'static str, OAuthError);
-
 impl<'a> Form<'a> {
-    fn from_params(p: &'a Params, engine: &'a Engine) -> Result<Form<'a>, FormError> {
-        let invalid = |label: &'static str, why: String| (label, OAuthError::invalid_request(why));
+    fn from_params(p: &'a Params, engine: &'a Engine) -> Result<Form<'a>, Refusal> {
+        let invalid = |label: &'static str, why: String| Refusal::bad_request(label, why);
         match p.one("grant_type") {
             None => return Err(invalid("missing_parameter", "grant_type is required".into())),
             Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
             Some(other) => {
-                return Err((
-                    "unsupported_grant_type",
-                    OAuthError::new(
-                        StatusCode::BAD_REQUEST,
-                        "unsupported_grant_type",
-                        format!("grant_type {other:?} is not supported; use {GRANT_TYPE_TOKEN_EXCHANGE}"),
-                    ),
-                ));
+                let why = format!("grant_type {other:?} is not supported; use {GRANT_TYPE_TOKEN_EXCHANGE}");
+                let grant = Condition::UnsupportedGrant;
+                return Err(Refusal::new(Class::InvalidRequest, grant, "unsupported_grant_type", why));
             }
         }
         let subject_token =
@@ -302,23 +239,14 @@ impl<'a> Form<'a> {
         let mut targets: Vec<&str> = p.all("audience").chain(p.all("resource")).collect();
         targets.sort_unstable();
         targets.dedup();
+        let bad_target = |label, why| Refusal::new(Class::InvalidRequest, Condition::Target, label, why);
         let audience = match targets.as_slice() {
             [one] => *one,
             [] => match engine.cfg.ext_authz.default_audience.as_deref() {
                 Some(default) => default,
-                None => {
-                    return Err((
-                        "no_audience",
-                        OAuthError::new(StatusCode::BAD_REQUEST, "invalid_target", "the request names no audience or resource"),
-                    ));
-                }
+                None => return Err(bad_target("no_audience", "the request names no audience or resource")),
             },
-            _ => {
-                return Err((
-                    "several_targets",
-                    OAuthError::new(StatusCode::BAD_REQUEST, "invalid_target", "one audience or resource per request"),
-                ));
-            }
+            _ => return Err(bad_target("several_targets", "one audience or resource per request")),
         };
 
         Ok(Form { subject_token, actor_token, audience, scope: p.one("scope"), issued_token_type })
@@ -348,7 +276,7 @@ mod tests {
     #[test]
     fn repeated_single_parameters_are_refused_and_empty_values_omitted() {
         let e = Params::parse(b"scope=a&scope=b").unwrap_err();
-        assert_eq!(e.code, "invalid_request");
+        assert_eq!(e.condition.code(Door::Token), Some("invalid_request"));
         assert!(e.description.contains("scope"), "{}", e.description);
         let p = Params::parse(b"scope=&scope=a+b&x=1&x=2&audience=o&audience=p").unwrap();
         assert_eq!(p.one("scope"), Some("a b"));

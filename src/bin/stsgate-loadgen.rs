@@ -11,7 +11,7 @@
 //! - `wait-serving`: waits until grpc.health.v1 says SERVING.
 //! - `startup`: spawns `stsgate serve` N times, timing spawn -> first SERVING.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
@@ -27,15 +27,16 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use stsgate::config::SignAlg;
-use stsgate::signing::{Signer, new_jti};
+use stsgate::engine::mint::new_jti;
+use stsgate::signing::Signer;
 use stsgate::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use stsgate::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use stsgate::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
 use stsgate::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use stsgate::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use stsgate::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use stsgate::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse, OkHttpResponse};
+use stsgate::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
 use stsgate::pb::google::rpc::Status as RpcStatus;
+use stsgate::testkit::CheckRequestBuilder;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -334,36 +335,14 @@ struct TaskStats {
 }
 
 fn check_request(token: &str, audience: &str) -> CheckRequest {
-    let headers: HashMap<String, String> = [
-        (":authority", "bench.example"),
-        (":method", "GET"),
-        (":path", "/"),
-        (":scheme", "http"),
-        ("user-agent", "stsgate-loadgen"),
-        ("x-request-id", "00000000-0000-4000-8000-000000000000"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .chain(std::iter::once(("authorization".to_owned(), format!("Bearer {token}"))))
-    .collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(AttrRequest {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    host: "bench.example".into(),
-                    scheme: "http".into(),
-                    protocol: "HTTP/1.1".into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            context_extensions: [("audience".to_owned(), audience.to_owned())].into_iter().collect(),
-            ..Default::default()
-        }),
-    }
+    CheckRequestBuilder::new()
+        .host("bench.example")
+        .pseudo_headers()
+        .header("user-agent", "stsgate-loadgen")
+        .header("x-request-id", "00000000-0000-4000-8000-000000000000")
+        .bearer(token)
+        .context("audience", audience)
+        .build()
 }
 
 async fn connect(target: SocketAddr) -> anyhow::Result<Channel> {

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
+use super::mint::new_jti;
 use super::*;
 use crate::config::{Config, SignAlg};
-use crate::trust::issuer::http_client;
 use crate::signing::Signer;
+use crate::trust::issuer::http_client;
 
 const IDP_A: &str = "https://idp-a.test";
 const IDP_B: &str = "https://idp-b.test";
@@ -59,12 +60,9 @@ rules:
         b = dir.join("b.json").display(),
     );
     let cfg = Arc::new(Config::from_yaml_validated(&yaml).unwrap());
-    let keys = Arc::new(KeyRing::load(&cfg.signing).unwrap());
-    let issuers = Arc::new(Issuers::new(&cfg, http_client().unwrap()));
-    for issuer in issuers.all() {
-        issuer.refresh().await.unwrap();
-    }
-    Fixture { engine: Engine::new(cfg, issuers, keys), idp_a, idp_b, _dir: TempDir(dir) }
+    let engine = Engine::load(cfg, http_client().unwrap(), None).unwrap();
+    assert!(engine.fetch_issuer_keys().await.is_empty());
+    Fixture { engine, idp_a, idp_b, _dir: TempDir(dir) }
 }
 
 fn token(key: &Signer, iss: &str, sub: &str, exp: i64) -> String {
@@ -109,15 +107,15 @@ fn audit_is_written_after_minting_with_jti_and_both_issuers() {
     let now = now_unix();
     let subject = token(&f.idp_a, IDP_A, "operator", now + 600);
     let console = token(&f.idp_b, IDP_B, "support-console", now + 600);
-    let (actor, actor_exp) = rt.block_on(f.engine.actor_from_token(&console)).unwrap();
+    let actor = rt.block_on(f.engine.resolve_actor(None, Some(&console))).unwrap();
     let req = ExchangeRequest {
         subject_token: &subject,
         audience: "orders",
         scopes: None,
         default_client_id: "stsgate",
-        actor: Some(actor),
+        actor: actor.actor,
         requested_subject: Some("user-123"),
-        actor_exp: Some(actor_exp),
+        actor_exp: actor.exp,
     };
     let (done, log) = logged(|| rt.block_on(f.engine.exchange(&req)));
     let done = done.unwrap();
@@ -153,15 +151,15 @@ fn an_actor_token_expiring_inside_the_leeway_is_named_and_nothing_is_audited() {
     let subject = token(&f.idp_a, IDP_A, "operator", now + 600);
     // Expired 10s ago: still valid inside the 60s leeway, but nothing is left to hand on.
     let console = token(&f.idp_a, IDP_A, "support-console", now - 10);
-    let (actor, actor_exp) = rt.block_on(f.engine.actor_from_token(&console)).unwrap();
+    let actor = rt.block_on(f.engine.resolve_actor(None, Some(&console))).unwrap();
     let req = ExchangeRequest {
         subject_token: &subject,
         audience: "orders",
         scopes: None,
         default_client_id: "stsgate",
-        actor: Some(actor),
+        actor: actor.actor,
         requested_subject: Some("user-123"),
-        actor_exp: Some(actor_exp),
+        actor_exp: actor.exp,
     };
     let (got, log) = logged(|| rt.block_on(f.engine.exchange(&req)));
     let err = got.unwrap_err();

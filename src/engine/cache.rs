@@ -12,10 +12,10 @@
 //! - `validated`: a validated token for a short while, so that a burst of
 //!   distinct audiences (or actor tokens) for one token verifies it once.
 //!
-//! Both are bounded by memory: an entry weighs what it holds (a minted entry
-//! its signed bytes, a validated one every claim it keeps, see
-//! `Validated::weight`) plus the cache's own bookkeeping. quick_cache keeps
-//! entries in a compact slab with a few dozen bytes of bookkeeping each (an
+//! Both are bounded by memory: an entry weighs what its value says it holds
+//! (`Weigh`: a minted entry its signed bytes, a validated one every claim it
+//! keeps, see `Validated::weight`) plus the cache's own bookkeeping.
+//! quick_cache keeps entries in a compact slab with a few dozen bytes of bookkeeping each (an
 //! expiring moka entry costs several hundred), which is what lets 100k cached
 //! exchanges fit in tens of MiB. quick_cache has no expiry of its own: expiry
 //! is checked on read, and a sweeper task drops expired entries every
@@ -29,10 +29,22 @@ use std::time::Duration;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
+use super::Minted;
 use crate::digest::KeyBuilder;
-use crate::engine::Minted;
 use crate::rules::Actor;
 use crate::trust::validator::Validated;
+
+/// A cached value that knows how many bytes it holds, for the caches'
+/// memory bounds.
+pub trait Weigh {
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for Validated {
+    fn weight(&self) -> usize {
+        Validated::weight(self)
+    }
+}
 
 /// A cached value, the unix time until which it may be handed out, and the
 /// issuers' key epoch it was decided in (see `Issuers::key_epoch`).
@@ -137,7 +149,7 @@ impl Caches {
         if until <= now {
             return;
         }
-        let weight = value.weight().min(u32::MAX as usize) as u32;
+        let weight = weigh(&*value, 0).min(u32::MAX as u64) as u32;
         cache.insert(key, Entry { value, until, weight, epoch });
     }
 
@@ -154,7 +166,7 @@ impl Caches {
         if until <= now {
             return;
         }
-        let weight = (value.weight() + VALIDATED_ENTRY_OVERHEAD) as u64;
+        let weight = weigh(&*value, VALIDATED_ENTRY_OVERHEAD);
         if weight > self.validated_max_weight {
             return;
         }
@@ -175,6 +187,11 @@ impl Caches {
     pub fn validated_weight(&self) -> u64 {
         self.validated.as_ref().map_or(0, |c| c.weight())
     }
+}
+
+/// An entry's weight: what its value holds plus the cache's bookkeeping.
+fn weigh(value: &impl Weigh, overhead: usize) -> u64 {
+    value.weight().saturating_add(overhead) as u64
 }
 
 fn sweep<T: Clone>(cache: Option<&Cache<Key, Entry<T>, ByWeight>>, now: i64) -> usize {

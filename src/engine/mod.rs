@@ -1,17 +1,24 @@
 //! The one exchange decision both front doors (ext_authz Check, and the
-//! RFC 8693 token endpoint) call: validate the subject token, ask the rules,
-//! mint the new token. Callers map `ExchangeError` to their wire format.
+//! RFC 8693 token endpoint) call: resolve the actor (`actor`), validate the
+//! subject token, ask the rules, mint the new token (`mint`). Callers map
+//! `ExchangeError` to their wire format through `api::refusal`.
 
 use std::sync::Arc;
 
+pub mod actor;
 pub mod cache;
+pub mod mint;
+
+pub use self::actor::ResolvedActor;
+pub use self::mint::{ClaimsView, Exchanged, MintError, Minted};
 
 use self::cache::Caches;
-use crate::config::{Config, Outcome};
-use crate::trust::issuer::Issuers;
-use crate::signing::{AccessClaims, KeyRing, MintError, new_jti};
-use crate::rules::{self, Actor, ActorKind, Denied, RuleInput};
+use self::mint::{IssPrefix, MintRequest};
 use crate::clock::now_unix;
+use crate::config::{Config, Outcome};
+use crate::rules::{self, Actor, Denied, RuleInput};
+use crate::signing::{KeyError, KeyRing};
+use crate::trust::issuer::{FetchError, Issuers};
 use crate::trust::validator::{TokenError, Validated, Validator};
 
 /// A request to exchange a subject token for a token for `audience`.
@@ -32,167 +39,6 @@ pub struct ExchangeRequest<'a> {
     pub actor_exp: Option<i64>,
 }
 
-/// A minted token as the cache keeps it: compact and self-contained.
-///
-/// The claims are stored as raw JSON without the constant `iss` member (see
-/// `IssPrefix`) and followed by the raw signature, in one allocation; rule,
-/// issuer and key are indices into the engine's configuration. The token text
-/// is assembled when it is handed out. With about 500 bytes per entry, 100k
-/// cached exchanges fit in the memory budget.
-#[derive(Debug, Clone)]
-pub struct Minted {
-    /// `{` + the claims after `iss`, then the signature.
-    signed: Box<[u8]>,
-    rest_len: u32,
-    pub exp: i64,
-    pub outcome: Outcome,
-    rule: u16,
-    issuer: u16,
-    signer: u16,
-    /// Extra tokens for downstream audiences.
-    downstream: Option<Box<[DownstreamToken]>>,
-}
-
-/// (index of the rule's `downstream_tokens` entry, token).
-type DownstreamToken = (u16, Box<str>);
-
-impl Minted {
-    /// Approximate bytes held, for the cache's memory bound.
-    pub fn weight(&self) -> usize {
-        let downstream: usize = self.downstream.iter().flat_map(|d| d.iter()).map(|(_, t)| t.len() + 32).sum();
-        std::mem::size_of::<Self>() + 32 + self.signed.len() + downstream + 48
-    }
-}
-
-/// A minted token together with the engine parts it refers to: what the
-/// front doors read headers, metadata and logs from.
-#[derive(Debug)]
-pub struct Exchanged<'e> {
-    engine: &'e Engine,
-    /// Shared with the cache: a hit costs one reference count, not a copy.
-    minted: Arc<Minted>,
-    /// The audit record of an impersonation, complete with the minted `jti`:
-    /// only a token that was actually minted is audited (never cached).
-    audit: Option<Box<str>>,
-}
-
-/// The claims front doors show in metadata and logs, read from the payload.
-#[derive(Debug, serde::Deserialize)]
-pub struct ClaimsView<'a> {
-    #[serde(borrow)]
-    pub sub: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    pub aud: std::borrow::Cow<'a, str>,
-    #[serde(borrow, default)]
-    pub scope: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow)]
-    pub jti: std::borrow::Cow<'a, str>,
-}
-
-impl<'e> Exchanged<'e> {
-    /// Appends the compact serialization of the token to `out`.
-    pub fn write_token(&self, out: &mut String) {
-        let m = &self.minted;
-        let (rest, sig) = m.signed.split_at(m.rest_len as usize);
-        let header = self.engine.keys.signers()[m.signer as usize].header_b64();
-        self.engine.iss_prefix.assemble(out, header, &rest[1..], sig);
-    }
-
-    pub fn token(&self) -> String {
-        let mut s = String::new();
-        self.write_token(&mut s);
-        s
-    }
-
-    /// `sub`, `aud`, `scope` and `jti`; `None` only if the payload were not
-    /// the JSON stsgate wrote itself.
-    pub fn view(&self) -> Option<ClaimsView<'_>> {
-        serde_json::from_slice(&self.minted.signed[..self.minted.rest_len as usize]).ok()
-    }
-
-    /// All claims, as JSON.
-    pub fn claims_json(&self) -> serde_json::Value {
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&self.minted.signed[..self.minted.rest_len as usize]).unwrap_or_default();
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("iss".into(), serde_json::Value::String(self.engine.cfg.issuer.clone()));
-        }
-        v
-    }
-
-    pub fn exp(&self) -> i64 {
-        self.minted.exp
-    }
-
-    pub fn outcome(&self) -> Outcome {
-        self.minted.outcome
-    }
-
-    /// The audit record `exchange` writes for this token (impersonation only).
-    pub fn audit(&self) -> Option<&str> {
-        self.audit.as_deref()
-    }
-
-    pub fn rule(&self) -> &'e str {
-        &self.engine.cfg.rules[self.minted.rule as usize].name
-    }
-
-    pub fn subject_issuer(&self) -> &'e str {
-        &self.engine.cfg.trusted_issuers[self.minted.issuer as usize].issuer
-    }
-
-    /// Extra tokens for downstream audiences: (request header, token).
-    pub fn downstream(&self) -> impl Iterator<Item = (&'e str, &str)> + '_ {
-        let tokens = &self.engine.cfg.rules[self.minted.rule as usize].grant.downstream_tokens;
-        self.minted
-            .downstream
-            .iter()
-            .flat_map(|d| d.iter())
-            .map(move |(i, t)| (tokens[*i as usize].header.as_str(), &**t))
-    }
-}
-
-/// The constant start of every payload: `{"iss":"<issuer>",` padded with JSON
-/// whitespace to a multiple of three bytes, so that its base64 is a constant
-/// that can be concatenated with the base64 of the rest. Cache entries then
-/// store only the rest, and a hit encodes fewer bytes.
-#[derive(Debug)]
-struct IssPrefix {
-    /// What serde_json writes: `{"iss":"…",`.
-    written: Vec<u8>,
-    /// The same, padded with spaces.
-    padded: Vec<u8>,
-    padded_b64: String,
-}
-
-impl IssPrefix {
-    fn new(issuer: &str) -> IssPrefix {
-        use base64::Engine as _;
-        let mut written = b"{\"iss\":".to_vec();
-        written.extend_from_slice(serde_json::to_string(issuer).unwrap_or_default().as_bytes());
-        written.push(b',');
-        let mut padded = written.clone();
-        while padded.len() % 3 != 0 {
-            padded.push(b' ');
-        }
-        let padded_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&padded);
-        IssPrefix { written, padded, padded_b64 }
-    }
-
-    /// `header.b64(prefix + rest).b64(sig)`.
-    fn assemble(&self, out: &mut String, header_b64: &str, rest: &[u8], sig: &[u8]) {
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        out.reserve(header_b64.len() + self.padded_b64.len() + 2 + (rest.len() + sig.len()) * 4 / 3 + 4);
-        out.push_str(header_b64);
-        out.push('.');
-        out.push_str(&self.padded_b64);
-        b64.encode_string(rest, out);
-        out.push('.');
-        b64.encode_string(sig, out);
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
     #[error("invalid subject token: {0}")]
@@ -203,6 +49,13 @@ pub enum ExchangeError {
     Denied(#[from] Denied),
     #[error("could not mint the token: {0}")]
     Mint(#[from] MintError),
+}
+
+/// Why no engine could be built from a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    SigningKeys(#[from] KeyError),
 }
 
 /// Everything an exchange needs, built once from the configuration.
@@ -225,7 +78,25 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    pub fn new(cfg: Arc<Config>, issuers: Arc<Issuers>, keys: Arc<KeyRing>) -> Engine {
+    /// Builds the engine of a configuration: loads stsgate's signing keys
+    /// (file reads: call it off the async workers when that matters) and
+    /// sets up the trusted issuers, whose keys are not fetched here (see
+    /// `fetch_issuer_keys` and `Issuers::spawn_refresh`).
+    ///
+    /// On a reload `running` is the engine in use: an ephemeral signing key
+    /// both configurations declare keeps its key, and an issuer whose
+    /// settings did not change starts with the keys the running one holds
+    /// (see `Issuers::seed_unchanged`).
+    pub fn load(cfg: Arc<Config>, http: reqwest::Client, running: Option<&Engine>) -> Result<Engine, LoadError> {
+        let keys = KeyRing::load_keeping(&cfg.signing, running.map(|r| (&r.cfg.signing, &*r.keys)))?;
+        let issuers = Issuers::new(&cfg, http);
+        if let Some(running) = running {
+            issuers.seed_unchanged(&running.issuers);
+        }
+        Ok(Engine::new(cfg, Arc::new(issuers), Arc::new(keys)))
+    }
+
+    fn new(cfg: Arc<Config>, issuers: Arc<Issuers>, keys: Arc<KeyRing>) -> Engine {
         let validator = Validator::new(issuers.clone(), cfg.tokens.max_token_bytes);
         let caches = Caches::new(&cfg.cache);
         let index = |names: Vec<&str>| names.into_iter().enumerate().map(|(i, n)| (n.to_owned(), i as u16)).collect();
@@ -233,6 +104,19 @@ impl Engine {
         let issuer_index = index(cfg.trusted_issuers.iter().map(|i| i.issuer.as_str()).collect());
         let iss_prefix = IssPrefix::new(&cfg.issuer);
         Engine { cfg, issuers, keys, validator, caches, iss_prefix, rule_index, issuer_index }
+    }
+
+    /// Fetches, once, the keys of every trusted issuer that has none yet;
+    /// returns the ones that failed, in configuration order.
+    pub async fn fetch_issuer_keys(&self) -> Vec<(&str, FetchError)> {
+        let mut failed = Vec::new();
+        for trusted in &self.cfg.trusted_issuers {
+            let Some(issuer) = self.issuers.get(&trusted.issuer).filter(|i| !i.is_loaded()) else { continue };
+            if let Err(e) = issuer.refresh().await {
+                failed.push((trusted.issuer.as_str(), e));
+            }
+        }
+        failed
     }
 
     pub fn validator(&self) -> &Validator {
@@ -262,7 +146,7 @@ impl Engine {
         if let Some(hit) = key.as_ref().and_then(|k| self.caches.get_minted(k, now, epoch)) {
             // The entry never outlives the actor token it was decided with.
             if req.actor_exp.is_none_or(|exp| hit.exp <= exp) {
-                return Ok(Exchanged { engine: self, minted: hit, audit: None });
+                return Ok(Exchanged::cached(self, hit));
             }
         }
         let subject = self.validate(req.subject_token, now, epoch).await?;
@@ -272,8 +156,8 @@ impl Engine {
             tracing::info!(target: "stsgate::audit", rule = done.rule(), "{audit}");
         }
         // Impersonation is audited on every request, so it is never answered from cache.
-        if let Some(key) = key.filter(|_| done.minted.outcome != Outcome::Impersonation) {
-            self.caches.put_minted(key, done.minted.clone(), now, epoch);
+        if let Some(key) = key.filter(|_| done.outcome() != Outcome::Impersonation) {
+            self.caches.put_minted(key, done.minted().clone(), now, epoch);
         }
         Ok(done)
     }
@@ -293,17 +177,9 @@ impl Engine {
         Ok(v)
     }
 
-    /// Validates an actor token like a subject token and names its actor;
-    /// also returns the token's `exp`.
-    pub async fn actor_from_token(&self, token: &str) -> Result<(Actor, i64), ExchangeError> {
-        let v = self.validate(token, now_unix(), self.issuers.key_epoch()).await.map_err(ExchangeError::ActorToken)?;
-        let actor = Actor { kind: ActorKind::Token, sub: v.sub.clone(), iss: Some(v.issuer.clone()), client_id: v.client_id.clone() };
-        Ok((actor, v.exp))
-    }
-
-    /// The decision and minting for an already validated subject token. It
-    /// writes no audit record (`exchange` does, `stsgate explain` does not):
-    /// the result carries it.
+    /// The decision and minting for an already validated subject token:
+    /// rules, then lifetime, then `mint`. It writes no audit record
+    /// (`exchange` does, `stsgate explain` does not): the result carries it.
     pub fn exchange_validated(
         &self,
         subject: &Validated,
@@ -324,7 +200,7 @@ impl Engine {
             Ok(d) => d,
             Err(denied) => {
                 if tracing::enabled!(tracing::Level::DEBUG) {
-                    for (rule, why) in rules::explain(&self.cfg.rules, &input) {
+                    for (rule, why) in rules::verdicts(&self.cfg.rules, &input) {
                         tracing::debug!(rule, why = why.as_deref().unwrap_or("matches"), "rule trace");
                     }
                 }
@@ -349,72 +225,14 @@ impl Engine {
             return Err(ExchangeError::ActorToken(TokenError::Expired));
         }
 
-        // RFC 9068 client_id: the client that asked, as the rules chose it (an
-        // actor token's from an admitted issuer, else the subject token's),
-        // else the front door's default.
-        let client_id = decision.client_id.clone().unwrap_or_else(|| req.default_client_id.to_owned());
-        let mut extra = decision.claims.clone();
-        if let Some(act_as) = &decision.act_as {
-            extra.insert("act_as".into(), act_as.clone());
-        }
-        let mut claims = AccessClaims {
-            iss: self.cfg.issuer.clone(),
-            sub: decision.sub.clone(),
-            sub_id: decision.sub_id.clone(),
-            aud: req.audience.to_owned(),
+        let mint = MintRequest {
+            subject_issuer: &subject.issuer,
+            audience: req.audience,
+            default_client_id: req.default_client_id,
             exp,
-            iat: now,
-            jti: new_jti()?,
-            client_id,
-            scope: (!decision.scopes.is_empty()).then(|| decision.scopes.join(" ")),
-            act: decision.act.clone(),
-            extra,
+            now,
         };
-        let signer_index = self.keys.active_index();
-        let signer = &self.keys.signers()[signer_index];
-        let sign = |c: &AccessClaims| -> Result<(Vec<u8>, usize), MintError> {
-            // serde_json writes `iss` first, exactly as the prefix expects.
-            let json = serde_json::to_vec(c).map_err(|e| MintError::Encode(e.to_string()))?;
-            let rest = json.strip_prefix(self.iss_prefix.written.as_slice()).ok_or(MintError::Encode("unexpected claims layout".into()))?;
-            let mut payload = Vec::with_capacity(self.iss_prefix.padded.len() + rest.len());
-            payload.extend_from_slice(&self.iss_prefix.padded);
-            payload.extend_from_slice(rest);
-            let sig = signer.sign_payload(&payload)?;
-            let mut signed = Vec::with_capacity(1 + rest.len() + sig.len());
-            signed.push(b'{');
-            signed.extend_from_slice(rest);
-            let rest_len = signed.len();
-            signed.extend_from_slice(&sig);
-            Ok((signed, rest_len))
-        };
-        let (signed, rest_len) = sign(&claims)?;
-        let audit = decision.audit.as_ref().map(|a| format!("{a}; minted jti {:?}", claims.jti).into_boxed_str());
-        let rule = *self.rule_index.get(&decision.rule).ok_or(MintError::Encode("unknown rule".into()))?;
-        let mut downstream = Vec::with_capacity(decision.downstream.len());
-        if !decision.downstream.is_empty() {
-            let entries = &self.cfg.rules[rule as usize].grant.downstream_tokens;
-            for d in &decision.downstream {
-                claims.aud = d.audience.clone();
-                claims.jti = new_jti()?;
-                claims.scope = (!d.scopes.is_empty()).then(|| d.scopes.join(" "));
-                let (s, n) = sign(&claims)?;
-                let mut token = String::new();
-                self.iss_prefix.assemble(&mut token, signer.header_b64(), &s[1..n], &s[n..]);
-                let i = entries.iter().position(|e| e.header == d.header).unwrap_or(0) as u16;
-                downstream.push((i, token.into_boxed_str()));
-            }
-        }
-        let minted = Minted {
-            signed: signed.into_boxed_slice(),
-            rest_len: rest_len as u32,
-            exp,
-            outcome: decision.outcome,
-            rule,
-            issuer: self.issuer_index.get(&subject.issuer).copied().unwrap_or(0),
-            signer: signer_index as u16,
-            downstream: (!downstream.is_empty()).then(|| downstream.into_boxed_slice()),
-        };
-        Ok(Exchanged { engine: self, minted: Arc::new(minted), audit })
+        Ok(self.mint(&decision, &mint)?)
     }
 }
 

@@ -176,15 +176,6 @@ pub enum Denied {
 }
 
 impl Denied {
-    /// RFC 6749/8693 error code for the token endpoint and the JSON body.
-    pub fn oauth_code(&self) -> &'static str {
-        match self {
-            Denied::NoRule { .. } | Denied::NoAudience => "invalid_target",
-            Denied::NoScope { .. } => "invalid_scope",
-            _ => "access_denied",
-        }
-    }
-
     /// A bounded label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -215,8 +206,14 @@ pub fn evaluate(rules: &[Rule], input: &RuleInput<'_>) -> Result<Decision, Denie
 
 /// For each rule, in order, why it does not match (`None` = it matches). Used
 /// for debug logs and `stsgate explain`.
-pub fn explain(rules: &[Rule], input: &RuleInput<'_>) -> Vec<(String, Option<String>)> {
+pub fn verdicts(rules: &[Rule], input: &RuleInput<'_>) -> Vec<(String, Option<String>)> {
     rules.iter().map(|r| (r.name.clone(), why_not(r, input))).collect()
+}
+
+/// A space-separated scope parameter (RFC 6749 §3.3), as the list of scopes
+/// `RuleInput::requested_scopes` takes.
+pub fn split_scopes(scope: &str) -> Vec<String> {
+    scope.split_whitespace().map(str::to_owned).collect()
 }
 
 /// The first condition of `rule` that `input` fails, in words.

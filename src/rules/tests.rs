@@ -112,7 +112,7 @@ fn issuer_dimension() {
     let mut other = subject(json!({"scope": "profile"}));
     other.issuer = "https://other.example".into();
     assert_eq!(evaluate(&rs, &input(&other, None, "api://x")).unwrap_err().label(), "no_rule");
-    let trace = explain(&rs, &input(&other, None, "api://x"));
+    let trace = verdicts(&rs, &input(&other, None, "api://x"));
     assert_eq!(trace[2].1.as_deref(), Some("subject token issuer is not listed"));
 }
 
@@ -428,7 +428,7 @@ fn actor_token_from_another_issuer_does_not_match_a_rule_pinned_to_the_subjects(
     // Same sub, other IdP: a different party, whatever its name.
     let i = impersonating(&operator, Some(&theirs), "user-123");
     assert_eq!(evaluate(&rs, &i).unwrap_err(), Denied::ImpersonationRefused);
-    let why = explain(&rs, &i)[0].1.clone().unwrap();
+    let why = verdicts(&rs, &i)[0].1.clone().unwrap();
     assert!(why.contains("actor token issuer") && why.contains(IDP_B), "{why}");
     // Not even as the operator's own subject.
     assert_eq!(evaluate(&rs, &input(&operator, Some(&theirs), "orders")).unwrap_err().label(), "no_rule");
@@ -439,7 +439,7 @@ fn actor_token_from_another_issuer_does_not_match_a_rule_pinned_to_the_subjects(
     assert_eq!(d.claims["impersonated_by"], json!({"sub": "support-console", "iss": IDP_B}));
     let i = impersonating(&operator, Some(&ours), "user-123");
     assert_eq!(evaluate(&rs, &i).unwrap_err(), Denied::ImpersonationRefused);
-    assert!(explain(&rs, &i)[0].1.as_deref().unwrap().contains("is not in actor.issuers"));
+    assert!(verdicts(&rs, &i)[0].1.as_deref().unwrap().contains("is not in actor.issuers"));
 
     // A client_id glob is a name in the issuer's namespace too.
     let by_client = rules(&SUPPORT_PINNED.replace("sub: [support-console]", "client_id: [console]"));
@@ -518,7 +518,7 @@ fn impersonating_another_subject_needs_a_proven_actor() {
     let operator = subject(json!({"sub": "operator"}));
     let i = impersonating(&operator, None, "user-123");
     assert_eq!(evaluate(&rs, &i).unwrap_err(), Denied::ImpersonationRefused);
-    assert!(explain(&rs, &i)[0].1.as_deref().unwrap().contains("needs a proven actor"), "{:?}", explain(&rs, &i));
+    assert!(verdicts(&rs, &i)[0].1.as_deref().unwrap().contains("needs a proven actor"), "{:?}", verdicts(&rs, &i));
     assert_eq!(decide(&rs[0], &i).unwrap_err(), Denied::ImpersonationRefused);
     // With no other subject asked for, the token keeps its own subject.
     let d = evaluate(&rs, &input(&operator, None, "orders")).unwrap();

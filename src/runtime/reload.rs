@@ -21,12 +21,13 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{error, info};
 
-use crate::config::{Config, ConfigError};
-use crate::engine::Engine;
-use crate::trust::issuer::{Issuer, Issuers};
-use crate::metrics::ReloadMetrics;
-use crate::signing::{KeyRing, MintError, Signer};
 use crate::api::readiness::Readiness;
+use crate::backoff::Backoff;
+use crate::config::{Config, ConfigError};
+use crate::engine::{Engine, LoadError};
+use crate::metrics::ReloadMetrics;
+use crate::signing::KeyError;
+use crate::trust::issuer::Issuer;
 
 /// How long a reload waits for the keys of every trusted issuer. Twice the
 /// default `fetch_timeout` (5s): a discovery document and then the JWKS, each
@@ -51,7 +52,7 @@ pub enum ReloadError {
     #[error("{}", .0.join("; "))]
     RestartRequired(Vec<String>),
     #[error("cannot load the signing keys: {0}")]
-    SigningKeys(#[from] MintError),
+    SigningKeys(#[from] KeyError),
     #[error(
         "the keys of {} trusted issuer(s) did not load within {}: {}",
         .failures.len(),
@@ -63,6 +64,14 @@ pub enum ReloadError {
     ShuttingDown,
     #[error("the reload was interrupted: {0}")]
     Interrupted(String),
+}
+
+impl From<LoadError> for ReloadError {
+    fn from(e: LoadError) -> ReloadError {
+        match e {
+            LoadError::SigningKeys(e) => ReloadError::SigningKeys(e),
+        }
+    }
 }
 
 impl ReloadError {
@@ -211,18 +220,16 @@ impl Live {
             return Err(ReloadError::ShuttingDown);
         }
         let current = self.engine.load_full();
-        let current_issuers = current.issuers.clone();
-        let file = path.to_owned();
+        let (file, http) = (path.to_owned(), self.http.clone());
         // Files and key parsing block: off the async workers.
-        let (seen, prepared) = tokio::task::spawn_blocking(move || prepare(&file, &current))
+        let (seen, prepared) = tokio::task::spawn_blocking(move || prepare(&file, &current, http))
             .await
             .map_err(|e| ReloadError::Interrupted(e.to_string()))?;
         self.set_seen(seen);
-        let Prepared { cfg, keys, hash } = prepared?;
+        let Prepared { engine, hash } = prepared?;
 
-        let issuers = Issuers::new(&cfg, self.http.clone());
-        load_issuer_keys(&cfg, &issuers, &current_issuers, self.timeout()).await?;
-        let engine = Arc::new(Engine::new(Arc::new(cfg), Arc::new(issuers), Arc::new(keys)));
+        load_issuer_keys(&engine, self.timeout()).await?;
+        let engine = Arc::new(engine);
         if self.closed.load(Ordering::Acquire) {
             return Err(ReloadError::ShuttingDown);
         }
@@ -295,29 +302,30 @@ impl Live {
     }
 }
 
-/// A new configuration with its signing keys, ready but for the issuers.
+/// A new engine, ready but for the keys of the issuers it could not seed
+/// from the running one.
 struct Prepared {
-    cfg: Config,
-    keys: KeyRing,
+    engine: Engine,
     hash: String,
 }
 
 /// Reads, parses and validates the file, refuses restart-only changes and
-/// loads the signing keys. Also returns the fingerprint of what was read,
+/// builds the new engine beside the running one (`Engine::load`: signing
+/// keys, issuers seeded). Also returns the fingerprint of what was read,
 /// whatever the outcome.
-fn prepare(path: &Path, current: &Engine) -> (Fingerprint, Result<Prepared, ReloadError>) {
+fn prepare(path: &Path, current: &Engine, http: reqwest::Client) -> (Fingerprint, Result<Prepared, ReloadError>) {
     let text = std::fs::read_to_string(path);
     let seen = fingerprint(path, &text);
     let prepared = (|| -> Result<Prepared, ReloadError> {
         let text = text.map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let cfg = Config::from_file_text(&text, path)?;
-        cfg.validate().map_err(ConfigError::Invalid)?;
+        cfg.check().map_err(ConfigError::Invalid)?;
         let restart = restart_required(&current.cfg, &cfg);
         if !restart.is_empty() {
             return Err(ReloadError::RestartRequired(restart));
         }
-        let keys = signing_keys(&cfg, current)?;
-        Ok(Prepared { cfg, keys, hash: short_hash(text.as_bytes()) })
+        let engine = Engine::load(Arc::new(cfg), http, Some(current))?;
+        Ok(Prepared { engine, hash: short_hash(text.as_bytes()) })
     })();
     (seen, prepared)
 }
@@ -344,42 +352,17 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
-/// The new key ring. An `ephemeral` key the running configuration declares
-/// too (same kid and alg) keeps its key: it lives as long as the process, so
-/// tokens it signed stay verifiable across reloads.
-fn signing_keys(cfg: &Config, current: &Engine) -> Result<KeyRing, MintError> {
-    let kept = |kid: &str, alg| {
-        let was_ephemeral = current.cfg.signing.keys.iter().any(|k| k.ephemeral && k.kid == kid && k.alg == alg);
-        current.keys.signers().iter().find(|s| was_ephemeral && s.kid == kid && s.alg == alg).cloned()
-    };
-    let all = cfg
-        .signing
-        .keys
-        .iter()
-        .map(|k| match kept(&k.kid, k.alg).filter(|_| k.ephemeral) {
-            Some(signer) => Ok(signer),
-            None => Signer::load(k).map(Arc::new),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    KeyRing::from_signers(all, cfg.signing.active_kid())
-}
-
-/// Gives every issuer its keys: an issuer whose settings did not change and
-/// whose keys come over the network keeps the keys it has (an IdP that is
-/// down must not block an unrelated rule change; its background refresh goes
-/// on as before); the others are fetched, in parallel, until `timeout`.
-async fn load_issuer_keys(cfg: &Config, issuers: &Issuers, current: &Issuers, timeout: Duration) -> Result<(), ReloadError> {
+/// Gives every issuer the new engine could not seed from the running one
+/// (see `Engine::load`) its keys: fetched, in parallel, until `timeout`.
+async fn load_issuer_keys(engine: &Engine, timeout: Duration) -> Result<(), ReloadError> {
     let deadline = Instant::now() + timeout;
     // Dropping the set (a cancelled reload) aborts the fetches.
     let mut fetches = JoinSet::new();
-    for (i, trusted) in cfg.trusted_issuers.iter().enumerate() {
-        let Some(issuer) = issuers.get(&trusted.issuer).cloned() else { continue };
-        let unchanged = current.get(&trusted.issuer).filter(|old| old.cfg == *trusted && trusted.jwks_file.is_none());
-        if unchanged.is_some_and(|old| issuer.seed_from(old)) {
-            continue;
-        }
+    for (i, trusted) in engine.cfg.trusted_issuers.iter().enumerate() {
+        let Some(issuer) = engine.issuers.get(&trusted.issuer).filter(|i| !i.is_loaded()).cloned() else { continue };
         fetches.spawn(async move { (i, first_load(issuer, deadline).await) });
     }
+    let cfg = &engine.cfg;
     let mut failures = Vec::new();
     while let Some(done) = fetches.join_next().await {
         match done {
@@ -399,7 +382,7 @@ async fn load_issuer_keys(cfg: &Config, issuers: &Issuers, current: &Issuers, ti
 
 /// Tries to load an issuer's keys until the deadline; the last error otherwise.
 async fn first_load(issuer: Arc<Issuer>, deadline: Instant) -> Result<(), String> {
-    let mut retry = RETRY_MIN;
+    let mut retry = Backoff::new(RETRY_MIN, RETRY_MAX);
     let mut last: Option<String> = None;
     loop {
         match tokio::time::timeout_at(deadline, issuer.refresh()).await {
@@ -414,11 +397,10 @@ async fn first_load(issuer: Arc<Issuer>, deadline: Instant) -> Result<(), String
         if remaining.is_zero() {
             break;
         }
-        tokio::time::sleep(retry.min(remaining)).await;
+        tokio::time::sleep(retry.next_delay().min(remaining)).await;
         if Instant::now() >= deadline {
             break;
         }
-        retry = (retry * 2).min(RETRY_MAX);
     }
     Err(last.unwrap_or_else(|| "no answer before the reload timeout".into()))
 }

@@ -20,10 +20,9 @@ use crate::api::dev_idp::DevIdp;
 use crate::engine::Engine;
 use crate::api::ext_authz::AuthzService;
 use crate::api::router::{AppState, router};
-use crate::trust::issuer::{Issuers, http_client};
+use crate::trust::issuer::http_client;
 use crate::runtime::listener::{Acceptor, GrpcIncoming, Kind, Limits};
 use crate::metrics::{ConnectionMetrics, Metrics, ReloadMetrics};
-use crate::signing::KeyRing;
 use crate::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use crate::api::readiness::Readiness;
 use crate::runtime::reload::{Live, ReloadError, ReloadOptions, Reloaded};
@@ -76,12 +75,11 @@ impl Server {
         let grpc_addr = listeners.grpc.local_addr()?;
         let http_addr = listeners.http.local_addr()?;
 
-        let keys = Arc::new(KeyRing::load(&cfg.signing).context("cannot load signing keys")?);
         let http = http_client().context("cannot build the HTTP client")?;
-        let issuers = Arc::new(Issuers::new(&cfg, http.clone()));
         // The engine in use; a reload replaces it whole, and every front door
         // loads it per request.
-        let engine = Arc::new(ArcSwap::from_pointee(Engine::new(cfg.clone(), issuers, keys)));
+        let engine = Engine::load(cfg.clone(), http.clone(), None).context("cannot load signing keys")?;
+        let engine = Arc::new(ArcSwap::from_pointee(engine));
 
         let dev_idp = match &cfg.dev_idp {
             Some(dev) => {

@@ -15,6 +15,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{Mutex, watch};
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::{Config, KeySource, TrustedIssuer, VerifyAlg};
 use crate::trust::jwks::{self, KeySet, VerifyKey};
 
@@ -262,11 +263,11 @@ impl Issuer {
         if self.is_loaded() {
             tokio::time::sleep(self.cfg.refresh_interval.0).await;
         }
-        let mut retry = FIRST_LOAD_RETRY_MIN;
+        let mut retry = Backoff::new(FIRST_LOAD_RETRY_MIN, FIRST_LOAD_RETRY_MAX);
         loop {
             let wait = match self.refresh().await {
                 Ok(_) => {
-                    retry = FIRST_LOAD_RETRY_MIN;
+                    retry.reset();
                     self.cfg.refresh_interval.0
                 }
                 Err(e) if self.is_loaded() => {
@@ -274,9 +275,8 @@ impl Issuer {
                     FAILED_REFRESH_RETRY.min(self.cfg.refresh_interval.0)
                 }
                 Err(e) => {
-                    warn!(issuer = %self.cfg.issuer, retry_in = ?retry, "cannot load keys: {e}");
-                    let wait = retry;
-                    retry = (retry * 2).min(FIRST_LOAD_RETRY_MAX);
+                    let wait = retry.next_delay();
+                    warn!(issuer = %self.cfg.issuer, retry_in = ?wait, "cannot load keys: {e}");
                     wait
                 }
             };
@@ -300,6 +300,21 @@ impl Issuers {
             .map(|t| (t.issuer.clone(), Arc::new(Issuer::new(t.clone(), http.clone(), key_epoch.clone()))))
             .collect();
         Issuers { by_iss, key_epoch }
+    }
+
+    /// Starts every issuer whose settings did not change and whose keys come
+    /// over the network with the keys `running` holds for it (see
+    /// `Issuer::seed_from`), as a configuration reload does: an IdP that is
+    /// down must not block an unrelated rule change, and its background
+    /// refresh goes on as before. A `jwks_file` is read again (it may have
+    /// changed), as is an issuer that has no keys yet.
+    pub fn seed_unchanged(&self, running: &Issuers) {
+        for (iss, issuer) in &self.by_iss {
+            let unchanged = running.get(iss).filter(|old| old.cfg == issuer.cfg && issuer.cfg.jwks_file.is_none());
+            if let Some(old) = unchanged {
+                issuer.seed_from(old);
+            }
+        }
     }
 
     /// Changes whenever an issuer withdraws a key. Cache entries remember the

@@ -3,14 +3,16 @@
 //! (installed by `scripts/install-tools.sh`), plus an in-process echo upstream.
 //!
 //! Include with `#[path = "e2e/mod.rs"] mod e2e;`. Every child process is
-//! killed when its guard drops; every wait polls with a deadline.
+//! killed when its guard drops; every wait polls with a deadline. Scratch
+//! directories, child processes, free ports and polling are the ones of
+//! `tests/support` (its `process.rs`, included here by path).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +20,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
+
+#[path = "../support/process.rs"]
+mod process;
+// Each e2e test binary uses part of it.
+#[allow(unused_imports)]
+pub use process::{ChildGuard, TempDir, eventually_some, free_port};
 
 /// How long any single thing (a process starting, a log line appearing) may take.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -60,42 +68,6 @@ fn next_id() -> u32 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A scratch directory for configs and logs. Kept (and its path printed) when
-/// the test fails, so the logs can be read.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(label: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("stsgate-{label}-{}-{}-{nanos}", std::process::id(), next_id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("e2e: test failed; configs and logs kept in {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    StdTcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
-}
-
 pub fn read_lossy(path: &Path) -> String {
     std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
@@ -105,24 +77,6 @@ pub fn tail(path: &Path, n: usize) -> String {
     let text = read_lossy(path);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 pub fn http_client() -> reqwest::Client {
@@ -138,63 +92,6 @@ pub fn http_client() -> reqwest::Client {
 
 // ---------------------------------------------------------------------------
 // Child processes
-
-/// A child process killed (SIGTERM, then SIGKILL) and reaped on drop.
-pub struct ChildGuard {
-    pub name: String,
-    child: Option<Child>,
-}
-
-impl ChildGuard {
-    pub fn spawn(name: &str, cmd: &mut Command) -> ChildGuard {
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        ChildGuard { name: name.to_owned(), child: Some(child) }
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    /// `Some(status)` once the process has exited.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM, wait up to `grace`, then SIGKILL.
-    pub fn terminate(&mut self, grace: Duration) {
-        let Some(mut c) = self.child.take() else { return };
-        if c.try_wait().ok().flatten().is_none() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let deadline = Instant::now() + grace;
-            while Instant::now() < deadline {
-                if c.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.terminate(Duration::from_secs(3));
-    }
-}
 
 fn log_file(path: &Path) -> File {
     File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()))

@@ -1,0 +1,162 @@
+//! `listen`: where the listeners bind, and the limits on their connections.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::checks::Issues;
+use super::values::Dur;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Dur,
+    /// Most connections the gRPC listener holds at once; further ones are
+    /// accepted and closed at once (each listener has its own cap, so a flood
+    /// of one cannot take the file descriptors the other needs).
+    pub grpc_max_connections: usize,
+    /// Most connections the HTTP listener holds at once.
+    pub http_max_connections: usize,
+    /// A new connection must send the HTTP/2 preface (gRPC) or a complete
+    /// first request head (HTTP) within this.
+    pub handshake_timeout: Dur,
+    /// HTTP listener, HTTP/1: a later request head must be complete this long
+    /// after its first byte.
+    pub header_read_timeout: Dur,
+    /// HTTP listener: a request must be answered (body read included) within this.
+    pub request_timeout: Dur,
+    /// HTTP listener: a connection with no request in flight is closed after this.
+    pub idle_timeout: Dur,
+    /// Both listeners, HTTP/2: ping a connection that sent nothing for this long...
+    pub http2_keepalive_interval: Dur,
+    /// ...and close it when the ping is not answered within this.
+    pub http2_keepalive_timeout: Dur,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            grpc: SocketAddr::from(([0, 0, 0, 0], 9191)),
+            http: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            shutdown_grace: Dur::secs(10),
+            // Envoys (one or two connections per worker) are the gRPC clients: room
+            // for a few thousand sidecars per replica. Both caps together stay far
+            // below the usual 65536 or more descriptors of a container; start-up
+            // lowers them to fit a smaller RLIMIT_NOFILE (see `listener::fit_to_fd_limit`).
+            grpc_max_connections: 4096,
+            http_max_connections: 1024,
+            handshake_timeout: Dur::secs(10),
+            header_read_timeout: Dur::secs(10),
+            request_timeout: Dur::secs(30),
+            idle_timeout: Dur::secs(60),
+            http2_keepalive_interval: Dur::secs(30),
+            http2_keepalive_timeout: Dur::secs(10),
+        }
+    }
+}
+
+impl Listen {
+    /// The connection limits, as `(key, value)`: bound at start-up, so a
+    /// reload may not change them.
+    pub(crate) fn limit_settings(&self) -> [(&'static str, String); 8] {
+        [
+            ("listen.grpc_max_connections", self.grpc_max_connections.to_string()),
+            ("listen.http_max_connections", self.http_max_connections.to_string()),
+            ("listen.handshake_timeout", self.handshake_timeout.to_string()),
+            ("listen.header_read_timeout", self.header_read_timeout.to_string()),
+            ("listen.request_timeout", self.request_timeout.to_string()),
+            ("listen.idle_timeout", self.idle_timeout.to_string()),
+            ("listen.http2_keepalive_interval", self.http2_keepalive_interval.to_string()),
+            ("listen.http2_keepalive_timeout", self.http2_keepalive_timeout.to_string()),
+        ]
+    }
+
+    pub(super) fn check(&self, issues: &mut Issues) {
+        for (key, max) in
+            [("grpc_max_connections", self.grpc_max_connections), ("http_max_connections", self.http_max_connections)]
+        {
+            if !(1..=1_000_000).contains(&max) {
+                issues.add(format!("listen.{key}"), "must be between 1 and 1000000");
+            }
+        }
+        let secs = Duration::from_secs;
+        for (key, d, max) in [
+            ("handshake_timeout", self.handshake_timeout, secs(300)),
+            ("header_read_timeout", self.header_read_timeout, secs(300)),
+            ("request_timeout", self.request_timeout, secs(600)),
+            ("idle_timeout", self.idle_timeout, secs(3600)),
+            ("http2_keepalive_interval", self.http2_keepalive_interval, secs(3600)),
+            ("http2_keepalive_timeout", self.http2_keepalive_timeout, secs(300)),
+        ] {
+            if d.0 < secs(1) || d.0 > max {
+                issues.add(format!("listen.{key}"), format!("must be between 1s and {}", Dur(max)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::config::tests::MINIMAL;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        // The values of the README's configuration reference, spelled out.
+        let text = "listen:\n  grpc: 0.0.0.0:9191\n  http: 0.0.0.0:8080\n  shutdown_grace: 10s\n  \
+                    grpc_max_connections: 4096\n  http_max_connections: 1024\n  handshake_timeout: 10s\n  \
+                    header_read_timeout: 10s\n  request_timeout: 30s\n  idle_timeout: 60s\n  \
+                    http2_keepalive_interval: 30s\n  http2_keepalive_timeout: 10s\n";
+        let spelled = Config::from_yaml_str(&format!("{text}{MINIMAL}")).unwrap();
+        assert_eq!(spelled.listen, Listen::default());
+        let empty = Config::from_yaml_str(&format!("listen: {{}}\n{MINIMAL}")).unwrap();
+        assert_eq!(empty.listen, Listen::default());
+    }
+
+    #[test]
+    fn limits_have_defaults_and_are_checked() {
+        let cfg = Config::from_yaml_validated(MINIMAL).unwrap();
+        assert_eq!(cfg.listen.grpc.port(), 9191);
+        assert_eq!(cfg.listen.http.port(), 8080);
+        assert_eq!(cfg.listen.grpc_max_connections, 4096);
+        assert_eq!(cfg.listen.http_max_connections, 1024);
+        assert_eq!(cfg.listen.handshake_timeout.0, Duration::from_secs(10));
+        assert_eq!(cfg.listen.header_read_timeout.0, Duration::from_secs(10));
+        assert_eq!(cfg.listen.request_timeout.0, Duration::from_secs(30));
+        assert_eq!(cfg.listen.idle_timeout.0, Duration::from_secs(60));
+        assert_eq!(cfg.listen.http2_keepalive_interval.0, Duration::from_secs(30));
+        assert_eq!(cfg.listen.http2_keepalive_timeout.0, Duration::from_secs(10));
+
+        let ok = "listen:\n  grpc_max_connections: 2\n  http_max_connections: 1000000\n  idle_timeout: 1h\n";
+        Config::from_yaml_validated(&format!("{ok}{MINIMAL}")).unwrap();
+
+        for (line, path) in [
+            ("grpc_max_connections: 0", "listen.grpc_max_connections"),
+            ("http_max_connections: 1000001", "listen.http_max_connections"),
+            ("handshake_timeout: 500ms", "listen.handshake_timeout"),
+            ("header_read_timeout: 6m", "listen.header_read_timeout"),
+            ("request_timeout: 11m", "listen.request_timeout"),
+            ("idle_timeout: 2h", "listen.idle_timeout"),
+            ("http2_keepalive_interval: 0s", "listen.http2_keepalive_interval"),
+            ("http2_keepalive_timeout: 10m", "listen.http2_keepalive_timeout"),
+        ] {
+            let text = format!("listen:\n  {line}\n{MINIMAL}");
+            let issues = Config::from_yaml_str(&text).unwrap().check().unwrap_err();
+            assert_eq!(issues.len(), 1, "{line}: {issues:?}");
+            assert_eq!(issues[0].path, path, "{line}");
+            assert!(issues[0].message.starts_with("must be between"), "{line}: {}", issues[0].message);
+        }
+        // A negative count or a word is a parse error that names the key.
+        let err = Config::from_yaml_str(&format!("listen:\n  http_max_connections: -1\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().contains("listen.http_max_connections"), "{err}");
+        let err = Config::from_yaml_str(&format!("listen:\n  idle_timeout: forever\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().contains("listen.idle_timeout"), "{err}");
+    }
+}

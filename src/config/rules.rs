@@ -1,0 +1,461 @@
+//! `rules`: which exchanges are allowed, and what the minted token says.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::checks::{Issues, check_header_name};
+use super::ext_authz::ExtAuthz;
+use super::trusted_issuers::TrustedIssuer;
+use super::values::Dur;
+use crate::glob::Glob;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Shown in logs and refusals.
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub when: RuleMatch,
+    #[serde(default)]
+    pub grant: Grant,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuleMatch {
+    /// Trusted issuers (exact `iss`) this rule applies to; empty = any.
+    pub issuers: Vec<String>,
+    /// Target audiences (globs) this rule applies to; empty = any.
+    pub audiences: Vec<Glob>,
+    /// Subject-token claims that must match: claim name → patterns (one-of).
+    /// A string claim matches when it fits a pattern; an array claim (e.g.
+    /// `groups`) when any element does. Every listed claim must match.
+    pub subject: BTreeMap<String, Vec<Glob>>,
+    /// Who may act. Omitted = whatever the outcome implies (exchange: no
+    /// actor; delegation: any actor; impersonation: any actor or none), an
+    /// actor token always only from the subject token's issuer.
+    pub actor: Option<ActorMatch>,
+}
+
+/// Conditions on the actor; the listed kinds are alternatives (one-of).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActorMatch {
+    /// The calling workload's mTLS identity (SPIFFE ID globs).
+    pub spiffe: Vec<Glob>,
+    /// `sub` of a validated actor token (globs).
+    pub sub: Vec<Glob>,
+    /// `client_id` (or `azp`) of a validated actor token (globs).
+    pub client_id: Vec<Glob>,
+    /// Match requests that have no actor at all. Never on a rule that
+    /// impersonates other subjects (`impersonate_subjects`).
+    pub none: bool,
+    /// Issuers (exact `iss`) an actor token may come from; empty = only the
+    /// subject token's own issuer. A `sub` or `client_id` is a name in its
+    /// issuer's namespace, so an actor token from any other issuer matches
+    /// nothing, and never contributes its `iss` or `client_id`. Peers (mTLS)
+    /// have no issuer and are matched by `spiffe` alone.
+    pub issuers: Vec<String>,
+}
+
+impl ActorMatch {
+    pub(crate) fn names_someone(&self) -> bool {
+        !(self.spiffe.is_empty() && self.sub.is_empty() && self.client_id.is_empty())
+    }
+}
+
+/// What a matching rule does with the subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Same subject, re-issued for the audience; no actor involved.
+    #[default]
+    Exchange,
+    /// Same subject; `act` names the actor (RFC 8693 §4.1).
+    Delegation,
+    /// The actor acts as the subject and nothing in the token shows it.
+    Impersonation,
+}
+
+impl Outcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Exchange => "exchange",
+            Outcome::Delegation => "delegation",
+            Outcome::Impersonation => "impersonation",
+        }
+    }
+}
+
+/// How delegation is written into the minted token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DelegationShape {
+    /// `sub` = subject, `act` = actor (nested with prior actors).
+    #[default]
+    Act,
+    /// `sub` = actor, `act_as` = subject (for receivers built that way).
+    ActAs,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Grant {
+    /// exchange, delegation or impersonation.
+    pub outcome: Outcome,
+    /// Scopes (globs) this rule may grant; the result is requested ∩ subject
+    /// token's ∩ these.
+    pub scopes: Vec<Glob>,
+    /// Mint a token with no scope when the intersection is empty, instead of
+    /// refusing.
+    pub allow_empty_scope: bool,
+    /// Upper bound on the minted token's lifetime (also capped by `tokens.lifetime`).
+    pub max_lifetime: Option<Dur>,
+    /// Claims copied from the subject token when present.
+    pub copy_claims: Vec<String>,
+    /// Static claims added to the minted token.
+    pub add_claims: serde_json::Map<String, serde_json::Value>,
+    /// Longest `act` chain the minted token may carry (delegation depth).
+    pub max_chain_depth: usize,
+    /// `act` (RFC 8693) or `act_as`.
+    pub delegation_shape: DelegationShape,
+    /// Impersonation only: subjects (globs) the actor may become through the
+    /// requested-subject header; empty = only the token's own subject.
+    pub impersonate_subjects: Vec<Glob>,
+    /// Impersonation only: name of an audit claim naming the real actor.
+    pub audit_claim: Option<String>,
+    /// Extra, narrower tokens for the upstream's own downstream calls.
+    pub downstream_tokens: Vec<DownstreamToken>,
+}
+
+impl Default for Grant {
+    fn default() -> Self {
+        Grant {
+            outcome: Outcome::default(),
+            scopes: Vec::new(),
+            allow_empty_scope: false,
+            max_lifetime: None,
+            copy_claims: Vec::new(),
+            add_claims: serde_json::Map::new(),
+            max_chain_depth: 3,
+            delegation_shape: DelegationShape::default(),
+            impersonate_subjects: Vec::new(),
+            audit_claim: None,
+            downstream_tokens: Vec::new(),
+        }
+    }
+}
+
+/// An additional token minted for a named downstream audience and put into
+/// its own request header (the "embedded token" pattern).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamToken {
+    pub audience: String,
+    /// Request header that carries it (bare token, no scheme).
+    pub header: String,
+    /// Scopes (globs) kept from the main token's granted scopes.
+    #[serde(default)]
+    pub scopes: Vec<Glob>,
+}
+
+/// Claims stsgate sets itself, or that would contradict what it sets; rules
+/// may not copy or add them (nor any rule's `audit_claim`). RFC 9068 §2.2 core
+/// claims, `scp` and `azp` (a second scope or client beside the narrowed
+/// `scope` and the real `client_id`), RFC 8693 `act`/`may_act`, RFC 7800 `cnf`,
+/// RFC 9493 `sub_id`, `typ`, and stsgate's `act_as`. `auth_time`, `acr`, `amr`,
+/// `groups`, `roles` and `entitlements` describe the subject and may be copied.
+#[rustfmt::skip]
+const RESERVED_CLAIMS: &[&str] = &[
+    "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope", "scp", "azp", "act", "act_as", "may_act",
+    "cnf", "sub_id", "typ",
+];
+
+/// What a rule is checked against beyond itself.
+struct Context<'a> {
+    /// The `iss` of every trusted issuer.
+    trusted: HashSet<&'a str>,
+    /// Every rule's `audit_claim`: it names the real actor, so no rule may copy or add it.
+    audit_claims: HashSet<&'a str>,
+    ext_authz: &'a ExtAuthz,
+}
+
+/// The `rules` list, given the trusted issuers its rules name and the
+/// ext_authz headers its grants must not reuse.
+pub(super) fn check(rules: &[Rule], trusted: &[TrustedIssuer], ext_authz: &ExtAuthz, issues: &mut Issues) {
+    let ctx = Context {
+        trusted: trusted.iter().map(|i| i.issuer.as_str()).collect(),
+        audit_claims: rules.iter().filter_map(|r| r.grant.audit_claim.as_deref()).collect(),
+        ext_authz,
+    };
+    let mut names = HashSet::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let at = format!("rules[{i}]");
+        if rule.name.trim().is_empty() {
+            issues.add(format!("{at}.name"), "must not be empty");
+        } else if !names.insert(rule.name.as_str()) {
+            issues.add(format!("{at}.name"), format!("duplicate rule name {:?}", rule.name));
+        }
+        rule.check(&at, &ctx, issues);
+    }
+    if rules.is_empty() {
+        issues.add("rules", "no rules: every exchange would be refused (default deny)");
+    }
+}
+
+impl Rule {
+    fn check(&self, at: &str, ctx: &Context<'_>, issues: &mut Issues) {
+        for (j, iss) in self.when.issuers.iter().enumerate() {
+            if !ctx.trusted.contains(iss.as_str()) {
+                issues.add(
+                    format!("{at}.match.issuers[{j}]"),
+                    format!("{iss:?} is not one of trusted_issuers, so this rule can never match it"),
+                );
+            }
+        }
+        let g = &self.grant;
+        if g.scopes.is_empty() && !g.allow_empty_scope {
+            issues.add(
+                format!("{at}.grant"),
+                "grants no scopes and does not set allow_empty_scope, so it can only refuse",
+            );
+        }
+        if let Some(max) = g.max_lifetime {
+            if max.0 < Duration::from_secs(1) {
+                issues.add(format!("{at}.grant.max_lifetime"), "must be at least 1s");
+            }
+        }
+        let actor = self.when.actor.as_ref();
+        let names_actor = actor.is_some_and(|a| a.names_someone());
+        let only_none = actor.is_some_and(|a| a.none && !a.names_someone());
+        let actor_issuers = actor.map(|a| a.issuers.as_slice()).unwrap_or_default();
+        for (j, iss) in actor_issuers.iter().enumerate() {
+            if !ctx.trusted.contains(iss.as_str()) {
+                issues.add(
+                    format!("{at}.match.actor.issuers[{j}]"),
+                    format!("{iss:?} is not one of trusted_issuers, so no actor token can come from it"),
+                );
+            }
+        }
+        if g.outcome == Outcome::Exchange && !actor_issuers.is_empty() {
+            issues.add(format!("{at}.match.actor.issuers"), "an exchange involves no actor");
+        }
+        match g.outcome {
+            Outcome::Exchange if names_actor => issues.add(
+                format!("{at}.match.actor"),
+                "an exchange involves no actor; use outcome delegation or impersonation to name one",
+            ),
+            Outcome::Delegation if only_none => issues
+                .add(format!("{at}.match.actor"), "delegation needs an actor, so `none: true` alone can never match"),
+            _ => {}
+        }
+        if !g.impersonate_subjects.is_empty() {
+            if g.outcome != Outcome::Impersonation {
+                issues.add(format!("{at}.grant.impersonate_subjects"), "only allowed with outcome impersonation");
+            } else if !names_actor {
+                issues.add(
+                    format!("{at}.match.actor"),
+                    "impersonating other subjects requires naming the actor (spiffe, sub or client_id)",
+                );
+            }
+            if actor.is_some_and(|a| a.none) {
+                issues.add(
+                    format!("{at}.match.actor.none"),
+                    "impersonating other subjects needs a proven actor; `none: true` would let a request with no actor become them",
+                );
+            }
+            if ctx.ext_authz.requested_subject_header.is_empty() {
+                issues.add(
+                    format!("{at}.grant.impersonate_subjects"),
+                    "ext_authz.requested_subject_header is not set, so no request can name another subject",
+                );
+            }
+        }
+        if let Some(claim) = &g.audit_claim {
+            if g.outcome != Outcome::Impersonation {
+                issues.add(format!("{at}.grant.audit_claim"), "only allowed with outcome impersonation");
+            }
+            if RESERVED_CLAIMS.contains(&claim.as_str()) || claim.is_empty() {
+                issues.add(format!("{at}.grant.audit_claim"), format!("{claim:?} is a claim stsgate sets itself"));
+            }
+        }
+        let reserved = |claim: &str| RESERVED_CLAIMS.contains(&claim) || ctx.audit_claims.contains(claim);
+        for (j, claim) in g.copy_claims.iter().enumerate() {
+            if reserved(claim) {
+                issues.add(format!("{at}.grant.copy_claims[{j}]"), format!("{claim:?} is a claim stsgate sets itself"));
+            }
+        }
+        for claim in g.add_claims.keys() {
+            if reserved(claim) {
+                issues
+                    .add(format!("{at}.grant.add_claims.{claim}"), format!("{claim:?} is a claim stsgate sets itself"));
+            }
+        }
+        if g.max_chain_depth == 0 && g.outcome == Outcome::Delegation {
+            issues.add(format!("{at}.grant.max_chain_depth"), "delegation needs a depth of at least 1");
+        }
+        if g.max_chain_depth > 25 {
+            issues.add(format!("{at}.grant.max_chain_depth"), "must be at most 25");
+        }
+        for (j, d) in g.downstream_tokens.iter().enumerate() {
+            d.check(&format!("{at}.grant.downstream_tokens[{j}]"), ctx.ext_authz, issues);
+        }
+    }
+}
+
+impl DownstreamToken {
+    fn check(&self, at: &str, ext_authz: &ExtAuthz, issues: &mut Issues) {
+        if self.audience.is_empty() {
+            issues.add(format!("{at}.audience"), "must not be empty");
+        }
+        if let Err(why) = check_header_name(&self.header) {
+            issues.add(format!("{at}.header"), why);
+        } else if ext_authz.is_token_header(&self.header) {
+            issues.add(format!("{at}.header"), "must differ from ext_authz.output_header and subject_header");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::MINIMAL;
+    use crate::config::{Config, ConfigIssue};
+
+    /// Validation issues of MINIMAL with `rules` (a YAML sequence) instead of its rule.
+    fn rule_issues(rules: &str) -> Vec<ConfigIssue> {
+        let base = MINIMAL.split("rules:").next().unwrap();
+        let text = format!("{base}ext_authz: {{ requested_subject_header: x-requested-subject }}\nrules:\n{rules}");
+        Config::from_yaml_str(&text).unwrap().check().err().unwrap_or_default()
+    }
+
+    #[test]
+    fn grant_defaults() {
+        let cfg = Config::from_yaml_str(MINIMAL).unwrap();
+        let g = &cfg.rules[0].grant;
+        assert_eq!((g.outcome, g.max_chain_depth, g.delegation_shape), (Outcome::Exchange, 3, DelegationShape::Act));
+        assert!(!g.allow_empty_scope && g.max_lifetime.is_none() && g.audit_claim.is_none());
+        assert!(g.copy_claims.is_empty() && g.add_claims.is_empty() && g.impersonate_subjects.is_empty());
+        assert!(g.downstream_tokens.is_empty());
+        let spelled = rule_issues(
+            "  - name: all\n    match: { issuers: [], audiences: [], subject: {} }\n    grant:\n      outcome: exchange\n      \
+             scopes: [\"*\"]\n      allow_empty_scope: false\n      max_chain_depth: 3\n      delegation_shape: act\n",
+        );
+        assert!(spelled.is_empty(), "{spelled:?}");
+    }
+
+    #[test]
+    fn every_rule_is_checked() {
+        let issues = rule_issues(
+            "  - name: r\n    match: { issuers: [https://other.example.com] }\n  - name: r\n    grant: { scopes: [x], max_lifetime: 0s, max_chain_depth: 26 }\n  \
+             - name: \" \"\n    grant:\n      outcome: delegation\n      scopes: [x]\n      max_chain_depth: 0\n      \
+             downstream_tokens: [{ audience: \"\", header: authorization }, { audience: b, header: X-B }]\n",
+        );
+        let found: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [
+                "rules[0].match.issuers[0]: \"https://other.example.com\" is not one of trusted_issuers, so this rule can never match it",
+                "rules[0].grant: grants no scopes and does not set allow_empty_scope, so it can only refuse",
+                "rules[1].name: duplicate rule name \"r\"",
+                "rules[1].grant.max_lifetime: must be at least 1s",
+                "rules[1].grant.max_chain_depth: must be at most 25",
+                "rules[2].name: must not be empty",
+                "rules[2].grant.max_chain_depth: delegation needs a depth of at least 1",
+                "rules[2].grant.downstream_tokens[0].audience: must not be empty",
+                "rules[2].grant.downstream_tokens[0].header: must differ from ext_authz.output_header and subject_header",
+                "rules[2].grant.downstream_tokens[1].header: \"X-B\" must be lower-case (Envoy lower-cases header names)",
+            ]
+        );
+        assert_eq!(
+            rule_issues("  []\n").iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["rules: no rules: every exchange would be refused (default deny)"]
+        );
+    }
+
+    #[test]
+    fn actors_fit_the_outcome() {
+        let issues = rule_issues(
+            "  - name: e\n    match: { actor: { sub: [x] } }\n    grant: { scopes: [x] }\n  \
+             - name: d\n    match: { actor: { none: true } }\n    grant: { outcome: delegation, scopes: [x] }\n  \
+             - name: i\n    grant: { outcome: impersonation, scopes: [x], impersonate_subjects: [\"*\"] }\n  \
+             - name: x\n    grant: { outcome: delegation, scopes: [x], impersonate_subjects: [\"*\"], audit_claim: by }\n",
+        );
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "rules[0].match.actor",
+                "rules[1].match.actor",
+                "rules[2].match.actor",
+                "rules[3].grant.impersonate_subjects",
+                "rules[3].grant.audit_claim",
+            ],
+            "{issues:#?}"
+        );
+        // Without ext_authz.requested_subject_header, no request can name another subject.
+        let text = MINIMAL.replace(
+            "    grant: { scopes: [\"*\"] }",
+            "    match: { actor: { sub: [x] } }\n    grant: { outcome: impersonation, scopes: [\"*\"], impersonate_subjects: [\"*\"] }",
+        );
+        let issues = Config::from_yaml_str(&text).unwrap().check().unwrap_err();
+        assert_eq!(issues.len(), 1, "{issues:#?}");
+        assert_eq!(issues[0].path, "rules[0].grant.impersonate_subjects");
+        assert!(issues[0].message.contains("requested_subject_header"), "{issues:#?}");
+    }
+
+    #[test]
+    fn reserved_claims_cannot_be_copied_or_added() {
+        let issues = rule_issues(
+            r#"
+  - name: copies
+    grant:
+      scopes: ["*"]
+      copy_claims: [scp, azp, sub_id, typ, cnf, impersonated_by, auth_time, acr, amr, groups, roles, entitlements]
+      add_claims: { azp: web, scp: [admin], sub_id: x, typ: y, impersonated_by: z, acr: "1" }
+  - name: audited
+    grant: { outcome: impersonation, scopes: ["*"], audit_claim: impersonated_by }
+"#,
+        );
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        for (j, claim) in ["scp", "azp", "sub_id", "typ", "cnf", "impersonated_by"].iter().enumerate() {
+            assert!(paths.contains(&format!("rules[0].grant.copy_claims[{j}]").as_str()), "{claim}: {issues:#?}");
+        }
+        for claim in ["azp", "scp", "sub_id", "typ", "impersonated_by"] {
+            assert!(paths.contains(&format!("rules[0].grant.add_claims.{claim}").as_str()), "{claim}: {issues:#?}");
+        }
+        // Claims about the subject's authentication and entitlements stay copyable.
+        assert_eq!(paths.len(), 11, "only the reserved claims are refused: {issues:#?}");
+        assert!(issues.iter().all(|i| i.message.contains("stsgate sets itself")), "{issues:#?}");
+        // An audit claim may not be one stsgate sets either.
+        let issues = rule_issues("  - name: a\n    grant: { outcome: impersonation, scopes: [x], audit_claim: sub }\n");
+        assert_eq!(issues.iter().map(|i| i.path.as_str()).collect::<Vec<_>>(), ["rules[0].grant.audit_claim"]);
+    }
+
+    #[test]
+    fn none_is_refused_on_rules_that_impersonate_other_subjects() {
+        let rule = |actor: &str, subjects: &str| {
+            format!(
+                "  - name: support\n    match: {{ actor: {actor} }}\n    grant: {{ outcome: impersonation, scopes: [\"*\"], impersonate_subjects: {subjects} }}\n"
+            )
+        };
+        let issues = rule_issues(&rule("{ sub: [support-console], none: true }", "[\"user-*\"]"));
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["rules[0].match.actor.none"], "{issues:#?}");
+        assert!(issues[0].message.contains("proven actor"), "{issues:#?}");
+        // Without `none`, or without other subjects to become, the rule is valid.
+        assert!(rule_issues(&rule("{ sub: [support-console] }", "[\"user-*\"]")).is_empty());
+        assert!(rule_issues(&rule("{ sub: [support-console], none: true }", "[]")).is_empty());
+    }
+
+    #[test]
+    fn actor_issuers_must_be_trusted_and_need_an_actor() {
+        let issues = rule_issues(
+            "  - name: d\n    match: { actor: { issuers: [https://idp.example.com, https://ci.example.com] } }\n    grant: { outcome: delegation, scopes: [\"*\"] }\n  - name: e\n    match: { actor: { issuers: [https://idp.example.com] } }\n    grant: { scopes: [\"*\"] }\n",
+        );
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["rules[0].match.actor.issuers[1]", "rules[1].match.actor.issuers"], "{issues:#?}");
+    }
+}
