@@ -4,26 +4,26 @@
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl Backoff {
-    pub const fn new(min: Duration, max: Duration) -> Backoff {
+    pub(crate) const fn new(min: Duration, max: Duration) -> Backoff {
         Backoff { min, max, next: min }
     }
 
     /// The delay before the next attempt; the one after it is twice as long.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let delay = self.next;
         self.next = (self.next * 2).min(self.max);
         delay
     }
 
     /// After a success: the next failure waits `min` again.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = self.min;
     }
 }

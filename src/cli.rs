@@ -13,7 +13,7 @@ use crate::runtime::reload::ReloadOptions;
 use crate::runtime::server::{Listeners, Server, dev_config};
 
 /// Exit status for a configuration the user must fix (sysexits EX_USAGE).
-pub const EX_CONFIG: u8 = 64;
+pub(crate) const EX_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(name = "stsgate", version, about = "OAuth 2.0 Token Exchange (RFC 8693) for Envoy ext_authz and service meshes")]
@@ -22,7 +22,7 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STSGATE_LOG_FORMAT")]
     pub log_format: LogFormat,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -32,7 +32,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run with a configuration file (production). SIGHUP reloads it.
     Serve {
         /// The YAML configuration.

@@ -12,7 +12,7 @@ pub struct Glob {
 }
 
 impl Glob {
-    pub fn new(pattern: impl Into<String>) -> Glob {
+    pub(crate) fn new(pattern: impl Into<String>) -> Glob {
         Glob { pattern: pattern.into() }
     }
 
@@ -21,11 +21,11 @@ impl Glob {
     }
 
     /// True when the pattern has no `*` and so matches one exact value.
-    pub fn is_literal(&self) -> bool {
+    pub(crate) fn is_literal(&self) -> bool {
         !self.pattern.contains('*')
     }
 
-    pub fn matches(&self, text: &str) -> bool {
+    pub(crate) fn matches(&self, text: &str) -> bool {
         let mut parts = self.pattern.split('*');
         // `split` always yields at least one part.
         let first = parts.next().unwrap_or("");

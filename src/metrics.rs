@@ -50,27 +50,27 @@ impl Metrics {
         Arc::new(Metrics { decisions, duration, allowed, ext_authz_duration })
     }
 
-    pub fn allow(&self) {
+    pub(crate) fn allow(&self) {
         self.allowed.inc();
     }
 
-    pub fn unauthenticated(&self, reason: &'static str) {
+    pub(crate) fn unauthenticated(&self, reason: &'static str) {
         self.decisions.get_or_create(&DecisionLabels { outcome: "unauthenticated", reason }).inc();
     }
 
-    pub fn bad_request(&self, reason: &'static str) {
+    pub(crate) fn bad_request(&self, reason: &'static str) {
         self.decisions.get_or_create(&DecisionLabels { outcome: "bad_request", reason }).inc();
     }
 
-    pub fn deny(&self, reason: &'static str) {
+    pub(crate) fn deny(&self, reason: &'static str) {
         self.decisions.get_or_create(&DecisionLabels { outcome: "denied", reason }).inc();
     }
 
-    pub fn unavailable(&self, reason: &'static str) {
+    pub(crate) fn unavailable(&self, reason: &'static str) {
         self.decisions.get_or_create(&DecisionLabels { outcome: "unavailable", reason }).inc();
     }
 
-    pub fn observe(&self, api: &'static str, took: Duration) {
+    pub(crate) fn observe(&self, api: &'static str, took: Duration) {
         match api {
             "ext_authz" => self.ext_authz_duration.observe(took.as_secs_f64()),
             _ => self.duration.get_or_create(&FrontDoor { api }).observe(took.as_secs_f64()),
@@ -86,7 +86,7 @@ struct ReloadLabels {
 
 /// Configuration reloads, for alerting on one that failed (the previous
 /// configuration then stays in effect, which is easy to miss).
-pub struct ReloadMetrics {
+pub(crate) struct ReloadMetrics {
     ok: Counter,
     error: Counter,
     last_success: Gauge<f64, AtomicU64>,
@@ -96,7 +96,7 @@ pub struct ReloadMetrics {
 impl ReloadMetrics {
     /// Registers the series; the configuration loaded at start counts as the
     /// last success.
-    pub fn register(reg: &mut Registry) -> Arc<ReloadMetrics> {
+    pub(crate) fn register(reg: &mut Registry) -> Arc<ReloadMetrics> {
         let reloads = Family::<ReloadLabels, Counter>::default();
         reg.register("stsgate_config_reloads", "Configuration reloads by result (ok | error)", reloads.clone());
         let last_success = Gauge::<f64, AtomicU64>::default();
@@ -119,12 +119,12 @@ impl ReloadMetrics {
         Arc::new(m)
     }
 
-    pub fn succeeded(&self) {
+    pub(crate) fn succeeded(&self) {
         self.ok.inc();
         self.mark_success();
     }
 
-    pub fn failed(&self) {
+    pub(crate) fn failed(&self) {
         self.error.inc();
         self.last_successful.set(0);
     }
@@ -151,14 +151,14 @@ struct ConnectionLabels {
 }
 
 /// Connections on both listeners, and what their limits did to them.
-pub struct ConnectionMetrics {
+pub(crate) struct ConnectionMetrics {
     open: Family<ListenerLabels, Gauge>,
     refused: Family<ConnectionLabels, Counter>,
     closed: Family<ConnectionLabels, Counter>,
 }
 
 impl ConnectionMetrics {
-    pub fn register(reg: &mut Registry) -> Arc<ConnectionMetrics> {
+    pub(crate) fn register(reg: &mut Registry) -> Arc<ConnectionMetrics> {
         let open = Family::<ListenerLabels, Gauge>::default();
         reg.register("stsgate_connections_open", "Connections open now, by listener", open.clone());
         let refused = Family::<ConnectionLabels, Counter>::default();
@@ -183,25 +183,25 @@ impl ConnectionMetrics {
         Arc::new(ConnectionMetrics { open, refused, closed })
     }
 
-    pub fn opened(&self, listener: &'static str) {
+    pub(crate) fn opened(&self, listener: &'static str) {
         self.open.get_or_create(&ListenerLabels { listener }).inc();
     }
 
-    pub fn gone(&self, listener: &'static str) {
+    pub(crate) fn gone(&self, listener: &'static str) {
         self.open.get_or_create(&ListenerLabels { listener }).dec();
     }
 
-    pub fn refused(&self, listener: &'static str, reason: &'static str) {
+    pub(crate) fn refused(&self, listener: &'static str, reason: &'static str) {
         self.refused.get_or_create(&ConnectionLabels { listener, reason }).inc();
     }
 
-    pub fn closed(&self, listener: &'static str, reason: &'static str) {
+    pub(crate) fn closed(&self, listener: &'static str, reason: &'static str) {
         self.closed.get_or_create(&ConnectionLabels { listener, reason }).inc();
     }
 }
 
 /// Renders the registry in the Prometheus text format.
-pub fn render(reg: &Registry) -> String {
+pub(crate) fn render(reg: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, reg);

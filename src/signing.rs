@@ -39,8 +39,8 @@ enum KeyMaterial {
 
 /// One private key, ready to sign.
 pub struct Signer {
-    pub kid: String,
-    pub alg: SignAlg,
+    pub(crate) kid: String,
+    pub(crate) alg: SignAlg,
     material: KeyMaterial,
     rng: SystemRandom,
     /// base64url of `{"alg":..,"typ":"at+jwt","kid":..}`, encoded once and
@@ -56,7 +56,7 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     /// Loads a configured key: from its PEM file, or generated for `ephemeral`.
-    pub fn load(cfg: &SigningKey) -> Result<Signer, KeyError> {
+    pub(crate) fn load(cfg: &SigningKey) -> Result<Signer, KeyError> {
         let bad = |reason: String| KeyError::BadKey { kid: cfg.kid.clone(), reason };
         let material = match &cfg.file {
             None => generate(cfg.alg).map_err(bad)?,
@@ -91,13 +91,13 @@ impl Signer {
     }
 
     /// The encoded `at+jwt` header of this key.
-    pub fn header_b64(&self) -> &Arc<str> {
+    pub(crate) fn header_b64(&self) -> &Arc<str> {
         &self.at_jwt_header
     }
 
     /// Signs an access token given its raw JSON claims; returns the raw
     /// signature (the caller keeps the parts, see `engine::mint::Minted`).
-    pub fn sign_payload(&self, payload: &[u8]) -> Result<Vec<u8>, KeyError> {
+    pub(crate) fn sign_payload(&self, payload: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut message = String::with_capacity(self.at_jwt_header.len() + 1 + payload.len() * 4 / 3 + 4);
         message.push_str(&self.at_jwt_header);
         message.push('.');
@@ -207,7 +207,7 @@ pub struct KeyRing {
 }
 
 impl KeyRing {
-    pub fn load(cfg: &Signing) -> Result<KeyRing, KeyError> {
+    pub(crate) fn load(cfg: &Signing) -> Result<KeyRing, KeyError> {
         KeyRing::load_keeping(cfg, None)
     }
 
@@ -215,7 +215,7 @@ impl KeyRing {
     /// configuration and its ring) declares too, same kid and alg, keeps its
     /// key: it lives as long as the process, so tokens it signed stay
     /// verifiable across reloads.
-    pub fn load_keeping(cfg: &Signing, running: Option<(&Signing, &KeyRing)>) -> Result<KeyRing, KeyError> {
+    pub(crate) fn load_keeping(cfg: &Signing, running: Option<(&Signing, &KeyRing)>) -> Result<KeyRing, KeyError> {
         let kept = |k: &SigningKey| {
             let (was, ring) = running.filter(|_| k.ephemeral)?;
             let was_ephemeral = was.keys.iter().any(|w| w.ephemeral && w.kid == k.kid && w.alg == k.alg);
@@ -232,7 +232,7 @@ impl KeyRing {
         KeyRing::from_signers(all, cfg.active_kid())
     }
 
-    pub fn from_signers(all: Vec<Arc<Signer>>, active_kid: &str) -> Result<KeyRing, KeyError> {
+    pub(crate) fn from_signers(all: Vec<Arc<Signer>>, active_kid: &str) -> Result<KeyRing, KeyError> {
         let active = all
             .iter()
             .find(|s| s.kid == active_kid)
@@ -248,16 +248,16 @@ impl KeyRing {
     }
 
     /// Position of the active key in `signers()`.
-    pub fn active_index(&self) -> usize {
+    pub(crate) fn active_index(&self) -> usize {
         self.all.iter().position(|s| Arc::ptr_eq(s, &self.active)).unwrap_or(0)
     }
 
-    pub fn signers(&self) -> &[Arc<Signer>] {
+    pub(crate) fn signers(&self) -> &[Arc<Signer>] {
         &self.all
     }
 
     /// The public JWKS document, rendered once.
-    pub fn jwks_json(&self) -> &str {
+    pub(crate) fn jwks_json(&self) -> &str {
         &self.jwks_json
     }
 }

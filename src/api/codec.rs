@@ -15,7 +15,7 @@ const ENCODE_BUFFER: usize = 1024;
 /// tonic's default: when to yield while encoding a stream (Check is unary).
 const YIELD_THRESHOLD: usize = 32 * 1024;
 
-pub struct CheckCodec<T, U>(PhantomData<(T, U)>);
+pub(crate) struct CheckCodec<T, U>(PhantomData<(T, U)>);
 
 impl<T, U> Default for CheckCodec<T, U> {
     fn default() -> Self {

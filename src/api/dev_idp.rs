@@ -20,21 +20,21 @@ use crate::config::SignAlg;
 use crate::engine::mint::{MintError, new_jti};
 use crate::signing::{KeyError, Signer};
 
-pub struct DevIdp {
-    pub issuer: String,
-    pub audience: String,
+pub(crate) struct DevIdp {
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
     signer: Signer,
 }
 
 impl DevIdp {
-    pub fn new(issuer: String, audience: String) -> Result<DevIdp, KeyError> {
+    pub(crate) fn new(issuer: String, audience: String) -> Result<DevIdp, KeyError> {
         // RS256, as most corporate IdPs sign.
         let signer = Signer::generate("dev-idp-rs256", SignAlg::RS256)?;
         Ok(DevIdp { issuer, audience, signer })
     }
 
     /// Mints a subject token the way an IdP would (typ `JWT`).
-    pub fn mint(&self, req: &DevTokenRequest) -> Result<(String, u64), MintError> {
+    pub(crate) fn mint(&self, req: &DevTokenRequest) -> Result<(String, u64), MintError> {
         let now = now_unix();
         let ttl = req.ttl.unwrap_or(3600).clamp(1, 24 * 3600);
         let mut claims = Map::new();
@@ -52,7 +52,7 @@ impl DevIdp {
         Ok((self.signer.sign_typed("JWT", &claims)?, ttl))
     }
 
-    pub fn router(self: Arc<Self>) -> Router {
+    pub(crate) fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks.json", get(jwks))
@@ -63,17 +63,17 @@ impl DevIdp {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DevTokenRequest {
-    pub sub: String,
+pub(crate) struct DevTokenRequest {
+    pub(crate) sub: String,
     #[serde(default)]
-    pub scope: Option<String>,
+    pub(crate) scope: Option<String>,
     #[serde(default)]
-    pub aud: Option<String>,
+    pub(crate) aud: Option<String>,
     /// Lifetime in seconds (default 3600).
     #[serde(default)]
-    pub ttl: Option<u64>,
+    pub(crate) ttl: Option<u64>,
     #[serde(default)]
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
 }
 
 async fn discovery(State(idp): State<Arc<DevIdp>>) -> Json<Value> {
@@ -111,7 +111,7 @@ async fn token(State(idp): State<Arc<DevIdp>>, form: Result<Form<DevTokenRequest
 }
 
 /// Client side of `stsgate dev-token`: asks a running dev instance for a token.
-pub async fn request_token(base: &str, req: &DevTokenRequest) -> anyhow::Result<String> {
+pub(crate) async fn request_token(base: &str, req: &DevTokenRequest) -> anyhow::Result<String> {
     let mut form: Vec<(&str, String)> = vec![("sub", req.sub.clone())];
     if let Some(s) = &req.scope {
         form.push(("scope", s.clone()));

@@ -15,18 +15,18 @@ use crate::trust::issuer::http_client;
 
 /// What to explain.
 #[derive(Debug, Clone, Default)]
-pub struct Question {
-    pub subject_token: String,
-    pub actor_token: Option<String>,
+pub(crate) struct Question {
+    pub(crate) subject_token: String,
+    pub(crate) actor_token: Option<String>,
     /// A peer identity (SPIFFE ID), as Envoy would report it.
-    pub peer: Option<String>,
-    pub audience: String,
-    pub scope: Option<String>,
-    pub requested_subject: Option<String>,
+    pub(crate) peer: Option<String>,
+    pub(crate) audience: String,
+    pub(crate) scope: Option<String>,
+    pub(crate) requested_subject: Option<String>,
 }
 
 /// The answer as JSON (printed by the CLI), and whether the exchange is allowed.
-pub async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)> {
+pub(crate) async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)> {
     crate::install_crypto_provider();
     let engine = Engine::load(Arc::new(cfg), http_client()?, None)?;
     let failed = engine.fetch_issuer_keys().await;

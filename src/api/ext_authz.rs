@@ -34,10 +34,10 @@ const RPC_UNAVAILABLE: i32 = 14;
 const RPC_UNAUTHENTICATED: i32 = 16;
 
 /// Context extension keys set per route in Envoy's `check_settings`.
-pub const CTX_AUDIENCE: &str = "audience";
-pub const CTX_SCOPE: &str = "scope";
+pub(crate) const CTX_AUDIENCE: &str = "audience";
+pub(crate) const CTX_SCOPE: &str = "scope";
 /// Which actor sources the route consults: none, peer, token or any.
-pub const CTX_ACTOR: &str = "actor";
+pub(crate) const CTX_ACTOR: &str = "actor";
 
 /// Longest requested subject accepted from the impersonation header.
 const MAX_REQUESTED_SUBJECT: usize = 256;
@@ -56,7 +56,7 @@ impl AuthzService {
 
     /// A service that answers with whatever engine `engine` holds at the
     /// start of each Check.
-    pub fn live(engine: Arc<ArcSwap<Engine>>, metrics: Arc<Metrics>) -> AuthzService {
+    pub(crate) fn live(engine: Arc<ArcSwap<Engine>>, metrics: Arc<Metrics>) -> AuthzService {
         AuthzService { engine, metrics }
     }
 

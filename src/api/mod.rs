@@ -3,11 +3,11 @@
 //! development IdP. Each renders the engine's answers in its own wire format;
 //! refusals are mapped once, in `refusal`.
 
-pub mod codec;
-pub mod dev_idp;
-pub mod explain;
+pub(crate) mod codec;
+pub(crate) mod dev_idp;
+pub(crate) mod explain;
 pub mod ext_authz;
 pub mod readiness;
-pub mod refusal;
-pub mod router;
-pub mod token_endpoint;
+pub(crate) mod refusal;
+pub(crate) mod router;
+pub(crate) mod token_endpoint;

@@ -35,17 +35,17 @@ pub struct Readiness {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Report {
-    pub ready: bool,
-    pub draining: bool,
+pub(crate) struct Report {
+    pub(crate) ready: bool,
+    pub(crate) draining: bool,
     /// How many trusted issuers have not loaded keys yet (not which).
-    pub issuers_not_loaded: usize,
+    pub(crate) issuers_not_loaded: usize,
 }
 
 impl Readiness {
     /// gRPC health must already say NOT_SERVING (the server sets it before
     /// its listener answers).
-    pub fn new(engine: Arc<ArcSwap<Engine>>, health: HealthReporter) -> Arc<Readiness> {
+    pub(crate) fn new(engine: Arc<ArcSwap<Engine>>, health: HealthReporter) -> Arc<Readiness> {
         Arc::new(Readiness {
             engine,
             draining: AtomicBool::new(false),
@@ -59,7 +59,7 @@ impl Readiness {
         !self.draining.load(Ordering::Relaxed) && self.engine.load().issuers.all_loaded()
     }
 
-    pub fn report(&self) -> Report {
+    pub(crate) fn report(&self) -> Report {
         let engine = self.engine.load();
         let mut missing: Vec<String> =
             engine.issuers.all().filter(|i| !i.is_loaded()).map(|i| i.cfg.issuer.clone()).collect();
@@ -79,7 +79,7 @@ impl Readiness {
     /// Waits for every issuer of the current engine to have keys, then turns
     /// gRPC health SERVING. A reload starts a new `track` for the new engine
     /// (whose keys are loaded already) and aborts the old one.
-    pub async fn track(self: Arc<Self>) {
+    pub(crate) async fn track(self: Arc<Self>) {
         let issuers = self.engine.load().issuers.clone();
         issuers.wait_all_loaded().await;
         let mut serving = self.serving.lock().await;
@@ -91,7 +91,7 @@ impl Readiness {
     }
 
     /// Start of shutdown: probes fail so load balancers stop sending work.
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         let mut serving = self.serving.lock().await;
         self.draining.store(true, Ordering::Relaxed);
         self.set_grpc(ServingStatus::NotServing).await;

@@ -21,7 +21,7 @@ use crate::trust::validator::TokenError;
 
 /// The front door a refusal is answered at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Door {
+pub(crate) enum Door {
     /// The ext_authz Check: the subject token is the request's bearer token.
     Check,
     /// The RFC 8693 token endpoint: tokens are form parameters.
@@ -30,7 +30,7 @@ pub enum Door {
 
 impl Door {
     /// The door's name in logs, as in `stsgate_request_duration_seconds{api}`.
-    pub fn api(self) -> &'static str {
+    pub(crate) fn api(self) -> &'static str {
         match self {
             Door::Check => "ext_authz",
             Door::Token => "token",
@@ -41,7 +41,7 @@ impl Door {
 /// Whose fault a refusal is, broadly: the `outcome` of
 /// `stsgate_decisions_total`, and the status family at the Check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+pub(crate) enum Class {
     /// No usable credential, or a token that did not validate.
     Unauthenticated,
     /// A request stsgate cannot read.
@@ -54,21 +54,9 @@ pub enum Class {
     Internal,
 }
 
-impl Class {
-    /// `stsgate_decisions_total{outcome}`.
-    pub fn outcome(self) -> &'static str {
-        match self {
-            Class::Unauthenticated => "unauthenticated",
-            Class::InvalidRequest => "bad_request",
-            Class::Forbidden => "denied",
-            Class::Unavailable | Class::Internal => "unavailable",
-        }
-    }
-}
-
 /// What exactly is refused, whichever door refuses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Condition {
+pub(crate) enum Condition {
     /// The request carries no credential at all.
     NoCredential,
     /// The request cannot be read: a malformed credential header, a missing
@@ -96,7 +84,7 @@ impl Condition {
     /// The error code `door` answers with: RFC 6750 §3.1 at the Check, RFC
     /// 6749 §5.2 and RFC 8693 §2.2.2 at the token endpoint. `None` only for
     /// a Check without any credential: its challenge has no code (RFC 6750 §3).
-    pub fn code(self, door: Door) -> Option<&'static str> {
+    pub(crate) fn code(self, door: Door) -> Option<&'static str> {
         Some(match (self, door) {
             (Condition::NoCredential, Door::Check) => return None,
             (Condition::NoCredential | Condition::Malformed | Condition::Method | Condition::TooLarge, _) => {
@@ -115,7 +103,7 @@ impl Condition {
 
 /// Which token a token refusal is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credential {
+pub(crate) enum Credential {
     Subject,
     Actor,
 }
@@ -142,25 +130,25 @@ impl Credential {
 
 /// One refusal, as every front door answers and records it.
 #[derive(Debug, Clone)]
-pub struct Refusal {
-    pub class: Class,
-    pub condition: Condition,
+pub(crate) struct Refusal {
+    pub(crate) class: Class,
+    pub(crate) condition: Condition,
     /// Safe to show the caller.
-    pub description: Cow<'static, str>,
+    pub(crate) description: Cow<'static, str>,
     /// `stsgate_decisions_total{reason}`, from a bounded set
     /// (`TokenError::label`, `Denied::label`, the doors' own).
-    pub label: &'static str,
+    pub(crate) label: &'static str,
     /// How loud `record` logs it: warnings for stsgate's own trouble, debug
     /// for the caller's.
-    pub level: Level,
+    pub(crate) level: Level,
     /// The actor refused, once known: access logs show who, not only why.
-    pub actor: Option<String>,
+    pub(crate) actor: Option<String>,
     log: Cow<'static, str>,
 }
 
 impl Refusal {
     /// A refusal logged at debug level with its description.
-    pub fn new(
+    pub(crate) fn new(
         class: Class,
         condition: Condition,
         label: &'static str,
@@ -171,22 +159,22 @@ impl Refusal {
     }
 
     /// A request that cannot be read.
-    pub fn bad_request(label: &'static str, description: impl Into<Cow<'static, str>>) -> Refusal {
+    pub(crate) fn bad_request(label: &'static str, description: impl Into<Cow<'static, str>>) -> Refusal {
         Refusal::new(Class::InvalidRequest, Condition::Malformed, label, description)
     }
 
     /// Logs `line` at `level` instead of the description.
-    pub fn logged(self, level: Level, line: impl Into<Cow<'static, str>>) -> Refusal {
+    pub(crate) fn logged(self, level: Level, line: impl Into<Cow<'static, str>>) -> Refusal {
         Refusal { level, log: line.into(), ..self }
     }
 
     /// Names the actor refused.
-    pub fn by(self, actor: Option<&crate::rules::Actor>) -> Refusal {
+    pub(crate) fn by(self, actor: Option<&crate::rules::Actor>) -> Refusal {
         Refusal { actor: actor.map(|a| a.sub.clone()), ..self }
     }
 
     /// The refusal of an exchange the engine would not make.
-    pub fn from_exchange(e: &ExchangeError, door: Door) -> Refusal {
+    pub(crate) fn from_exchange(e: &ExchangeError, door: Door) -> Refusal {
         match e {
             ExchangeError::Token(e) => Refusal::token(e, Credential::Subject, door),
             ExchangeError::ActorToken(e) => Refusal::token(e, Credential::Actor, door),
@@ -200,7 +188,7 @@ impl Refusal {
 
     /// A subject or actor token that did not validate, or whose issuer's
     /// keys cannot be had (then not the token's fault).
-    pub fn token(e: &TokenError, which: Credential, door: Door) -> Refusal {
+    pub(crate) fn token(e: &TokenError, which: Credential, door: Door) -> Refusal {
         if e.is_unavailable() {
             let description = format!("the {} issuer's keys are not available; try again", which.name(door));
             return Refusal::new(Class::Unavailable, Condition::Unavailable, e.label(), description)
@@ -217,7 +205,7 @@ impl Refusal {
 
     /// A refusal by the rules: no target or scope is the request's problem,
     /// anything else is policy.
-    pub fn denied(d: &Denied) -> Refusal {
+    pub(crate) fn denied(d: &Denied) -> Refusal {
         let condition = match d {
             Denied::NoRule { .. } | Denied::NoAudience => Condition::Target,
             Denied::NoScope { .. } => Condition::Scope,
@@ -228,7 +216,7 @@ impl Refusal {
     }
 
     /// Counts the refusal and logs it: the one place either happens.
-    pub fn record(&self, metrics: &Metrics, door: Door) {
+    pub(crate) fn record(&self, metrics: &Metrics, door: Door) {
         match self.class {
             Class::Unauthenticated => metrics.unauthenticated(self.label),
             Class::InvalidRequest => metrics.bad_request(self.label),

@@ -19,16 +19,16 @@ use crate::metrics::Metrics;
 use crate::api::readiness::Readiness;
 
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// The engine in use: a reload's keys and issuer show at once.
-    pub engine: Arc<ArcSwap<Engine>>,
-    pub readiness: Arc<Readiness>,
-    pub registry: Arc<Registry>,
+    pub(crate) engine: Arc<ArcSwap<Engine>>,
+    pub(crate) readiness: Arc<Readiness>,
+    pub(crate) registry: Arc<Registry>,
     /// Decision counters and durations, shared with the ext_authz front door.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
-pub fn router(state: AppState, dev_idp: Option<(String, Arc<DevIdp>)>) -> Router {
+pub(crate) fn router(state: AppState, dev_idp: Option<(String, Arc<DevIdp>)>) -> Router {
     let mut app = Router::new()
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))

@@ -33,13 +33,13 @@ use crate::engine::{Engine, ExchangeError, ExchangeRequest};
 use crate::metrics::Metrics;
 use crate::rules::split_scopes;
 
-pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
-pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+pub(crate) const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub(crate) const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub(crate) const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub(crate) const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 
 /// Largest request body read.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Label of `stsgate_request_duration_seconds{api=...}`.
 const API: &str = "token";
@@ -85,7 +85,7 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
 }
 
 /// Answers one request to the token endpoint.
-pub async fn handle(engine: &Engine, metrics: &Metrics, req: Request<Body>) -> Response {
+pub(crate) async fn handle(engine: &Engine, metrics: &Metrics, req: Request<Body>) -> Response {
     let started = Instant::now();
     let resp = match handle_inner(engine, req).await {
         Ok(resp) => {

@@ -11,9 +11,9 @@ use crate::rules::{Actor, ActorKind};
 /// The one actor of a request, if any, and the `exp` of the actor token
 /// when one proves it: the minted token does not outlive it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResolvedActor {
-    pub actor: Option<Actor>,
-    pub exp: Option<i64>,
+pub(crate) struct ResolvedActor {
+    pub(crate) actor: Option<Actor>,
+    pub(crate) exp: Option<i64>,
 }
 
 impl Engine {
@@ -22,7 +22,7 @@ impl Engine {
     /// subject token (`ExchangeError::ActorToken` when it does not); a peer
     /// and a token naming different parties are refused
     /// (`Denied::ActorConflict`): a request has at most one actor.
-    pub async fn resolve_actor(&self, peer: Option<&str>, token: Option<&str>) -> Result<ResolvedActor, ExchangeError> {
+    pub(crate) async fn resolve_actor(&self, peer: Option<&str>, token: Option<&str>) -> Result<ResolvedActor, ExchangeError> {
         let peer = peer.map(|p| Actor { kind: ActorKind::Peer, sub: p.to_owned(), iss: None, client_id: None });
         let (token_actor, exp) = match token {
             Some(token) => {

@@ -36,7 +36,7 @@ use crate::trust::validator::Validated;
 
 /// A cached value that knows how many bytes it holds, for the caches'
 /// memory bounds.
-pub trait Weigh {
+pub(crate) trait Weigh {
     fn weight(&self) -> usize;
 }
 
@@ -49,9 +49,9 @@ impl Weigh for Validated {
 /// A cached value, the unix time until which it may be handed out, and the
 /// issuers' key epoch it was decided in (see `Issuers::key_epoch`).
 #[derive(Debug, Clone)]
-pub struct Entry<T> {
-    pub value: T,
-    pub until: i64,
+pub(crate) struct Entry<T> {
+    pub(crate) value: T,
+    pub(crate) until: i64,
     weight: u32,
     epoch: u32,
 }
@@ -65,7 +65,7 @@ impl<T> Weighter<Key, Entry<T>> for ByWeight {
     }
 }
 
-pub type Key = crate::digest::Digest;
+pub(crate) type Key = crate::digest::Digest;
 
 /// Average entry weights, to size the caches' hash tables up front.
 const MINTED_TYPICAL_BYTES: u64 = 600;
@@ -99,7 +99,7 @@ pub struct Caches {
 impl Caches {
     /// Inside a Tokio runtime this also starts the sweeper, which ends once
     /// the caches are dropped (a reload replaces them).
-    pub fn new(cfg: &crate::config::CacheConfig) -> Caches {
+    pub(crate) fn new(cfg: &crate::config::CacheConfig) -> Caches {
         fn build<T: Clone>(max_bytes: u64, typical: u64) -> Arc<Cache<Key, Entry<T>, ByWeight>> {
             // The tables grow as needed: only a modest start is reserved up front.
             Arc::new(Cache::with_weighter((max_bytes / typical).clamp(16, 1 << 16) as usize, max_bytes, ByWeight))
@@ -124,26 +124,27 @@ impl Caches {
 
     /// Drops every entry that can no longer be handed out at `now`; returns
     /// how many.
-    pub fn sweep(&self, now: i64) -> usize {
+    #[cfg(test)]
+    pub(crate) fn sweep(&self, now: i64) -> usize {
         let (m, v) = (self.minted.as_deref(), self.validated.as_deref());
         sweep(m, now) + sweep(v, now)
     }
 
-    pub fn minted_enabled(&self) -> bool {
+    pub(crate) fn minted_enabled(&self) -> bool {
         self.minted.is_some()
     }
 
-    pub fn validated_enabled(&self) -> bool {
+    pub(crate) fn validated_enabled(&self) -> bool {
         self.validated.is_some()
     }
 
-    pub fn get_minted(&self, key: &Key, now: i64, epoch: u32) -> Option<Arc<Minted>> {
+    pub(crate) fn get_minted(&self, key: &Key, now: i64, epoch: u32) -> Option<Arc<Minted>> {
         let entry = self.minted.as_ref()?.get(key)?;
         (now < entry.until && entry.epoch == epoch).then_some(entry.value)
     }
 
     /// `epoch` is the key epoch read before the subject token was validated.
-    pub fn put_minted(&self, key: Key, value: Arc<Minted>, now: i64, epoch: u32) {
+    pub(crate) fn put_minted(&self, key: Key, value: Arc<Minted>, now: i64, epoch: u32) {
         let Some(cache) = &self.minted else { return };
         let until = now + (value.exp - now) * self.reuse_percent / 100;
         if until <= now {
@@ -153,14 +154,14 @@ impl Caches {
         cache.insert(key, Entry { value, until, weight, epoch });
     }
 
-    pub fn get_validated(&self, key: &Key, now: i64, epoch: u32) -> Option<Arc<Validated>> {
+    pub(crate) fn get_validated(&self, key: &Key, now: i64, epoch: u32) -> Option<Arc<Validated>> {
         let entry = self.validated.as_ref()?.get(key)?;
         (now < entry.until && entry.epoch == epoch).then_some(entry.value)
     }
 
     /// Keeps a validated token until the TTL or its own `exp`, whichever
     /// first; not at all if it would take more than a 64th of the budget.
-    pub fn put_validated(&self, key: Key, value: Arc<Validated>, now: i64, epoch: u32) {
+    pub(crate) fn put_validated(&self, key: Key, value: Arc<Validated>, now: i64, epoch: u32) {
         let Some(cache) = &self.validated else { return };
         let until = (now + self.validated_ttl).min(value.exp);
         if until <= now {
@@ -179,12 +180,14 @@ impl Caches {
     }
 
     /// Entries in the validated cache.
-    pub fn validated_len(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn validated_len(&self) -> u64 {
         self.validated.as_ref().map_or(0, |c| c.len() as u64)
     }
 
     /// Total weight of the validated cache's entries, in bytes.
-    pub fn validated_weight(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn validated_weight(&self) -> u64 {
         self.validated.as_ref().map_or(0, |c| c.weight())
     }
 }
@@ -221,12 +224,12 @@ async fn sweeper(minted: Option<Weak<MintedCache>>, validated: Option<Weak<Valid
 }
 
 /// The key of a validated-token entry.
-pub fn token_key(token: &str) -> Key {
+pub(crate) fn token_key(token: &str) -> Key {
     KeyBuilder::new(b"stsgate/validated/v1").field(token.as_bytes()).finish()
 }
 
 /// The key of a minted-token entry: everything that decided the result.
-pub fn exchange_key(
+pub(crate) fn exchange_key(
     subject_token: &str,
     actor: Option<&Actor>,
     audience: &str,

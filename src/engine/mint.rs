@@ -69,12 +69,12 @@ pub fn new_jti() -> Result<String, MintError> {
 /// is assembled when it is handed out. With about 500 bytes per entry, 100k
 /// cached exchanges fit in the memory budget.
 #[derive(Debug, Clone)]
-pub struct Minted {
+pub(crate) struct Minted {
     /// `{` + the claims after `iss`, then the signature.
     signed: Box<[u8]>,
     rest_len: u32,
-    pub exp: i64,
-    pub outcome: Outcome,
+    pub(crate) exp: i64,
+    pub(crate) outcome: Outcome,
     rule: u16,
     issuer: u16,
     signer: u16,
@@ -107,15 +107,15 @@ pub struct Exchanged<'e> {
 
 /// The claims front doors show in metadata and logs, read from the payload.
 #[derive(Debug, serde::Deserialize)]
-pub struct ClaimsView<'a> {
+pub(crate) struct ClaimsView<'a> {
     #[serde(borrow)]
-    pub sub: std::borrow::Cow<'a, str>,
+    pub(crate) sub: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
-    pub aud: std::borrow::Cow<'a, str>,
+    pub(crate) aud: std::borrow::Cow<'a, str>,
     #[serde(borrow, default)]
-    pub scope: Option<std::borrow::Cow<'a, str>>,
+    pub(crate) scope: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
-    pub jti: std::borrow::Cow<'a, str>,
+    pub(crate) jti: std::borrow::Cow<'a, str>,
 }
 
 impl<'e> Exchanged<'e> {
@@ -130,7 +130,7 @@ impl<'e> Exchanged<'e> {
     }
 
     /// Appends the compact serialization of the token to `out`.
-    pub fn write_token(&self, out: &mut String) {
+    pub(crate) fn write_token(&self, out: &mut String) {
         let m = &self.minted;
         let (rest, sig) = m.signed.split_at(m.rest_len as usize);
         let header = self.engine.keys.signers()[m.signer as usize].header_b64();
@@ -145,12 +145,12 @@ impl<'e> Exchanged<'e> {
 
     /// `sub`, `aud`, `scope` and `jti`; `None` only if the payload were not
     /// the JSON stsgate wrote itself.
-    pub fn view(&self) -> Option<ClaimsView<'_>> {
+    pub(crate) fn view(&self) -> Option<ClaimsView<'_>> {
         serde_json::from_slice(&self.minted.signed[..self.minted.rest_len as usize]).ok()
     }
 
     /// All claims, as JSON.
-    pub fn claims_json(&self) -> Value {
+    pub(crate) fn claims_json(&self) -> Value {
         let mut v: Value =
             serde_json::from_slice(&self.minted.signed[..self.minted.rest_len as usize]).unwrap_or_default();
         if let Some(obj) = v.as_object_mut() {
@@ -159,16 +159,16 @@ impl<'e> Exchanged<'e> {
         v
     }
 
-    pub fn exp(&self) -> i64 {
+    pub(crate) fn exp(&self) -> i64 {
         self.minted.exp
     }
 
-    pub fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         self.minted.outcome
     }
 
     /// The audit record `exchange` writes for this token (impersonation only).
-    pub fn audit(&self) -> Option<&str> {
+    pub(crate) fn audit(&self) -> Option<&str> {
         self.audit.as_deref()
     }
 
@@ -176,12 +176,12 @@ impl<'e> Exchanged<'e> {
         &self.engine.cfg.rules[self.minted.rule as usize].name
     }
 
-    pub fn subject_issuer(&self) -> &'e str {
+    pub(crate) fn subject_issuer(&self) -> &'e str {
         &self.engine.cfg.trusted_issuers[self.minted.issuer as usize].issuer
     }
 
     /// Extra tokens for downstream audiences: (request header, token).
-    pub fn downstream(&self) -> impl Iterator<Item = (&'e str, &str)> + '_ {
+    pub(crate) fn downstream(&self) -> impl Iterator<Item = (&'e str, &str)> + '_ {
         let tokens = &self.engine.cfg.rules[self.minted.rule as usize].grant.downstream_tokens;
         self.minted
             .downstream
@@ -231,12 +231,12 @@ impl IssPrefix {
 
 /// What a granted exchange mints, besides the rules' decision.
 pub(super) struct MintRequest<'a> {
-    pub subject_issuer: &'a str,
-    pub audience: &'a str,
+    pub(crate) subject_issuer: &'a str,
+    pub(crate) audience: &'a str,
     /// `client_id` when the rules chose none.
-    pub default_client_id: &'a str,
-    pub exp: i64,
-    pub now: i64,
+    pub(crate) default_client_id: &'a str,
+    pub(crate) exp: i64,
+    pub(crate) now: i64,
 }
 
 impl Engine {

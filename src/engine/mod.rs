@@ -5,12 +5,11 @@
 
 use std::sync::Arc;
 
-pub mod actor;
-pub mod cache;
+pub(crate) mod actor;
+pub(crate) mod cache;
 pub mod mint;
 
-pub use self::actor::ResolvedActor;
-pub use self::mint::{ClaimsView, Exchanged, MintError, Minted};
+pub(crate) use self::mint::{ClaimsView, Exchanged, MintError, Minted};
 
 use self::cache::Caches;
 use self::mint::{IssPrefix, MintRequest};
@@ -164,7 +163,7 @@ impl Engine {
 
     /// Validates a token, remembering the result briefly. `epoch` is the
     /// issuers' key epoch read before any key was looked up.
-    pub async fn validate(&self, token: &str, now: i64, epoch: u32) -> Result<Arc<Validated>, TokenError> {
+    pub(crate) async fn validate(&self, token: &str, now: i64, epoch: u32) -> Result<Arc<Validated>, TokenError> {
         if !self.caches.validated_enabled() {
             return Ok(Arc::new(self.validator.validate_at(token, now).await?));
         }
@@ -180,7 +179,7 @@ impl Engine {
     /// The decision and minting for an already validated subject token:
     /// rules, then lifetime, then `mint`. It writes no audit record
     /// (`exchange` does, `stsgate explain` does not): the result carries it.
-    pub fn exchange_validated(
+    pub(crate) fn exchange_validated(
         &self,
         subject: &Validated,
         req: &ExchangeRequest<'_>,

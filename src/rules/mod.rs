@@ -25,17 +25,17 @@ use crate::trust::validator::Validated;
 /// The party that presents the subject token and wants to act.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
-    pub kind: ActorKind,
+    pub(crate) kind: ActorKind,
     /// SPIFFE ID for a peer; `sub` of an actor token.
-    pub sub: String,
+    pub(crate) sub: String,
     /// Issuer of an actor token; none for a peer.
-    pub iss: Option<String>,
+    pub(crate) iss: Option<String>,
     /// `client_id`/`azp` of an actor token.
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ActorKind {
+pub(crate) enum ActorKind {
     /// The calling workload's mTLS identity, as Envoy reports it.
     Peer,
     /// A validated actor token.
@@ -48,7 +48,7 @@ impl Actor {
     /// The one actor of a request from its two possible sources: an actor
     /// token whose `sub` is the peer's identity is proven by both; a peer and
     /// a token naming different parties are refused.
-    pub fn combine(peer: Option<Actor>, token: Option<Actor>) -> Result<Option<Actor>, Denied> {
+    pub(crate) fn combine(peer: Option<Actor>, token: Option<Actor>) -> Result<Option<Actor>, Denied> {
         match (peer, token) {
             (Some(p), Some(t)) if p.sub != t.sub => Err(Denied::ActorConflict),
             (Some(_), Some(t)) => Ok(Some(Actor { kind: ActorKind::PeerAndToken, ..t })),
@@ -57,7 +57,7 @@ impl Actor {
     }
 
     /// The issuer of the actor token, when an actor token proves this actor.
-    pub fn token_issuer(&self) -> Option<&str> {
+    pub(crate) fn token_issuer(&self) -> Option<&str> {
         match self.kind {
             ActorKind::Peer => None,
             ActorKind::Token | ActorKind::PeerAndToken => self.iss.as_deref(),
@@ -65,7 +65,7 @@ impl Actor {
     }
 
     /// Whether the mTLS peer identity proves this actor.
-    pub fn peer_proven(&self) -> bool {
+    pub(crate) fn peer_proven(&self) -> bool {
         matches!(self.kind, ActorKind::Peer | ActorKind::PeerAndToken)
     }
 
@@ -106,28 +106,28 @@ pub struct RuleInput<'a> {
 /// A granted exchange: everything the minted token will say.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    pub rule: String,
-    pub outcome: Outcome,
-    pub sub: String,
-    pub act: Option<Value>,
-    pub act_as: Option<Value>,
+    pub(crate) rule: String,
+    pub(crate) outcome: Outcome,
+    pub(crate) sub: String,
+    pub(crate) act: Option<Value>,
+    pub(crate) act_as: Option<Value>,
     /// Sorted, de-duplicated; empty only when the rule allows it.
-    pub scopes: Vec<String>,
-    pub max_lifetime: Option<Duration>,
+    pub(crate) scopes: Vec<String>,
+    pub(crate) max_lifetime: Option<Duration>,
     /// RFC 9493 `sub_id` of the minted `sub`: the subject token's issuer and
     /// `sub` (also for an impersonated subject: the rule admitted it under
     /// that issuer), or the actor's for the `act_as` shape.
-    pub sub_id: SubId,
+    pub(crate) sub_id: SubId,
     /// `client_id` of the minted token: the actor token's (its issuer is one
     /// the rule admitted), else the subject token's; `None` = the front
     /// door's default.
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     /// Copied, added and audit claims.
-    pub claims: Map<String, Value>,
-    pub downstream: Vec<DownstreamGrant>,
+    pub(crate) claims: Map<String, Value>,
+    pub(crate) downstream: Vec<DownstreamGrant>,
     /// Set when the decision must be written to the audit log, which happens
     /// only once the token is minted (see `exchange::Engine::exchange`).
-    pub audit: Option<String>,
+    pub(crate) audit: Option<String>,
 }
 
 /// An RFC 9493 subject identifier, as the `sub_id` claim of minted tokens.
@@ -145,10 +145,10 @@ pub enum SubId {
 
 /// An extra token for a downstream audience, into its own header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DownstreamGrant {
-    pub audience: String,
-    pub header: String,
-    pub scopes: Vec<String>,
+pub(crate) struct DownstreamGrant {
+    pub(crate) audience: String,
+    pub(crate) header: String,
+    pub(crate) scopes: Vec<String>,
 }
 
 /// Why an exchange was refused. The text is safe to show the caller: it names
@@ -177,7 +177,7 @@ pub enum Denied {
 
 impl Denied {
     /// A bounded label for metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Denied::NoRule { .. } => "no_rule",
             Denied::NoScope { .. } => "no_scope",
@@ -206,13 +206,13 @@ pub fn evaluate(rules: &[Rule], input: &RuleInput<'_>) -> Result<Decision, Denie
 
 /// For each rule, in order, why it does not match (`None` = it matches). Used
 /// for debug logs and `stsgate explain`.
-pub fn verdicts(rules: &[Rule], input: &RuleInput<'_>) -> Vec<(String, Option<String>)> {
+pub(crate) fn verdicts(rules: &[Rule], input: &RuleInput<'_>) -> Vec<(String, Option<String>)> {
     rules.iter().map(|r| (r.name.clone(), why_not(r, input))).collect()
 }
 
 /// A space-separated scope parameter (RFC 6749 §3.3), as the list of scopes
 /// `RuleInput::requested_scopes` takes.
-pub fn split_scopes(scope: &str) -> Vec<String> {
+pub(crate) fn split_scopes(scope: &str) -> Vec<String> {
     scope.split_whitespace().map(str::to_owned).collect()
 }
 
@@ -519,7 +519,7 @@ fn scalar(v: &Value) -> Option<String> {
 
 /// Problems `check-config` reports about rules that are valid one by one but
 /// can never decide anything: rules shadowed by an earlier, wider rule.
-pub fn lint(rules: &[Rule]) -> Vec<String> {
+pub(crate) fn lint(rules: &[Rule]) -> Vec<String> {
     let mut out = Vec::new();
     for (j, later) in rules.iter().enumerate() {
         if let Some((i, earlier)) = rules[..j].iter().enumerate().find(|(_, e)| covers(e, later)) {

@@ -48,13 +48,13 @@ use crate::metrics::ConnectionMetrics;
 
 /// Which listener; a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Grpc,
     Http,
 }
 
 impl Kind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Grpc => "grpc",
             Kind::Http => "http",
@@ -64,7 +64,7 @@ impl Kind {
 
 /// Why a connection was closed as soon as it was accepted; a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// The listener holds its `max_connections`.
     Limit,
     /// accept(2) failed, e.g. out of file descriptors.
@@ -72,7 +72,7 @@ pub enum Refused {
 }
 
 impl Refused {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Refused::Limit => "limit",
             Refused::AcceptError => "accept_error",
@@ -83,7 +83,8 @@ impl Refused {
 /// Why stsgate closed a connection (or, `RequestTimeout`, answered a
 /// request 408); a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Closed {
+#[allow(clippy::enum_variant_names)] // each names the timeout that closed it, as its label does
+pub(crate) enum Closed {
     HandshakeTimeout,
     HeaderTimeout,
     IdleTimeout,
@@ -92,7 +93,7 @@ pub enum Closed {
 }
 
 impl Closed {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Closed::HandshakeTimeout => "handshake_timeout",
             Closed::HeaderTimeout => "header_timeout",
@@ -105,18 +106,18 @@ impl Closed {
 
 /// The limits of one listener (`listen.*`).
 #[derive(Clone, Debug)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub handshake_timeout: Duration,
-    pub header_read_timeout: Duration,
-    pub request_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub keepalive_interval: Duration,
-    pub keepalive_timeout: Duration,
+pub(crate) struct Limits {
+    pub(crate) max_connections: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) keepalive_timeout: Duration,
 }
 
 impl Limits {
-    pub fn new(listen: &Listen, kind: Kind) -> Limits {
+    pub(crate) fn new(listen: &Listen, kind: Kind) -> Limits {
         Limits {
             max_connections: match kind {
                 Kind::Grpc => listen.grpc_max_connections,
@@ -142,11 +143,11 @@ const HEAD_BUFFER: usize = 64 * 1024;
 
 /// File descriptors kept for everything but client connections: the
 /// listeners, the runtime, IdP fetches, key and config files on reload.
-pub const FD_RESERVE: u64 = 128;
+pub(crate) const FD_RESERVE: u64 = 128;
 
 /// The caps `(grpc, http)` lowered in proportion so that, with
 /// [`FD_RESERVE`], they fit under `nofile` descriptors; `None` if they fit.
-pub fn fit_to_fd_limit(grpc: usize, http: usize, nofile: u64) -> Option<(usize, usize)> {
+pub(crate) fn fit_to_fd_limit(grpc: usize, http: usize, nofile: u64) -> Option<(usize, usize)> {
     let budget = nofile.saturating_sub(FD_RESERVE);
     let want = grpc as u64 + http as u64;
     if want <= budget {
@@ -158,7 +159,7 @@ pub fn fit_to_fd_limit(grpc: usize, http: usize, nofile: u64) -> Option<(usize, 
 
 /// The soft RLIMIT_NOFILE of this process, where the OS tells it without
 /// `unsafe` (Linux: /proc/self/limits); `None` when unknown or unlimited.
-pub fn open_files_limit() -> Option<u64> {
+pub(crate) fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line["Max open files".len()..].split_whitespace().next()?.parse().ok()
@@ -190,7 +191,7 @@ impl Throttle {
 }
 
 /// Accepts connections on one listener while it holds fewer than its cap.
-pub struct Acceptor {
+pub(crate) struct Acceptor {
     listener: TcpListener,
     kind: Kind,
     max: usize,
@@ -202,9 +203,9 @@ pub struct Acceptor {
 }
 
 /// A connection within the cap; its slot is free again when it drops.
-pub struct Admitted {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
+pub(crate) struct Admitted {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
     slot: Slot,
 }
 
@@ -221,7 +222,7 @@ impl Drop for Slot {
 }
 
 impl Acceptor {
-    pub fn new(listener: TcpListener, kind: Kind, max_connections: usize, metrics: Arc<ConnectionMetrics>) -> Acceptor {
+    pub(crate) fn new(listener: TcpListener, kind: Kind, max_connections: usize, metrics: Arc<ConnectionMetrics>) -> Acceptor {
         Acceptor {
             listener,
             kind,
@@ -277,7 +278,7 @@ impl Acceptor {
         }
     }
 
-    pub async fn admit(&mut self) -> Admitted {
+    pub(crate) async fn admit(&mut self) -> Admitted {
         std::future::poll_fn(|cx| self.poll_admit(cx)).await
     }
 }
@@ -287,13 +288,13 @@ impl Acceptor {
 // ---------------------------------------------------------------------------
 
 /// The gRPC listener's connections, for `serve_with_incoming_shutdown`.
-pub struct GrpcIncoming {
+pub(crate) struct GrpcIncoming {
     acceptor: Acceptor,
     handshake_timeout: Duration,
 }
 
 impl GrpcIncoming {
-    pub fn new(acceptor: Acceptor, handshake_timeout: Duration) -> GrpcIncoming {
+    pub(crate) fn new(acceptor: Acceptor, handshake_timeout: Duration) -> GrpcIncoming {
         GrpcIncoming { acceptor, handshake_timeout }
     }
 }
@@ -314,7 +315,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A gRPC connection: fails its reads when the first 24 bytes (the HTTP/2
 /// preface) do not arrive within the handshake timeout, which closes it.
-pub struct GrpcConn {
+pub(crate) struct GrpcConn {
     inner: Admitted,
     preface_left: usize,
     deadline: Option<Pin<Box<Sleep>>>,
@@ -410,7 +411,7 @@ impl AsyncWrite for GrpcConn {
 
 /// Serves `app` on the HTTP listener until `shutdown` turns true, then lets
 /// every connection finish what it is doing (the caller bounds the wait).
-pub async fn serve_http(
+pub(crate) async fn serve_http(
     mut acceptor: Acceptor,
     limits: Limits,
     app: Router,

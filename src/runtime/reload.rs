@@ -34,7 +34,7 @@ use crate::trust::issuer::Issuer;
 /// allowed its whole timeout, fit once; fast failures are retried within it.
 /// Longer and an operator waits for an answer that will not come; shorter and
 /// a slow IdP that serves fine at start-up would fail every reload.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Delays between attempts while an issuer's keys do not load in a reload.
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -95,20 +95,20 @@ pub struct Reloaded {
 
 /// How `stsgate serve` reloads.
 #[derive(Debug, Clone)]
-pub struct ReloadOptions {
+pub(crate) struct ReloadOptions {
     /// The file SIGHUP and the watcher reload from.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Poll the file this often and reload when it changed.
-    pub watch: Option<Duration>,
+    pub(crate) watch: Option<Duration>,
     /// How long a reload waits for the trusted issuers' keys.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// The text the running configuration was parsed from (else the file is
     /// read now), so a change made during start-up is not missed.
-    pub loaded_text: Option<String>,
+    pub(crate) loaded_text: Option<String>,
 }
 
 /// The engine in use and everything that must change with it.
-pub struct Live {
+pub(crate) struct Live {
     engine: Arc<ArcSwap<Engine>>,
     readiness: Arc<Readiness>,
     metrics: Arc<ReloadMetrics>,
@@ -131,7 +131,7 @@ struct Tasks {
 impl Live {
     /// Takes over the engine in `engine` and starts its key refresh and
     /// readiness tracking.
-    pub fn start(
+    pub(crate) fn start(
         engine: Arc<ArcSwap<Engine>>,
         readiness: Arc<Readiness>,
         metrics: Arc<ReloadMetrics>,
@@ -152,20 +152,20 @@ impl Live {
     }
 
     /// The engine in use now.
-    pub fn engine(&self) -> Arc<Engine> {
+    pub(crate) fn engine(&self) -> Arc<Engine> {
         self.engine.load_full()
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         *self.timeout.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn set_timeout(&self, timeout: Duration) {
+    pub(crate) fn set_timeout(&self, timeout: Duration) {
         *self.timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
     }
 
     /// Records what the running configuration was read from, for the watcher.
-    pub async fn loaded_from(&self, path: &Path, text: Option<String>) -> String {
+    pub(crate) async fn loaded_from(&self, path: &Path, text: Option<String>) -> String {
         let path = path.to_owned();
         let (fp, hash) = tokio::task::spawn_blocking(move || {
             let text = match text {
@@ -183,7 +183,7 @@ impl Live {
 
     /// Reloads the configuration from `path`: all of it, or nothing. Logs
     /// the outcome and counts it in the metrics.
-    pub async fn reload_from(&self, path: &Path) -> Result<Reloaded, ReloadError> {
+    pub(crate) async fn reload_from(&self, path: &Path) -> Result<Reloaded, ReloadError> {
         let started = std::time::Instant::now();
         let result = self.reload(path).await;
         let took_ms = started.elapsed().as_millis() as u64;
@@ -256,7 +256,7 @@ impl Live {
     /// changed: the file's bytes and those of the key and JWKS files it names.
     /// Content, not mtime: a Kubernetes ConfigMap or Secret update swaps a
     /// symlink to files with new content.
-    pub async fn watch(self: Arc<Self>, path: PathBuf, every: Duration) {
+    pub(crate) async fn watch(self: Arc<Self>, path: PathBuf, every: Duration) {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -283,12 +283,12 @@ impl Live {
     }
 
     /// No reload applies after this (start of shutdown).
-    pub fn begin_close(&self) {
+    pub(crate) fn begin_close(&self) {
         self.closed.store(true, Ordering::Release);
     }
 
     /// Stops the engine's background work (end of shutdown).
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         self.begin_close();
         let mut guard = self.tasks.lock().await;
         let tasks: &mut Tasks = &mut guard;

@@ -28,17 +28,17 @@ use crate::api::readiness::Readiness;
 use crate::runtime::reload::{Live, ReloadError, ReloadOptions, Reloaded};
 
 /// The encoded descriptor set of stsgate's protos, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stsgate_descriptor.bin"));
+pub(crate) const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stsgate_descriptor.bin"));
 
 /// Both listeners, bound before anything else so that port 0 works in tests
 /// and the dev IdP can learn its own address.
 pub struct Listeners {
-    pub grpc: TcpListener,
-    pub http: TcpListener,
+    pub(crate) grpc: TcpListener,
+    pub(crate) http: TcpListener,
 }
 
 impl Listeners {
-    pub async fn bind(listen: &Listen) -> anyhow::Result<Listeners> {
+    pub(crate) async fn bind(listen: &Listen) -> anyhow::Result<Listeners> {
         Listeners::bind_addrs(listen.grpc, listen.http).await
     }
 
@@ -218,7 +218,7 @@ impl Server {
 
     /// Reload from `opts.path` on SIGHUP and, with `opts.watch`, when the
     /// file changes.
-    pub async fn enable_reload(&mut self, opts: ReloadOptions) {
+    pub(crate) async fn enable_reload(&mut self, opts: ReloadOptions) {
         self.live.set_timeout(opts.timeout);
         let hash = self.live.loaded_from(&opts.path, opts.loaded_text).await;
         let watch = opts.watch.map(|every| humantime::format_duration(every).to_string());
@@ -251,7 +251,7 @@ impl Server {
 
     /// Serves until SIGINT or SIGTERM, then shuts down gracefully; SIGHUP
     /// reloads the configuration meanwhile.
-    pub async fn run_until_signal(mut self) {
+    pub(crate) async fn run_until_signal(mut self) {
         let signal = self.serve_until_shutdown_signal().await;
         info!(signal, "shutting down");
         self.shutdown().await;
@@ -346,7 +346,7 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
 }
 
 /// The `dev` configuration bound to the real HTTP address.
-pub fn dev_config(http_addr: SocketAddr, grpc_addr: SocketAddr) -> anyhow::Result<Config> {
+pub(crate) fn dev_config(http_addr: SocketAddr, grpc_addr: SocketAddr) -> anyhow::Result<Config> {
     let text = crate::config::DEV_YAML.replace("{http_addr}", &http_addr.to_string());
     let mut cfg = Config::from_yaml_validated(&text)?;
     cfg.listen.grpc = grpc_addr;

@@ -65,7 +65,7 @@ pub enum KeyLookupError {
 
 /// One trusted issuer and its live key set.
 pub struct Issuer {
-    pub cfg: TrustedIssuer,
+    pub(crate) cfg: TrustedIssuer,
     keys: ArcSwapOption<KeySet>,
     /// When the last `kid`-miss re-fetch started; the mutex also coalesces
     /// concurrent misses into one fetch.
@@ -94,7 +94,7 @@ impl Issuer {
 
     /// Whether the issuer's JWKS has been read at least once. A JWKS with no
     /// usable key counts: the IdP answered, and its tokens are refused (401).
-    pub fn is_loaded(&self) -> bool {
+    pub(crate) fn is_loaded(&self) -> bool {
         self.keys.load().is_some()
     }
 
@@ -102,7 +102,7 @@ impl Issuer {
     /// configuration reload does for an issuer whose settings did not change.
     /// A withdrawal the older one sees before this one's refresh task starts
     /// is taken over then, so a reload never brings a withdrawn key back.
-    pub fn seed_from(&self, older: &Arc<Issuer>) -> bool {
+    pub(crate) fn seed_from(&self, older: &Arc<Issuer>) -> bool {
         let Some(keys) = older.keys.load_full() else { return false };
         self.keys.store(Some(keys));
         *self.seeded_from.lock().unwrap_or_else(|e| e.into_inner()) = Some(older.clone());
@@ -218,7 +218,7 @@ impl Issuer {
 
     /// The key that must verify a token with this `kid` and `alg`. An unknown
     /// `kid` triggers at most one re-fetch per `unknown_kid_refetch_interval`.
-    pub async fn key_for(&self, kid: Option<&str>, alg: VerifyAlg) -> Result<Arc<VerifyKey>, KeyLookupError> {
+    pub(crate) async fn key_for(&self, kid: Option<&str>, alg: VerifyAlg) -> Result<Arc<VerifyKey>, KeyLookupError> {
         if let Some(found) = self.lookup(kid, alg)? {
             return Ok(found);
         }
@@ -308,7 +308,7 @@ impl Issuers {
     /// down must not block an unrelated rule change, and its background
     /// refresh goes on as before. A `jwks_file` is read again (it may have
     /// changed), as is an issuer that has no keys yet.
-    pub fn seed_unchanged(&self, running: &Issuers) {
+    pub(crate) fn seed_unchanged(&self, running: &Issuers) {
         for (iss, issuer) in &self.by_iss {
             let unchanged = running.get(iss).filter(|old| old.cfg == issuer.cfg && issuer.cfg.jwks_file.is_none());
             if let Some(old) = unchanged {
@@ -319,7 +319,7 @@ impl Issuers {
 
     /// Changes whenever an issuer withdraws a key. Cache entries remember the
     /// epoch they were decided in and are not used in a later one.
-    pub fn key_epoch(&self) -> u32 {
+    pub(crate) fn key_epoch(&self) -> u32 {
         self.key_epoch.load(Ordering::Acquire)
     }
 
@@ -331,13 +331,13 @@ impl Issuers {
         self.by_iss.values()
     }
 
-    pub fn all_loaded(&self) -> bool {
+    pub(crate) fn all_loaded(&self) -> bool {
         self.by_iss.values().all(|i| i.is_loaded())
     }
 
     /// Starts one refresh task per issuer; they end with the runtime, or
     /// when a reload replaces these issuers and aborts them.
-    pub fn spawn_refresh(&self) -> Vec<tokio::task::JoinHandle<()>> {
+    pub(crate) fn spawn_refresh(&self) -> Vec<tokio::task::JoinHandle<()>> {
         self.by_iss
             .values()
             .map(|issuer| {
@@ -349,7 +349,7 @@ impl Issuers {
     }
 
     /// Resolves once every issuer has loaded keys at least once.
-    pub async fn wait_all_loaded(&self) {
+    pub(crate) async fn wait_all_loaded(&self) {
         for issuer in self.by_iss.values() {
             let mut rx = issuer.loaded_tx.subscribe();
             // The sender lives in `issuer`, so this cannot fail while we hold it.

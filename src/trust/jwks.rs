@@ -16,7 +16,7 @@ use crate::config::VerifyAlg;
 
 /// The kind of public key, which decides the algorithms it can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyKind {
+pub(crate) enum KeyKind {
     Rsa,
     P256,
     P384,
@@ -26,7 +26,7 @@ pub enum KeyKind {
 impl KeyKind {
     /// Whether a key of this kind may verify `alg` (RFC 8725 §3.1: the key, not
     /// the token header, decides what the algorithm can be).
-    pub fn fits(self, alg: VerifyAlg) -> bool {
+    pub(crate) fn fits(self, alg: VerifyAlg) -> bool {
         use VerifyAlg::*;
         match self {
             KeyKind::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
@@ -43,11 +43,11 @@ const MIN_RSA_BITS: usize = 2048;
 /// A parsed public key from an issuer's JWKS. The aws-lc key objects are built
 /// once per fetch, one per algorithm the key may verify, so a signature check
 /// does no key parsing (jsonwebtoken rebuilds the key on every call).
-pub struct VerifyKey {
-    pub kid: Option<String>,
-    pub kind: KeyKind,
+pub(crate) struct VerifyKey {
+    pub(crate) kid: Option<String>,
+    pub(crate) kind: KeyKind,
     /// The JWK's own `alg`, when it pins one.
-    pub alg: Option<VerifyAlg>,
+    pub(crate) alg: Option<VerifyAlg>,
     parsed: Vec<(VerifyAlg, ParsedPublicKey)>,
     /// SHA-256 of the key material, to notice a key withdrawn by its issuer.
     fingerprint: [u8; 32],
@@ -61,13 +61,13 @@ impl std::fmt::Debug for VerifyKey {
 
 impl VerifyKey {
     /// Whether this key may verify a token signed with `alg`.
-    pub fn accepts(&self, alg: VerifyAlg) -> bool {
+    pub(crate) fn accepts(&self, alg: VerifyAlg) -> bool {
         self.kind.fits(alg) && self.alg.is_none_or(|pinned| pinned == alg)
     }
 
     /// Checks a JWS signature (`signature` already base64url-decoded) over
     /// `signed` (header.payload). False for an algorithm this key does not accept.
-    pub fn verify(&self, alg: VerifyAlg, signed: &[u8], signature: &[u8]) -> bool {
+    pub(crate) fn verify(&self, alg: VerifyAlg, signed: &[u8], signature: &[u8]) -> bool {
         self.parsed.iter().find(|(a, _)| *a == alg).is_some_and(|(_, key)| key.verify_sig(signed, signature).is_ok())
     }
 }
@@ -154,33 +154,29 @@ fn curve_keys(
 
 /// The usable keys of one JWKS document.
 #[derive(Debug, Default)]
-pub struct KeySet {
+pub(crate) struct KeySet {
     by_kid: HashMap<String, Arc<VerifyKey>>,
     without_kid: Vec<Arc<VerifyKey>>,
     /// Human-readable reasons for each key that was skipped (for the log).
-    pub skipped: Vec<String>,
+    pub(crate) skipped: Vec<String>,
 }
 
 impl KeySet {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_kid.len() + self.without_kid.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    pub fn get(&self, kid: &str) -> Option<&Arc<VerifyKey>> {
+    pub(crate) fn get(&self, kid: &str) -> Option<&Arc<VerifyKey>> {
         self.by_kid.get(kid)
-    }
-
-    pub fn kids(&self) -> impl Iterator<Item = &str> {
-        self.by_kid.keys().map(String::as_str)
     }
 
     /// Whether some key of `older` is no longer in this set (removed, or its
     /// kid now names other material): tokens it verified must be checked again.
-    pub fn withdraws_any_of(&self, older: &KeySet) -> bool {
+    pub(crate) fn withdraws_any_of(&self, older: &KeySet) -> bool {
         let ours: std::collections::HashSet<([u8; 32], Option<&str>)> =
             self.all().map(|k| (k.fingerprint, k.kid.as_deref())).collect();
         older.all().any(|k| !ours.contains(&(k.fingerprint, k.kid.as_deref())))
@@ -193,7 +189,7 @@ impl KeySet {
     /// For a token without `kid`: the single key that can verify `alg`. With
     /// several candidates the token is ambiguous and is refused rather than
     /// tried against each key.
-    pub fn only_key_for(&self, alg: VerifyAlg) -> Option<&Arc<VerifyKey>> {
+    pub(crate) fn only_key_for(&self, alg: VerifyAlg) -> Option<&Arc<VerifyKey>> {
         let mut candidates = self.all().filter(|k| k.accepts(alg));
         let first = candidates.next()?;
         if candidates.next().is_some() { None } else { Some(first) }
@@ -214,7 +210,7 @@ struct RawSet {
 /// Parses a JWKS document; fails only when it is not a JWKS at all. A set
 /// with no usable key is a valid answer: the IdP withdrew every key, and
 /// tokens of that issuer must be refused, not checked against older keys.
-pub fn parse(json: &[u8]) -> Result<KeySet, JwksError> {
+pub(crate) fn parse(json: &[u8]) -> Result<KeySet, JwksError> {
     let raw: RawSet = serde_json::from_slice(json).map_err(|e| JwksError::NotJwks(e.to_string()))?;
     let mut set = KeySet::default();
     // A kid two signature keys share is ambiguous for the whole document:

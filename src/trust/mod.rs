@@ -2,5 +2,5 @@
 //! validation following RFC 8725.
 
 pub mod issuer;
-pub mod jwks;
+pub(crate) mod jwks;
 pub mod validator;

@@ -65,12 +65,12 @@ pub enum TokenError {
 
 impl TokenError {
     /// Whether the failure is on our side (keys unavailable) rather than the token's.
-    pub fn is_unavailable(&self) -> bool {
+    pub(crate) fn is_unavailable(&self) -> bool {
         matches!(self, TokenError::KeysUnavailable(_))
     }
 
     /// A bounded label for metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             TokenError::TooLarge(_) => "too_large",
             TokenError::Malformed(_) => "malformed",
@@ -119,21 +119,21 @@ struct Header {
 /// Claims of a validated token. `other` keeps the rest for rules that copy
 /// claims into the minted token.
 #[derive(Debug, Clone, Default)]
-pub struct Claims {
-    pub iss: Option<String>,
-    pub sub: Option<String>,
-    pub aud: Vec<String>,
-    pub exp: Option<serde_json::Number>,
-    pub nbf: Option<serde_json::Number>,
-    pub iat: Option<serde_json::Number>,
-    pub jti: Option<String>,
-    pub scope: Option<Value>,
-    pub scp: Option<Value>,
-    pub client_id: Option<String>,
-    pub azp: Option<String>,
-    pub act: Option<Value>,
-    pub may_act: Option<Value>,
-    pub other: Map<String, Value>,
+pub(crate) struct Claims {
+    pub(crate) iss: Option<String>,
+    pub(crate) sub: Option<String>,
+    pub(crate) aud: Vec<String>,
+    pub(crate) exp: Option<serde_json::Number>,
+    pub(crate) nbf: Option<serde_json::Number>,
+    pub(crate) iat: Option<serde_json::Number>,
+    pub(crate) jti: Option<String>,
+    pub(crate) scope: Option<Value>,
+    pub(crate) scp: Option<Value>,
+    pub(crate) client_id: Option<String>,
+    pub(crate) azp: Option<String>,
+    pub(crate) act: Option<Value>,
+    pub(crate) may_act: Option<Value>,
+    pub(crate) other: Map<String, Value>,
 }
 
 /// One pass over the claims object (`#[serde(flatten)]` would buffer every
@@ -244,13 +244,13 @@ impl OneOrMany {
 /// A token that passed every check, with the values later stages need.
 #[derive(Debug, Clone)]
 pub struct Validated {
-    pub issuer: String,
-    pub sub: String,
-    pub exp: i64,
-    pub scopes: Vec<String>,
+    pub(crate) issuer: String,
+    pub(crate) sub: String,
+    pub(crate) exp: i64,
+    pub(crate) scopes: Vec<String>,
     /// `client_id`, else `azp`, of the subject token.
-    pub client_id: Option<String>,
-    pub claims: Claims,
+    pub(crate) client_id: Option<String>,
+    pub(crate) claims: Claims,
 }
 
 impl Validated {
@@ -286,22 +286,22 @@ mod weigh {
 
     /// What the allocator hands out for `n` requested bytes: glibc's malloc
     /// adds an 8-byte header, rounds to 16 bytes and never gives less than 32.
-    pub fn heap(n: usize) -> usize {
+    pub(crate) fn heap(n: usize) -> usize {
         if n == 0 { 0 } else { (n + 8).next_multiple_of(16).max(32) }
     }
 
     // The capacity, not the length, is what is held.
     #[allow(clippy::ptr_arg)]
-    pub fn string(s: &String) -> usize {
+    pub(crate) fn string(s: &String) -> usize {
         heap(s.capacity())
     }
 
     #[allow(clippy::ptr_arg)]
-    pub fn strings(v: &Vec<String>) -> usize {
+    pub(crate) fn strings(v: &Vec<String>) -> usize {
         heap(v.capacity() * size_of::<String>()) + v.iter().map(string).sum::<usize>()
     }
 
-    pub fn value(v: &Value) -> usize {
+    pub(crate) fn value(v: &Value) -> usize {
         match v {
             Value::Null | Value::Bool(_) | Value::Number(_) => 0,
             Value::String(s) => string(s),
@@ -314,7 +314,7 @@ mod weigh {
     /// node but the root holding at least 5, so a map of `n` entries has at
     /// most `1 + n / 5` nodes (one leaf while `n <= 11`). Internal nodes also
     /// hold 12 child pointers.
-    pub fn map(m: &Map<String, Value>) -> usize {
+    pub(crate) fn map(m: &Map<String, Value>) -> usize {
         const ENTRIES: usize = 11 * (size_of::<String>() + size_of::<Value>());
         // Parent pointer, index in the parent, length.
         const LEAF: usize = ENTRIES + size_of::<usize>() + 4;
