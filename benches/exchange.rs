@@ -3,11 +3,15 @@
 //!
 //! - `validate`: RS256 subject token (~830 bytes, keys from a `jwks_file`
 //!   issuer), straight through the `Validator` (no validated-token cache).
-//! - `rules`: `rules::evaluate` over 10 rules, the 10th matching.
+//! - `rules`: `rules::evaluate` over 10 rules, the 10th matching (an 11th,
+//!   for stsgate's own tokens, comes after it).
 //! - `mint`: ES256 signature of typical RFC 9068 claims through `Signer`.
 //! - `cache_hit`: `Engine::exchange` of a request answered from the minted cache.
 //! - `check_cached` / `check_cold`: `AuthzService::decide` end to end on a
 //!   `CheckRequest`; cold = every cache disabled (verify + rules + sign).
+//! - `check_cached_second_hop`: the same as `check_cached` one hop further
+//!   down a delegation chain: stsgate's own token (minted for `bench-web`)
+//!   re-exchanged by web's mTLS peer (`issuers: [self]`, presenter binding).
 //! - `ceiling/rs256_verify_raw` + `ceiling/es256_sign_raw`: aws-lc-rs with
 //!   keys parsed once, no JWT layer. ceiling µs = verify + sign; the cold
 //!   exchange is compared with it (scripts/bench.sh computes the ratio).
@@ -62,7 +66,15 @@ rules:
   - name: r10-bench
     match: { issuers: ["https://idp.bench.example/realms/corp"], audiences: ["bench-*"], subject: { groups: [customers] } }
     grant: { scopes: ["orders.*", profile, email], max_lifetime: 5m }
+  - name: r11-second-hop
+    match: { issuers: [self], audiences: ["bench-*"] }
+    grant: { outcome: delegation, scopes: ["orders.*", profile, email], max_lifetime: 5m }
+workloads:
+  - { audience: bench-web, spiffe: ["spiffe://cluster.local/ns/bench/sa/web"] }
 "#;
+
+/// The workload that re-exchanges its token in `check_cached_second_hop`.
+const WEB_SPIFFE: &str = "spiffe://cluster.local/ns/bench/sa/web";
 
 struct Fixture {
     rt: Runtime,
@@ -193,6 +205,7 @@ fn benches(c: &mut Criterion) {
         audience: AUDIENCE,
         requested_scopes: None,
         requested_subject: None,
+        workloads: &f.cold.cfg.workloads,
     };
     c.bench_function("rules", |b| b.iter(|| rules::evaluate(black_box(&f.cold.cfg.rules), black_box(&input)).unwrap()));
 
@@ -224,6 +237,27 @@ fn benches(c: &mut Criterion) {
     });
     c.bench_function("check_cold", |b| {
         b.iter_batched(|| f.check.clone(), |r| f.rt.block_on(f.svc_cold.decide(r)), BatchSize::SmallInput)
+    });
+
+    // One hop further: web's own token (minted now, so that it outlives the
+    // bench) re-exchanged for the same audience by web's mTLS identity. The
+    // route asks for the peer (`ext_authz.actor.mode` is `none` here).
+    let hop1 = f.rt.block_on(f.cached.exchange(&ExchangeRequest { audience: "bench-web", ..exchange_request(&f.token) }));
+    let hop1 = hop1.expect("first hop").token();
+    let second_hop = CheckRequestBuilder::new()
+        .host("bench.example")
+        .pseudo_headers()
+        .header("user-agent", "wrk")
+        .header("x-request-id", "00000000-0000-4000-8000-000000000000")
+        .bearer(&hop1)
+        .context("audience", AUDIENCE)
+        .context("actor", "peer")
+        .peer(WEB_SPIFFE)
+        .build();
+    let first = f.rt.block_on(f.svc_cached.decide(second_hop.clone()));
+    assert!(ok(&first), "second hop allowed: {first:?}");
+    c.bench_function("check_cached_second_hop", |b| {
+        b.iter_batched(|| second_hop.clone(), |r| f.rt.block_on(f.svc_cached.decide(r)), BatchSize::SmallInput)
     });
 
     // The crypto ceiling: aws-lc-rs keys parsed once, no JWT layer, messages

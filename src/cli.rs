@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, ConfigError, KeySource};
+use crate::config::{CallerIdentity, Config, ConfigError, KeySource};
 use crate::api::dev_idp::{DevTokenRequest, request_token};
 use crate::runtime::reload::ReloadOptions;
 use crate::runtime::server::{Listeners, Server, dev_config};
@@ -209,6 +209,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     if let Err(e) = crate::signing::KeyRing::load(&cfg.signing) {
         problems.push(format!("signing: {e}"));
     }
+    if let Some(tls) = &cfg.listen.grpc_tls {
+        if let Err(e) = crate::runtime::tls::check_files(tls) {
+            problems.push(e.to_string());
+        }
+    }
     for (i, iss) in cfg.trusted_issuers.iter().enumerate() {
         if let KeySource::JwksFile(path) = iss.key_source() {
             match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| crate::trust::jwks::parse(&b).map_err(|e| e.to_string())) {
@@ -258,6 +263,19 @@ fn warnings(cfg: &Config) -> Vec<String> {
     }
     if cfg.dev_idp.is_some() {
         out.push("dev_idp is enabled: anyone reaching the HTTP listener can mint trusted subject tokens".into());
+    }
+    match cfg.ext_authz.caller_identity(cfg.listen.grpc_tls.is_some()) {
+        CallerIdentity::None => out.push(
+            "Check callers are not authenticated (no listen.grpc_tls, ext_authz.caller_identity none): anyone who \
+             can reach listen.grpc may ask for any audience and is believed about source.principal"
+                .into(),
+        ),
+        _ if cfg.ext_authz.callers.is_empty() => out.push(
+            "ext_authz.callers is empty: every authenticated Check caller may ask for any audience and is believed \
+             about source.principal"
+                .into(),
+        ),
+        _ => {}
     }
     if cfg.trusted_issuers.len() > 1 {
         for (i, rule) in cfg.rules.iter().enumerate().filter(|(_, r)| r.when.issuers.is_empty()) {

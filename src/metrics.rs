@@ -164,8 +164,9 @@ impl ConnectionMetrics {
         let refused = Family::<ConnectionLabels, Counter>::default();
         reg.register(
             "stsgate_connections_refused",
-            "Connections closed as soon as accepted (limit: the listener's max_connections), and accept errors \
-             (accept_error: e.g. out of file descriptors), by listener",
+            "Connections closed as soon as accepted (limit: the listener's max_connections), accept errors \
+             (accept_error: e.g. out of file descriptors), and failed TLS handshakes (tls_handshake: no or an \
+             untrusted client certificate), by listener",
             refused.clone(),
         );
         let closed = Family::<ConnectionLabels, Counter>::default();
@@ -197,6 +198,45 @@ impl ConnectionMetrics {
 
     pub(crate) fn closed(&self, listener: &'static str, reason: &'static str) {
         self.closed.get_or_create(&ConnectionLabels { listener, reason }).inc();
+    }
+}
+
+/// The gRPC listener's TLS files (`listen.grpc_tls`), re-read when they change.
+pub(crate) struct TlsMetrics {
+    ok: Counter,
+    error: Counter,
+    not_after: Gauge<f64, AtomicU64>,
+}
+
+impl TlsMetrics {
+    pub(crate) fn register(reg: &mut Registry) -> Arc<TlsMetrics> {
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        reg.register(
+            "stsgate_grpc_tls_reloads",
+            "Changed listen.grpc_tls files by result (ok: served to new connections | error: the previous \
+             certificate stays in use)",
+            reloads.clone(),
+        );
+        let not_after = Gauge::<f64, AtomicU64>::default();
+        reg.register(
+            "stsgate_grpc_tls_certificate_expiry_timestamp_seconds",
+            "Unix time the gRPC listener's certificate expires (notAfter)",
+            not_after.clone(),
+        );
+        let ok = reloads.get_or_create(&ReloadLabels { result: "ok" }).clone();
+        let error = reloads.get_or_create(&ReloadLabels { result: "error" }).clone();
+        Arc::new(TlsMetrics { ok, error, not_after })
+    }
+
+    pub(crate) fn reloaded(&self, ok: bool) {
+        let result = if ok { &self.ok } else { &self.error };
+        result.inc();
+    }
+
+    /// The certificate now served expires at `not_after` (0: unknown).
+    pub(crate) fn serving(&self, not_after: Option<SystemTime>) {
+        let at = not_after.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0.0, |d| d.as_secs_f64());
+        self.not_after.set(at);
     }
 }
 

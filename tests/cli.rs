@@ -299,6 +299,74 @@ async fn dev_and_dev_token_exchange_end_to_end() {
     assert!(dev.log().contains("shutting down"), "{}", dev.log());
 }
 
+/// Runs the pinned grpcurl (`.tools/bin`, installed by scripts/install-tools.sh;
+/// missing is a failure, never a skip) with one Check against `grpc`, the
+/// request exactly as the README's quick start writes it, and returns the
+/// CheckResponse as JSON.
+fn grpcurl_check(grpc: &str, request: &serde_json::Value) -> serde_json::Value {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/grpcurl");
+    assert!(bin.is_file(), "grpcurl not found at {}: run scripts/install-tools.sh", bin.display());
+    let out = Command::new(bin)
+        .args(["-plaintext", "-connect-timeout", "5", "-max-time", "20", "-d", &request.to_string(), grpc])
+        .arg("envoy.service.auth.v3.Authorization/Check")
+        .output()
+        .expect("run grpcurl");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "grpcurl failed:\n{stdout}{stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("grpcurl printed no JSON ({e}):\n{stdout}"))
+}
+
+/// The new token of an allowed grpcurl Check.
+fn grpcurl_bearer(resp: &serde_json::Value) -> String {
+    let headers = resp["okResponse"]["headers"].as_array().unwrap_or_else(|| panic!("not allowed: {resp:#}"));
+    let auth = headers.iter().find(|h| h["header"]["key"] == "authorization").expect("authorization header");
+    auth["header"]["value"].as_str().unwrap().strip_prefix("Bearer ").expect("Bearer").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_re_exchanges_web_s_token_for_orders_as_the_readme_shows() {
+    const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+    let dev = start_dev().await;
+    let idp = format!("http://{}/dev-idp", dev.http);
+    let out = tokio::process::Command::new(BIN)
+        .args(["dev-token", "--sub", "alice", "--scope", "orders.read", "--idp", &idp])
+        .env_remove("STSGATE_DEV_IDP")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "dev-token failed:\n{}", text(&out.stderr));
+    let token = text(&out.stdout).trim().to_owned();
+
+    // Call 1: the user's token for web (no actor: an exchange).
+    let call1 = serde_json::json!({"attributes": {
+        "request": {"http": {"headers": {"authorization": format!("Bearer {token}")}}},
+        "contextExtensions": {"audience": "web"},
+    }});
+    let web = grpcurl_bearer(&grpcurl_check(&dev.grpc, &call1));
+    // Call 2: web presents its token, as its mTLS identity, to orders.
+    let call2 = |principal: &str| {
+        serde_json::json!({"attributes": {
+            "source": {"principal": principal},
+            "request": {"http": {"headers": {"authorization": format!("Bearer {web}")}}},
+            "contextExtensions": {"audience": "orders"},
+        }})
+    };
+    let resp = grpcurl_check(&dev.grpc, &call2(WEB));
+    assert_eq!(resp["dynamicMetadata"]["rule"], "dev-re-exchange", "{resp:#}");
+    let orders = grpcurl_bearer(&resp);
+    let sts = format!("http://{}", dev.http);
+    let http = reqwest::Client::new();
+    let (_, c) = verify_with_jwks(&http, &format!("{sts}/.well-known/jwks.json"), &sts, &orders, "orders").await;
+    assert_eq!((c["sub"].as_str(), c["scope"].as_str()), (Some("alice"), Some("orders.read")), "{c}");
+    assert_eq!(c["act"], serde_json::json!({"sub": WEB}), "{c}");
+    assert_eq!(c["sub_id"], serde_json::json!({"format": "iss_sub", "iss": idp, "sub": "alice"}), "{c}");
+
+    // Anyone but web is refused.
+    let resp = grpcurl_check(&dev.grpc, &call2("spiffe://cluster.local/ns/shop/sa/orders"));
+    assert_eq!(resp["status"]["code"], 7, "PERMISSION_DENIED: {resp:#}");
+    assert_eq!(resp["dynamicMetadata"]["reason"], "presenter_mismatch", "{resp:#}");
+}
+
 #[test]
 fn dev_token_without_a_running_dev_fails_cleanly() {
     let idp = format!("http://127.0.0.1:{}/dev-idp", free_port());

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use stsgate::config::Config;
+use stsgate::config::{ActorMode, CallerIdentity, Config};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const STSGATE: &str = env!("CARGO_BIN_EXE_stsgate");
@@ -75,6 +75,11 @@ fn doc(rel: &str) -> Value {
 
 fn doc_of_kind(rel: &str, kind: &str) -> Value {
     docs(rel).into_iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("{rel}: no {kind}"))
+}
+
+/// Every document of every manifest under deploy/istio.
+fn istio_docs() -> Vec<Value> {
+    manifests().iter().filter(|f| f.starts_with("deploy/istio/")).flat_map(|f| docs(f)).collect()
 }
 
 fn s(v: &Value) -> &str {
@@ -139,6 +144,10 @@ fn every_manifest_passes_the_schema_validator() {
         "deploy/kubernetes/kustomization.yaml",
         "deploy/istio/meshconfig-extension-provider.yaml",
         "deploy/istio/authorizationpolicy-custom.yaml",
+        "deploy/istio/authorizationpolicy-custom-sidecars.yaml",
+        "deploy/istio/authorizationpolicy-stsgate-callers.yaml",
+        "deploy/istio/backend-trusts-stsgate.yaml",
+        "deploy/istio/peerauthentication-stsgate.yaml",
     ] {
         assert!(files.iter().any(|f| f == expected), "{expected} is missing from {files:?}");
     }
@@ -214,9 +223,23 @@ fn the_validator_rejects_broken_manifests() {
         (
             "authz-paths-not-a-list.yaml",
             "deploy/istio/authorizationpolicy-custom.yaml",
-            "paths: [\"/orders/*\", \"/payments/*\"]",
-            "paths: /orders/*",
+            "paths: [\"/*\"]",
+            "paths: /*",
             "Istio CRD schema: data/spec/rules/0/to/0/operation/paths",
+        ),
+        (
+            "authz-sidecar-provider-missing.yaml",
+            "deploy/istio/authorizationpolicy-custom-sidecars.yaml",
+            "  provider:\n    name: stsgate\n",
+            "",
+            "strict Istio schema",
+        ),
+        (
+            "authz-callers-port-number.yaml",
+            "deploy/istio/authorizationpolicy-stsgate-callers.yaml",
+            "ports: [\"9191\"]",
+            "ports: [9191]",
+            "ports",
         ),
         (
             "mesh-timeout.yaml",
@@ -277,7 +300,8 @@ fn the_validator_rejects_broken_manifests() {
     println!("{report}");
     assert_tools_present(&out);
     assert_eq!(out.status.code(), Some(1), "the validator accepted broken manifests:\n{report}");
-    // One broken document per file (backend-trusts-stsgate.yaml keeps a valid second one).
+    // One broken document per file (backend-trusts-stsgate.yaml and
+    // authorizationpolicy-custom-sidecars.yaml keep a valid second one).
     assert_eq!(report.lines().filter(|l| l.starts_with("FAIL ")).count(), files.len(), "{report}");
     for ((name, _, _, _, why), file) in broken.iter().zip(&files) {
         let section =
@@ -569,38 +593,58 @@ fn istio_pieces_agree_with_the_service_and_the_config() {
     let issuer = format!("http://{svc_name}.{namespace}.svc.cluster.local:{http_port}");
     assert_eq!(cfg.issuer, issuer, "config issuer vs the Service");
 
-    // The CUSTOM policy names the provider and covers every routes entry.
-    let custom = doc("deploy/istio/authorizationpolicy-custom.yaml");
-    assert_eq!(custom["spec"]["action"], "CUSTOM");
-    assert_eq!(custom["spec"]["provider"]["name"], provider["name"]);
+    // The CUSTOM policies (the gateway's, the sidecars') name the provider,
+    // and every routes entry is sent to stsgate by one of them.
+    let custom: Vec<Value> = istio_docs().into_iter().filter(|d| d["spec"]["action"] == "CUSTOM").collect();
+    assert!(custom.len() >= 3, "CUSTOM policies for the gateway and two sidecars: {custom:?}");
+    for policy in &custom {
+        assert_eq!(policy["spec"]["provider"]["name"], provider["name"], "{policy}");
+    }
     assert!(!cfg.ext_authz.routes.is_empty(), "Istio needs ext_authz.routes (no context_extensions)");
-    let ops: Vec<&Value> = custom["spec"]["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r["to"].as_array().unwrap().iter().map(|t| &t["operation"]))
-        .collect();
     for route in &cfg.ext_authz.routes {
         let host = route.host.as_ref().map(|h| h.as_str().to_owned());
-        let covered = ops.iter().any(|op| {
-            let hosts_ok = match (&host, op["hosts"].as_array()) {
-                (Some(h), Some(hosts)) => hosts.iter().any(|x| x == h.as_str()),
-                (_, None) => true,
-                (None, Some(_)) => false,
-            };
-            let paths_ok = op["paths"].as_array().is_none_or(|paths| {
-                paths.iter().any(|p| s(p) == format!("{}*", route.path_prefix) || s(p) == route.path_prefix)
-            });
-            hosts_ok && paths_ok
+        let covered = custom.iter().flat_map(|p| p["spec"]["rules"].as_array().unwrap()).any(|rule| {
+            // A rule without `to` covers every request of the selected proxy.
+            let Some(to) = rule["to"].as_array() else { return true };
+            to.iter().map(|t| &t["operation"]).any(|op| {
+                let hosts_ok = match (&host, op["hosts"].as_array()) {
+                    (Some(h), Some(hosts)) => hosts.iter().any(|x| x == h.as_str()),
+                    (_, None) => true,
+                    (None, Some(_)) => false,
+                };
+                // Istio paths: exact, `prefix*`, `*suffix` or `*`.
+                let paths_ok = op["paths"].as_array().is_none_or(|paths| {
+                    paths.iter().map(s).any(|p| {
+                        p == "*"
+                            || p == route.path_prefix
+                            || p.strip_suffix('*').is_some_and(|pre| route.path_prefix.starts_with(pre))
+                    })
+                });
+                hosts_ok && paths_ok
+            })
         });
         assert!(
             covered,
-            "route {host:?}{} → {} is not sent to stsgate by the CUSTOM policy",
+            "route {host:?}{} → {} is not sent to stsgate by any CUSTOM policy",
             route.path_prefix, route.audience
         );
     }
+    // Each sidecar's policy selects a workload whose routes entry lets its
+    // mTLS peer act, on the workload's own host.
+    for policy in custom.iter().filter(|p| p["spec"]["selector"]["matchLabels"]["app"].is_string()) {
+        let app = s(&policy["spec"]["selector"]["matchLabels"]["app"]);
+        let route = cfg
+            .ext_authz
+            .routes
+            .iter()
+            .find(|r| r.audience == app)
+            .unwrap_or_else(|| panic!("CUSTOM policy for app {app}, but no route mints its audience"));
+        assert_eq!(route.actor, Some(ActorMode::Peer), "route for {app}: the calling workload acts");
+        let host = route.host.as_ref().map(|h| h.as_str()).unwrap_or_default();
+        assert!(host.starts_with(&format!("{app}.")), "route for {app} has host {host:?}");
+    }
 
-    // Backends trust stsgate's issuer and JWKS, for their own audience.
+    // web, behind the gateway, trusts stsgate's issuer and JWKS, for its own audience.
     let ra = doc_of_kind("deploy/istio/backend-trusts-stsgate.yaml", "RequestAuthentication");
     let rule = &ra["spec"]["jwtRules"][0];
     assert_eq!(s(&rule["issuer"]), cfg.issuer);
@@ -609,6 +653,11 @@ fn istio_pieces_agree_with_the_service_and_the_config() {
     assert!(
         cfg.ext_authz.routes.iter().any(|r| r.audience == audience),
         "backend audience {audience} is minted by no route"
+    );
+    assert_eq!(ra["spec"]["selector"]["matchLabels"]["app"], audience, "the backend is the audience's workload");
+    assert!(
+        !custom.iter().any(|p| p["spec"]["selector"] == ra["spec"]["selector"]),
+        "a RequestAuthentication for stsgate on a workload whose sidecar exchanges rejects the caller's token first"
     );
     let allow = doc_of_kind("deploy/istio/backend-trusts-stsgate.yaml", "AuthorizationPolicy");
     assert_eq!(allow["spec"]["action"], "ALLOW");
@@ -624,6 +673,97 @@ fn istio_pieces_agree_with_the_service_and_the_config() {
         assert_eq!(&pod_labels[k], v, "PeerAuthentication selects {k}={v}");
     }
     assert_eq!(pa["spec"]["portLevelMtls"][cfg.listen.http.port().to_string()]["mode"], "PERMISSIVE");
+}
+
+/// Who may call Check under Istio: stsgate sits behind its own sidecar, which
+/// terminates the callers' mTLS and names them in `x-forwarded-client-cert`;
+/// the callers table, the mesh's policies and the pod agree on that.
+#[test]
+fn check_callers_come_through_stsgates_own_sidecar() {
+    let (_, cfg) = configmap_config(Path::new("/unused"));
+    let ext = &cfg.ext_authz;
+    assert_eq!(ext.caller_identity, Some(CallerIdentity::Xfcc), "the mesh's mTLS names the caller");
+    assert!(cfg.listen.grpc_tls.is_none(), "the sidecar terminates TLS; stsgate's listener is plaintext behind it");
+    // Istio's inbound sidecar connects to the application from 127.0.0.6 (::6).
+    let peers: Vec<String> = ext.xfcc_trusted_peers.iter().map(ToString::to_string).collect();
+    assert!(peers.iter().any(|p| p == "127.0.0.6/32"), "{peers:?}");
+    assert!(peers.iter().all(|p| p == "127.0.0.6/32" || p == "::6/128"), "only the sidecar is believed: {peers:?}");
+
+    // The sidecar is there, and every Check reaches it over mTLS.
+    let deploy = doc("deploy/kubernetes/deployment.yaml");
+    assert_eq!(deploy["spec"]["template"]["metadata"]["labels"]["sidecar.istio.io/inject"], "true");
+    let pa = doc("deploy/istio/peerauthentication-stsgate.yaml");
+    let grpc_port = cfg.listen.grpc.port().to_string();
+    assert_eq!(pa["spec"]["mtls"]["mode"], "STRICT");
+    assert!(pa["spec"]["portLevelMtls"].get(&grpc_port).is_none(), "the gRPC port keeps STRICT mTLS");
+
+    // Each caller asks for audiences that routes mint, and every routes
+    // audience has a caller; only sidecars (whose routes let the peer act)
+    // are believed about source.principal.
+    assert!(!ext.callers.is_empty(), "a callers table");
+    for caller in &ext.callers {
+        let id = caller.identity.as_str();
+        assert!(id.starts_with("spiffe://cluster.local/ns/"), "a SPIFFE ID of the mesh: {id}");
+        for aud in &caller.audiences {
+            let routes: Vec<_> = ext.routes.iter().filter(|r| r.audience == aud.as_str()).collect();
+            assert!(!routes.is_empty(), "caller {id} may ask for {aud}, which no route mints");
+            for r in routes {
+                assert_eq!(
+                    caller.source_principal,
+                    r.actor == Some(ActorMode::Peer),
+                    "caller {id}: source_principal vs route {} → {} (actor {:?})",
+                    r.host.as_ref().map(|h| h.as_str()).unwrap_or("*"),
+                    r.audience,
+                    r.actor
+                );
+            }
+        }
+    }
+    for r in &ext.routes {
+        assert!(
+            ext.callers.iter().any(|c| c.audiences.iter().any(|a| a.as_str() == r.audience)),
+            "route audience {} may be asked for by no caller",
+            r.audience
+        );
+    }
+
+    // The mesh lets exactly the listed callers reach the gRPC port.
+    let allow = doc("deploy/istio/authorizationpolicy-stsgate-callers.yaml");
+    assert_eq!(allow["spec"]["action"], "ALLOW");
+    assert_eq!(allow["spec"]["selector"], pa["spec"]["selector"]);
+    let rules = allow["spec"]["rules"].as_array().unwrap();
+    let grpc_rule = rules
+        .iter()
+        .find(|r| r["to"][0]["operation"]["ports"] == serde_json::json!([grpc_port]))
+        .expect("an ALLOW rule for the gRPC port");
+    let principals: BTreeSet<String> = grpc_rule["from"][0]["source"]["principals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("spiffe://{}", s(p)))
+        .collect();
+    let callers: BTreeSet<String> = ext.callers.iter().map(|c| c.identity.as_str().to_owned()).collect();
+    assert_eq!(principals, callers, "authorizationpolicy-stsgate-callers.yaml vs ext_authz.callers");
+    let http_port = cfg.listen.http.port().to_string();
+    assert!(
+        rules.iter().any(|r| r["to"][0]["operation"]["ports"] == serde_json::json!([http_port]) && r["from"].is_null()),
+        "the HTTP port stays open (istiod fetches the JWKS without mTLS)"
+    );
+
+    // The re-exchange chain: every workload of a `self` rule's actors is in
+    // `workloads`, so the token it received can be presented.
+    let rules: Vec<_> = cfg.rules.iter().filter(|r| r.when.issuers.iter().any(|i| i == "self")).collect();
+    assert!(!rules.is_empty(), "a re-exchange rule");
+    for rule in rules {
+        let actor = rule.when.actor.as_ref().unwrap_or_else(|| panic!("rule {} names its actors", rule.name));
+        for spiffe in &actor.spiffe {
+            assert!(
+                cfg.workloads.iter().any(|w| w.spiffe.iter().any(|g| g.as_str() == spiffe.as_str())),
+                "rule {}: actor {spiffe} is no workload, so it can present no token",
+                rule.name
+            );
+        }
+    }
 }
 
 #[test]

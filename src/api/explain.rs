@@ -53,6 +53,7 @@ pub(crate) async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value,
         audience: &q.audience,
         requested_scopes: scopes.as_deref(),
         requested_subject: q.requested_subject.as_deref(),
+        workloads: &cfg.workloads,
     };
     let trace: Vec<Value> = rules::verdicts(&cfg.rules, &input)
         .into_iter()

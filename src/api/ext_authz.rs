@@ -10,9 +10,11 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use prost_types::{Struct, Value as PbValue, value::Kind};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::{Level, debug};
 
+use crate::api::callers::{self, ConnInfo};
 use crate::api::refusal::{Class, Condition, Door, Refusal};
 use crate::config::{ActorMode, ExtAuthz, MetadataField};
 use crate::engine::{Engine, ExchangeRequest, Exchanged};
@@ -60,21 +62,28 @@ impl AuthzService {
         AuthzService { engine, metrics }
     }
 
-    /// The whole decision for one CheckRequest.
+    /// The whole decision for one CheckRequest, made in process: no
+    /// connection, so no Check caller is identified (see `api::callers`).
     pub async fn decide(&self, req: CheckRequest) -> CheckResponse {
+        self.decide_from(None, &MetadataMap::new(), req).await
+    }
+
+    /// The whole decision for one CheckRequest that came on `conn` with
+    /// these gRPC `metadata`.
+    async fn decide_from(&self, conn: Option<&ConnInfo>, metadata: &MetadataMap, req: CheckRequest) -> CheckResponse {
         let started = Instant::now();
-        let resp = self.decide_inner(req).await;
+        let resp = self.decide_inner(conn, metadata, req).await;
         self.metrics.observe("ext_authz", started.elapsed());
         resp
     }
 
-    async fn decide_inner(&self, req: CheckRequest) -> CheckResponse {
+    async fn decide_inner(&self, conn: Option<&ConnInfo>, metadata: &MetadataMap, req: CheckRequest) -> CheckResponse {
         // One lock-free load per Check: the whole request is decided by the
         // engine it started with, even if a reload swaps another in meanwhile.
         let current = self.engine.load();
         let engine: &Engine = &current;
         let attrs = req.attributes.unwrap_or_default();
-        match self.exchange(engine, &attrs).await {
+        match self.exchange(engine, conn, metadata, &attrs).await {
             Ok(resp) => resp,
             Err(refusal) => {
                 refusal.record(&self.metrics, Door::Check);
@@ -83,8 +92,17 @@ impl AuthzService {
         }
     }
 
-    async fn exchange(&self, engine: &Engine, attrs: &AttributeContext) -> Result<CheckResponse, Refusal> {
+    async fn exchange(
+        &self,
+        engine: &Engine,
+        conn: Option<&ConnInfo>,
+        metadata: &MetadataMap,
+        attrs: &AttributeContext,
+    ) -> Result<CheckResponse, Refusal> {
         let ea = &engine.cfg.ext_authz;
+        // Who asks, before anything it says is read.
+        let caller = callers::admit(ea, engine.cfg.listen.grpc_tls.is_some(), conn, metadata)
+            .map_err(|refused| Refusal::caller(&refused))?;
         let http = attrs.request.as_ref().and_then(|r| r.http.as_ref());
         let token = extract_token(http, ea).map_err(NoToken::refusal)?;
         let route = match target(attrs, ea) {
@@ -94,11 +112,13 @@ impl AuthzService {
             // (and turn a refused delegation into an exchange).
             Err(bad) => return Err(bad.refusal()),
         };
+        caller.may_ask_for(&route.audience).map_err(|refused| Refusal::caller(&refused))?;
         let scopes = route.scope.as_deref().map(split_scopes);
 
-        // The actor: the mTLS peer and/or a validated actor token, never a
-        // plain header a caller could write.
-        let (peer, actor_token) = actor_sources(attrs, http, ea, route.actor)?;
+        // The actor: the mTLS peer (as a caller that is believed reports
+        // it) and/or a validated actor token, never a plain header a caller
+        // could write.
+        let (peer, actor_token) = actor_sources(attrs, http, ea, route.actor, caller.believes_source_principal())?;
         let actor = engine
             .resolve_actor(peer, actor_token.as_deref())
             .await
@@ -118,7 +138,7 @@ impl AuthzService {
         match engine.exchange(&request).await {
             Ok(done) => {
                 self.metrics.allow();
-                debug!(rule = done.rule(), outcome = done.outcome().as_str(), "exchanged");
+                debug!(rule = done.rule(), outcome = done.outcome().as_str(), caller = caller.identity(), "exchanged");
                 Ok(ok_response(engine, http, &done, request.actor.as_ref()))
             }
             Err(e) => Err(Refusal::from_exchange(&e, Door::Check).by(request.actor.as_ref())),
@@ -127,15 +147,17 @@ impl AuthzService {
 }
 
 /// The actor sources the route consults, as the request carries them: the
-/// mTLS peer identity Envoy reports, and the token in the actor-token header.
+/// mTLS peer identity Envoy reports (when the Check caller is `believed`
+/// about it), and the token in the actor-token header.
 fn actor_sources<'a>(
     attrs: &'a AttributeContext,
     http: Option<&'a AttributeContext_HttpRequest>,
     ea: &ExtAuthz,
     route_mode: Option<ActorMode>,
+    believed: bool,
 ) -> Result<(Option<&'a str>, Option<Cow<'a, str>>), Refusal> {
     let mode = route_mode.unwrap_or(ea.actor.mode);
-    let use_peer = ea.actor.peer && matches!(mode, ActorMode::Peer | ActorMode::Any);
+    let use_peer = believed && ea.actor.peer && matches!(mode, ActorMode::Peer | ActorMode::Any);
     let use_token = !ea.actor.token_header.is_empty() && matches!(mode, ActorMode::Token | ActorMode::Any);
     let peer = use_peer
         .then(|| attrs.source.as_ref().map(|s| s.principal.as_str()).unwrap_or(""))
@@ -167,7 +189,9 @@ fn requested_subject(http: Option<&AttributeContext_HttpRequest>, ea: &ExtAuthz)
 #[tonic::async_trait]
 impl Authorization for AuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(self.decide(request.into_inner()).await))
+        // The listener's `ConnInfo` of this request's connection.
+        let (metadata, extensions, req) = request.into_parts();
+        Ok(Response::new(self.decide_from(extensions.get::<ConnInfo>(), &metadata, req).await))
     }
 }
 

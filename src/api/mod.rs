@@ -1,8 +1,9 @@
 //! The front doors: the ext_authz Check, the RFC 8693 token endpoint, the
 //! HTTP router (JWKS, metadata, probes, metrics), readiness, `explain` and the
 //! development IdP. Each renders the engine's answers in its own wire format;
-//! refusals are mapped once, in `refusal`.
+//! refusals are mapped once, in `refusal`; `callers` says who may call Check.
 
+pub mod callers;
 pub(crate) mod codec;
 pub(crate) mod dev_idp;
 pub(crate) mod explain;

@@ -14,6 +14,7 @@ use std::borrow::Cow;
 
 use tracing::{Level, debug, error, info, warn};
 
+use crate::api::callers::CallerRefused;
 use crate::engine::ExchangeError;
 use crate::metrics::Metrics;
 use crate::rules::Denied;
@@ -74,7 +75,8 @@ pub(crate) enum Condition {
     Target,
     /// None of the requested scopes can be granted.
     Scope,
-    /// A policy refusal: `may_act`, chain depth, conflicting actors, ...
+    /// A policy refusal: `may_act`, chain depth, conflicting actors, a
+    /// Check caller that is not authenticated or not allowed, ...
     Denied,
     /// Nothing can be issued now; try again.
     Unavailable,
@@ -215,6 +217,14 @@ impl Refusal {
             .logged(Level::DEBUG, format!("exchange refused: {d}"))
     }
 
+    /// A Check caller refused by `ext_authz.callers`: not identified, not
+    /// listed, or asking for an audience its entry does not list. Not the
+    /// downstream's doing but the calling Envoy's (or an impostor's), so it
+    /// is logged as a warning.
+    pub(crate) fn caller(c: &CallerRefused) -> Refusal {
+        Refusal::new(Class::Forbidden, Condition::Denied, c.label(), c.to_string()).logged(Level::WARN, c.log_line())
+    }
+
     /// Counts the refusal and logs it: the one place either happens.
     pub(crate) fn record(&self, metrics: &Metrics, door: Door) {
         match self.class {
@@ -265,5 +275,11 @@ mod tests {
         assert_eq!(code(Denied::NoScope { rule: "r".into() }), "invalid_scope");
         assert_eq!(code(Denied::MayAct), "access_denied");
         assert_eq!(Condition::NoCredential.code(Door::Check), None);
+        // Presenter binding is policy: 403 access_denied, described, labelled.
+        let d = Denied::PresenterMismatch { issued_to: vec!["orders".into()], actor: Some("spiffe://x/billing".into()) };
+        let r = Refusal::denied(&d);
+        assert_eq!((r.class, r.condition, r.label), (Class::Forbidden, Condition::Denied, "presenter_mismatch"));
+        assert_eq!(r.condition.code(Door::Check), Some("access_denied"));
+        assert_eq!(r.description, "the token was issued to \"orders\"; actor \"spiffe://x/billing\" is not a workload of it");
     }
 }

@@ -1,8 +1,11 @@
 //! `ext_authz`: how an Envoy Check maps to an exchange, and what goes back.
 
-use serde::Deserialize;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Deserializer};
 
 use super::checks::{Issues, check_header_name};
+use super::listen::Listen;
 use crate::glob::Glob;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -41,6 +44,15 @@ pub struct ExtAuthz {
     /// ~15% of throughput), so list only what is read; `[]` sends none.
     /// Denials always carry `decision`, `reason` and, when known, `actor`.
     pub dynamic_metadata: Vec<MetadataField>,
+    /// How the Check caller (an Envoy) is identified; `None` (unset) means
+    /// `mtls` with `listen.grpc_tls`, else `none` (see `caller_identity()`).
+    pub caller_identity: Option<CallerIdentity>,
+    /// `xfcc` only: the TCP peers (stsgate's own sidecar) whose
+    /// `x-forwarded-client-cert` is believed.
+    pub xfcc_trusted_peers: Vec<PeerNet>,
+    /// Who may call Check, first match wins; empty: every caller may, for
+    /// any audience (development only).
+    pub callers: Vec<CheckCaller>,
 }
 
 impl Default for ExtAuthz {
@@ -59,6 +71,9 @@ impl Default for ExtAuthz {
             actor: ActorSource::default(),
             requested_subject_header: String::new(),
             dynamic_metadata: vec![MetadataField::Sub, MetadataField::Aud, MetadataField::Actor],
+            caller_identity: None,
+            xfcc_trusted_peers: Vec::new(),
+            callers: Vec::new(),
         }
     }
 }
@@ -112,6 +127,124 @@ impl ExtAuthz {
     pub(super) fn is_token_header(&self, name: &str) -> bool {
         name == self.subject_header || name == self.output_header
     }
+
+    /// How Check callers are identified: as configured, else `mtls` when the
+    /// gRPC listener has TLS (`tls`), else `none`.
+    pub(crate) fn caller_identity(&self, tls: bool) -> CallerIdentity {
+        self.caller_identity.unwrap_or(if tls { CallerIdentity::Mtls } else { CallerIdentity::None })
+    }
+
+    /// The Check caller settings against `listen` (whether the gRPC listener
+    /// has TLS): modes that contradict each other are refused.
+    pub(super) fn check_callers(&self, listen: &Listen, issues: &mut Issues) {
+        let tls = listen.grpc_tls.is_some();
+        let mode = self.caller_identity(tls);
+        match mode {
+            CallerIdentity::Mtls if !tls => issues.add(
+                "ext_authz.caller_identity",
+                "mtls needs listen.grpc_tls: the caller's identity is its client certificate",
+            ),
+            CallerIdentity::Xfcc if tls => issues.add(
+                "ext_authz.caller_identity",
+                "xfcc takes the caller from stsgate's own sidecar, which connects in plaintext; with \
+                 listen.grpc_tls the caller's client certificate names it (mtls): choose one",
+            ),
+            CallerIdentity::Xfcc if self.xfcc_trusted_peers.is_empty() => issues.add(
+                "ext_authz.xfcc_trusted_peers",
+                "caller_identity xfcc needs the addresses of stsgate's own sidecar (e.g. 127.0.0.6/32 under Istio)",
+            ),
+            _ => {}
+        }
+        if mode != CallerIdentity::Xfcc && !self.xfcc_trusted_peers.is_empty() {
+            issues.add("ext_authz.xfcc_trusted_peers", "is only used with caller_identity: xfcc");
+        }
+        if mode == CallerIdentity::None && !self.callers.is_empty() {
+            issues.add(
+                "ext_authz.callers",
+                "needs authenticated callers (caller_identity mtls or xfcc): with none, no caller has an identity",
+            );
+        }
+        for (i, caller) in self.callers.iter().enumerate() {
+            if caller.audiences.is_empty() {
+                issues.add(format!("ext_authz.callers[{i}].audiences"), "must name at least one audience (\"*\" for any)");
+            }
+        }
+    }
+}
+
+/// How the Check caller is identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerIdentity {
+    /// Not at all: whoever reaches the gRPC listener is believed (development).
+    None,
+    /// The URI SAN of the client certificate on the gRPC listener (`listen.grpc_tls`).
+    Mtls,
+    /// The `URI` of the `x-forwarded-client-cert` stsgate's own sidecar
+    /// sets, from a peer in `xfcc_trusted_peers` only.
+    Xfcc,
+}
+
+impl CallerIdentity {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CallerIdentity::None => "none",
+            CallerIdentity::Mtls => "mtls",
+            CallerIdentity::Xfcc => "xfcc",
+        }
+    }
+}
+
+/// An address range, `127.0.0.6/32` or `::1/128`; a bare address is itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerNet(ipnet::IpNet);
+
+impl PeerNet {
+    /// Whether `ip` (an IPv4-mapped IPv6 address as its IPv4) is in the range.
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl std::str::FromStr for PeerNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PeerNet, String> {
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(PeerNet)
+            .map_err(|_| format!("{s:?} is not an address or a CIDR range like 127.0.0.6/32"))
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerNet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for PeerNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `ext_authz.callers[]`: one Check caller and what it may ask for.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckCaller {
+    /// The caller's identity (its certificate's URI SAN, or the XFCC `URI`).
+    pub identity: Glob,
+    /// The audiences it may ask tokens for.
+    pub audiences: Vec<Glob>,
+    /// Whether the `source.principal` it reports is the actor (it is the
+    /// Envoy that terminated the downstream's mTLS); otherwise ignored.
+    #[serde(default = "yes")]
+    pub source_principal: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A field of the dynamic metadata on allowed requests.
@@ -251,7 +384,8 @@ mod tests {
                        realm: stsgate\n  client_id: stsgate-ext-authz\n  default_audience: null\n  \
                        default_scope: null\n  routes: []\n  actor:\n    mode: any\n    peer: true\n    \
                        token_header: \"\"\n    token_scheme: \"\"\n  requested_subject_header: \"\"\n  \
-                       dynamic_metadata: [sub, aud, actor]\n";
+                       dynamic_metadata: [sub, aud, actor]\n  caller_identity: null\n  xfcc_trusted_peers: []\n  \
+                       callers: []\n";
         let cfg = Config::from_yaml_str(&format!("{spelled}{MINIMAL}")).unwrap();
         assert_eq!(cfg.ext_authz, ExtAuthz::default());
         let cfg = Config::from_yaml_str(&format!("ext_authz: {{ actor: {{}} }}\n{MINIMAL}")).unwrap();
@@ -292,5 +426,66 @@ mod tests {
                 "ext_authz.actor.mode: mode peer needs `peer: true`",
             ]
         );
+    }
+
+    /// The issues of a configuration with this `listen` and `ext_authz` text.
+    fn caller_issues(listen: &str, ext_authz: &str) -> Vec<String> {
+        let text = format!("listen:\n{listen}ext_authz:\n{ext_authz}{MINIMAL}");
+        let issues = Config::from_yaml_str(&text).unwrap().check().err().unwrap_or_default();
+        issues.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn check_callers_need_a_consistent_identity_mode() {
+        let tls = "  grpc_tls: { cert: /tls/tls.crt, key: /tls/tls.key, client_ca: /tls/ca.crt }\n";
+        let web = "  callers: [{ identity: \"spiffe://cluster.local/ns/shop/sa/web\", audiences: [orders] }]\n";
+        // The default follows the listener: mtls with TLS, none without.
+        let cfg = Config::from_yaml_validated(&format!("listen:\n{tls}ext_authz:\n{web}{MINIMAL}")).unwrap();
+        assert_eq!(cfg.ext_authz.caller_identity(true), CallerIdentity::Mtls);
+        let caller = &cfg.ext_authz.callers[0];
+        assert_eq!((caller.identity.as_str(), caller.source_principal), ("spiffe://cluster.local/ns/shop/sa/web", true));
+        assert_eq!(ExtAuthz::default().caller_identity(false), CallerIdentity::None);
+        let xfcc = "  caller_identity: xfcc\n  xfcc_trusted_peers: [127.0.0.6/32, \"::1\"]\n";
+        assert_eq!(caller_issues("  {}\n", &format!("{xfcc}{web}")), Vec::<String>::new());
+
+        for (listen, ext_authz, want) in [
+            ("  {}\n", "  caller_identity: mtls\n".to_owned(), "ext_authz.caller_identity: mtls needs listen.grpc_tls"),
+            ("  {}\n", "  caller_identity: xfcc\n".to_owned(), "ext_authz.xfcc_trusted_peers: caller_identity xfcc needs"),
+            (tls, xfcc.to_owned(), "ext_authz.caller_identity: xfcc takes the caller from stsgate's own sidecar"),
+            ("  {}\n", web.to_owned(), "ext_authz.callers: needs authenticated callers"),
+            (tls, format!("  caller_identity: none\n{web}"), "ext_authz.callers: needs authenticated callers"),
+            (tls, "  xfcc_trusted_peers: [127.0.0.6]\n".to_owned(), "ext_authz.xfcc_trusted_peers: is only used with"),
+            (tls, "  callers: [{ identity: \"*\", audiences: [] }]\n".to_owned(), "ext_authz.callers[0].audiences: must name"),
+        ] {
+            let issues = caller_issues(listen, &ext_authz);
+            assert_eq!(issues.len(), 1, "{ext_authz}: {issues:?}");
+            assert!(issues[0].starts_with(want), "{ext_authz}: {issues:?}");
+        }
+        // Bad ranges and patterns are parse errors that name the key.
+        for (ext_authz, path) in [
+            ("  xfcc_trusted_peers: [127.0.0.6/33]\n", "ext_authz.xfcc_trusted_peers[0]"),
+            ("  xfcc_trusted_peers: [sidecar]\n", "ext_authz.xfcc_trusted_peers[0]"),
+            ("  callers: [{ identity: \"\", audiences: [a] }]\n", "ext_authz.callers[0].identity"),
+            ("  callers: [{ identity: a, audiences: [\"\"] }]\n", "ext_authz.callers[0].audiences[0]"),
+            ("  callers: [{ identity: a }]\n", "ext_authz.callers[0]"),
+            ("  callers: [{ identity: a, audiences: [b], source_principals: true }]\n", "ext_authz.callers[0]"),
+            ("  caller_identity: spiffe\n", "ext_authz.caller_identity"),
+        ] {
+            let err = Config::from_yaml_str(&format!("ext_authz:\n{ext_authz}{MINIMAL}")).unwrap_err();
+            assert!(err.to_string().contains(&format!("`{path}")), "{ext_authz}: {err}");
+        }
+    }
+
+    #[test]
+    fn trusted_peers_match_addresses_and_ranges() {
+        let net = |s: &str| s.parse::<PeerNet>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(net("127.0.0.6/32").contains(ip("127.0.0.6")));
+        assert!(!net("127.0.0.6/32").contains(ip("127.0.0.1")));
+        assert!(net("127.0.0.6").contains(ip("::ffff:127.0.0.6")), "IPv4-mapped IPv6 is the IPv4 address");
+        assert!(net("10.0.0.0/8").contains(ip("10.1.2.3")));
+        assert!(net("::1").contains(ip("::1")));
+        assert!(!net("::1").contains(ip("127.0.0.1")));
+        assert!("127.0.0.1/40".parse::<PeerNet>().is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! `listen`: where the listeners bind, and the limits on their connections.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -35,6 +36,51 @@ pub struct Listen {
     pub http2_keepalive_interval: Dur,
     /// ...and close it when the ping is not answered within this.
     pub http2_keepalive_timeout: Dur,
+    /// Mutual TLS on the gRPC listener: the Check caller proves who it is
+    /// with a client certificate. None: plaintext.
+    pub grpc_tls: Option<GrpcTls>,
+}
+
+/// `listen.grpc_tls`: the gRPC listener's certificate and the CA its
+/// clients' certificates must chain to. The paths are bound at start-up; the
+/// files' contents are re-read when they change.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTls {
+    /// The server certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// The CA certificates (PEM) client certificates must chain to; a client
+    /// without a certificate is refused in the handshake.
+    pub client_ca: PathBuf,
+    /// How often the three files are read again; new content (a Kubernetes
+    /// Secret update) is served to new connections.
+    #[serde(default = "GrpcTls::default_reload_interval")]
+    pub reload_interval: Dur,
+}
+
+impl GrpcTls {
+    fn default_reload_interval() -> Dur {
+        Dur::secs(30)
+    }
+
+    /// The three files, with their keys under `listen.grpc_tls`.
+    pub(crate) fn files(&self) -> [(&'static str, &Path); 3] {
+        [("cert", &self.cert), ("key", &self.key), ("client_ca", &self.client_ca)]
+    }
+
+    fn check(&self, issues: &mut Issues) {
+        for (key, path) in self.files() {
+            if path.as_os_str().is_empty() {
+                issues.add(format!("listen.grpc_tls.{key}"), "must not be empty");
+            }
+        }
+        let d = self.reload_interval.0;
+        if d < Duration::from_secs(1) || d > Duration::from_secs(86_400) {
+            issues.add("listen.grpc_tls.reload_interval", "must be between 1s and 1day");
+        }
+    }
 }
 
 impl Default for Listen {
@@ -55,6 +101,7 @@ impl Default for Listen {
             idle_timeout: Dur::secs(60),
             http2_keepalive_interval: Dur::secs(30),
             http2_keepalive_timeout: Dur::secs(10),
+            grpc_tls: None,
         }
     }
 }
@@ -95,6 +142,9 @@ impl Listen {
             if d.0 < secs(1) || d.0 > max {
                 issues.add(format!("listen.{key}"), format!("must be between 1s and {}", Dur(max)));
             }
+        }
+        if let Some(tls) = &self.grpc_tls {
+            tls.check(issues);
         }
     }
 }
@@ -158,5 +208,25 @@ mod tests {
         assert!(err.to_string().contains("listen.http_max_connections"), "{err}");
         let err = Config::from_yaml_str(&format!("listen:\n  idle_timeout: forever\n{MINIMAL}")).unwrap_err();
         assert!(err.to_string().contains("listen.idle_timeout"), "{err}");
+    }
+
+    #[test]
+    fn grpc_tls_names_three_files_and_is_checked() {
+        let text = "listen:\n  grpc_tls:\n    cert: /tls/tls.crt\n    key: /tls/tls.key\n    client_ca: /tls/ca.crt\n";
+        let cfg = Config::from_yaml_validated(&format!("{text}{MINIMAL}")).unwrap();
+        let tls = cfg.listen.grpc_tls.expect("grpc_tls");
+        assert_eq!(tls.reload_interval, Dur::secs(30));
+        assert_eq!(tls.files().map(|(k, p)| format!("{k}={}", p.display())), ["cert=/tls/tls.crt", "key=/tls/tls.key", "client_ca=/tls/ca.crt"]);
+
+        // mTLS: without client_ca it is not.
+        let err = Config::from_yaml_str(&format!("listen:\n  grpc_tls: {{ cert: a, key: b }}\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().contains("`listen.grpc_tls`") && err.to_string().contains("client_ca"), "{err}");
+        let text = format!("listen:\n  grpc_tls: {{ cert: \"\", key: b, client_ca: c, reload_interval: 500ms }}\n{MINIMAL}");
+        let issues = Config::from_yaml_str(&text).unwrap().check().unwrap_err();
+        let issues: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            issues,
+            ["listen.grpc_tls.cert: must not be empty", "listen.grpc_tls.reload_interval: must be between 1s and 1day"]
+        );
     }
 }

@@ -22,20 +22,22 @@ mod token_endpoint;
 mod tokens;
 mod trusted_issuers;
 mod values;
+mod workloads;
 
 #[cfg(test)]
 mod tests;
 
 pub use cache::CacheConfig;
 pub use dev_idp::DevIdp;
-pub use ext_authz::{ActorMode, ActorSource, ExtAuthz, MetadataField, Route};
-pub use listen::Listen;
-pub use rules::{ActorMatch, DelegationShape, DownstreamToken, Grant, Outcome, Rule, RuleMatch};
+pub use ext_authz::{ActorMode, ActorSource, CallerIdentity, CheckCaller, ExtAuthz, MetadataField, PeerNet, Route};
+pub use listen::{GrpcTls, Listen};
+pub use rules::{ActorMatch, DelegationShape, DownstreamToken, Grant, Outcome, Presenter, Rule, RuleMatch, SELF_ISSUER};
 pub use signing::{Signing, SigningKey};
 pub use token_endpoint::TokenEndpoint;
 pub use tokens::Tokens;
 pub use trusted_issuers::{KeySource, TrustedIssuer};
 pub use values::{Dur, SignAlg, VerifyAlg};
+pub use workloads::Workload;
 
 use checks::{Issues, check_url};
 
@@ -68,6 +70,11 @@ pub struct Config {
     /// Exchange rules, evaluated in order; no match means deny.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Which actors are the party a token was issued to, by audience: who
+    /// may re-exchange stsgate's own tokens (and IdP tokens under
+    /// `match.presenter: audience`).
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
     /// Caches of minted and validated tokens.
     #[serde(default)]
     pub cache: CacheConfig,
@@ -181,6 +188,11 @@ impl Config {
                 fix(f);
             }
         }
+        if let Some(tls) = self.listen.grpc_tls.as_mut() {
+            for f in [&mut tls.cert, &mut tls.key, &mut tls.client_ca] {
+                fix(f);
+            }
+        }
     }
 
     /// The `kid` of the key that signs new tokens.
@@ -201,7 +213,9 @@ impl Config {
         self.cache.check(&mut issues);
         trusted_issuers::check(&self.trusted_issuers, &self.issuer, &mut issues);
         self.ext_authz.check(&mut issues);
-        rules::check(&self.rules, &self.trusted_issuers, &self.ext_authz, &mut issues);
+        self.ext_authz.check_callers(&self.listen, &mut issues);
+        workloads::check(&self.workloads, &mut issues);
+        rules::check(&self.rules, &self.trusted_issuers, &self.issuer, &self.workloads, &self.ext_authz, &mut issues);
         if let Some(dev) = &self.dev_idp {
             dev.check(&mut issues);
         }

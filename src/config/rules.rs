@@ -9,7 +9,12 @@ use super::checks::{Issues, check_header_name};
 use super::ext_authz::ExtAuthz;
 use super::trusted_issuers::TrustedIssuer;
 use super::values::Dur;
+use super::workloads::Workload;
 use crate::glob::Glob;
+
+/// The `match.issuers` entry that names stsgate's own tokens (re-exchange
+/// along a delegation chain). A rule without `issuers` never matches them.
+pub const SELF_ISSUER: &str = "self";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,7 +30,9 @@ pub struct Rule {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuleMatch {
-    /// Trusted issuers (exact `iss`) this rule applies to; empty = any.
+    /// Trusted issuers (exact `iss`) this rule applies to; empty = any
+    /// trusted issuer. `self` = stsgate's own tokens, which no rule without
+    /// it matches.
     pub issuers: Vec<String>,
     /// Target audiences (globs) this rule applies to; empty = any.
     pub audiences: Vec<Glob>,
@@ -37,6 +44,29 @@ pub struct RuleMatch {
     /// actor; delegation: any actor; impersonation: any actor or none), an
     /// actor token always only from the subject token's issuer.
     pub actor: Option<ActorMatch>,
+    /// Who may present the subject token. `audience`: only a workload
+    /// (`workloads`) of one of its `aud` values or its `azp`; anyone else is
+    /// refused (not a match condition: the rule decides, and refuses). Own
+    /// tokens are always bound this way.
+    pub presenter: Presenter,
+}
+
+impl RuleMatch {
+    /// Whether the rule matches stsgate's own tokens (lists `self`).
+    pub(crate) fn admits_own(&self) -> bool {
+        self.issuers.iter().any(|i| i == SELF_ISSUER)
+    }
+}
+
+/// Presenter binding of a rule (`match.presenter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Presenter {
+    /// Whoever the other conditions admit.
+    #[default]
+    Any,
+    /// Only a workload of the subject token's audience (`aud`, or `azp`).
+    Audience,
 }
 
 /// Conditions on the actor; the listed kinds are alternatives (one-of).
@@ -177,16 +207,30 @@ const RESERVED_CLAIMS: &[&str] = &[
 struct Context<'a> {
     /// The `iss` of every trusted issuer.
     trusted: HashSet<&'a str>,
+    /// stsgate's own `issuer`, which rules name as `self`.
+    own_issuer: &'a str,
+    /// Whether a `workloads` table says who may present which token.
+    has_workloads: bool,
     /// Every rule's `audit_claim`: it names the real actor, so no rule may copy or add it.
     audit_claims: HashSet<&'a str>,
     ext_authz: &'a ExtAuthz,
 }
 
-/// The `rules` list, given the trusted issuers its rules name and the
-/// ext_authz headers its grants must not reuse.
-pub(super) fn check(rules: &[Rule], trusted: &[TrustedIssuer], ext_authz: &ExtAuthz, issues: &mut Issues) {
+/// The `rules` list, given the trusted issuers its rules name, stsgate's own
+/// issuer (`self`), the workloads presenter binding reads and the ext_authz
+/// headers its grants must not reuse.
+pub(super) fn check(
+    rules: &[Rule],
+    trusted: &[TrustedIssuer],
+    own_issuer: &str,
+    workloads: &[Workload],
+    ext_authz: &ExtAuthz,
+    issues: &mut Issues,
+) {
     let ctx = Context {
         trusted: trusted.iter().map(|i| i.issuer.as_str()).collect(),
+        own_issuer,
+        has_workloads: !workloads.is_empty(),
         audit_claims: rules.iter().filter_map(|r| r.grant.audit_claim.as_deref()).collect(),
         ext_authz,
     };
@@ -207,15 +251,44 @@ pub(super) fn check(rules: &[Rule], trusted: &[TrustedIssuer], ext_authz: &ExtAu
 
 impl Rule {
     fn check(&self, at: &str, ctx: &Context<'_>, issues: &mut Issues) {
+        let g = &self.grant;
         for (j, iss) in self.when.issuers.iter().enumerate() {
-            if !ctx.trusted.contains(iss.as_str()) {
+            let at = format!("{at}.match.issuers[{j}]");
+            if iss == SELF_ISSUER {
+                if !ctx.has_workloads {
+                    issues.add(
+                        at,
+                        "`self` accepts stsgate's own tokens, which only a workload of their audience may present: \
+                         add a `workloads` table naming them",
+                    );
+                }
+            } else if iss == ctx.own_issuer {
+                issues.add(at, format!("{iss:?} is stsgate's own issuer: write `self` to accept stsgate's own tokens"));
+            } else if !ctx.trusted.contains(iss.as_str()) {
+                issues.add(at, format!("{iss:?} is not one of trusted_issuers, so this rule can never match it"));
+            }
+        }
+        if self.when.presenter == Presenter::Audience && !ctx.has_workloads {
+            issues.add(
+                format!("{at}.match.presenter"),
+                "`audience` admits only a workload of the token's audience: add a `workloads` table naming them",
+            );
+        }
+        // A bound token needs an actor to present it, and an exchange has none.
+        if g.outcome == Outcome::Exchange {
+            if self.when.admits_own() {
                 issues.add(
-                    format!("{at}.match.issuers[{j}]"),
-                    format!("{iss:?} is not one of trusted_issuers, so this rule can never match it"),
+                    format!("{at}.grant.outcome"),
+                    "an exchange involves no actor, but stsgate's own tokens are re-exchanged only by a workload of \
+                     their audience: use outcome delegation (IdP tokens in a rule of their own)",
+                );
+            } else if self.when.presenter == Presenter::Audience {
+                issues.add(
+                    format!("{at}.match.presenter"),
+                    "an exchange involves no actor, so no workload can present the token: use outcome delegation",
                 );
             }
         }
-        let g = &self.grant;
         if g.scopes.is_empty() && !g.allow_empty_scope {
             issues.add(
                 format!("{at}.grant"),
@@ -448,6 +521,36 @@ mod tests {
         // Without `none`, or without other subjects to become, the rule is valid.
         assert!(rule_issues(&rule("{ sub: [support-console] }", "[\"user-*\"]")).is_empty());
         assert!(rule_issues(&rule("{ sub: [support-console], none: true }", "[]")).is_empty());
+    }
+
+    #[test]
+    fn self_and_presenter_need_workloads_and_an_actor() {
+        const WORKLOADS: &str = "workloads:\n  - { audience: web, spiffe: [\"spiffe://cluster.local/ns/shop/sa/web\"] }\n";
+        let rules = "  - name: re-exchange\n    match: { issuers: [self, https://idp.example.com] }\n    grant: { outcome: delegation, scopes: [\"*\"] }\n  \
+                     - name: bound\n    match: { presenter: audience }\n    grant: { outcome: delegation, scopes: [\"*\"] }\n";
+        assert!(rule_issues(&format!("{rules}{WORKLOADS}")).is_empty(), "{:?}", rule_issues(&format!("{rules}{WORKLOADS}")));
+        let paths = |issues: Vec<ConfigIssue>| issues.into_iter().map(|i| i.path).collect::<Vec<_>>();
+        // Without a workloads table, no actor could ever present such a token.
+        let issues = rule_issues(rules);
+        assert_eq!(paths(issues.clone()), ["rules[0].match.issuers[0]", "rules[1].match.presenter"]);
+        assert!(issues.iter().all(|i| i.message.contains("`workloads`")), "{issues:#?}");
+        // An exchange has no actor to present the token.
+        let issues = rule_issues(&format!(
+            "  - name: e\n    match: {{ issuers: [self] }}\n    grant: {{ scopes: [\"*\"] }}\n  \
+             - name: p\n    match: {{ presenter: audience }}\n    grant: {{ scopes: [\"*\"] }}\n{WORKLOADS}"
+        ));
+        assert_eq!(paths(issues.clone()), ["rules[0].grant.outcome", "rules[1].match.presenter"], "{issues:#?}");
+        assert!(issues[0].message.contains("use outcome delegation"), "{issues:#?}");
+        // stsgate's own issuer URL is spelled `self`.
+        let issues = rule_issues(&format!(
+            "  - name: url\n    match: {{ issuers: [https://sts.example.com] }}\n    grant: {{ outcome: delegation, scopes: [x] }}\n{WORKLOADS}"
+        ));
+        assert_eq!(paths(issues.clone()), ["rules[0].match.issuers[0]"]);
+        assert!(issues[0].message.contains("write `self`"), "{issues:#?}");
+        // An unknown presenter mode is a parse error naming the key.
+        let text = MINIMAL.replace("    grant: { scopes: [\"*\"] }", "    match: { presenter: anyone }\n    grant: { scopes: [\"*\"] }");
+        let err = Config::from_yaml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("rules[0].match.presenter") && err.contains("anyone"), "{err}");
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl TrustedIssuer {
         if self.issuer == own_issuer {
             issues.add(
                 format!("{at}.issuer"),
-                "stsgate's own issuer cannot be a trusted subject-token issuer (tokens it minted must not be re-exchanged as if from an IdP)",
+                "is stsgate's own issuer, which is not an IdP: to re-exchange the tokens stsgate minted, list `self` in a rule's match.issuers (with a `workloads` table) instead",
             );
         }
         let sources =
@@ -226,7 +226,9 @@ mod tests {
         let text = MINIMAL.replace("  - issuer: https://idp.example.com", "  - issuer: https://sts.example.com");
         let issues = Config::from_yaml_str(&text).unwrap().check().unwrap_err();
         assert!(
-            issues.iter().any(|i| i.path == "trusted_issuers[0].issuer" && i.message.contains("own issuer")),
+            issues.iter().any(|i| i.path == "trusted_issuers[0].issuer"
+                && i.message.contains("own issuer")
+                && i.message.contains("`self`")),
             "{issues:?}"
         );
     }

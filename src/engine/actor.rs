@@ -7,6 +7,7 @@
 use super::{Engine, ExchangeError};
 use crate::clock::now_unix;
 use crate::rules::{Actor, ActorKind};
+use crate::trust::validator::TokenError;
 
 /// The one actor of a request, if any, and the `exp` of the actor token
 /// when one proves it: the minted token does not outlive it.
@@ -42,9 +43,13 @@ impl Engine {
     }
 
     /// Validates an actor token like a subject token and names its actor;
-    /// also returns the token's `exp`.
+    /// also returns the token's `exp`. stsgate's own tokens are refused here:
+    /// they name the user a chain acts for, never the workload that acts.
     async fn actor_from_token(&self, token: &str) -> Result<(Actor, i64), ExchangeError> {
         let v = self.validate(token, now_unix(), self.issuers.key_epoch()).await.map_err(ExchangeError::ActorToken)?;
+        if v.is_own() {
+            return Err(ExchangeError::ActorToken(TokenError::OwnActorToken));
+        }
         let (sub, iss, client_id) = (v.sub.clone(), Some(v.issuer.clone()), v.client_id.clone());
         let actor = Actor { kind: ActorKind::Token, sub, iss, client_id };
         Ok((actor, v.exp))

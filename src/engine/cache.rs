@@ -229,6 +229,9 @@ pub(crate) fn token_key(token: &str) -> Key {
 }
 
 /// The key of a minted-token entry: everything that decided the result.
+/// Presenter binding (`workloads`) reads only what is here too: the subject
+/// token's `aud`/`azp` (in its bytes) and the actor; the workloads table, like
+/// the rules, is fixed for the life of the cache (a reload builds new caches).
 pub(crate) fn exchange_key(
     subject_token: &str,
     actor: Option<&Actor>,
@@ -314,6 +317,7 @@ mod tests {
             scopes: vec!["a".into(), "b".into()],
             client_id: claims.client_id.clone(),
             claims,
+            own_sub_id: None,
         }
     }
 

@@ -176,8 +176,11 @@ impl<'e> Exchanged<'e> {
         &self.engine.cfg.rules[self.minted.rule as usize].name
     }
 
+    /// The issuer of the subject token: a trusted issuer, or stsgate itself
+    /// for a re-exchanged token of its own.
     pub(crate) fn subject_issuer(&self) -> &'e str {
-        &self.engine.cfg.trusted_issuers[self.minted.issuer as usize].issuer
+        let cfg = &self.engine.cfg;
+        cfg.trusted_issuers.get(self.minted.issuer as usize).map_or(cfg.issuer.as_str(), |t| t.issuer.as_str())
     }
 
     /// Extra tokens for downstream audiences: (request header, token).

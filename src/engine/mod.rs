@@ -18,6 +18,7 @@ use crate::config::{Config, Outcome};
 use crate::rules::{self, Actor, Denied, RuleInput};
 use crate::signing::{KeyError, KeyRing};
 use crate::trust::issuer::{FetchError, Issuers};
+use crate::trust::own::OwnIssuer;
 use crate::trust::validator::{TokenError, Validated, Validator};
 
 /// A request to exchange a subject token for a token for `audience`.
@@ -65,7 +66,8 @@ pub struct Engine {
     validator: Validator,
     caches: Caches,
     iss_prefix: IssPrefix,
-    /// Positions of rules and trusted issuers, which cache entries refer to.
+    /// Positions of rules and trusted issuers (then stsgate's own issuer),
+    /// which cache entries refer to.
     rule_index: std::collections::HashMap<String, u16>,
     issuer_index: std::collections::HashMap<String, u16>,
 }
@@ -96,11 +98,14 @@ impl Engine {
     }
 
     fn new(cfg: Arc<Config>, issuers: Arc<Issuers>, keys: Arc<KeyRing>) -> Engine {
-        let validator = Validator::new(issuers.clone(), cfg.tokens.max_token_bytes);
+        // stsgate's own tokens are subject tokens only where a rule lists `self`.
+        let own = cfg.rules.iter().any(|r| r.when.admits_own()).then(|| OwnIssuer::new(&cfg.issuer, &keys));
+        let validator = Validator::new(issuers.clone(), cfg.tokens.max_token_bytes).with_own(own);
         let caches = Caches::new(&cfg.cache);
         let index = |names: Vec<&str>| names.into_iter().enumerate().map(|(i, n)| (n.to_owned(), i as u16)).collect();
         let rule_index = index(cfg.rules.iter().map(|r| r.name.as_str()).collect());
-        let issuer_index = index(cfg.trusted_issuers.iter().map(|i| i.issuer.as_str()).collect());
+        let trusted = cfg.trusted_issuers.iter().map(|i| i.issuer.as_str());
+        let issuer_index = index(trusted.chain([cfg.issuer.as_str()]).collect());
         let iss_prefix = IssPrefix::new(&cfg.issuer);
         Engine { cfg, issuers, keys, validator, caches, iss_prefix, rule_index, issuer_index }
     }
@@ -194,6 +199,7 @@ impl Engine {
             audience: req.audience,
             requested_scopes: req.scopes.as_deref(),
             requested_subject: req.requested_subject,
+            workloads: &self.cfg.workloads,
         };
         let decision = match rules::evaluate(&self.cfg.rules, &input) {
             Ok(d) => d,

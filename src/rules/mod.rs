@@ -10,7 +10,11 @@
 //! - the `act` chain never grows past the rule's depth limit;
 //! - an actor token is believed only from the issuers the rule admits (its
 //!   `actor.issuers`, else the subject token's own issuer);
-//! - another subject is only ever impersonated by a proven actor.
+//! - another subject is only ever impersonated by a proven actor;
+//! - one of stsgate's own tokens is re-exchanged only by the party it was
+//!   issued to (a workload of its audience, `workloads`), only under a rule
+//!   that lists `self` in `match.issuers`, and only for its own subject; a
+//!   rule with `match.presenter: audience` binds an IdP's token the same way.
 //!
 //! Decisions look only at top-level claims and the current actor; nested
 //! `act` entries are carried along, never trusted (§4.1).
@@ -19,8 +23,10 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::config::{DelegationShape, Outcome, Rule};
+use crate::config::{DelegationShape, Outcome, Presenter, Rule, SELF_ISSUER, Workload};
+use crate::glob::Glob;
 use crate::trust::validator::Validated;
+pub use crate::trust::validator::SubId;
 
 /// The party that presents the subject token and wants to act.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +107,9 @@ pub struct RuleInput<'a> {
     pub requested_scopes: Option<&'a [String]>,
     /// A different subject the actor asks to impersonate.
     pub requested_subject: Option<&'a str>,
+    /// The `workloads` table: which actors are the party a token was issued
+    /// to (presenter binding).
+    pub workloads: &'a [Workload],
 }
 
 /// A granted exchange: everything the minted token will say.
@@ -128,19 +137,6 @@ pub struct Decision {
     /// Set when the decision must be written to the audit log, which happens
     /// only once the token is minted (see `exchange::Engine::exchange`).
     pub(crate) audit: Option<String>,
-}
-
-/// An RFC 9493 subject identifier, as the `sub_id` claim of minted tokens.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "format", rename_all = "snake_case")]
-pub enum SubId {
-    /// `{"format":"iss_sub","iss":..,"sub":..}`: a subject (or actor) token's
-    /// `sub` in its issuer's namespace (§3.2.5).
-    IssSub { iss: String, sub: String },
-    /// `{"format":"uri","uri":..}`: an mTLS peer's URI identity, e.g. a SPIFFE ID (§3.2.7).
-    Uri { uri: String },
-    /// `{"format":"opaque","id":..}`: an mTLS peer identity that is not a URI (§3.2.4).
-    Opaque { id: String },
 }
 
 /// An extra token for a downstream audience, into its own header.
@@ -173,6 +169,37 @@ pub enum Denied {
     ActorConflict,
     #[error("impersonating another subject needs a rule that names this actor")]
     ImpersonationRefused,
+    /// The token may be presented only by a workload of its audience (one of
+    /// stsgate's own tokens, or a rule's `match.presenter: audience`), and
+    /// this actor is none of them, or there is no actor.
+    #[error("{}", presenter_mismatch(.issued_to, .actor.as_deref()))]
+    PresenterMismatch {
+        /// The token's `aud` values (and `azp`, for an IdP's token).
+        issued_to: Vec<String>,
+        /// The actor refused; `None` when the request has none.
+        actor: Option<String>,
+    },
+}
+
+/// The description of `Denied::PresenterMismatch`. The names are verified
+/// claims and the proven actor, quoted (escaped) and cut short.
+fn presenter_mismatch(issued_to: &[String], actor: Option<&str>) -> String {
+    const SHOWN: usize = 4;
+    let short = |s: &str| format!("{:?}", s.chars().take(128).collect::<String>());
+    let mut to: Vec<String> = issued_to.iter().take(SHOWN).map(|a| short(a)).collect();
+    if issued_to.len() > SHOWN {
+        to.push(format!("and {} more", issued_to.len() - SHOWN));
+    }
+    let of = if issued_to.len() > 1 { "any of them" } else { "it" };
+    match (to.is_empty(), actor) {
+        (true, _) => "the token names no audience, so no workload may present it".into(),
+        (false, Some(actor)) => {
+            format!("the token was issued to {}; actor {} is not a workload of {of}", to.join(", "), short(actor))
+        }
+        (false, None) => {
+            format!("the token was issued to {}; only a workload of {of} may present it, and the request has no actor", to.join(", "))
+        }
+    }
 }
 
 impl Denied {
@@ -188,12 +215,17 @@ impl Denied {
             Denied::ChainTooDeep { .. } => "chain_too_deep",
             Denied::ActorConflict => "actor_conflict",
             Denied::ImpersonationRefused => "impersonation_refused",
+            Denied::PresenterMismatch { .. } => "presenter_mismatch",
         }
     }
 }
 
 pub fn evaluate(rules: &[Rule], input: &RuleInput<'_>) -> Result<Decision, Denied> {
     check_may_act(input)?;
+    // Whatever the rules say: stsgate's own token only from its audience.
+    if input.subject.is_own() {
+        check_presenter(input)?;
+    }
     let Some(rule) = rules.iter().find(|r| why_not(r, input).is_none()) else {
         return Err(if input.requested_subject.is_some_and(|s| s != input.subject.sub) {
             Denied::ImpersonationRefused
@@ -219,8 +251,14 @@ pub(crate) fn split_scopes(scope: &str) -> Vec<String> {
 /// The first condition of `rule` that `input` fails, in words.
 fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
     let m = &rule.when;
-    if !m.issuers.is_empty() && !m.issuers.iter().any(|i| i == &input.subject.issuer) {
-        return Some("subject token issuer is not listed".into());
+    let own = input.subject.is_own();
+    if own && m.issuers.is_empty() {
+        return Some("stsgate's own tokens match only rules that list `self` in match.issuers".into());
+    }
+    // `self` names stsgate's own tokens; every other entry an IdP's exact `iss`.
+    let listed = |i: &String| if i == SELF_ISSUER { own } else { !own && i == &input.subject.issuer };
+    if !m.issuers.is_empty() && !m.issuers.iter().any(listed) {
+        return Some(if own { "`self` is not listed" } else { "subject token issuer is not listed" }.into());
     }
     if !m.audiences.is_empty() && !m.audiences.iter().any(|a| a.matches(input.audience)) {
         return Some(format!("audience {:?} is not listed", input.audience));
@@ -245,16 +283,7 @@ fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
     match (&m.actor, input.actor) {
         (Some(am), None) if !am.none => return Some("rule needs an actor and the request has none".into()),
         (Some(am), Some(actor)) => {
-            let by_peer = || am.spiffe.iter().any(|g| g.matches(&actor.sub));
-            let by_token = || {
-                am.sub.iter().any(|g| g.matches(&actor.sub))
-                    || actor.client_id.as_deref().is_some_and(|c| am.client_id.iter().any(|g| g.matches(c)))
-            };
-            let named = match actor.kind {
-                ActorKind::Peer => by_peer(),
-                ActorKind::Token => by_token(),
-                ActorKind::PeerAndToken => by_peer() || by_token(),
-            };
+            let named = names(actor, &am.spiffe, &am.sub, &am.client_id);
             // `actor: {}` (or only `none: false`) admits any actor.
             if !named && (am.names_someone() || am.none) {
                 return Some(format!("actor {:?} is not listed", actor.sub));
@@ -273,6 +302,11 @@ fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
         if outcome != Outcome::Impersonation {
             return Some("rule does not impersonate other subjects".into());
         }
+        // An own token is re-issued for its own subject only: whom it was
+        // minted for is all stsgate knows, not which subjects an IdP vouches for.
+        if own {
+            return Some("stsgate's own tokens are never re-issued for another subject".into());
+        }
         // Whatever the rule says (`none: true` is refused by check-config):
         // nobody becomes another subject without a proven actor.
         if input.actor.is_none() {
@@ -283,6 +317,44 @@ fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
         }
     }
     None
+}
+
+/// Whether `actor` is named by these globs, as rules and workloads name
+/// actors: an mTLS peer by its identity (`spiffe`), an actor token by its
+/// `sub` or `client_id`, one proven both ways by either.
+fn names(actor: &Actor, spiffe: &[Glob], sub: &[Glob], client_id: &[Glob]) -> bool {
+    let by_peer = || spiffe.iter().any(|g| g.matches(&actor.sub));
+    let by_token = || {
+        sub.iter().any(|g| g.matches(&actor.sub))
+            || actor.client_id.as_deref().is_some_and(|c| client_id.iter().any(|g| g.matches(c)))
+    };
+    match actor.kind {
+        ActorKind::Peer => by_peer(),
+        ActorKind::Token => by_token(),
+        ActorKind::PeerAndToken => by_peer() || by_token(),
+    }
+}
+
+/// Presenter binding: the token may be presented only by the party it was
+/// issued to, a workload (`workloads`) of one of its `aud` values, or of its
+/// `azp` (the client it was issued to; stsgate's own tokens have none).
+fn check_presenter(input: &RuleInput<'_>) -> Result<(), Denied> {
+    let claims = &input.subject.claims;
+    let issued_to: Vec<&str> = claims.aud.iter().map(String::as_str).chain(claims.azp.as_deref()).collect();
+    let bound = |actor: &Actor| {
+        input
+            .workloads
+            .iter()
+            .filter(|w| issued_to.contains(&w.audience.as_str()))
+            .any(|w| names(actor, &w.spiffe, &w.sub, &w.client_id))
+    };
+    match input.actor {
+        Some(actor) if bound(actor) => Ok(()),
+        actor => Err(Denied::PresenterMismatch {
+            issued_to: issued_to.into_iter().map(str::to_owned).collect(),
+            actor: actor.map(|a| a.sub.clone()),
+        }),
+    }
 }
 
 /// Whether an actor token from `iss` may act under `rule`: the issuers its
@@ -353,9 +425,20 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
     if input.actor.and_then(Actor::token_issuer).is_some_and(|iss| !actor_issuer_admitted(rule, subject, iss)) {
         return Err(Denied::NoRule { audience: input.audience.to_owned() });
     }
+    // Not a match condition: the rule decides, and refuses anyone else.
+    // (`evaluate` binds stsgate's own tokens whatever the rule says.)
+    if rule.when.presenter == Presenter::Audience || subject.is_own() {
+        check_presenter(input)?;
+    }
+    // A token minted with `delegation_shape: act_as` names its subject in
+    // `act_as`, which is never copied: re-issuing it would drop the chain.
+    if subject.is_own() && subject.claims.other.contains_key("act_as") {
+        return Err(Denied::WouldDropAct { rule: rule.name.clone() });
+    }
 
     let mut audit = None;
-    let mut sub_id = SubId::IssSub { iss: subject.issuer.clone(), sub: subject.sub.clone() };
+    // The subject's original issuer: an own token carries it along.
+    let mut sub_id = subject.sub_id();
     let (sub, act, act_as) = match g.outcome {
         Outcome::Exchange => {
             // Same subject; a delegated token stays delegated (its chain is kept as is).
@@ -395,7 +478,7 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
                 return Err(Denied::WouldDropAct { rule: rule.name.clone() });
             }
             let sub = input.requested_subject.unwrap_or(&subject.sub).to_owned();
-            if sub != subject.sub && input.actor.is_none() {
+            if sub != subject.sub && (input.actor.is_none() || subject.is_own()) {
                 return Err(Denied::ImpersonationRefused);
             }
             let actor_name = input.actor.map(|a| a.sub.as_str()).unwrap_or("(no actor)");
@@ -404,8 +487,11 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
                 "impersonation: actor {actor_name:?} (issuer {actor_iss:?}) acts as subject {sub:?} (token subject {:?}, issuer {:?}) towards {:?} by rule {:?}",
                 subject.sub, subject.issuer, input.audience, rule.name
             ));
-            // The rule lists which subjects may be impersonated under the subject token's issuer.
-            sub_id = SubId::IssSub { iss: subject.issuer.clone(), sub: sub.clone() };
+            // The rule lists which subjects may be impersonated under the
+            // subject token's issuer (an own token keeps its own subject).
+            if sub != subject.sub {
+                sub_id = SubId::IssSub { iss: subject.issuer.clone(), sub: sub.clone() };
+            }
             (sub, None, None)
         }
     };
@@ -535,13 +621,15 @@ pub(crate) fn lint(rules: &[Rule]) -> Vec<String> {
 /// Whether every request `b` matches is also matched by `a` (conservative:
 /// `false` when unsure).
 fn covers(a: &Rule, b: &Rule) -> bool {
-    use crate::glob::Glob;
     let globs_cover = |a: &[Glob], b: &[Glob]| {
         a.is_empty()
             || (!b.is_empty()
                 && b.iter().all(|pb| a.iter().any(|pa| pa.as_str() == pb.as_str() || (pb.is_literal() && pa.matches(pb.as_str())))))
     };
-    let issuers = a.when.issuers.is_empty() || (!b.when.issuers.is_empty() && b.when.issuers.iter().all(|i| a.when.issuers.contains(i)));
+    // No `issuers` means every trusted issuer, but never `self`.
+    let lists_self = b.when.issuers.iter().any(|i| i == SELF_ISSUER);
+    let issuers = (a.when.issuers.is_empty() && !lists_self)
+        || (!b.when.issuers.is_empty() && b.when.issuers.iter().all(|i| a.when.issuers.contains(i)));
     let subject = a.when.subject.iter().all(|(claim, pa)| b.when.subject.get(claim).is_some_and(|pb| globs_cover(pa, pb)));
     // Actor presence is implied by the outcome; only compare like with like.
     // Actor-token issuers: empty means the subject's own; compare lists only.

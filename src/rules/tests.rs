@@ -30,6 +30,7 @@ fn subject(claims: Value) -> Validated {
         scopes,
         client_id: parsed.client_id.clone(),
         claims: parsed,
+        own_sub_id: None,
     }
 }
 
@@ -42,7 +43,7 @@ fn token_actor(sub: &str, iss: &str, client_id: Option<&str>) -> Actor {
 }
 
 fn input<'a>(subject: &'a Validated, actor: Option<&'a Actor>, audience: &'a str) -> RuleInput<'a> {
-    RuleInput { subject, actor, audience, requested_scopes: None, requested_subject: None }
+    RuleInput { subject, actor, audience, requested_scopes: None, requested_subject: None, workloads: &[] }
 }
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -588,4 +589,232 @@ fn lint_keeps_rules_that_admit_other_actor_issuers() {
     let issues = lint(&rs);
     assert_eq!(issues.len(), 1, "{issues:?}");
     assert!(issues[0].contains("ci-actors-again") && issues[0].contains("rules[1]"), "{issues:?}");
+}
+
+// ---------------------------------------------------------------------------
+// stsgate's own tokens (`issuers: [self]`) and presenter binding (issue #11)
+// ---------------------------------------------------------------------------
+
+const STS: &str = "https://sts.example";
+const ORDERS: &str = "spiffe://cluster.local/ns/shop/sa/orders";
+const BILLING: &str = "spiffe://cluster.local/ns/shop/sa/billing";
+
+/// One of stsgate's own tokens, as the validator hands it over: minted for
+/// `aud` from alice's IdP token, with `claims` merged in.
+fn own(aud: &str, claims: Value) -> Validated {
+    let mut c = json!({"iss": STS, "aud": aud, "client_id": "web-app"});
+    for (k, v) in claims.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    let mut v = subject(c);
+    v.own_sub_id = Some(SubId::IssSub { iss: IDP.into(), sub: "alice".into() });
+    v
+}
+
+fn workloads() -> Vec<Workload> {
+    serde_yaml_ng::from_str(
+        r#"
+- { audience: web, spiffe: ["spiffe://cluster.local/ns/shop/sa/web"] }
+- { audience: orders, spiffe: ["spiffe://cluster.local/ns/shop/sa/orders"], sub: [orders-batch], client_id: [orders-cli] }
+"#,
+    )
+    .unwrap()
+}
+
+fn bound<'a>(subject: &'a Validated, actor: Option<&'a Actor>, audience: &'a str, w: &'a [Workload]) -> RuleInput<'a> {
+    RuleInput { workloads: w, ..input(subject, actor, audience) }
+}
+
+const CHAIN: &str = r#"
+- name: any-issuer-delegates
+  match: { audiences: [search] }
+  grant: { outcome: delegation, scopes: ["*"] }
+- name: idp-to-web
+  match: { issuers: ["https://idp.example"], audiences: [web] }
+  grant: { scopes: ["*"] }
+- name: mesh
+  match: { issuers: [self], audiences: [orders, payments] }
+  grant: { outcome: delegation, scopes: ["orders.*", "payments.*"], max_chain_depth: 2 }
+"#;
+
+#[test]
+fn own_tokens_match_only_rules_that_list_self() {
+    let rs = rules(CHAIN);
+    let w = workloads();
+    let web = peer(WEB);
+    let hop1 = own("web", json!({"scope": "orders.read payments.charge profile"}));
+
+    // Re-exchange: the subject stays, the actor is named, the original IdP is kept.
+    let d = evaluate(&rs, &bound(&hop1, Some(&web), "orders", &w)).unwrap();
+    assert_eq!((d.rule.as_str(), d.sub.as_str()), ("mesh", "alice"));
+    assert_eq!(d.act, Some(json!({"sub": WEB})));
+    assert_eq!(d.sub_id, SubId::IssSub { iss: IDP.into(), sub: "alice".into() });
+    assert_eq!(d.scopes, ["orders.read", "payments.charge"], "narrowed by the rule, never widened");
+    assert_eq!(d.client_id.as_deref(), Some("web-app"), "a peer has no client: the token's stays");
+
+    // A rule without `issuers` never matches an own token (explicit opt-in).
+    let i = bound(&hop1, Some(&web), "search", &w);
+    assert_eq!(evaluate(&rs, &i).unwrap_err().label(), "no_rule");
+    assert!(verdicts(&rs, &i)[0].1.as_deref().unwrap().contains("list `self`"), "{:?}", verdicts(&rs, &i));
+    // ... nor does a rule listing only IdPs.
+    assert_eq!(evaluate(&rs, &bound(&hop1, None, "web", &w)).unwrap_err().label(), "presenter_mismatch");
+    assert_eq!(evaluate(&rs, &bound(&hop1, Some(&web), "web", &w)).unwrap_err().label(), "no_rule");
+    assert_eq!(verdicts(&rs, &bound(&hop1, Some(&web), "web", &w))[1].1.as_deref(), Some("`self` is not listed"));
+
+    // A rule listing `self` never matches an IdP's token...
+    let alice = subject(json!({"aud": "web", "scope": "orders.read"}));
+    assert_eq!(evaluate(&rs, &bound(&alice, Some(&web), "orders", &w)).unwrap_err().label(), "no_rule");
+    let trace = verdicts(&rs, &bound(&alice, Some(&web), "orders", &w));
+    assert_eq!(trace[2].1.as_deref(), Some("subject token issuer is not listed"));
+    // ... unless it lists that issuer too.
+    let both = rules(&CHAIN.replace("issuers: [self]", "issuers: [self, \"https://idp.example\"]"));
+    assert_eq!(evaluate(&both, &bound(&alice, Some(&web), "orders", &w)).unwrap().rule, "mesh");
+}
+
+#[test]
+fn an_own_token_is_presented_only_by_a_workload_of_its_audience() {
+    // Even a rule that admits any actor cannot widen the binding.
+    let rs = rules(
+        r#"
+- name: mesh
+  match: { issuers: [self], actor: { spiffe: ["*"], sub: ["*"], issuers: ["https://idp.example"] } }
+  grant: { outcome: delegation, scopes: ["*"] }
+"#,
+    );
+    let w = workloads();
+    let hop2 = own("orders", json!({"scope": "orders.read", "act": {"sub": WEB}}));
+    let (orders, billing, web) = (peer(ORDERS), peer(BILLING), peer(WEB));
+
+    let d = evaluate(&rs, &bound(&hop2, Some(&orders), "payments", &w)).unwrap();
+    assert_eq!(d.act, Some(json!({"sub": ORDERS, "act": {"sub": WEB}})), "the chain grows");
+
+    // Another workload replaying orders' token, the previous hop, nobody.
+    let refused = |actor: Option<&Actor>| evaluate(&rs, &bound(&hop2, actor, "payments", &w)).unwrap_err();
+    let d = refused(Some(&billing));
+    assert_eq!(d, Denied::PresenterMismatch { issued_to: vec!["orders".into()], actor: Some(BILLING.into()) });
+    assert_eq!(d.label(), "presenter_mismatch");
+    assert_eq!(d.to_string(), format!("the token was issued to \"orders\"; actor \"{BILLING}\" is not a workload of it"));
+    assert_eq!(refused(Some(&web)).label(), "presenter_mismatch", "the party before cannot reuse it");
+    let d = refused(None);
+    assert_eq!(d.to_string(), "the token was issued to \"orders\"; only a workload of it may present it, and the request has no actor");
+    // No workloads table: nobody at all.
+    assert_eq!(evaluate(&rs, &bound(&hop2, Some(&orders), "payments", &[])).unwrap_err().label(), "presenter_mismatch");
+
+    // Actor tokens are named by sub or client_id, like a rule's actor match.
+    let batch = token_actor("orders-batch", IDP, None);
+    let cli = token_actor("someone", IDP, Some("orders-cli"));
+    let stranger = token_actor("someone", IDP, Some("other-cli"));
+    assert!(evaluate(&rs, &bound(&hop2, Some(&batch), "payments", &w)).is_ok());
+    assert!(evaluate(&rs, &bound(&hop2, Some(&cli), "payments", &w)).is_ok());
+    assert_eq!(refused(Some(&stranger)).label(), "presenter_mismatch");
+    // A token naming orders' SPIFFE ID is not its mTLS identity.
+    assert_eq!(refused(Some(&token_actor(ORDERS, IDP, None))).label(), "presenter_mismatch");
+}
+
+#[test]
+fn presenter_audience_binds_an_idp_token_by_aud_or_azp() {
+    let rs = rules(
+        r#"
+- name: bound
+  match: { audiences: [orders], presenter: audience }
+  grant: { outcome: delegation, scopes: ["*"] }
+- name: unbound
+  grant: { outcome: delegation, scopes: ["*"] }
+"#,
+    );
+    let w = workloads();
+    let web = peer(WEB);
+    let for_web = subject(json!({"aud": ["account", "web"], "scope": "orders.read"}));
+    let azp_web = subject(json!({"aud": "account", "azp": "web", "scope": "orders.read"}));
+    let for_other = subject(json!({"aud": "account", "azp": "mobile", "scope": "orders.read"}));
+    assert_eq!(evaluate(&rs, &bound(&for_web, Some(&web), "orders", &w)).unwrap().rule, "bound");
+    assert_eq!(evaluate(&rs, &bound(&azp_web, Some(&web), "orders", &w)).unwrap().rule, "bound");
+    let d = evaluate(&rs, &bound(&for_other, Some(&web), "orders", &w)).unwrap_err();
+    assert_eq!(d, Denied::PresenterMismatch { issued_to: vec!["account".into(), "mobile".into()], actor: Some(WEB.into()) });
+    assert!(d.to_string().ends_with("is not a workload of any of them"), "{d}");
+    // The rule decides: a later, unbound rule is not tried.
+    assert_eq!(evaluate(&rs, &bound(&for_web, Some(&peer(BILLING)), "orders", &w)).unwrap_err().label(), "presenter_mismatch");
+    // Without the binding, any actor the rule admits.
+    assert_eq!(evaluate(&rs, &bound(&for_other, Some(&web), "search", &w)).unwrap().rule, "unbound");
+    let none = subject(json!({"scope": "orders.read"}));
+    let d = evaluate(&rs, &bound(&none, Some(&web), "orders", &w)).unwrap_err();
+    assert_eq!(d.to_string(), "the token names no audience, so no workload may present it");
+}
+
+#[test]
+fn an_own_token_keeps_its_subject_and_its_chain() {
+    let w = workloads();
+    let orders = peer(ORDERS);
+    let delegated = own("orders", json!({"scope": "x", "act": {"sub": WEB}}));
+    let plain = own("orders", json!({"scope": "x"}));
+
+    // Impersonation would drop the chain of a delegated own token.
+    let imp = rules("- name: i\n  match: { issuers: [self] }\n  grant: { outcome: impersonation, scopes: [\"*\"] }\n");
+    assert_eq!(
+        evaluate(&imp, &bound(&delegated, Some(&orders), "payments", &w)).unwrap_err(),
+        Denied::WouldDropAct { rule: "i".into() }
+    );
+    // Never for another subject, whatever impersonate_subjects says.
+    let other = rules("- name: i\n  match: { issuers: [self], actor: { spiffe: [\"*\"] } }\n  grant: { outcome: impersonation, scopes: [\"*\"], impersonate_subjects: [\"*\"] }\n");
+    let mut i = bound(&plain, Some(&orders), "payments", &w);
+    i.requested_subject = Some("bob");
+    assert_eq!(evaluate(&other, &i).unwrap_err(), Denied::ImpersonationRefused);
+    assert_eq!(decide(&other[0], &i).unwrap_err(), Denied::ImpersonationRefused);
+    // An act_as token would lose its subject in any re-issue.
+    let act_as = own("orders", json!({"scope": "x", "act_as": {"sub": "alice", "iss": IDP}}));
+    let del = rules("- name: d\n  match: { issuers: [self] }\n  grant: { outcome: delegation, scopes: [\"*\"] }\n");
+    assert_eq!(
+        evaluate(&del, &bound(&act_as, Some(&orders), "payments", &w)).unwrap_err(),
+        Denied::WouldDropAct { rule: "d".into() }
+    );
+    // The chain is capped like any other.
+    let shallow = rules("- name: d\n  match: { issuers: [self] }\n  grant: { outcome: delegation, scopes: [\"*\"], max_chain_depth: 1 }\n");
+    assert_eq!(
+        evaluate(&shallow, &bound(&delegated, Some(&orders), "payments", &w)).unwrap_err(),
+        Denied::ChainTooDeep { rule: "d".into(), depth: 2, max: 1 }
+    );
+    // Scopes only narrow: a scope the token does not hold is never granted.
+    let mut i = bound(&plain, Some(&orders), "payments", &w);
+    let wider = vec!["x".to_string(), "y".to_string()];
+    i.requested_scopes = Some(&wider);
+    assert_eq!(evaluate(&del, &i).unwrap().scopes, ["x"]);
+}
+
+#[test]
+fn lint_knows_a_rule_without_issuers_does_not_cover_self() {
+    let rs = rules(
+        r#"
+- name: anyone
+  grant: { outcome: delegation, scopes: ["*"] }
+- name: mesh
+  match: { issuers: [self] }
+  grant: { outcome: delegation, scopes: ["*"] }
+- name: mesh-again
+  match: { issuers: [self], audiences: [orders] }
+  grant: { outcome: delegation, scopes: ["*"] }
+"#,
+    );
+    let issues = lint(&rs);
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert!(issues[0].contains("mesh-again") && issues[0].contains("\"mesh\""), "{issues:?}");
+}
+
+#[test]
+fn the_dev_config_shows_a_chain() {
+    let cfg = crate::config::Config::from_yaml_validated(&crate::config::DEV_YAML.replace("{http_addr}", "127.0.0.1:8080"))
+        .unwrap();
+    assert!(lint(&cfg.rules).is_empty(), "{:?}", lint(&cfg.rules));
+    let (rs, w) = (&cfg.rules, cfg.workloads.as_slice());
+    let mut alice = subject(json!({"scope": "orders.read"}));
+    alice.issuer = cfg.trusted_issuers[0].issuer.clone();
+    let web = peer(WEB);
+    assert_eq!(evaluate(rs, &bound(&alice, None, "echo", w)).unwrap().rule, "dev-exchange");
+    assert_eq!(evaluate(rs, &bound(&alice, Some(&web), "web", w)).unwrap().rule, "dev-delegate");
+    // Hop two: web's token re-exchanged by web for orders, and by nobody else.
+    let mut hop1 = own("web", json!({"scope": "orders.read"}));
+    hop1.issuer = cfg.issuer.clone();
+    let d = evaluate(rs, &bound(&hop1, Some(&web), "orders", w)).unwrap();
+    assert_eq!((d.rule.as_str(), d.act), ("dev-re-exchange", Some(json!({"sub": WEB}))));
+    assert_eq!(evaluate(rs, &bound(&hop1, Some(&peer(ORDERS)), "orders", w)).unwrap_err().label(), "presenter_mismatch");
+    assert_eq!(evaluate(rs, &bound(&hop1, None, "orders", w)).unwrap_err().label(), "presenter_mismatch");
 }

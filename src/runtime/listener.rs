@@ -9,9 +9,12 @@
 //! while the HTTP listener is full.
 //!
 //! The gRPC listener is served by tonic from [`GrpcIncoming`]: a connection
-//! must send the HTTP/2 preface within `handshake_timeout`; after that HTTP/2
-//! keepalive pings find dead peers. Envoy's pooled, idle connection is never
-//! closed for being idle.
+//! must finish its TLS handshake (with `listen.grpc_tls`) and send the HTTP/2
+//! preface within `handshake_timeout`; after that HTTP/2 keepalive pings find
+//! dead peers. Envoy's pooled, idle connection is never closed for being
+//! idle. TLS handshakes run in tasks of their own, so a slow one holds up no
+//! other connection; each connection's `ConnInfo` (its peer, and the
+//! identity its client certificate proved) reaches every Check on it.
 //!
 //! The HTTP listener is served by [`serve_http`], which watches every
 //! connection: the first request head must be complete within
@@ -38,13 +41,19 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
+use rustls::ServerConfig;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tonic::codegen::tokio_stream::Stream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
+use crate::api::callers::ConnInfo;
 use crate::config::Listen;
 use crate::metrics::ConnectionMetrics;
+use crate::runtime::tls::{ServerTls, certified_identity};
 
 /// Which listener; a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +78,9 @@ pub(crate) enum Refused {
     Limit,
     /// accept(2) failed, e.g. out of file descriptors.
     AcceptError,
+    /// The TLS handshake failed: no client certificate, one from another
+    /// CA, no common protocol.
+    TlsHandshake,
 }
 
 impl Refused {
@@ -76,6 +88,7 @@ impl Refused {
         match self {
             Refused::Limit => "limit",
             Refused::AcceptError => "accept_error",
+            Refused::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -291,11 +304,16 @@ impl Acceptor {
 pub(crate) struct GrpcIncoming {
     acceptor: Acceptor,
     handshake_timeout: Duration,
+    /// With `listen.grpc_tls`: the configuration new connections get.
+    tls: Option<Arc<ServerTls>>,
+    /// TLS handshakes under way, each in a task of its own (dropped, as at
+    /// shutdown, they end).
+    handshakes: JoinSet<Option<GrpcConn>>,
 }
 
 impl GrpcIncoming {
-    pub(crate) fn new(acceptor: Acceptor, handshake_timeout: Duration) -> GrpcIncoming {
-        GrpcIncoming { acceptor, handshake_timeout }
+    pub(crate) fn new(acceptor: Acceptor, handshake_timeout: Duration, tls: Option<Arc<ServerTls>>) -> GrpcIncoming {
+        GrpcIncoming { acceptor, handshake_timeout, tls, handshakes: JoinSet::new() }
     }
 }
 
@@ -304,9 +322,59 @@ impl Stream for GrpcIncoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let admitted = ready!(this.acceptor.poll_admit(cx));
-        let metrics = this.acceptor.metrics.clone();
-        Poll::Ready(Some(Ok(GrpcConn::new(admitted, this.handshake_timeout, metrics))))
+        loop {
+            // Connections whose TLS handshake is done.
+            while let Poll::Ready(Some(done)) = this.handshakes.poll_join_next(cx) {
+                if let Ok(Some(conn)) = done {
+                    return Poll::Ready(Some(Ok(conn)));
+                }
+            }
+            let admitted = ready!(this.acceptor.poll_admit(cx));
+            // The TLS handshake and the HTTP/2 preface share one deadline.
+            let deadline = Instant::now() + this.handshake_timeout;
+            let metrics = this.acceptor.metrics.clone();
+            match &this.tls {
+                None => {
+                    let Admitted { stream, peer, slot } = admitted;
+                    let info = ConnInfo { remote: peer, certified: None };
+                    return Poll::Ready(Some(Ok(GrpcConn::new(GrpcStream::Plain(stream), info, slot, deadline, metrics))));
+                }
+                Some(tls) => {
+                    this.handshakes.spawn(handshake(admitted, tls.config(), deadline, metrics));
+                }
+            }
+        }
+    }
+}
+
+/// The server side of a TLS handshake, within the connection's deadline.
+async fn handshake(
+    admitted: Admitted,
+    config: Arc<ServerConfig>,
+    deadline: Instant,
+    metrics: Arc<ConnectionMetrics>,
+) -> Option<GrpcConn> {
+    let Admitted { stream, peer, slot } = admitted;
+    let grpc = Kind::Grpc.as_str();
+    match tokio::time::timeout_at(deadline, TlsAcceptor::from(config).accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let certified = certified_identity(tls.get_ref().1);
+            if certified.is_none() {
+                debug!(%peer, "the client certificate has no single URI SAN: the Check caller is not identified");
+            }
+            let info = ConnInfo { remote: peer, certified };
+            Some(GrpcConn::new(GrpcStream::Tls(Box::new(tls)), info, slot, deadline, metrics))
+        }
+        Ok(Err(e)) => {
+            metrics.refused(grpc, Refused::TlsHandshake.as_str());
+            debug!(%peer, "gRPC TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            metrics.closed(grpc, Closed::HandshakeTimeout.as_str());
+            debug!(%peer, "closing a gRPC connection: no TLS handshake in time");
+            None
+        }
     }
 }
 
@@ -314,21 +382,31 @@ impl Stream for GrpcIncoming {
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A gRPC connection: fails its reads when the first 24 bytes (the HTTP/2
-/// preface) do not arrive within the handshake timeout, which closes it.
+/// preface) do not arrive by the handshake deadline, which closes it.
 pub(crate) struct GrpcConn {
-    inner: Admitted,
+    stream: GrpcStream,
+    info: ConnInfo,
+    _slot: Slot,
     preface_left: usize,
     deadline: Option<Pin<Box<Sleep>>>,
     timed_out: bool,
     metrics: Arc<ConnectionMetrics>,
 }
 
+/// Plaintext, or TLS terminated here.
+enum GrpcStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
 impl GrpcConn {
-    fn new(inner: Admitted, handshake_timeout: Duration, metrics: Arc<ConnectionMetrics>) -> GrpcConn {
+    fn new(stream: GrpcStream, info: ConnInfo, slot: Slot, deadline: Instant, metrics: Arc<ConnectionMetrics>) -> GrpcConn {
         GrpcConn {
-            inner,
+            stream,
+            info,
+            _slot: slot,
             preface_left: H2_PREFACE.len(),
-            deadline: Some(Box::pin(tokio::time::sleep(handshake_timeout))),
+            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
             timed_out: false,
             metrics,
         }
@@ -340,10 +418,10 @@ impl GrpcConn {
 }
 
 impl Connected for GrpcConn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.stream.connect_info()
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
     }
 }
 
@@ -354,7 +432,7 @@ impl AsyncRead for GrpcConn {
             return Poll::Ready(Err(GrpcConn::timed_out()));
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner.stream).poll_read(cx, buf) {
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if this.deadline.is_some() {
                     this.preface_left = this.preface_left.saturating_sub(buf.filled().len() - before);
@@ -369,7 +447,7 @@ impl AsyncRead for GrpcConn {
                     this.deadline = None;
                     this.timed_out = true;
                     this.metrics.closed(Kind::Grpc.as_str(), Closed::HandshakeTimeout.as_str());
-                    debug!(peer = %this.inner.peer, "closing a gRPC connection: no HTTP/2 preface in time");
+                    debug!(peer = %this.info.remote, "closing a gRPC connection: no HTTP/2 preface in time");
                     Poll::Ready(Err(GrpcConn::timed_out()))
                 }
                 _ => Poll::Pending,
@@ -381,7 +459,7 @@ impl AsyncRead for GrpcConn {
 
 impl AsyncWrite for GrpcConn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner.stream).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -389,19 +467,69 @@ impl AsyncWrite for GrpcConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner.stream).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.stream.is_write_vectored()
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner.stream).poll_flush(cx)
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner.stream).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for GrpcStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            GrpcStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            GrpcStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for GrpcStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            GrpcStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            GrpcStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            GrpcStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            GrpcStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            GrpcStream::Plain(s) => s.is_write_vectored(),
+            GrpcStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            GrpcStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            GrpcStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            GrpcStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            GrpcStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

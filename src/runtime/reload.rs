@@ -345,6 +345,13 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
             out.push(format!("{key} changed ({was} -> {now}): restart stsgate to apply connection limits"));
         }
     }
+    if old.listen.grpc_tls != new.listen.grpc_tls {
+        out.push(
+            "listen.grpc_tls changed: restart stsgate to change the gRPC listener's TLS settings (new content \
+             of the files it names is picked up without one)"
+                .into(),
+        );
+    }
     let dev = |c: &Config| c.dev_idp.as_ref().map(|d| (d.path.clone(), d.audience.clone()));
     if dev(old) != dev(new) {
         out.push("dev_idp changed: restart stsgate to add, remove or change the development IdP".into());
@@ -463,6 +470,15 @@ mod tests {
         assert_eq!(moved.len(), 2, "{moved:?}");
         assert_eq!(moved[0], "listen.grpc changed (0.0.0.0:9191 -> 0.0.0.0:9192): restart stsgate to move listeners");
         assert!(moved[1].starts_with("listen.http changed (0.0.0.0:8080 -> 127.0.0.1:8080)"), "{moved:?}");
+        let tls = |interval: &str| {
+            cfg(&format!("listen: {{ grpc_tls: {{ cert: /c, key: /k, client_ca: /ca, reload_interval: {interval} }} }}\n"))
+        };
+        assert!(restart_required(&tls("30s"), &tls("30s")).is_empty());
+        for (old, new) in [(cfg(""), tls("30s")), (tls("30s"), cfg("")), (tls("30s"), tls("1m"))] {
+            let changed = restart_required(&old, &new);
+            assert_eq!(changed.len(), 1, "{changed:?}");
+            assert!(changed[0].starts_with("listen.grpc_tls changed: restart stsgate"), "{changed:?}");
+        }
         let limits = restart_required(&cfg(""), &cfg("listen: { idle_timeout: 5m, http_max_connections: 10 }\n"));
         assert_eq!(
             limits,

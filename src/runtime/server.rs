@@ -15,17 +15,18 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::config::{Config, Listen};
+use crate::config::{CallerIdentity, Config, Listen};
 use crate::api::dev_idp::DevIdp;
 use crate::engine::Engine;
 use crate::api::ext_authz::AuthzService;
 use crate::api::router::{AppState, router};
 use crate::trust::issuer::http_client;
 use crate::runtime::listener::{Acceptor, GrpcIncoming, Kind, Limits};
-use crate::metrics::{ConnectionMetrics, Metrics, ReloadMetrics};
+use crate::metrics::{ConnectionMetrics, Metrics, ReloadMetrics, TlsMetrics};
 use crate::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use crate::api::readiness::Readiness;
 use crate::runtime::reload::{Live, ReloadError, ReloadOptions, Reloaded};
+use crate::runtime::tls::ServerTls;
 
 /// The encoded descriptor set of stsgate's protos, for server reflection.
 pub(crate) const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stsgate_descriptor.bin"));
@@ -107,6 +108,19 @@ impl Server {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        let mut background = Vec::new();
+
+        // mTLS on the gRPC listener; its files are watched for new content.
+        let grpc_tls = match &cfg.listen.grpc_tls {
+            Some(files) => {
+                let tls_metrics = TlsMetrics::register(&mut registry);
+                let (tls, seen) = ServerTls::load(files, &tls_metrics)?;
+                background.push(tokio::spawn(tls.clone().watch(files.clone(), seen, tls_metrics)));
+                Some(tls)
+            }
+            None => None,
+        };
+        warn_about_callers(&cfg, grpc_addr);
 
         // --- gRPC: ext_authz, health, reflection ---
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -122,6 +136,7 @@ impl Server {
         let grpc_incoming = GrpcIncoming::new(
             Acceptor::new(listeners.grpc, Kind::Grpc, grpc_limits.max_connections, conn_metrics.clone()),
             grpc_limits.handshake_timeout,
+            grpc_tls.clone(),
         );
         let grpc = tonic::transport::Server::builder()
             // Envoy multiplexes every Check over one HTTP/2 connection and resets
@@ -184,6 +199,8 @@ impl Server {
             rules = cfg.rules.len(),
             grpc_max_connections = caps.0,
             http_max_connections = caps.1,
+            grpc_tls = grpc_tls.is_some(),
+            caller_identity = cfg.ext_authz.caller_identity(grpc_tls.is_some()).as_str(),
             "stsgate started"
         );
         Ok(Server {
@@ -193,7 +210,7 @@ impl Server {
             live,
             shutdown,
             tasks,
-            background: Vec::new(),
+            background,
             config_path: None,
             #[cfg(unix)]
             hangup,
@@ -339,6 +356,27 @@ fn connection_limits(listen: &Listen) -> (Limits, Limits) {
         }
     }
     (grpc, http)
+}
+
+/// Says once, at start-up, how far Check callers are believed when that is
+/// further than production wants.
+fn warn_about_callers(cfg: &Config, grpc_addr: SocketAddr) {
+    let ea = &cfg.ext_authz;
+    match ea.caller_identity(cfg.listen.grpc_tls.is_some()) {
+        CallerIdentity::None => warn!(
+            "Check callers are not authenticated: anyone who can reach {grpc_addr} is believed about \
+             source.principal (set listen.grpc_tls, or ext_authz.caller_identity: xfcc, and ext_authz.callers)"
+        ),
+        mode if ea.callers.is_empty() => {
+            let who = if mode == CallerIdentity::Mtls {
+                "every client with a certificate from listen.grpc_tls.client_ca"
+            } else {
+                "every caller the sidecar in ext_authz.xfcc_trusted_peers vouches for"
+            };
+            warn!("ext_authz.callers is empty: {who} may ask for tokens for any audience and is believed about source.principal")
+        }
+        _ => {}
+    }
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {

@@ -1,6 +1,8 @@
-//! Whom stsgate believes: the trusted issuers, their JWKS, and token
+//! Whom stsgate believes: the trusted issuers, their JWKS, stsgate's own
+//! tokens (verified with its own key ring, for re-exchange), and token
 //! validation following RFC 8725.
 
 pub mod issuer;
 pub(crate) mod jwks;
+pub(crate) mod own;
 pub mod validator;

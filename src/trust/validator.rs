@@ -3,6 +3,12 @@
 //! unknown `crit`), the issuer from the allow-list, the algorithm from *that
 //! issuer's* list, the key by `kid`, the signature, and finally the claims.
 //! Every refusal is a precise `TokenError`; nothing here panics on input.
+//!
+//! stsgate's own tokens (`iss` = its own issuer) are accepted only when the
+//! validator is given its `OwnIssuer` (some rule lists `self`): verified with
+//! stsgate's key ring, `typ` must be `at+jwt`, and the `sub_id` they were
+//! minted with is kept (`Validated::own_sub_id`) so that a re-exchanged token
+//! still names the user's original IdP.
 
 use std::sync::Arc;
 use crate::clock::now_unix;
@@ -15,6 +21,8 @@ use serde_json::{Map, Value};
 
 use crate::config::VerifyAlg;
 use crate::trust::issuer::{Issuer, Issuers, KeyLookupError};
+use crate::trust::jwks::VerifyKey;
+use crate::trust::own::{OWN_LEEWAY, OwnIssuer};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -44,6 +52,10 @@ pub enum TokenError {
     NotAtJwt,
     #[error("issuer is not trusted")]
     UntrustedIssuer,
+    /// One of stsgate's own tokens where only an IdP's is believed: an own
+    /// token names the user it acts for, never a workload.
+    #[error("stsgate's own tokens are not accepted as actor tokens")]
+    OwnActorToken,
     #[error(transparent)]
     Key(KeyLookupError),
     #[error("signature is invalid")]
@@ -82,6 +94,7 @@ impl TokenError {
             TokenError::Crit => "crit",
             TokenError::WrongType | TokenError::NotAtJwt => "wrong_typ",
             TokenError::UntrustedIssuer => "untrusted_issuer",
+            TokenError::OwnActorToken => "own_actor_token",
             TokenError::Key(_) => "unknown_key",
             TokenError::BadSignature => "bad_signature",
             TokenError::Claim(_) => "bad_claim",
@@ -241,9 +254,32 @@ impl OneOrMany {
     }
 }
 
+/// An RFC 9493 subject identifier, as the `sub_id` claim of minted tokens.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "snake_case")]
+pub enum SubId {
+    /// `{"format":"iss_sub","iss":..,"sub":..}`: a subject (or actor) token's
+    /// `sub` in its issuer's namespace (§3.2.5).
+    IssSub { iss: String, sub: String },
+    /// `{"format":"uri","uri":..}`: an mTLS peer's URI identity, e.g. a SPIFFE ID (§3.2.7).
+    Uri { uri: String },
+    /// `{"format":"opaque","id":..}`: an mTLS peer identity that is not a URI (§3.2.4).
+    Opaque { id: String },
+}
+
+impl SubId {
+    fn weight(&self) -> usize {
+        match self {
+            SubId::IssSub { iss, sub } => weigh::string(iss) + weigh::string(sub),
+            SubId::Uri { uri: s } | SubId::Opaque { id: s } => weigh::string(s),
+        }
+    }
+}
+
 /// A token that passed every check, with the values later stages need.
 #[derive(Debug, Clone)]
 pub struct Validated {
+    /// `iss`: a trusted issuer's, or stsgate's own for one of its own tokens.
     pub(crate) issuer: String,
     pub(crate) sub: String,
     pub(crate) exp: i64,
@@ -251,9 +287,27 @@ pub struct Validated {
     /// `client_id`, else `azp`, of the subject token.
     pub(crate) client_id: Option<String>,
     pub(crate) claims: Claims,
+    /// Set exactly for stsgate's own tokens: the `sub_id` it was minted with,
+    /// which names the subject in its original issuer's namespace (the
+    /// user's IdP), so that a re-exchange keeps naming it.
+    pub(crate) own_sub_id: Option<SubId>,
 }
 
 impl Validated {
+    /// Whether this is one of stsgate's own tokens.
+    pub(crate) fn is_own(&self) -> bool {
+        self.own_sub_id.is_some()
+    }
+
+    /// RFC 9493 identifier of `sub`: the one an own token was minted with,
+    /// else `sub` in the token issuer's namespace.
+    pub(crate) fn sub_id(&self) -> SubId {
+        match &self.own_sub_id {
+            Some(id) => id.clone(),
+            None => SubId::IssSub { iss: self.issuer.clone(), sub: self.sub.clone() },
+        }
+    }
+
     /// Bytes this value holds in its `Arc`: the struct, every string, array
     /// and claim map it owns (claim values of any depth included), each heap
     /// block rounded the way the allocator rounds it. An upper estimate, for
@@ -275,6 +329,7 @@ impl Validated {
             + strings(&c.aud)
             + [&c.scope, &c.scp, &c.act, &c.may_act].into_iter().flatten().map(value).sum::<usize>()
             + map(&c.other)
+            + self.own_sub_id.as_ref().map_or(0, SubId::weight)
     }
 }
 
@@ -328,15 +383,23 @@ mod weigh {
     }
 }
 
-/// Validates subject (and, later, actor) tokens against the trusted issuers.
+/// Validates subject and actor tokens against the trusted issuers (and, when
+/// given one, stsgate's own issuer).
 pub struct Validator {
     issuers: Arc<Issuers>,
     max_bytes: usize,
+    own: Option<OwnIssuer>,
 }
 
 impl Validator {
     pub fn new(issuers: Arc<Issuers>, max_bytes: usize) -> Validator {
-        Validator { issuers, max_bytes }
+        Validator { issuers, max_bytes, own: None }
+    }
+
+    /// Also accepts stsgate's own tokens, verified with `own`'s keys. Without
+    /// it, a token with stsgate's `iss` is from an untrusted issuer.
+    pub(crate) fn with_own(self, own: Option<OwnIssuer>) -> Validator {
+        Validator { own, ..self }
     }
 
     pub async fn validate(&self, token: &str) -> Result<Validated, TokenError> {
@@ -362,21 +425,39 @@ impl Validator {
         let header: Header = decode_json(h64).ok_or(TokenError::Malformed("header is not base64url JSON"))?;
         let alg = check_header(&header)?;
 
-        let claims: Claims = decode_json(p64).ok_or(TokenError::Malformed("payload is not base64url JSON claims"))?;
+        let mut claims: Claims =
+            decode_json(p64).ok_or(TokenError::Malformed("payload is not base64url JSON claims"))?;
         let iss = claims.iss.as_deref().ok_or(TokenError::Claim("iss"))?;
-        let issuer: &Arc<Issuer> = self.issuers.get(iss).ok_or(TokenError::UntrustedIssuer)?;
-        let cfg = &issuer.cfg;
-        if !cfg.algorithms.contains(&alg) {
-            return Err(TokenError::AlgNotAllowed { alg: alg.as_str() });
-        }
-        if cfg.require_at_jwt && !header.typ.as_deref().is_some_and(is_at_jwt) {
-            return Err(TokenError::NotAtJwt);
-        }
-
-        let key = issuer.key_for(header.kid.as_deref(), alg).await.map_err(|e| match e {
-            KeyLookupError::NotLoaded(_) | KeyLookupError::Unreachable { .. } => TokenError::KeysUnavailable(e.to_string()),
-            KeyLookupError::UnknownKid { .. } | KeyLookupError::AmbiguousKey(_) => TokenError::Key(e),
-        })?;
+        let own = self.own.as_ref().filter(|own| own.issuer == iss);
+        // The key, the leeway and the accepted audiences: stsgate's own, or
+        // the trusted issuer's.
+        let (key, leeway, audiences): (Arc<VerifyKey>, i64, &[String]) = match own {
+            Some(own) => {
+                // stsgate signs every token it mints as an RFC 9068 access token.
+                if !header.typ.as_deref().is_some_and(is_at_jwt) {
+                    return Err(TokenError::NotAtJwt);
+                }
+                let key = own.key_for(header.kid.as_deref(), alg).map_err(TokenError::Key)?;
+                (key, OWN_LEEWAY.as_secs() as i64, &[])
+            }
+            None => {
+                let issuer: &Arc<Issuer> = self.issuers.get(iss).ok_or(TokenError::UntrustedIssuer)?;
+                let cfg = &issuer.cfg;
+                if !cfg.algorithms.contains(&alg) {
+                    return Err(TokenError::AlgNotAllowed { alg: alg.as_str() });
+                }
+                if cfg.require_at_jwt && !header.typ.as_deref().is_some_and(is_at_jwt) {
+                    return Err(TokenError::NotAtJwt);
+                }
+                let key = issuer.key_for(header.kid.as_deref(), alg).await.map_err(|e| match e {
+                    KeyLookupError::NotLoaded(_) | KeyLookupError::Unreachable { .. } => {
+                        TokenError::KeysUnavailable(e.to_string())
+                    }
+                    KeyLookupError::UnknownKid { .. } | KeyLookupError::AmbiguousKey(_) => TokenError::Key(e),
+                })?;
+                (key, cfg.leeway.0.as_secs() as i64, &cfg.audiences)
+            }
+        };
         let signed = &token[..h64.len() + 1 + p64.len()];
         // JWS signatures are at most 512 bytes (RSA-4096); decode on the stack.
         let mut sig_buf = [0u8; 1024];
@@ -389,7 +470,6 @@ impl Validator {
         }
 
         // Claims, only now that they are known to come from the issuer.
-        let leeway = cfg.leeway.0.as_secs() as i64;
         let exp = numeric_date(&claims.exp).ok_or(TokenError::Claim("exp"))?;
         if now > exp.saturating_add(leeway) {
             return Err(TokenError::Expired);
@@ -406,13 +486,23 @@ impl Validator {
                 return Err(TokenError::IssuedInFuture);
             }
         }
-        if !cfg.audiences.is_empty() && !claims.aud.iter().any(|a| cfg.audiences.contains(a)) {
+        if !audiences.is_empty() && !claims.aud.iter().any(|a| audiences.contains(a)) {
             return Err(TokenError::Audience);
         }
+        let issuer = iss.to_owned();
         let sub = claims.sub.clone().filter(|s| !s.is_empty()).ok_or(TokenError::Claim("sub"))?;
         let scopes = scopes_of(&claims)?;
         let client_id = claims.client_id.clone().or_else(|| claims.azp.clone());
-        Ok(Validated { issuer: iss.to_owned(), sub, exp, scopes, client_id, claims })
+        // An own token names its subject's original issuer in `sub_id`
+        // (stsgate writes it into every token): kept, not copied from `other`.
+        let own_sub_id = match own {
+            None => None,
+            Some(_) => {
+                let raw = claims.other.remove("sub_id").ok_or(TokenError::Claim("sub_id"))?;
+                Some(serde_json::from_value::<SubId>(raw).map_err(|_| TokenError::Claim("sub_id"))?)
+            }
+        };
+        Ok(Validated { issuer, sub, exp, scopes, client_id, claims, own_sub_id })
     }
 }
 
@@ -551,6 +641,141 @@ mod tests {
         }
         for bad in [r#"{"exp":"soon"}"#, r#"{"aud":[1]}"#, r#"{"sub":5}"#, "[]"] {
             assert!(serde_json::from_str::<Claims>(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// stsgate's own tokens: verified with every key of its ring and nothing else.
+    mod own {
+        use super::*;
+        use crate::config::{Config, SignAlg};
+        use crate::signing::{KeyRing, Signer};
+        use crate::trust::issuer::http_client;
+        use serde_json::json;
+
+        const STS: &str = "https://sts.test";
+
+        struct Ring {
+            active: Arc<Signer>,
+            older: Arc<Signer>,
+            ring: KeyRing,
+        }
+
+        /// A ring of two keys (the active one and one kept for rotation overlap).
+        fn ring() -> Ring {
+            let active = Arc::new(Signer::generate("new", SignAlg::ES256).unwrap());
+            let older = Arc::new(Signer::generate("old", SignAlg::EdDSA).unwrap());
+            let ring = KeyRing::from_signers(vec![active.clone(), older.clone()], "new").unwrap();
+            Ring { active, older, ring }
+        }
+
+        /// A validator trusting one IdP, and stsgate itself when `ring` is given.
+        fn validator(ring: Option<&KeyRing>) -> Validator {
+            crate::install_crypto_provider();
+            let cfg = Config::from_yaml_str(
+                "issuer: https://sts.test\nsigning:\n  keys: [{ kid: a, ephemeral: true }]\n\
+                 trusted_issuers:\n  - { issuer: https://idp.test, jwks_url: https://idp.test/jwks }\n",
+            )
+            .unwrap();
+            let issuers = Arc::new(Issuers::new(&cfg, http_client().unwrap()));
+            Validator::new(issuers, 16384).with_own(ring.map(|r| OwnIssuer::new(STS, r)))
+        }
+
+        fn claims(now: i64) -> serde_json::Value {
+            json!({
+                "iss": STS, "sub": "alice", "aud": "orders", "exp": now + 120, "iat": now, "jti": "j",
+                "client_id": "web-app", "scope": "orders.read orders.write",
+                "sub_id": {"format": "iss_sub", "iss": "https://idp.test", "sub": "alice"},
+                "act": {"sub": "spiffe://cluster.local/ns/shop/sa/web"},
+            })
+        }
+
+        async fn validate(v: &Validator, token: &str) -> Result<Validated, TokenError> {
+            v.validate_at(token, 1_700_000_000).await
+        }
+
+        #[tokio::test]
+        async fn an_own_token_verifies_with_any_key_of_the_ring_and_keeps_what_rules_need() {
+            let r = ring();
+            let v = validator(Some(&r.ring));
+            let now = 1_700_000_000;
+            for signer in [&r.active, &r.older] {
+                let token = signer.sign_access_token(&claims(now)).unwrap();
+                let got = validate(&v, &token).await.unwrap_or_else(|e| panic!("{}: {e}", signer.kid));
+                assert!(got.is_own());
+                assert_eq!((got.issuer.as_str(), got.sub.as_str(), got.exp), (STS, "alice", now + 120));
+                assert_eq!(got.scopes, ["orders.read", "orders.write"]);
+                assert_eq!(got.client_id.as_deref(), Some("web-app"));
+                assert_eq!(got.claims.aud, ["orders"]);
+                assert_eq!(got.claims.act, Some(json!({"sub": "spiffe://cluster.local/ns/shop/sa/web"})));
+                // The original issuer is carried, not stsgate's.
+                let original = SubId::IssSub { iss: "https://idp.test".into(), sub: "alice".into() };
+                assert_eq!(got.sub_id(), original);
+                assert!(!got.claims.other.contains_key("sub_id"), "kept once, as own_sub_id");
+            }
+        }
+
+        #[tokio::test]
+        async fn own_tokens_are_refused_when_anything_is_off() {
+            let r = ring();
+            let v = validator(Some(&r.ring));
+            let now = 1_700_000_000;
+            let sign = |c: &serde_json::Value| r.active.sign_access_token(c).unwrap();
+
+            // A key the ring does not hold, under a new kid and under one of the ring's.
+            let stranger = Signer::generate("stranger", SignAlg::ES256).unwrap();
+            let err = validate(&v, &stranger.sign_access_token(&claims(now)).unwrap()).await.unwrap_err();
+            assert!(matches!(err, TokenError::Key(KeyLookupError::UnknownKid { .. })), "{err:?}");
+            let impostor = Signer::generate("new", SignAlg::ES256).unwrap();
+            assert_eq!(validate(&v, &impostor.sign_access_token(&claims(now)).unwrap()).await.unwrap_err(), TokenError::BadSignature);
+
+            // The algorithm is the key's: an ES256 token naming the EdDSA key.
+            let token = sign(&claims(now));
+            let (_, rest) = token.split_once('.').unwrap();
+            let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","typ":"at+jwt","kid":"old"}"#);
+            let err = validate(&v, &format!("{header}.{rest}")).await.unwrap_err();
+            assert!(matches!(err, TokenError::Key(KeyLookupError::UnknownKid { alg: "ES256" })), "{err:?}");
+            // No kid: stsgate always names its key.
+            let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","typ":"at+jwt"}"#);
+            let err = validate(&v, &format!("{header}.{rest}")).await.unwrap_err();
+            assert!(matches!(err, TokenError::Key(KeyLookupError::UnknownKid { .. })), "{err:?}");
+
+            // Another iss, signed by the very same key: not stsgate's token.
+            let mut other = claims(now);
+            other["iss"] = json!("https://sts.test/");
+            assert_eq!(validate(&v, &sign(&other)).await.unwrap_err(), TokenError::UntrustedIssuer);
+
+            // typ must be at+jwt.
+            for typ in ["JWT", "jwt"] {
+                let token = r.active.sign_typed(typ, &claims(now)).unwrap();
+                assert_eq!(validate(&v, &token).await.unwrap_err(), TokenError::NotAtJwt, "{typ}");
+            }
+            let mut header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+            header.as_object_mut().unwrap().remove("typ");
+            let untyped = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(header.to_string()));
+            assert_eq!(validate(&v, &untyped).await.unwrap_err(), TokenError::NotAtJwt);
+
+            // Expired (past the leeway), not yet valid, no sub_id, a malformed one.
+            let mut expired = claims(now);
+            expired["exp"] = json!(now - OWN_LEEWAY.as_secs() as i64 - 1);
+            assert_eq!(validate(&v, &sign(&expired)).await.unwrap_err(), TokenError::Expired);
+            let mut early = claims(now);
+            early["nbf"] = json!(now + 3600);
+            assert_eq!(validate(&v, &sign(&early)).await.unwrap_err(), TokenError::NotYetValid);
+            for sub_id in [None, Some(json!("alice")), Some(json!({"format": "email", "email": "a@x"}))] {
+                let mut c = claims(now);
+                match sub_id {
+                    None => c.as_object_mut().unwrap().remove("sub_id"),
+                    Some(bad) => c.as_object_mut().unwrap().insert("sub_id".into(), bad),
+                };
+                assert_eq!(validate(&v, &sign(&c)).await.unwrap_err(), TokenError::Claim("sub_id"));
+            }
+        }
+
+        #[tokio::test]
+        async fn without_the_own_issuer_stsgates_tokens_are_untrusted() {
+            let r = ring();
+            let token = r.active.sign_access_token(&claims(1_700_000_000)).unwrap();
+            assert_eq!(validate(&validator(None), &token).await.unwrap_err(), TokenError::UntrustedIssuer);
         }
     }
 
