@@ -180,11 +180,14 @@ async fn malformed_requests_are_invalid_request() {
     let huge = form(&exchange(&subject, "orders", &[("pad", &"x".repeat(70 * 1024))]));
     let resp = post_raw(&h, "/token", "application/x-www-form-urlencoded", huge).await;
     assert_eq!(resp.status(), 413);
+    // The rest of the body was never read: the client must not reuse the connection.
+    assert_eq!(resp.headers()["connection"], "close");
     assert_eq!(resp.json::<Value>().await.unwrap()["error"], "invalid_request");
     // Not a POST.
     let resp = h.get("/token").await;
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "POST");
+    assert_eq!(resp.headers()["connection"], "close");
 
     assert!(
         h.metric("stsgate_decisions_total", &["outcome=\"bad_request\"", "reason=\"content_type\""]).await == Some(1.0),

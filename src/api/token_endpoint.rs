@@ -63,8 +63,13 @@ fn refused(r: &Refusal) -> Response {
     };
     let mut resp = json_response(status, &json!({ "error": code, "error_description": r.description }));
     match r.condition {
-        Condition::Method => {
-            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        Condition::Method | Condition::TooLarge => {
+            if r.condition == Condition::Method {
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            // The body was not read: the connection cannot carry another
+            // request, and a client must not pool it as if it could.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         Condition::Unavailable => {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
@@ -106,12 +111,7 @@ async fn handle_inner(engine: &Engine, req: Request<Body>) -> Result<Response, R
         let why = "the token endpoint accepts POST only";
         return Err(Refusal::new(Class::InvalidRequest, Condition::Method, "method", why));
     }
-    if !is_form(req.headers().get(header::CONTENT_TYPE)) {
-        return Err(Refusal::bad_request(
-            "content_type",
-            "the request must be application/x-www-form-urlencoded (RFC 6749 §4.1.3)",
-        ));
-    }
+    let form = is_form(req.headers().get(header::CONTENT_TYPE));
     let too_large = || {
         let why = format!("the request body exceeds {MAX_BODY_BYTES} bytes");
         Refusal::new(Class::InvalidRequest, Condition::TooLarge, "body_too_large", why)
@@ -121,6 +121,13 @@ async fn handle_inner(engine: &Engine, req: Request<Body>) -> Result<Response, R
         return Err(too_large());
     }
     let body = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+    // Checked once the body is read, so that the connection stays usable.
+    if !form {
+        return Err(Refusal::bad_request(
+            "content_type",
+            "the request must be application/x-www-form-urlencoded (RFC 6749 §4.1.3)",
+        ));
+    }
 
     let params = Params::parse(&body)?;
     let form = Form::from_params(&params, engine)?;

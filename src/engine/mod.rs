@@ -12,7 +12,7 @@ pub mod mint;
 pub(crate) use self::mint::{ClaimsView, Exchanged, MintError, Minted};
 
 use self::cache::Caches;
-use self::mint::{IssPrefix, MintRequest};
+use self::mint::{MintRequest, PayloadPrefix};
 use crate::clock::now_unix;
 use crate::config::{Config, Outcome};
 use crate::rules::{self, Actor, Denied, RuleInput};
@@ -65,7 +65,7 @@ pub struct Engine {
     pub keys: Arc<KeyRing>,
     validator: Validator,
     caches: Caches,
-    iss_prefix: IssPrefix,
+    prefixes: Vec<PayloadPrefix>,
     /// Positions of rules and trusted issuers (then stsgate's own issuer),
     /// which cache entries refer to.
     rule_index: std::collections::HashMap<String, u16>,
@@ -106,8 +106,8 @@ impl Engine {
         let rule_index = index(cfg.rules.iter().map(|r| r.name.as_str()).collect());
         let trusted = cfg.trusted_issuers.iter().map(|i| i.issuer.as_str());
         let issuer_index = index(trusted.chain([cfg.issuer.as_str()]).collect());
-        let iss_prefix = IssPrefix::new(&cfg.issuer);
-        Engine { cfg, issuers, keys, validator, caches, iss_prefix, rule_index, issuer_index }
+        let prefixes = PayloadPrefix::all(&cfg.issuer, cfg.trusted_issuers.iter().map(|i| i.issuer.as_str()));
+        Engine { cfg, issuers, keys, validator, caches, prefixes, rule_index, issuer_index }
     }
 
     /// Fetches, once, the keys of every trusted issuer that has none yet;
