@@ -2,7 +2,8 @@
 """Turns the raw output of scripts/bench.sh into bench/RESULTS.md (and a JSON dump).
 
 Inputs (in --work): meta.txt, criterion/<id>/new/estimates.json, runs/r<N>-<case>.{json,wrk,oha,cpu},
-runs/fill.json, runs/refill.json, runs/rss.txt, runs/startup.json.
+runs/fill.json, runs/refill.json, runs/rss.txt, runs/startup.json, runs/envoy-upstream.txt.
+A partial run (scripts/bench.sh with CASES=...) lacks some of them: what is missing is left out.
 """
 
 import argparse
@@ -37,6 +38,7 @@ CASES = [
     ("envoy_cached_bare", "Envoy ext_authz → stsgate, cached exchange, `dynamic_metadata: []`"),
     ("envoy_jwt_authn", "Envoy jwt_authn RS256, no JWT cache (native peer)"),
     ("envoy_cold", "Envoy ext_authz → stsgate, cache disabled"),
+    ("envoy_cached_mtls", "Envoy ext_authz → stsgate over mTLS (`grpc_tls`, `caller_identity: mtls`, `callers`), cached exchange"),
 ]
 
 
@@ -50,6 +52,18 @@ def read_kv(path):
             continue
         k, _, v = line.partition(" ")
         out[k] = v
+    return out
+
+
+def read_upstream(path):
+    """runs/envoy-upstream.txt: `<case> cluster.authz.<stat>:<value> ...` per line."""
+    out = {}
+    if not os.path.exists(path):
+        return out
+    for line in open(path):
+        case, *stats = line.split()
+        out[case] = {k.rsplit(".", 1)[-1] if "ssl." not in k else "ssl_" + k.rsplit(".", 1)[-1]: int(v)
+                     for k, v in (x.split(":", 1) for x in stats if ":" in x)}
     return out
 
 
@@ -271,6 +285,17 @@ def main():
            None if st is None else st <= 200, "spawn of `stsgate serve` → first grpc.health.v1 SERVING, median of 5",
            " / ".join(f"{x:.0f} ms" for x in startup.get("runs_ms", [])))
 
+    upstream = read_upstream(os.path.join(a.work, "runs", "envoy-upstream.txt"))
+    mtls_rows = []
+    if "envoy_cached_mtls" in runs and "envoy_cached" in runs:
+        rm = ratio("envoy_cached_mtls", "envoy_cached")
+        mtls_rows.append(("Envoy: cached over mTLS ÷ cached plaintext (req/s)", fmt_ratio(rm), "≥ 0.90",
+                          None if rm is None else ("PASS" if rm >= 0.90 else "FAIL"),
+                          "req/s (wrk) of envoy_cached_mtls ÷ envoy_cached", rr(per_round("envoy_cached_mtls", "envoy_cached"))))
+        pm = ratio("envoy_cached_mtls", "envoy_cached", "p99_us")
+        mtls_rows.append(("Envoy: cached over mTLS p99 ÷ cached plaintext p99", fmt_ratio(pm), "", None,
+                          "wrk p99 of envoy_cached_mtls ÷ envoy_cached", rr(per_round("envoy_cached_mtls", "envoy_cached", "p99_us"))))
+
     L = []
     w = L.append
     w("# stsgate benchmark results")
@@ -293,14 +318,64 @@ def main():
       f"Each run also records the machine's CPU spent outside the server, Envoy and the load tool (\"foreign\" load: other jobs on "
       f"this box); runs with ≥ {a.foreign_limit} foreign cores are marked * and left out of the medians and ratios when at least "
       "two quiet rounds remain. A target's value is the median of its per-round ratios (the two runs of a pair are back to back).")
+    if meta.get("cases", "all") != "all":
+        w(f"- **Partial run**: only the cases {meta['cases'].replace(',', ', ')} (`CASES=`); no memory or start-up part. "
+          "The full run is in bench/RESULTS.md.")
     w("")
-    w("## Targets (issue 5)")
-    w("")
-    w("| target | measured | goal | result | per round | how |")
-    w("|---|---:|---:|:---:|---|---|")
-    for name, value, goal, res, how, rtext in targets:
-        w(f"| {name} | {value} | {goal} | {res or 'n/a'} | {rtext} | {how} |")
-    w("")
+    # A partial run (CASES) leaves out the targets it did not measure.
+    shown = [t for t in targets if not (t[1] == "–" and t[3] is None)]
+    if shown:
+        w("## Targets (issue 5)")
+        w("")
+        w("| target | measured | goal | result | per round | how |")
+        w("|---|---:|---:|:---:|---|---|")
+        for name, value, goal, res, how, rtext in shown:
+            w(f"| {name} | {value} | {goal} | {res or 'n/a'} | {rtext} | {how} |")
+        w("")
+    if mtls_rows:
+        w("## mTLS on the gRPC listener (issue 11)")
+        w("")
+        w("`envoy_cached_mtls` is `envoy_cached` with Envoy's authz cluster speaking TLS (client certificate, ALPN h2) to an "
+          "stsgate with `listen.grpc_tls`, `caller_identity: mtls` and a `callers` entry admitting that certificate for `bench-*`; "
+          "same rules, cache, metadata and pinning, run right before `envoy_cached` in each round.")
+        w("")
+        w("| target | measured | goal | result | per round | how |")
+        w("|---|---:|---:|:---:|---|---|")
+        for name, value, goal, res, how, rtext in mtls_rows:
+            w(f"| {name} | {value} | {goal} | {res or 'n/a'} | {rtext} | {how} |")
+        w("")
+        w("| round | req/s plaintext | req/s mTLS | ratio | p99 plaintext | p99 mTLS | p99 ratio | "
+          "Envoy CPU/req plaintext | Envoy CPU/req mTLS | stsgate CPU/req plaintext | stsgate CPU/req mTLS | foreign load (cores) |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        pc, pm = "envoy_cached", "envoy_cached_mtls"
+        us = lambda x: "–" if x is None else f"{x:.1f} µs"
+        for r in rounds:
+            c, m = runs.get(pc, {}).get(r, {}), runs.get(pm, {}).get(r, {})
+            if not c and not m:
+                continue
+            q = "" if quiet(pc, r) and quiet(pm, r) else "*"
+            rq = c.get("rps") and m.get("rps") and m["rps"] / c["rps"]
+            pq = c.get("p99_us") and m.get("p99_us") and m["p99_us"] / c["p99_us"]
+            fl = " / ".join("–" if x.get("foreign_cores") is None else f"{x['foreign_cores']:.2f}" for x in (c, m))
+            w(f"| {r}{q} | {fmt_int(c.get('rps'))} | {fmt_int(m.get('rps'))} | {fmt_ratio(rq or None)} | {fmt_us(c.get('p99_us'))} | "
+              f"{fmt_us(m.get('p99_us'))} | {fmt_ratio(pq or None)} | {us(c.get('envoy_us_per_req'))} | {us(m.get('envoy_us_per_req'))} | "
+              f"{us(c.get('server_us_per_req'))} | {us(m.get('server_us_per_req'))} | {fl} |")
+        w(f"| median | {fmt_int(med(pc, 'rps'))} | {fmt_int(med(pm, 'rps'))} | {fmt_ratio(ratio(pm, pc))} | {fmt_us(med(pc, 'p99_us'))} | "
+          f"{fmt_us(med(pm, 'p99_us'))} | {fmt_ratio(ratio(pm, pc, 'p99_us'))} | {us(med(pc, 'envoy_us_per_req'))} | "
+          f"{us(med(pm, 'envoy_us_per_req'))} | {us(med(pc, 'server_us_per_req'))} | {us(med(pm, 'server_us_per_req'))} | |")
+        w("")
+        ec, em = med(pc, "envoy_us_per_req"), med(pm, "envoy_us_per_req")
+        sc, sm = med(pc, "server_us_per_req"), med(pm, "server_us_per_req")
+        if None not in (ec, em, sc, sm):
+            w(f"TLS adds {em - ec:+.1f} µs of Envoy CPU and {sm - sc:+.1f} µs of stsgate CPU per request (medians; "
+              f"* = a round with ≥ {a.foreign_limit} foreign cores in either run).")
+        for case in (pc, pm):
+            u = upstream.get(case)
+            if u:
+                w(f"- `{case}`: {u.get('upstream_cx_total', '?')} connection(s) to the ext_authz server for "
+                  f"{u.get('upstream_rq_total', '?'):,} Checks over the whole run"
+                  + (f", {u['ssl_handshake']} TLS handshake(s)" if "ssl_handshake" in u else "") + ".")
+        w("")
     w("## Load runs (medians)")
     w("")
     w("| case | req/s | spread | p50 | p99 (range) | server CPU/req (cores) | Envoy CPU/req (cores) | errors | foreign load per round (cores) |")
@@ -321,8 +396,7 @@ def main():
           f"{fmt_us(med(case, 'p99_us'))}{rng} | "
           f"{'–' if scpu is None else f'{scpu:.1f} µs ({score:.2f})'} | {'–' if ecpu is None else f'{ecpu:.1f} µs ({ecore:.2f})'} | {errs} | {fl} |")
     w("")
-    w("Other ratios (median of per-round ratios; per round in brackets, * = noisy round):")
-    w("")
+    other = []  # left out when a partial run (CASES) measured none of them
     like = f"{meta.get('header_bytes', '?')}-byte header + {meta.get('metadata_fields', '?')} metadata strings"
     for n, d, label in [("envoy_noop_like", "envoy_noop", f"Envoy do-nothing answering like stsgate ({like}) ÷ do-nothing: the cost of the answer's shape in Envoy"),
                         ("envoy_cached", "envoy_noop_like", "Envoy cached exchange ÷ do-nothing answering like stsgate: what stsgate's own work costs"),
@@ -334,20 +408,26 @@ def main():
                         ("envoy_noop", "envoy_jwt_authn", "Envoy do-nothing ext_authz ÷ jwt_authn"),
                         ("envoy_cold", "envoy_noop", "Envoy cold exchange ÷ do-nothing"),
                         ("direct_cold", "direct_noop", "direct cold ÷ do-nothing")]:
-        w(f"- {label}: {fmt_ratio(ratio(n, d))} ({rr(per_round(n, d))})")
+        if ratio(n, d) is not None:
+            other.append(f"- {label}: {fmt_ratio(ratio(n, d))} ({rr(per_round(n, d))})")
     noop_us = med("direct_noop", "server_us_per_req")
     if cold_us and noop_us and ceiling_us:
-        w(f"- The do-nothing server spends {noop_us:.1f} µs of CPU per Check on gRPC/HTTP/2 alone, so even a cold exchange with "
+        other.append(f"- The do-nothing server spends {noop_us:.1f} µs of CPU per Check on gRPC/HTTP/2 alone, so even a cold exchange with "
           f"zero JWT overhead could reach at most ceiling ÷ (ceiling + that) = {ceiling_us / (ceiling_us + noop_us):.3f} by the "
           f"per-core definition above; the exchange work itself (cold − do-nothing = {cold_us - noop_us:.1f} µs) is "
           f"{ceiling_us / (cold_us - noop_us):.3f} of the ceiling.")
     if envoy_cold_us and ceiling_us:
-        w(f"- Cold stsgate CPU per Check through Envoy: {envoy_cold_us:.1f} µs (ceiling ÷ that = {ceiling_us / envoy_cold_us:.3f}).")
-    w("")
-    w("## Criterion (same sitting, one thread, before the load runs)")
-    w("")
-    w("| bench | median | 95% CI | what |")
-    w("|---|---:|---:|---|")
+        other.append(f"- Cold stsgate CPU per Check through Envoy: {envoy_cold_us:.1f} µs (ceiling ÷ that = {ceiling_us / envoy_cold_us:.3f}).")
+    if other:
+        w("Other ratios (median of per-round ratios; per round in brackets, * = noisy round):")
+        w("")
+        L.extend(other)
+        w("")
+    if crit:
+        w("## Criterion (same sitting, one thread, before the load runs)")
+        w("")
+        w("| bench | median | 95% CI | what |")
+        w("|---|---:|---:|---|")
     for cid, desc in CRITERION:
         if cid in crit:
             c = crit[cid]
@@ -359,9 +439,11 @@ def main():
           f"i.e. {ceiling_us / crit['check_cold']['median_us']:.3f} of the ceiling before any gRPC/HTTP/2 cost; "
           f"the live server adds the tonic/h2 stack on top (direct_cold: {cold_us:.1f} µs CPU per Check)."
           if cold_us else "")
-    w("")
-    w("## Memory and start-up")
-    w("")
+    if crit:
+        w("")
+    if rss or startup:
+        w("## Memory and start-up")
+        w("")
     if rss:
         w(f"- Fresh stsgate: {rss0_mib:.1f} MiB RSS. After {fill_n:,} distinct exchanges (one token, audiences "
           f"`bench-fill-000000`…, each a cache miss: rules + ES256 sign, the subject verified once thanks to the validated cache): "
@@ -373,11 +455,13 @@ def main():
               f"{refill.get('rps', 0):,.0f} req/s, {refill.get('errors')} errors, p50 {refill.get('p50_us')} µs vs {fill.get('p50_us')} µs.")
     if startup:
         w(f"- Start-up to SERVING: median {startup.get('median_ms')} ms (runs: {', '.join(str(x) for x in startup.get('runs_ms', []))} ms).")
-    w("")
+    if rss or startup:
+        w("")
     w("## Reproduce")
     w("")
     w("```sh")
     w("scripts/bench.sh                      # everything; writes this file")
+    w("CASES=envoy_cached,envoy_cached_mtls scripts/bench.sh  # only the mTLS pair (issue 11); writes bench/results/partial.md")
     w("cargo bench --bench exchange          # the criterion part only")
     w("cargo build --release --features loadgen --bin stsgate-loadgen")
     w("target/release/stsgate-loadgen --help # noop-server, grpc, mint-subjects, wait-serving, startup")
@@ -387,7 +471,8 @@ def main():
 
     if a.raw:
         json.dump({"meta": meta, "criterion": crit, "runs": runs, "rss": rss, "fill": fill, "refill": refill,
-                   "startup": startup, "targets": [{"name": t[0], "value": t[1], "goal": t[2], "result": t[3]} for t in targets]},
+                   "startup": startup, "envoy_upstream": upstream,
+                   "targets": [{"name": t[0], "value": t[1], "goal": t[2], "result": t[3]} for t in targets + mtls_rows]},
                   open(a.raw, "w"), indent=1, default=str)
     return 0
 

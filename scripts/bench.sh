@@ -13,10 +13,15 @@
 #      exchange: one 470-byte overwrite header, 2 dynamic-metadata strings), and six
 #      Envoys (one worker each): ext_authz -> stsgate cached | noop | stsgate cold |
 #      noop-like | stsgate bare, and jwt_authn RS256 without cache; every route is a
-#      direct_response;
+#      direct_response; and a seventh, envoy_cached_mtls (issue 11): the same cached
+#      exchange, but Envoy's authz cluster speaks TLS with a client certificate to one
+#      more stsgate with `listen.grpc_tls`, `caller_identity: mtls` and a `callers` entry
+#      for that certificate (test PKI of tests/fixtures/mtls); its config is otherwise the
+#      cached one, so envoy_cached_mtls ÷ envoy_cached is the cost of TLS;
 #   4. ROUNDS (3) alternating rounds of: direct gRPC (stsgate-loadgen: 64 calls over
 #      2 HTTP/2 channels, 1 s warm-up, 10 s) against stsgate cached, noop, noop-like, cold, bare;
-#      then wrk -t1 -c64 -d10s --latency (after a 1 s warm-up) through each Envoy;
+#      then wrk -t1 -c64 -d10s --latency (after a 1 s warm-up) through each Envoy
+#      (envoy_cached_mtls right before envoy_cached);
 #      CPU of the server and of Envoy is read from /proc during each measured window;
 #   5. RSS of a fresh stsgate after 100k distinct cached exchanges, and start-up time
 #      to SERVING (median of 5);
@@ -30,6 +35,10 @@
 #      The direct gRPC runs always float, like the anchors.
 #      QUIET_WAIT=SECONDS: before the criterion benches and before the rounds, wait up to
 #      this long for the machine to be quiet (< FOREIGN_LIMIT=0.25 busy cores not ours).
+#      CASES=envoy_cached,envoy_cached_mtls: run only these load cases (comma-separated
+#      names as in bench/report.py) and skip the memory and start-up parts; the report then
+#      goes to bench/results/partial.md (raw: partial.json), not bench/RESULTS.md.
+#      REPORT=PATH RAW=PATH: where the report and the raw JSON go.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -54,6 +63,26 @@ ENVOY="$REPO/.tools/bin/envoy"
 ISSUER="https://idp.bench.example/realms/corp"
 SUBJECT_AUD="mesh-gateway"
 AUDIENCE="bench-api"
+# Test PKI (test-only keys): stsgate's gRPC listener serves stsgate.pem for
+# envoy_cached_mtls, Envoy presents orders-sidecar.pem, both chain to ca.pem.
+MTLS_DIR="$REPO/tests/fixtures/mtls"
+MTLS_SERVER_ID="spiffe://cluster.local/ns/stsgate/sa/stsgate"
+MTLS_CALLER="orders-sidecar"
+MTLS_CALLER_ID="spiffe://cluster.local/ns/shop/sa/orders-sidecar"
+ALL_CASES=(direct_cached direct_noop direct_noop_like direct_cold direct_cached_bare
+    envoy_cached envoy_noop envoy_jwt_authn envoy_cold envoy_noop_like envoy_cached_bare envoy_cached_mtls)
+CASES="${CASES:-}"
+if [[ -n "$CASES" ]]; then
+    for c in ${CASES//,/ }; do
+        [[ " ${ALL_CASES[*]} " == *" $c "* ]] || { echo "unknown case in CASES: $c (known: ${ALL_CASES[*]})" >&2; exit 2; }
+    done
+    REPORT="${REPORT:-bench/results/partial.md}"
+    RAW="${RAW:-bench/results/partial.json}"
+else
+    REPORT="${REPORT:-bench/RESULTS.md}"
+    RAW="${RAW:-bench/results/latest.json}"
+fi
+want() { [[ -z "$CASES" || ",$CASES," == *",$1,"* ]]; } # case: is it run?
 
 WORK="$(mktemp -d /tmp/stsgate-bench.XXXXXX)"
 RUNS="$WORK/runs"
@@ -147,6 +176,7 @@ LOADGEN="$TARGET_DIR/release/stsgate-loadgen"
     echo "header_bytes $HEADER_BYTES"
     echo "metadata_fields $METADATA_FIELDS"
     echo "pin $PIN"
+    echo "cases ${CASES:-all}"
 } >"$WORK/meta.txt"
 
 # Waits (up to QUIET_WAIT s) until the machine's CPU outside our own servers is
@@ -249,9 +279,10 @@ case "$METADATA_FIELDS" in
     8) METADATA_LIST="[decision, rule, sub, aud, actor, scope, jti, subject_issuer]" ;;
     *) die "METADATA_FIELDS must be 0, 2 or 8" ;;
 esac
-stsgate_cfg() { # name grpc http cache [metadata list]
+stsgate_cfg() { # name grpc http cache [metadata list] [listen.grpc_tls lines] [ext_authz caller lines]
     render bench/stsgate.yaml.tmpl "$WORK/$1.yaml" GRPC_PORT="$2" HTTP_PORT="$3" CACHE="$4" \
-        ISSUER="$ISSUER" SUBJECT_AUD="$SUBJECT_AUD" JWKS_FILE="$JWKS_FILE" METADATA="${5:-$METADATA_LIST}"
+        ISSUER="$ISSUER" SUBJECT_AUD="$SUBJECT_AUD" JWKS_FILE="$JWKS_FILE" METADATA="${5:-$METADATA_LIST}" \
+        GRPC_TLS="${6:-}" CALLERS="${7:-}"
 }
 CACHED_GRPC=${P[0]}
 COLD_GRPC=${P[2]}
@@ -261,16 +292,30 @@ NOOP=${P[8]}
 NOOP_LIKE=${P[9]}
 # The same cached exchange with `dynamic_metadata: []`: what the metadata costs.
 BARE_GRPC=${P[24]}
+# The same cached exchange over mTLS (issue 11): TLS on the gRPC listener, the
+# caller identified by its certificate and admitted by `callers` for bench-*.
+MTLS_GRPC=${P[26]}
+MTLS_HTTP=${P[27]}
+STSGATE_TLS="  grpc_tls:
+    cert: $MTLS_DIR/stsgate.pem
+    key: $MTLS_DIR/stsgate-key.pem
+    client_ca: $MTLS_DIR/ca.pem"
+STSGATE_CALLERS="  caller_identity: mtls
+  callers:
+    - identity: \"$MTLS_CALLER_ID\"
+      audiences: [\"bench-*\"]"
 stsgate_cfg stsgate-cached "$CACHED_GRPC" "${P[1]}" "{enabled: true}"
 stsgate_cfg stsgate-cold "$COLD_GRPC" "${P[3]}" "{enabled: false}"
 stsgate_cfg stsgate-bare "$BARE_GRPC" "${P[25]}" "{enabled: true}" "[]"
+stsgate_cfg stsgate-mtls "$MTLS_GRPC" "$MTLS_HTTP" "{enabled: true}" "$METADATA_LIST" "$STSGATE_TLS" "$STSGATE_CALLERS"
 stsgate_cfg stsgate-rss "$RSS_GRPC" "${P[5]}" "{enabled: true, max_bytes: 1073741824}"
 stsgate_cfg stsgate-startup "$START_GRPC" "${P[7]}" "{enabled: true}"
 "$STSGATE" check-config "$WORK/stsgate-cached.yaml" >/dev/null || die "bench config rejected"
+"$STSGATE" check-config "$WORK/stsgate-mtls.yaml" >/dev/null || die "bench mTLS config rejected"
 
 JWKS_INLINE="$(cat "$JWKS_FILE")"
 # Envoy cases: name listen admin template authz-port
-ENVOY_CASES=(envoy_cached envoy_noop envoy_jwt_authn envoy_cold envoy_noop_like envoy_cached_bare)
+ENVOY_CASES=(envoy_cached envoy_noop envoy_jwt_authn envoy_cold envoy_noop_like envoy_cached_bare envoy_cached_mtls)
 declare -A E_LISTEN E_ADMIN E_PID
 i=10
 for name in "${ENVOY_CASES[@]}"; do
@@ -278,13 +323,29 @@ for name in "${ENVOY_CASES[@]}"; do
     E_ADMIN[$name]=${P[$((i + 1))]}
     i=$((i + 2))
 done
-envoy_cfg() { # name authz-port|jwt
+# The authz cluster's transport socket for envoy_cached_mtls: Envoy's client
+# certificate, and only stsgate's SPIFFE ID accepted (as in envoy/chain-*.yaml.tmpl).
+AUTHZ_TLS="    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          alpn_protocols: [\"h2\"]
+          tls_certificates:
+          - certificate_chain: {filename: \"$MTLS_DIR/$MTLS_CALLER.pem\"}
+            private_key: {filename: \"$MTLS_DIR/$MTLS_CALLER-key.pem\"}
+          validation_context:
+            trusted_ca: {filename: \"$MTLS_DIR/ca.pem\"}
+            match_typed_subject_alt_names:
+            - san_type: URI
+              matcher: {exact: \"$MTLS_SERVER_ID\"}"
+envoy_cfg() { # name authz-port|jwt [tls]
     if [[ "$2" == jwt ]]; then
         render bench/envoy/jwt_authn.yaml.tmpl "$WORK/$1.yaml" LISTEN_PORT="${E_LISTEN[$1]}" ADMIN_PORT="${E_ADMIN[$1]}" \
             ISSUER="$ISSUER" SUBJECT_AUD="$SUBJECT_AUD" JWKS="$JWKS_INLINE"
     else
         render bench/envoy/ext_authz.yaml.tmpl "$WORK/$1.yaml" LISTEN_PORT="${E_LISTEN[$1]}" ADMIN_PORT="${E_ADMIN[$1]}" \
-            AUTHZ_PORT="$2" AUDIENCE="$AUDIENCE"
+            AUTHZ_PORT="$2" AUDIENCE="$AUDIENCE" AUTHZ_TLS="$([[ "${3:-}" == tls ]] && echo "$AUTHZ_TLS" || true)"
     fi
 }
 envoy_cfg envoy_cached "$CACHED_GRPC"
@@ -293,6 +354,9 @@ envoy_cfg envoy_jwt_authn jwt
 envoy_cfg envoy_cold "$COLD_GRPC"
 envoy_cfg envoy_noop_like "$NOOP_LIKE"
 envoy_cfg envoy_cached_bare "$BARE_GRPC"
+envoy_cfg envoy_cached_mtls "$MTLS_GRPC" tls
+ENVOY_RUN=()
+for name in "${ENVOY_CASES[@]}"; do want "$name" && ENVOY_RUN+=("$name"); done
 
 # ---------------------------------------------------------------------------
 # Processes
@@ -311,16 +375,26 @@ export RUST_LOG=warn
 spawn stsgate_cached "$STSGATE" serve --config "$WORK/stsgate-cached.yaml"
 spawn stsgate_cold "$STSGATE" serve --config "$WORK/stsgate-cold.yaml"
 spawn stsgate_bare "$STSGATE" serve --config "$WORK/stsgate-bare.yaml"
+spawn stsgate_mtls "$STSGATE" serve --config "$WORK/stsgate-mtls.yaml"
 spawn noop "$LOADGEN" noop-server --listen "127.0.0.1:$NOOP"
 spawn noop_like "$LOADGEN" noop-server --listen "127.0.0.1:$NOOP_LIKE" --header-bytes "$HEADER_BYTES" \
     --metadata-fields "$METADATA_FIELDS"
 for t in "$CACHED_GRPC" "$COLD_GRPC" "$NOOP" "$NOOP_LIKE" "$BARE_GRPC"; do
     "$LOADGEN" wait-serving --target "127.0.0.1:$t" --timeout 20s || die "gRPC server on $t not SERVING"
 done
+# The mTLS instance's gRPC listener wants a client certificate: ask its HTTP /readyz.
+code=000
+for _ in $(seq 1 200); do
+    code="$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$MTLS_HTTP/readyz" || true)"
+    [[ "$code" == 200 ]] && break
+    sleep 0.1
+done
+alive "$PID_stsgate_mtls" stsgate_mtls
+[[ "$code" == 200 ]] || die "stsgate (mTLS) /readyz answered $code"
 
 BASE_ID=$((1500000000 + ($$ % 1000000) * 8))
 n=0
-for name in "${ENVOY_CASES[@]}"; do
+for name in "${ENVOY_RUN[@]}"; do
     if ((PIN)); then
         spawn "$name" taskset -c 1 "$ENVOY" -c "$WORK/$name.yaml" --concurrency 1 --base-id $((BASE_ID + n)) -l warn
     else
@@ -328,7 +402,7 @@ for name in "${ENVOY_CASES[@]}"; do
     fi
     n=$((n + 1))
 done
-for name in "${ENVOY_CASES[@]}"; do
+for name in "${ENVOY_RUN[@]}"; do
     url="http://127.0.0.1:${E_LISTEN[$name]}/"
     code=000
     for _ in $(seq 1 200); do
@@ -340,7 +414,7 @@ for name in "${ENVOY_CASES[@]}"; do
     alive "${!pid_var}" "$name"
     [[ "$code" == 200 ]] || die "$name answered $code instead of 200 (log: $(tail -3 "$WORK/$name.log"))"
 done
-log "all servers up: stsgate cached :$CACHED_GRPC, cold :$COLD_GRPC, noop :$NOOP, noop-like :$NOOP_LIKE; Envoys ${E_LISTEN[*]}"
+log "all servers up: stsgate cached :$CACHED_GRPC, cold :$COLD_GRPC, mTLS :$MTLS_GRPC, noop :$NOOP, noop-like :$NOOP_LIKE; Envoys ${ENVOY_RUN[*]}"
 
 # ---------------------------------------------------------------------------
 # Measurement helpers
@@ -379,6 +453,7 @@ foreign() { awk '/foreign_cores/ { if ($2 == "null") print "?"; else printf "%.2
 
 direct() { # round case target server_pid
     local r=$1 c=$2 target=$3 spid=$4 base="$RUNS/r$1-$2"
+    want "$c" || return 0
     alive "$spid" "$c"
     "$LOADGEN" grpc --target "127.0.0.1:$target" --token "$TOKEN" --audience "$AUDIENCE" \
         --concurrency "$CONCURRENCY" --channels "$CHANNELS" --duration "${DURATION}s" --warmup "${WARMUP}s" \
@@ -393,6 +468,7 @@ direct() { # round case target server_pid
 
 through_envoy() { # round case server_pid|-
     local r=$1 c=$2 spid=$3 base="$RUNS/r$1-$2"
+    want "$c" || return 0
     local epid_var="PID_$c" url="http://127.0.0.1:${E_LISTEN[$c]}/"
     alive "${!epid_var}" "$c"
     local lpid pin=()
@@ -440,6 +516,8 @@ for r in $(seq 1 "$ROUNDS"); do
     direct "$r" direct_noop_like "$NOOP_LIKE" "$PID_noop_like"
     direct "$r" direct_cold "$COLD_GRPC" "$PID_stsgate_cold"
     direct "$r" direct_cached_bare "$BARE_GRPC" "$PID_stsgate_bare"
+    # Right before envoy_cached, so that both pairs (mTLS/plaintext, cached/noop) run back to back.
+    through_envoy "$r" envoy_cached_mtls "$PID_stsgate_mtls"
     through_envoy "$r" envoy_cached "$PID_stsgate_cached"
     through_envoy "$r" envoy_noop "$PID_noop"
     through_envoy "$r" envoy_jwt_authn -
@@ -448,46 +526,60 @@ for r in $(seq 1 "$ROUNDS"); do
     through_envoy "$r" envoy_cached_bare "$PID_stsgate_bare"
 done
 
+# How many connections each Envoy opened to its ext_authz server over the whole run
+# (and TLS handshakes): Envoy keeps one HTTP/2 connection, so TLS costs no handshakes
+# per request. (The curl readiness probe, the warm-ups and the rounds share it.)
+for name in "${ENVOY_RUN[@]}"; do
+    [[ "$name" == envoy_jwt_authn ]] && continue
+    stats="$(curl -s -G --data-urlencode 'filter=^cluster\.authz\.(upstream_cx_total|upstream_rq_total|ssl\.handshake)$' \
+        "http://127.0.0.1:${E_ADMIN[$name]}/stats" || true)"
+    echo "$name $(echo "$stats" | tr -d ' ' | tr '\n' ' ')"
+done >"$RUNS/envoy-upstream.txt"
+log "Envoy → ext_authz connections: $(tr '\n' ';' <"$RUNS/envoy-upstream.txt")"
+
 # The load servers are done: stop them so the memory and start-up runs are quiet.
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 sleep 0.5
 
-# ---------------------------------------------------------------------------
-# Memory: a fresh stsgate, FILL distinct exchanges (one token, FILL audiences)
+if [[ -z "$CASES" ]]; then # a partial run (CASES) skips memory and start-up
 
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-spawn stsgate_rss "$STSGATE" serve --config "$WORK/stsgate-rss.yaml"
-"$LOADGEN" wait-serving --target "127.0.0.1:$RSS_GRPC" --timeout 20s || die "stsgate (rss) not SERVING"
-sleep 0.5
-{
-    echo "rss_start_kib $(rss_kib "$PID_stsgate_rss")"
-    "$LOADGEN" grpc --target "127.0.0.1:$RSS_GRPC" --token "$TOKEN" --audience-prefix bench-fill- --audiences "$FILL" \
-        --count "$FILL" --concurrency 32 --channels 2 --label fill >"$RUNS/fill.json" 2>"$RUNS/fill.err" \
-        || { cat "$RUNS/fill.err" >&2; die "fill failed"; }
-    sleep 1
-    echo "rss_filled_kib $(rss_kib "$PID_stsgate_rss")"
-    # The same FILL requests again: all answered from the cache if it kept them.
-    "$LOADGEN" grpc --target "127.0.0.1:$RSS_GRPC" --token "$TOKEN" --audience-prefix bench-fill- --audiences "$FILL" \
-        --count "$FILL" --concurrency 32 --channels 2 --label refill >"$RUNS/refill.json" 2>"$RUNS/refill.err" \
-        || { cat "$RUNS/refill.err" >&2; die "refill failed"; }
-    echo "rss_after_hits_kib $(rss_kib "$PID_stsgate_rss")"
-    echo "hwm_kib $(awk '/^VmHWM/ {print $2}' "/proc/$PID_stsgate_rss/status")"
-} >"$RUNS/rss.txt"
-log "memory: $(tr '\n' ' ' <"$RUNS/rss.txt"); fill: $(cat "$RUNS/fill.err"); refill: $(cat "$RUNS/refill.err")"
-kill "$PID_stsgate_rss" 2>/dev/null || true
-sleep 0.3
+    # ---------------------------------------------------------------------------
+    # Memory: a fresh stsgate, FILL distinct exchanges (one token, FILL audiences)
 
-# ---------------------------------------------------------------------------
-# Start-up to SERVING (local JWKS file), median of 5
+    rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+    spawn stsgate_rss "$STSGATE" serve --config "$WORK/stsgate-rss.yaml"
+    "$LOADGEN" wait-serving --target "127.0.0.1:$RSS_GRPC" --timeout 20s || die "stsgate (rss) not SERVING"
+    sleep 0.5
+    {
+        echo "rss_start_kib $(rss_kib "$PID_stsgate_rss")"
+        "$LOADGEN" grpc --target "127.0.0.1:$RSS_GRPC" --token "$TOKEN" --audience-prefix bench-fill- --audiences "$FILL" \
+            --count "$FILL" --concurrency 32 --channels 2 --label fill >"$RUNS/fill.json" 2>"$RUNS/fill.err" \
+            || { cat "$RUNS/fill.err" >&2; die "fill failed"; }
+        sleep 1
+        echo "rss_filled_kib $(rss_kib "$PID_stsgate_rss")"
+        # The same FILL requests again: all answered from the cache if it kept them.
+        "$LOADGEN" grpc --target "127.0.0.1:$RSS_GRPC" --token "$TOKEN" --audience-prefix bench-fill- --audiences "$FILL" \
+            --count "$FILL" --concurrency 32 --channels 2 --label refill >"$RUNS/refill.json" 2>"$RUNS/refill.err" \
+            || { cat "$RUNS/refill.err" >&2; die "refill failed"; }
+        echo "rss_after_hits_kib $(rss_kib "$PID_stsgate_rss")"
+        echo "hwm_kib $(awk '/^VmHWM/ {print $2}' "/proc/$PID_stsgate_rss/status")"
+    } >"$RUNS/rss.txt"
+    log "memory: $(tr '\n' ' ' <"$RUNS/rss.txt"); fill: $(cat "$RUNS/fill.err"); refill: $(cat "$RUNS/refill.err")"
+    kill "$PID_stsgate_rss" 2>/dev/null || true
+    sleep 0.3
 
-"$LOADGEN" startup --stsgate "$STSGATE" --config "$WORK/stsgate-startup.yaml" --target "127.0.0.1:$START_GRPC" --runs 5 \
-    >"$RUNS/startup.json" || die "startup measurement failed"
-log "startup: $(cat "$RUNS/startup.json")"
+    # ---------------------------------------------------------------------------
+    # Start-up to SERVING (local JWKS file), median of 5
+
+    "$LOADGEN" startup --stsgate "$STSGATE" --config "$WORK/stsgate-startup.yaml" --target "127.0.0.1:$START_GRPC" --runs 5 \
+        >"$RUNS/startup.json" || die "startup measurement failed"
+    log "startup: $(cat "$RUNS/startup.json")"
+fi
 
 # ---------------------------------------------------------------------------
 # Report
 
-mkdir -p bench/results
-python3 bench/report.py --work "$WORK" --out bench/RESULTS.md --raw bench/results/latest.json || die "report failed"
-log "wrote bench/RESULTS.md (raw: bench/results/latest.json)"
-sed -n '/^## Targets/,/^## /p' bench/RESULTS.md | head -30 >&2
+mkdir -p "$(dirname "$REPORT")" "$(dirname "$RAW")"
+python3 bench/report.py --work "$WORK" --out "$REPORT" --raw "$RAW" || die "report failed"
+log "wrote $REPORT (raw: $RAW)"
+sed -n '/^## \(Targets\|mTLS\)/,/^## Load runs/p' "$REPORT" | head -60 >&2
