@@ -189,7 +189,8 @@ async fn an_own_token_is_re_exchanged_only_by_the_workload_it_was_issued_to() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"], "invalid_grant", "{body}");
+    // RFC 8693 §2.2.2: an unacceptable actor token is invalid_request.
+    assert_eq!(body["error"], "invalid_request", "{body}");
     assert_eq!(body["error_description"], "actor token: stsgate's own tokens are not accepted as actor tokens", "{body}");
     h.shutdown().await;
 }

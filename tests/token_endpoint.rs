@@ -127,16 +127,156 @@ async fn actor_token_makes_a_delegated_token() {
     assert_error(&post(&h, &exchange(&subject, "orders", &[])).await, 400, "invalid_target", "no rule allows");
     // Half an actor.
     assert_error(&post(&h, &exchange(&subject, "orders", &[("actor_token", &actor)])).await, 400, "invalid_request", "actor_token_type");
-    // An actor token that does not verify: invalid_grant naming the actor token.
-    let forged = forge_none(&idp.claims("svc-web", ""));
-    let got = post(&h, &exchange(&subject, "orders", &[("actor_token", &forged), ("actor_token_type", AT)])).await;
-    assert_error(&got, 400, "invalid_grant", "actor token: unsigned tokens");
     // A subject token whose may_act names someone else: a policy refusal, 403.
     let mut claims = idp.claims("bob", "orders.read");
     claims["may_act"] = json!({"sub": "svc-other"});
     let bob = idp.token(&claims);
     let got = post(&h, &exchange(&bob, "orders", &[("actor_token", &actor), ("actor_token_type", AT)])).await;
     assert_error(&got, 403, "access_denied", "may_act");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_actor_tokens_are_invalid_request() {
+    let idp = MockIdp::start().await;
+    let h = Harness::builder(&idp).rules(ANY_ACTOR_DELEGATES).start().await;
+    let subject = idp.token(&idp.claims("alice", "orders.read"));
+
+    // RFC 8693 §2.2.2: an invalid or unacceptable actor token is
+    // invalid_request, the description naming the actor token.
+    let forged = forge_none(&idp.claims("svc-web", ""));
+    let got = post(&h, &exchange(&subject, "orders", &[("actor_token", &forged), ("actor_token_type", AT)])).await;
+    assert_error(&got, 400, "invalid_request", "actor token: unsigned tokens");
+
+    let stranger = MockIdp::start().await;
+    let foreign = stranger.token(&stranger.claims("svc-web", ""));
+    let got = post(&h, &exchange(&subject, "orders", &[("actor_token", &foreign), ("actor_token_type", AT)])).await;
+    assert_error(&got, 400, "invalid_request", "actor token: ");
+    assert_eq!(h.metric("stsgate_decisions_total", &["outcome=\"ok\""]).await.unwrap_or(0.0), 0.0, "nothing was issued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_an_actor_is_invalid_request() {
+    let idp = MockIdp::start().await;
+    let h = Harness::builder(&idp).rules(ANY_ACTOR_DELEGATES).start().await;
+    let subject = idp.token(&idp.claims("alice", "orders.read"));
+    let actor = idp.token(&idp.claims("svc-web", ""));
+
+    // RFC 8693 §2.1: actor_token_type is REQUIRED when actor_token is present
+    // (and means nothing without it): neither is ignored.
+    let got = post(&h, &exchange(&subject, "orders", &[("actor_token", &actor)])).await;
+    assert_error(&got, 400, "invalid_request", "actor_token_type is required with actor_token");
+    let got = post(&h, &exchange(&subject, "orders", &[("actor_token_type", AT)])).await;
+    assert_error(&got, 400, "invalid_request", "actor_token_type is given without actor_token");
+    // An unknown actor token type is refused too, not read as some other type.
+    let saml = "urn:ietf:params:oauth:token-type:saml2";
+    let got = post(&h, &exchange(&subject, "orders", &[("actor_token", &actor), ("actor_token_type", saml)])).await;
+    assert_error(&got, 400, "invalid_request", "actor_token_type");
+}
+
+/// Impersonation as tests/rules_check.rs configures it: `ops-console` may
+/// become `user-*` for `orders`; any other request for `orders` is an exchange.
+const CONSOLE_IMPERSONATES: &str = r#"
+- name: support-impersonates-customers
+  match:
+    audiences: [orders]
+    actor: { sub: [ops-console] }
+  grant:
+    outcome: impersonation
+    scopes: ["orders.read"]
+    impersonate_subjects: ["user-*"]
+    audit_claim: impersonated_by
+    max_lifetime: 1m
+- name: orders
+  match: { audiences: [orders] }
+  grant: { scopes: ["orders.*"] }
+"#;
+
+/// `requested_subject_header` is an ext_authz key, and check-config wants it
+/// for any impersonation rule.
+async fn impersonation_harness(idp: &MockIdp) -> Harness {
+    Harness::builder(idp)
+        .ext_authz("requested_subject_header: x-requested-subject")
+        .rules(CONSOLE_IMPERSONATES)
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requested_subject_is_honoured_only_under_an_impersonation_rule_naming_the_actor() {
+    let idp = MockIdp::start().await;
+    let h = impersonation_harness(&idp).await;
+    let operator = idp.token(&idp.claims("operator", "orders.read orders.write"));
+    let console = idp.token(&idp.claims("ops-console", ""));
+    let web = idp.token(&idp.claims("svc-web", ""));
+    let by_console = [("actor_token", console.as_str()), ("actor_token_type", AT)];
+    let by_web = [("actor_token", web.as_str()), ("actor_token_type", AT)];
+    /// `operator`'s exchange for `orders` by `actor`, asking to become `who`.
+    fn asking<'a>(operator: &'a str, actor: &[(&'a str, &'a str)], who: &'a str) -> Vec<(&'a str, &'a str)> {
+        let mut pairs = exchange(operator, "orders", actor);
+        pairs.push(("requested_subject", who));
+        pairs
+    }
+
+    // The proven actor named by the rule becomes a listed subject: no act,
+    // the rule's audit claim names the real actor.
+    let (status, body) = post(&h, &asking(&operator, &by_console, "user-123")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], "orders.read");
+    let (_, claims) = h.verify_minted(body["access_token"].as_str().unwrap(), "orders").await;
+    assert_eq!(claims["sub"], "user-123", "{claims}");
+    assert!(claims.get("act").is_none(), "impersonation carries no act: {claims}");
+    assert_eq!(claims["impersonated_by"], json!({"sub": "ops-console", "iss": idp.issuer}), "{claims}");
+
+    // No actor at all: refused, never silently a token for the original subject.
+    let got = post(&h, &asking(&operator, &[], "user-123")).await;
+    assert_error(&got, 403, "access_denied", "impersonating another subject needs a rule that names this actor");
+    // A subject the rule does not list.
+    assert_error(&post(&h, &asking(&operator, &by_console, "admin-1")).await, 403, "access_denied", "impersonating another subject");
+    // A proven actor the rule does not name.
+    assert_error(&post(&h, &asking(&operator, &by_web, "user-123")).await, 403, "access_denied", "impersonating another subject");
+
+    assert_eq!(
+        h.metric("stsgate_decisions_total", &["outcome=\"denied\"", "reason=\"impersonation_refused\""]).await,
+        Some(3.0)
+    );
+    // Asking for oneself is no impersonation: the ordinary exchange.
+    let (status, body) = post(&h, &asking(&operator, &[], "operator")).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, claims) = h.verify_minted(body["access_token"].as_str().unwrap(), "orders").await;
+    assert_eq!(claims["sub"], "operator");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_requested_subjects_are_invalid_request() {
+    let idp = MockIdp::start().await;
+    let h = impersonation_harness(&idp).await;
+    let operator = idp.token(&idp.claims("operator", "orders.read"));
+    let console = idp.token(&idp.claims("ops-console", ""));
+    let actor = [("actor_token", console.as_str()), ("actor_token_type", AT)];
+
+    // The ext_authz header's limits: one identifier, at most 256 bytes, no
+    // comma, no control character; the value is never echoed.
+    let too_long = format!("user-{}", "x".repeat(252));
+    for bad in ["user-123\nstsgate::audit: INJECTED", "user-123\u{7f}", "user-1,user-2", too_long.as_str()] {
+        let mut pairs = exchange(&operator, "orders", &actor);
+        pairs.push(("requested_subject", bad));
+        let got = post(&h, &pairs).await;
+        assert_error(&got, 400, "invalid_request", "requested_subject must hold one subject identifier");
+        assert!(!got.1["error_description"].as_str().unwrap().contains("INJECTED"), "{}", got.1);
+    }
+    // 256 bytes is still one identifier (refused by the rule, not the parser).
+    let longest = format!("user-{}", "x".repeat(251));
+    let mut pairs = exchange(&operator, "orders", &[]);
+    pairs.push(("requested_subject", longest.as_str()));
+    assert_error(&post(&h, &pairs).await, 403, "access_denied", "impersonating another subject");
+    // Single-valued like the others.
+    let mut twice = exchange(&operator, "orders", &actor);
+    twice.extend([("requested_subject", "user-1"), ("requested_subject", "user-2")]);
+    assert_error(&post(&h, &twice).await, 400, "invalid_request", "requested_subject is given more than once");
+    assert_eq!(
+        h.metric("stsgate_decisions_total", &["outcome=\"bad_request\"", "reason=\"bad_requested_subject\""]).await,
+        Some(4.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +336,7 @@ async fn malformed_requests_are_invalid_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_tokens_are_invalid_grant_and_refusals_follow_the_rules() {
+async fn bad_subject_tokens_are_invalid_request_and_refusals_follow_the_rules() {
     let idp = MockIdp::start().await;
     let h = Harness::builder(&idp).ext_authz("default_audience: api://fallback").start().await;
 
@@ -205,15 +345,17 @@ async fn bad_tokens_are_invalid_grant_and_refusals_follow_the_rules() {
     expired["iat"] = json!(t - 1200);
     expired["nbf"] = json!(t - 1200);
     expired["exp"] = json!(t - 600);
+    // RFC 8693 §2.2.2: an invalid or unacceptable subject token is
+    // invalid_request (not invalid_grant), described as before.
     let got = post(&h, &exchange(&idp.token(&expired), "orders", &[])).await;
-    assert_error(&got, 400, "invalid_grant", "subject token: token has expired");
+    assert_error(&got, 400, "invalid_request", "subject token: token has expired");
 
     let forged = forge_none(&idp.claims("alice", "orders.read"));
-    assert_error(&post(&h, &exchange(&forged, "orders", &[])).await, 400, "invalid_grant", "alg none");
+    assert_error(&post(&h, &exchange(&forged, "orders", &[])).await, 400, "invalid_request", "alg none");
 
     let stranger = MockIdp::start().await;
     let foreign = stranger.token(&stranger.claims("alice", "orders.read"));
-    assert_error(&post(&h, &exchange(&foreign, "orders", &[])).await, 400, "invalid_grant", "issuer is not trusted");
+    assert_error(&post(&h, &exchange(&foreign, "orders", &[])).await, 400, "invalid_request", "issuer is not trusted");
 
     // No rule for the audience: Denied::NoRule is invalid_target (400).
     let subject = idp.token(&idp.claims("alice", "orders.read profile"));

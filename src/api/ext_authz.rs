@@ -42,7 +42,7 @@ pub(crate) const CTX_SCOPE: &str = "scope";
 pub(crate) const CTX_ACTOR: &str = "actor";
 
 /// Longest requested subject accepted from the impersonation header.
-const MAX_REQUESTED_SUBJECT: usize = 256;
+pub(crate) const MAX_REQUESTED_SUBJECT: usize = 256;
 
 pub struct AuthzService {
     /// The engine in use; a configuration reload swaps it whole.
@@ -180,10 +180,17 @@ fn requested_subject(http: Option<&AttributeContext_HttpRequest>, ea: &ExtAuthz)
         return Ok(None);
     };
     let value = raw.trim();
-    if value.is_empty() || value.len() > MAX_REQUESTED_SUBJECT || value.contains(',') || value.chars().any(char::is_control) {
+    if !is_one_subject(value) {
         return Err("the requested subject header must hold one subject identifier");
     }
     Ok(Some(value.to_owned()))
+}
+
+/// Whether a requested subject (the ext_authz header, the token endpoint's
+/// `requested_subject`) names one subject: not empty, at most
+/// `MAX_REQUESTED_SUBJECT` bytes, no comma, no control character.
+pub(crate) fn is_one_subject(value: &str) -> bool {
+    !value.is_empty() && value.len() <= MAX_REQUESTED_SUBJECT && !value.contains(',') && !value.chars().any(char::is_control)
 }
 
 #[tonic::async_trait]

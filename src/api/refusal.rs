@@ -94,7 +94,9 @@ impl Condition {
             }
             (Condition::UnsupportedGrant, _) => "unsupported_grant_type",
             (Condition::BadToken, Door::Check) => "invalid_token",
-            (Condition::BadToken, Door::Token) => "invalid_grant",
+            // RFC 8693 §2.2.2: an invalid or unacceptable subject or actor token
+            // is invalid_request (not RFC 6749's invalid_grant).
+            (Condition::BadToken, Door::Token) => "invalid_request",
             (Condition::Target, _) => "invalid_target",
             (Condition::Scope, _) => "invalid_scope",
             (Condition::Denied, _) => "access_denied",
@@ -257,9 +259,13 @@ mod tests {
         assert_eq!((check.class, check.label), (Class::Unauthenticated, "expired"));
         assert_eq!(check.condition.code(Door::Check), Some("invalid_token"));
         assert_eq!(check.description, "token has expired");
-        assert_eq!(token.condition.code(Door::Token), Some("invalid_grant"));
+        assert_eq!(token.condition.code(Door::Token), Some("invalid_request"));
         assert_eq!(token.description, "subject token: token has expired");
         let actor = Refusal::from_exchange(&ExchangeError::ActorToken(TokenError::Expired), Door::Check);
+        assert_eq!(actor.description, "actor token: token has expired");
+        let actor = Refusal::from_exchange(&ExchangeError::ActorToken(TokenError::Expired), Door::Token);
+        assert_eq!((actor.class, actor.condition), (Class::Unauthenticated, Condition::BadToken));
+        assert_eq!(actor.condition.code(Door::Token), Some("invalid_request"));
         assert_eq!(actor.description, "actor token: token has expired");
         let keys = Refusal::token(&TokenError::KeysUnavailable("down".into()), Credential::Subject, Door::Token);
         assert_eq!(keys.class, Class::Unavailable);

@@ -4,8 +4,11 @@
 //!
 //! There is no client authentication: the subject token (and the actor token,
 //! when given) are the credentials, and the rules decide. The actor is only
-//! ever the validated `actor_token`, never the HTTP peer, and nobody can ask
-//! to impersonate another subject here.
+//! ever the validated `actor_token`, never the HTTP peer. `requested_subject`
+//! asks to impersonate another subject exactly as the ext_authz
+//! requested-subject header does: only an impersonation rule that names the
+//! proven actor and lists the subject grants it (audited by the engine), and
+//! anything else is refused, never ignored.
 //!
 //! Choices where the RFCs leave room:
 //! - exactly one target: `audience` and `resource` values together (identical
@@ -13,7 +16,10 @@
 //!   `ext_authz.default_audience`;
 //! - known parameters other than `audience`/`resource` may appear once
 //!   (RFC 6749 §3.2); unknown ones are ignored, repeated or not; an empty
-//!   value counts as omitted (RFC 6749 §3.1);
+//!   value counts as omitted (RFC 6749 §3.1); a known parameter that would
+//!   change the request's meaning in a way stsgate does not serve is refused;
+//! - an invalid or unacceptable subject or actor token is `invalid_request`
+//!   (RFC 8693 §2.2.2), not `invalid_grant`;
 //! - without `scope` the token gets every scope the rule and the subject token
 //!   allow (no `ext_authz.default_scope` here);
 //! - `scope` is always in a successful answer when the token has scopes.
@@ -27,6 +33,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tracing::debug;
 
+use crate::api::ext_authz::{MAX_REQUESTED_SUBJECT, is_one_subject};
 use crate::api::refusal::{Class, Condition, Door, Refusal};
 use crate::clock::now_unix;
 use crate::engine::{Engine, ExchangeError, ExchangeRequest};
@@ -48,8 +55,16 @@ const API: &str = "token";
 const ACCEPTED_INPUT_TYPES: [&str; 3] = [TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN];
 
 /// Parameters that may appear at most once.
-const SINGLE: [&str; 7] =
-    ["grant_type", "subject_token", "subject_token_type", "actor_token", "actor_token_type", "scope", "requested_token_type"];
+const SINGLE: [&str; 8] = [
+    "grant_type",
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "scope",
+    "requested_token_type",
+    "requested_subject",
+];
 
 /// A refusal as an RFC 6749 §5.2 error answer; the status follows the code.
 fn refused(r: &Refusal) -> Response {
@@ -142,10 +157,10 @@ async fn handle_inner(engine: &Engine, req: Request<Body>) -> Result<Response, R
         scopes: form.scope.map(split_scopes),
         default_client_id: &engine.cfg.ext_authz.client_id,
         actor: actor.actor,
-        requested_subject: None,
+        requested_subject: form.requested_subject,
         actor_exp: actor.exp,
     };
-    let done = engine.exchange(&request).await.map_err(refuse)?;
+    let done = engine.exchange(&request).await.map_err(|e| refuse(e).by(request.actor.as_ref()))?;
     debug!(rule = done.rule(), outcome = done.outcome().as_str(), audience = form.audience, "token endpoint: exchanged");
     let mut body = json!({
         "access_token": done.token(),
@@ -200,6 +215,8 @@ struct Form<'a> {
     actor_token: Option<&'a str>,
     audience: &'a str,
     scope: Option<&'a str>,
+    /// Whom the (proven) actor asks to become; the rules decide.
+    requested_subject: Option<&'a str>,
     issued_token_type: &'static str,
 }
 
@@ -256,7 +273,16 @@ impl<'a> Form<'a> {
             _ => return Err(bad_target("several_targets", "one audience or resource per request")),
         };
 
-        Ok(Form { subject_token, actor_token, audience, scope: p.one("scope"), issued_token_type })
+        // Checked like the ext_authz requested-subject header.
+        let requested_subject = p.one("requested_subject");
+        if requested_subject.is_some_and(|s| !is_one_subject(s)) {
+            let why = format!(
+                "requested_subject must hold one subject identifier (at most {MAX_REQUESTED_SUBJECT} bytes, no comma or control character)"
+            );
+            return Err(invalid("bad_requested_subject", why));
+        }
+
+        Ok(Form { subject_token, actor_token, audience, scope: p.one("scope"), requested_subject, issued_token_type })
     }
 }
 
