@@ -8,25 +8,16 @@
 
 #[path = "e2e/mod.rs"]
 mod e2e;
+#[path = "e2e/mtls.rs"]
+mod mtls;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use e2e::{Echo, Envoy, Stsgate, TempDir, bearer, echoed_header, jwt_parts, verify_with_jwks};
 use serde_json::Value;
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 const INTRUDER: &str = "spiffe://cluster.local/ns/shop/sa/intruder";
-
-fn certs_dir() -> PathBuf {
-    e2e::repo_root().join("tests").join("fixtures").join("mtls")
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = certs_dir().join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e} (see tests/fixtures/mtls/gen.sh)", path.display()))
-}
 
 /// The e2e test configuration with one rule: the workload `web` may delegate
 /// for users towards `orders`. Nobody else may, and there is no exchange rule.
@@ -47,26 +38,6 @@ fn mtls_stsgate_config(grpc_port: u16, http_port: u16) -> String {
     )
 }
 
-/// A client that trusts only the test CA and presents `identity` (a fixture
-/// base name such as `web`), or no client certificate at all.
-fn mtls_client(identity: Option<&str>) -> reqwest::Client {
-    stsgate::install_crypto_provider();
-    let ca = reqwest::Certificate::from_pem(&fixture("ca.pem")).expect("ca.pem");
-    let mut builder = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(0);
-    if let Some(name) = identity {
-        let mut pem = fixture(&format!("{name}.pem"));
-        pem.extend(fixture(&format!("{name}-key.pem")));
-        builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap_or_else(|e| panic!("{name} identity: {e}")));
-    }
-    builder.build().expect("reqwest mTLS client")
-}
-
 /// stsgate + echo upstream + Envoy with the mTLS listener.
 struct Stack {
     envoy: Envoy,
@@ -80,7 +51,7 @@ impl Stack {
         let dir = TempDir::new(label);
         let echo = Echo::start().await;
         let sts = Stsgate::start_with(&dir, mtls_stsgate_config).await;
-        let certs = certs_dir();
+        let certs = mtls::certs_dir();
         let config = e2e::render(
             &e2e::envoy_file("mtls.yaml.tmpl"),
             &[
@@ -102,7 +73,7 @@ impl Stack {
     }
 
     async fn get(&self, identity: Option<&str>, path: &str, token: &str) -> reqwest::Result<reqwest::Response> {
-        mtls_client(identity).get(self.url(path)).header("authorization", format!("Bearer {token}")).send().await
+        mtls::client(identity).get(self.url(path)).header("authorization", format!("Bearer {token}")).send().await
     }
 
     /// A listener TLS counter (`listener.mtls.ssl.<name>`), 0 when absent.
@@ -111,32 +82,20 @@ impl Stack {
     }
 }
 
-/// The whole error chain, for messages.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_certificate_makes_a_delegation_with_its_spiffe_id_as_actor() {
     let s = Stack::start("mtls-web").await;
     let subject = s.sts.mint("alice", "orders.read orders.write").await;
 
     // A header claiming another identity changes nothing: only the TLS peer counts.
-    let resp = mtls_client(Some("web"))
+    let resp = mtls::client(Some("web"))
         .get(s.url("/orders/7"))
         .header("authorization", format!("Bearer {subject}"))
         .header("x-forwarded-client-cert", format!("URI={INTRUDER}"))
         .header("x-actor", INTRUDER)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET /orders/7 with the web certificate: {}\n{}", chain(&e), s.envoy.log()));
+        .unwrap_or_else(|e| panic!("GET /orders/7 with the web certificate: {}\n{}", mtls::error_chain(&e), s.envoy.log()));
     let status = resp.status();
     let body = resp.text().await.unwrap();
     assert_eq!(status, 200, "{body}\n{}", s.sts.log_text());
@@ -181,7 +140,7 @@ async fn intruder_certificate_is_refused_by_stsgate() {
     let resp = s
         .get(Some("intruder"), "/orders/7", &subject)
         .await
-        .unwrap_or_else(|e| panic!("the intruder's certificate is valid for TLS: {}\n{}", chain(&e), s.envoy.log()));
+        .unwrap_or_else(|e| panic!("the intruder's certificate is valid for TLS: {}\n{}", mtls::error_chain(&e), s.envoy.log()));
     assert_eq!(resp.status(), 403);
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body: Value = resp.json().await.unwrap();
@@ -204,15 +163,15 @@ async fn handshake_is_refused_without_a_certificate_from_the_ca() {
 
     // No client certificate at all.
     let err = s.get(None, "/orders/7", &subject).await.expect_err("Envoy answered a client without a certificate");
-    assert!(!err.is_status(), "{}", chain(&err));
+    assert!(!err.is_status(), "{}", mtls::error_chain(&err));
     // A certificate with the web SPIFFE ID, self-signed rather than from the CA.
     let err2 = s.get(Some("rogue"), "/orders/7", &subject).await.expect_err("Envoy answered a self-signed client certificate");
-    assert!(!err2.is_status(), "{}", chain(&err2));
+    assert!(!err2.is_status(), "{}", mtls::error_chain(&err2));
 
     // Both were refused by Envoy's TLS layer, before any HTTP (rustls reports the TLS 1.3
     // alerts CertificateRequired and UnknownCA; the counters are the stable proof).
-    assert!(s.ssl_stat("fail_verify_no_cert").await >= 1, "no-certificate error: {}\n{}", chain(&err), s.envoy.log());
-    assert!(s.ssl_stat("fail_verify_error").await >= 1, "rogue-certificate error: {}\n{}", chain(&err2), s.envoy.log());
+    assert!(s.ssl_stat("fail_verify_no_cert").await >= 1, "no-certificate error: {}\n{}", mtls::error_chain(&err), s.envoy.log());
+    assert!(s.ssl_stat("fail_verify_error").await >= 1, "rogue-certificate error: {}\n{}", mtls::error_chain(&err2), s.envoy.log());
     assert_eq!(s.ssl_stat("handshake").await, 0, "a handshake completed");
     assert_eq!(s.echo.hits(), 0);
     assert!(s.envoy.access_log().is_empty(), "an HTTP request got through:\n{}", s.envoy.access_log());
