@@ -182,6 +182,7 @@ fn exchange_request(token: &str) -> ExchangeRequest<'_> {
         actor: None,
         requested_subject: None,
         actor_exp: None,
+        client: None,
     }
 }
 

@@ -261,6 +261,13 @@ fn warnings(cfg: &Config) -> Vec<String> {
             out.push(format!("signing.keys[{i}] is ephemeral: tokens cannot be verified after a restart or across replicas"));
         }
     }
+    if !cfg.clients.is_empty() && cfg.token_endpoint.allow_unauthenticated == Some(true) {
+        out.push(
+            "token_endpoint.allow_unauthenticated is true with clients configured: requests without client \
+             authentication are still served"
+                .into(),
+        );
+    }
     if cfg.dev_idp.is_some() {
         out.push("dev_idp is enabled: anyone reaching the HTTP listener can mint trusted subject tokens".into());
     }
@@ -317,6 +324,21 @@ fn failure(e: &anyhow::Error) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unauthenticated_requests_beside_clients_are_a_warning() {
+        let base = "issuer: https://sts.test\nsigning:\n  keys: [{ kid: a, ephemeral: true }]\n\
+                    trusted_issuers:\n  - { issuer: https://a.test, jwks_url: https://a.test/jwks }\n\
+                    rules:\n  - { name: r, grant: { scopes: [x] } }\n";
+        let about = |extra: &str| -> usize {
+            let cfg = Config::from_yaml_validated(&format!("{base}{extra}")).unwrap();
+            warnings(&cfg).iter().filter(|w| w.contains("allow_unauthenticated")).count()
+        };
+        let client = "clients:\n  - { client_id: c, auth: none }\n";
+        assert_eq!(about(client), 0);
+        assert_eq!(about("token_endpoint: { allow_unauthenticated: true }\n"), 0);
+        assert_eq!(about(&format!("{client}token_endpoint: {{ allow_unauthenticated: true }}\n")), 1);
+    }
 
     #[test]
     fn a_rule_without_issuers_over_several_idps_is_a_warning() {

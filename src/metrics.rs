@@ -27,8 +27,15 @@ struct FrontDoor {
     api: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientAuthLabels {
+    /// unknown_client | client_method | bad_client_secret | bad_client_credentials | client_required | client_rate_limited
+    reason: &'static str,
+}
+
 pub struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
+    client_auth_failures: Family<ClientAuthLabels, Counter>,
     duration: Family<FrontDoor, Histogram>,
     // Handles of the per-request series, resolved once: the label lookup
     // (hash + read lock) stays off the hot path.
@@ -45,9 +52,15 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.000_025, 2.0, 16))
         });
         reg.register("stsgate_request_duration_seconds", "Time to answer an exchange", duration.clone());
+        let client_auth_failures = Family::<ClientAuthLabels, Counter>::default();
+        reg.register(
+            "stsgate_client_auth_failures",
+            "Failed client authentications at the token endpoint, by reason",
+            client_auth_failures.clone(),
+        );
         let allowed = decisions.get_or_create(&DecisionLabels { outcome: "ok", reason: "exchanged" }).clone();
         let ext_authz_duration = duration.get_or_create(&FrontDoor { api: "ext_authz" }).clone();
-        Arc::new(Metrics { decisions, duration, allowed, ext_authz_duration })
+        Arc::new(Metrics { decisions, client_auth_failures, duration, allowed, ext_authz_duration })
     }
 
     pub(crate) fn allow(&self) {
@@ -56,6 +69,10 @@ impl Metrics {
 
     pub(crate) fn unauthenticated(&self, reason: &'static str) {
         self.decisions.get_or_create(&DecisionLabels { outcome: "unauthenticated", reason }).inc();
+    }
+
+    pub(crate) fn client_auth_failure(&self, reason: &'static str) {
+        self.client_auth_failures.get_or_create(&ClientAuthLabels { reason }).inc();
     }
 
     pub(crate) fn bad_request(&self, reason: &'static str) {

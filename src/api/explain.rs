@@ -68,6 +68,7 @@ pub(crate) async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value,
         actor,
         requested_subject: q.requested_subject.as_deref(),
         actor_exp,
+        client: None,
     };
     let base = json!({
         "subject": {"iss": subject.issuer, "sub": subject.sub, "scopes": subject.scopes, "act": subject.claims.act, "may_act": subject.claims.may_act},

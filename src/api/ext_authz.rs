@@ -134,6 +134,7 @@ impl AuthzService {
             actor: actor.actor,
             requested_subject: requested_subject.as_deref(),
             actor_exp: actor.exp,
+            client: None,
         };
         match engine.exchange(&request).await {
             Ok(done) => {

@@ -4,6 +4,7 @@
 //! refusals are mapped once, in `refusal`; `callers` says who may call Check.
 
 pub mod callers;
+pub(crate) mod client_auth;
 pub(crate) mod codec;
 pub(crate) mod dev_idp;
 pub(crate) mod explain;

@@ -16,6 +16,7 @@ use tracing::{Level, debug, error, info, warn};
 
 use crate::api::callers::CallerRefused;
 use crate::engine::ExchangeError;
+use crate::engine::clients::ClientAuthError;
 use crate::metrics::Metrics;
 use crate::rules::Denied;
 use crate::trust::validator::TokenError;
@@ -80,6 +81,11 @@ pub(crate) enum Condition {
     Denied,
     /// Nothing can be issued now; try again.
     Unavailable,
+    /// Client authentication at the token endpoint failed (RFC 6749 §5.2).
+    Client,
+    /// Too many failed client authentications for this client of late
+    /// (429 with Retry-After, RFC 6585 §4; the code stays invalid_client).
+    ClientRateLimited,
 }
 
 impl Condition {
@@ -101,6 +107,7 @@ impl Condition {
             (Condition::Scope, _) => "invalid_scope",
             (Condition::Denied, _) => "access_denied",
             (Condition::Unavailable, _) => "temporarily_unavailable",
+            (Condition::Client | Condition::ClientRateLimited, _) => "invalid_client",
         })
     }
 }
@@ -147,6 +154,8 @@ pub(crate) struct Refusal {
     pub(crate) level: Level,
     /// The actor refused, once known: access logs show who, not only why.
     pub(crate) actor: Option<String>,
+    /// Seconds a rate-limited client waits (`Retry-After`).
+    pub(crate) retry_after: Option<u64>,
     log: Cow<'static, str>,
 }
 
@@ -159,7 +168,16 @@ impl Refusal {
         description: impl Into<Cow<'static, str>>,
     ) -> Refusal {
         let description = description.into();
-        Refusal { class, condition, log: description.clone(), description, label, level: Level::DEBUG, actor: None }
+        Refusal {
+            class,
+            condition,
+            log: description.clone(),
+            description,
+            label,
+            level: Level::DEBUG,
+            actor: None,
+            retry_after: None,
+        }
     }
 
     /// A request that cannot be read.
@@ -227,6 +245,38 @@ impl Refusal {
         Refusal::new(Class::Forbidden, Condition::Denied, c.label(), c.to_string()).logged(Level::WARN, c.log_line())
     }
 
+    /// A token endpoint client that did not authenticate: unknown, wrong
+    /// secret, or a method it is not configured for. The description never
+    /// says which, nor echoes what was sent.
+    pub(crate) fn client(e: ClientAuthError, client_id: Option<&str>) -> Refusal {
+        let line = match client_id {
+            Some(id) => format!("client authentication failed for {id:?}: {e}"),
+            None => format!("client authentication failed: {e}"),
+        };
+        Refusal::new(Class::Unauthenticated, Condition::Client, e.label(), "client authentication failed")
+            .logged(Level::DEBUG, line)
+    }
+
+    /// A client whose failed authentications exceeded its rate: refused
+    /// before its credentials are checked, for `wait_secs`.
+    pub(crate) fn client_rate_limited(client_id: &str, wait_secs: u64) -> Refusal {
+        let why = format!("too many failed client authentications; retry after {wait_secs} s");
+        let mut r = Refusal::new(Class::Unauthenticated, Condition::ClientRateLimited, "client_rate_limited", why)
+            .logged(Level::INFO, format!("client {client_id:?} is rate limited after failed authentications"));
+        r.retry_after = Some(wait_secs);
+        r
+    }
+
+    /// A request without client authentication where it is required.
+    pub(crate) fn client_required() -> Refusal {
+        Refusal::new(Class::Unauthenticated, Condition::Client, "client_required", "client authentication is required")
+    }
+
+    /// Client credentials that cannot be read (a malformed Basic header).
+    pub(crate) fn client_malformed(why: &'static str) -> Refusal {
+        Refusal::new(Class::Unauthenticated, Condition::Client, "bad_client_credentials", why)
+    }
+
     /// Counts the refusal and logs it: the one place either happens.
     pub(crate) fn record(&self, metrics: &Metrics, door: Door) {
         match self.class {
@@ -234,6 +284,9 @@ impl Refusal {
             Class::InvalidRequest => metrics.bad_request(self.label),
             Class::Forbidden => metrics.deny(self.label),
             Class::Unavailable | Class::Internal => metrics.unavailable(self.label),
+        }
+        if matches!(self.condition, Condition::Client | Condition::ClientRateLimited) {
+            metrics.client_auth_failure(self.label);
         }
         let (api, actor, log) = (door.api(), self.actor.as_deref(), &self.log);
         if self.level == Level::ERROR {
@@ -282,10 +335,14 @@ mod tests {
         assert_eq!(code(Denied::MayAct), "access_denied");
         assert_eq!(Condition::NoCredential.code(Door::Check), None);
         // Presenter binding is policy: 403 access_denied, described, labelled.
-        let d = Denied::PresenterMismatch { issued_to: vec!["orders".into()], actor: Some("spiffe://x/billing".into()) };
+        let d =
+            Denied::PresenterMismatch { issued_to: vec!["orders".into()], actor: Some("spiffe://x/billing".into()) };
         let r = Refusal::denied(&d);
         assert_eq!((r.class, r.condition, r.label), (Class::Forbidden, Condition::Denied, "presenter_mismatch"));
         assert_eq!(r.condition.code(Door::Check), Some("access_denied"));
-        assert_eq!(r.description, "the token was issued to \"orders\"; actor \"spiffe://x/billing\" is not a workload of it");
+        assert_eq!(
+            r.description,
+            "the token was issued to \"orders\"; actor \"spiffe://x/billing\" is not a workload of it"
+        );
     }
 }

@@ -14,9 +14,10 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
 use crate::api::dev_idp::DevIdp;
+use crate::api::readiness::Readiness;
+use crate::config::ClientAuthMethod;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
-use crate::api::readiness::Readiness;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -121,8 +122,26 @@ async fn metadata(State(s): State<AppState>) -> Json<Value> {
         // Built like jwks_uri: the issuer URL plus the path.
         doc["token_endpoint"] = json!(format!("{issuer}{}", te.path));
         doc["grant_types_supported"] = json!([crate::api::token_endpoint::GRANT_TYPE_TOKEN_EXCHANGE]);
-        // No client authentication: the presented tokens are the credentials.
-        doc["token_endpoint_auth_methods_supported"] = json!(["none"]);
+        // Exactly the configured client methods, plus `none` when requests
+        // without client authentication are served.
+        let cfg = &engine.cfg;
+        let methods: Vec<&str> = [
+            ClientAuthMethod::ClientSecretBasic,
+            ClientAuthMethod::ClientSecretPost,
+            ClientAuthMethod::PrivateKeyJwt,
+            ClientAuthMethod::None,
+        ]
+        .into_iter()
+        .filter(|m| {
+            cfg.clients.iter().any(|c| c.auth == *m)
+                || (*m == ClientAuthMethod::None && te.allows_unauthenticated(&cfg.clients))
+        })
+        .map(ClientAuthMethod::as_str)
+        .collect();
+        if methods.contains(&ClientAuthMethod::PrivateKeyJwt.as_str()) {
+            doc["token_endpoint_auth_signing_alg_values_supported"] = json!(engine.clients.assertion_algs());
+        }
+        doc["token_endpoint_auth_methods_supported"] = json!(methods);
     }
     Json(doc)
 }

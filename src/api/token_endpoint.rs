@@ -33,6 +33,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tracing::debug;
 
+use crate::api::client_auth::{Presented, authenticate, tried_basic};
 use crate::api::ext_authz::{MAX_REQUESTED_SUBJECT, is_one_subject};
 use crate::api::refusal::{Class, Condition, Door, Refusal};
 use crate::clock::now_unix;
@@ -55,7 +56,7 @@ const API: &str = "token";
 const ACCEPTED_INPUT_TYPES: [&str; 3] = [TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN];
 
 /// Parameters that may appear at most once.
-const SINGLE: [&str; 8] = [
+const SINGLE: [&str; 12] = [
     "grant_type",
     "subject_token",
     "subject_token_type",
@@ -64,16 +65,22 @@ const SINGLE: [&str; 8] = [
     "scope",
     "requested_token_type",
     "requested_subject",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
 ];
 
 /// A refusal as an RFC 6749 §5.2 error answer; the status follows the code.
-fn refused(r: &Refusal) -> Response {
+fn refused(r: &Refusal, tried_basic: bool) -> Response {
     let code = r.condition.code(Door::Token).unwrap_or("invalid_request");
     let status = match r.condition {
         Condition::Method => StatusCode::METHOD_NOT_ALLOWED,
         Condition::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Condition::Denied => StatusCode::FORBIDDEN,
         Condition::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Condition::Client => StatusCode::UNAUTHORIZED,
+        Condition::ClientRateLimited => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::BAD_REQUEST,
     };
     let mut resp = json_response(status, &json!({ "error": code, "error_description": r.description }));
@@ -88,6 +95,14 @@ fn refused(r: &Refusal) -> Response {
         }
         Condition::Unavailable => {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+        }
+        Condition::ClientRateLimited => {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after.unwrap_or(1)));
+        }
+        // RFC 6749 §5.2: a client that tried the Authorization header is
+        // challenged with the scheme it used.
+        Condition::Client if tried_basic => {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"stsgate\""));
         }
         _ => {}
     }
@@ -107,6 +122,7 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
 /// Answers one request to the token endpoint.
 pub(crate) async fn handle(engine: &Engine, metrics: &Metrics, req: Request<Body>) -> Response {
     let started = Instant::now();
+    let tried_basic = tried_basic(req.headers().get(header::AUTHORIZATION));
     let resp = match handle_inner(engine, req).await {
         Ok(resp) => {
             metrics.allow();
@@ -114,7 +130,7 @@ pub(crate) async fn handle(engine: &Engine, metrics: &Metrics, req: Request<Body
         }
         Err(refusal) => {
             refusal.record(metrics, Door::Token);
-            refused(&refusal)
+            refused(&refusal, tried_basic)
         }
     };
     metrics.observe(API, started.elapsed());
@@ -127,6 +143,7 @@ async fn handle_inner(engine: &Engine, req: Request<Body>) -> Result<Response, R
         return Err(Refusal::new(Class::InvalidRequest, Condition::Method, "method", why));
     }
     let form = is_form(req.headers().get(header::CONTENT_TYPE));
+    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
     let too_large = || {
         let why = format!("the request body exceeds {MAX_BODY_BYTES} bytes");
         Refusal::new(Class::InvalidRequest, Condition::TooLarge, "body_too_large", why)
@@ -145,6 +162,15 @@ async fn handle_inner(engine: &Engine, req: Request<Body>) -> Result<Response, R
     }
 
     let params = Params::parse(&body)?;
+    // The client first: an unauthenticated caller learns nothing of the request.
+    let presented = Presented {
+        authorization: authorization.as_ref(),
+        client_id: params.one("client_id"),
+        client_secret: params.one("client_secret"),
+        client_assertion: params.one("client_assertion"),
+        client_assertion_type: params.one("client_assertion_type"),
+    };
+    let client = authenticate(engine, &presented).await?;
     let form = Form::from_params(&params, engine)?;
 
     // The actor: the validated actor token only.
@@ -159,9 +185,16 @@ async fn handle_inner(engine: &Engine, req: Request<Body>) -> Result<Response, R
         actor: actor.actor,
         requested_subject: form.requested_subject,
         actor_exp: actor.exp,
+        client: client.as_deref(),
     };
     let done = engine.exchange(&request).await.map_err(|e| refuse(e).by(request.actor.as_ref()))?;
-    debug!(rule = done.rule(), outcome = done.outcome().as_str(), audience = form.audience, "token endpoint: exchanged");
+    debug!(
+        client = client.as_deref(),
+        rule = done.rule(),
+        outcome = done.outcome().as_str(),
+        audience = form.audience,
+        "token endpoint: exchanged"
+    );
     let mut body = json!({
         "access_token": done.token(),
         "issued_token_type": form.issued_token_type,
@@ -188,8 +221,10 @@ struct Params(Vec<(String, String)>);
 
 impl Params {
     fn parse(body: &[u8]) -> Result<Params, Refusal> {
-        let pairs: Vec<(String, String)> =
-            form_urlencoded::parse(body).filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(body)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
         for name in SINGLE {
             if pairs.iter().filter(|(k, _)| k == name).count() > 1 {
                 let why = format!("parameter {name} is given more than once");
@@ -224,7 +259,9 @@ impl<'a> Form<'a> {
     fn from_params(p: &'a Params, engine: &'a Engine) -> Result<Form<'a>, Refusal> {
         let invalid = |label: &'static str, why: String| Refusal::bad_request(label, why);
         match p.one("grant_type") {
-            None => return Err(invalid("missing_parameter", "grant_type is required".into())),
+            None => {
+                return Err(invalid("missing_parameter", "grant_type is required".into()));
+            }
             Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
             Some(other) => {
                 let why = format!("grant_type {other:?} is not supported; use {GRANT_TYPE_TOKEN_EXCHANGE}");
@@ -245,8 +282,12 @@ impl<'a> Form<'a> {
                 check_input_type("actor_token_type", kind).map_err(|why| invalid("token_type", why))?;
                 Some(token)
             }
-            (Some(_), None) => return Err(invalid("missing_parameter", "actor_token_type is required with actor_token".into())),
-            (None, Some(_)) => return Err(invalid("missing_parameter", "actor_token_type is given without actor_token".into())),
+            (Some(_), None) => {
+                return Err(invalid("missing_parameter", "actor_token_type is required with actor_token".into()));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("missing_parameter", "actor_token_type is given without actor_token".into()));
+            }
         };
 
         let issued_token_type = match p.one("requested_token_type") {
@@ -255,7 +296,9 @@ impl<'a> Form<'a> {
             Some(other) => {
                 return Err(invalid(
                     "token_type",
-                    format!("requested_token_type {other:?} cannot be issued; use {TOKEN_TYPE_ACCESS_TOKEN} or {TOKEN_TYPE_JWT}"),
+                    format!(
+                        "requested_token_type {other:?} cannot be issued; use {TOKEN_TYPE_ACCESS_TOKEN} or {TOKEN_TYPE_JWT}"
+                    ),
                 ));
             }
         };
@@ -268,9 +311,13 @@ impl<'a> Form<'a> {
             [one] => *one,
             [] => match engine.cfg.ext_authz.default_audience.as_deref() {
                 Some(default) => default,
-                None => return Err(bad_target("no_audience", "the request names no audience or resource")),
+                None => {
+                    return Err(bad_target("no_audience", "the request names no audience or resource"));
+                }
             },
-            _ => return Err(bad_target("several_targets", "one audience or resource per request")),
+            _ => {
+                return Err(bad_target("several_targets", "one audience or resource per request"));
+            }
         };
 
         // Checked like the ext_authz requested-subject header.

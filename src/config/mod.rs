@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 mod cache;
 mod checks;
+mod clients;
 mod dev_idp;
 mod ext_authz;
 mod listen;
@@ -28,10 +29,13 @@ mod workloads;
 mod tests;
 
 pub use cache::CacheConfig;
+pub use clients::{Client, ClientAuthMethod};
 pub use dev_idp::DevIdp;
 pub use ext_authz::{ActorMode, ActorSource, CallerIdentity, CheckCaller, ExtAuthz, MetadataField, PeerNet, Route};
 pub use listen::{GrpcTls, Listen};
-pub use rules::{ActorMatch, DelegationShape, DownstreamToken, Grant, Outcome, Presenter, Rule, RuleMatch, SELF_ISSUER};
+pub use rules::{
+    ActorMatch, DelegationShape, DownstreamToken, Grant, Outcome, Presenter, Rule, RuleMatch, SELF_ISSUER,
+};
 pub use signing::{Signing, SigningKey};
 pub use token_endpoint::TokenEndpoint;
 pub use tokens::Tokens;
@@ -67,6 +71,9 @@ pub struct Config {
     /// The RFC 8693 token endpoint on the HTTP listener.
     #[serde(default)]
     pub token_endpoint: TokenEndpoint,
+    /// Clients of the token endpoint and how each authenticates.
+    #[serde(default)]
+    pub clients: Vec<Client>,
     /// Exchange rules, evaluated in order; no match means deny.
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -146,6 +153,8 @@ impl Config {
     pub(crate) fn files(&self) -> impl Iterator<Item = &Path> {
         let keys = self.signing.keys.iter().filter_map(|k| k.file.as_deref());
         keys.chain(self.trusted_issuers.iter().filter_map(|i| i.jwks_file.as_deref()))
+            .chain(self.clients.iter().filter_map(|c| c.secret_file.as_deref()))
+            .chain(self.clients.iter().filter_map(|c| c.jwks_file.as_deref()))
     }
 
     /// Parses YAML only (no semantic validation, no file access).
@@ -188,6 +197,14 @@ impl Config {
                 fix(f);
             }
         }
+        for c in &mut self.clients {
+            if let Some(f) = c.secret_file.as_mut() {
+                fix(f);
+            }
+            if let Some(f) = c.jwks_file.as_mut() {
+                fix(f);
+            }
+        }
         if let Some(tls) = self.listen.grpc_tls.as_mut() {
             for f in [&mut tls.cert, &mut tls.key, &mut tls.client_ca] {
                 fix(f);
@@ -220,6 +237,7 @@ impl Config {
             dev.check(&mut issues);
         }
         self.token_endpoint.check(self.dev_idp.as_ref(), &mut issues);
+        clients::check(&self.clients, &mut issues);
         issues.into_result()
     }
 }

@@ -49,6 +49,11 @@ pub struct RuleMatch {
     /// refused (not a match condition: the rule decides, and refuses). Own
     /// tokens are always bound this way.
     pub presenter: Presenter,
+    /// Authenticated token endpoint clients (`client_id` globs) this rule
+    /// applies to; empty = any request, with or without a client. A rule
+    /// that lists clients never matches at the ext_authz Check, which has
+    /// no client.
+    pub clients: Vec<Glob>,
 }
 
 impl RuleMatch {
@@ -525,10 +530,15 @@ mod tests {
 
     #[test]
     fn self_and_presenter_need_workloads_and_an_actor() {
-        const WORKLOADS: &str = "workloads:\n  - { audience: web, spiffe: [\"spiffe://cluster.local/ns/shop/sa/web\"] }\n";
+        const WORKLOADS: &str =
+            "workloads:\n  - { audience: web, spiffe: [\"spiffe://cluster.local/ns/shop/sa/web\"] }\n";
         let rules = "  - name: re-exchange\n    match: { issuers: [self, https://idp.example.com] }\n    grant: { outcome: delegation, scopes: [\"*\"] }\n  \
                      - name: bound\n    match: { presenter: audience }\n    grant: { outcome: delegation, scopes: [\"*\"] }\n";
-        assert!(rule_issues(&format!("{rules}{WORKLOADS}")).is_empty(), "{:?}", rule_issues(&format!("{rules}{WORKLOADS}")));
+        assert!(
+            rule_issues(&format!("{rules}{WORKLOADS}")).is_empty(),
+            "{:?}",
+            rule_issues(&format!("{rules}{WORKLOADS}"))
+        );
         let paths = |issues: Vec<ConfigIssue>| issues.into_iter().map(|i| i.path).collect::<Vec<_>>();
         // Without a workloads table, no actor could ever present such a token.
         let issues = rule_issues(rules);
@@ -548,7 +558,10 @@ mod tests {
         assert_eq!(paths(issues.clone()), ["rules[0].match.issuers[0]"]);
         assert!(issues[0].message.contains("write `self`"), "{issues:#?}");
         // An unknown presenter mode is a parse error naming the key.
-        let text = MINIMAL.replace("    grant: { scopes: [\"*\"] }", "    match: { presenter: anyone }\n    grant: { scopes: [\"*\"] }");
+        let text = MINIMAL.replace(
+            "    grant: { scopes: [\"*\"] }",
+            "    match: { presenter: anyone }\n    grant: { scopes: [\"*\"] }",
+        );
         let err = Config::from_yaml_str(&text).unwrap_err().to_string();
         assert!(err.contains("rules[0].match.presenter") && err.contains("anyone"), "{err}");
     }

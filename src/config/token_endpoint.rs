@@ -14,11 +14,14 @@ pub struct TokenEndpoint {
     /// Path on the HTTP listener (also served under the issuer's path, like
     /// the JWKS).
     pub path: String,
+    /// Accept requests without client authentication. Unset: only when no
+    /// `clients` are configured (the quick start and `stsgate dev`).
+    pub allow_unauthenticated: Option<bool>,
 }
 
 impl Default for TokenEndpoint {
     fn default() -> Self {
-        TokenEndpoint { enabled: true, path: "/token".into() }
+        TokenEndpoint { enabled: true, path: "/token".into(), allow_unauthenticated: None }
     }
 }
 
@@ -27,6 +30,12 @@ const RESERVED_HTTP_PATHS: &[&str] =
     &["/healthz", "/readyz", "/metrics", "/.well-known/jwks.json", "/.well-known/openid-configuration"];
 
 impl TokenEndpoint {
+    /// Whether a request without client authentication is served: as
+    /// configured, else only when no client is configured.
+    pub fn allows_unauthenticated(&self, clients: &[super::Client]) -> bool {
+        self.allow_unauthenticated.unwrap_or(clients.is_empty())
+    }
+
     /// The endpoint's path, which may not take one the HTTP listener already
     /// serves, the dev IdP's included.
     pub(super) fn check(&self, dev_idp: Option<&DevIdp>, issues: &mut Issues) {

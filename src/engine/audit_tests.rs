@@ -116,6 +116,7 @@ fn audit_is_written_after_minting_with_jti_and_both_issuers() {
         actor: actor.actor,
         requested_subject: Some("user-123"),
         actor_exp: actor.exp,
+        client: None,
     };
     let (done, log) = logged(|| rt.block_on(f.engine.exchange(&req)));
     let done = done.unwrap();
@@ -160,6 +161,7 @@ fn an_actor_token_expiring_inside_the_leeway_is_named_and_nothing_is_audited() {
         actor: actor.actor,
         requested_subject: Some("user-123"),
         actor_exp: actor.exp,
+        client: None,
     };
     let (got, log) = logged(|| rt.block_on(f.engine.exchange(&req)));
     let err = got.unwrap_err();

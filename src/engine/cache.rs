@@ -239,6 +239,7 @@ pub(crate) fn exchange_key(
     scopes: Option<&[String]>,
     requested_subject: Option<&str>,
     default_client_id: &str,
+    client: Option<&str>,
 ) -> Key {
     let mut b = KeyBuilder::new(b"stsgate/minted/v1").field(subject_token.as_bytes());
     b = match actor {
@@ -264,7 +265,10 @@ pub(crate) fn exchange_key(
             b
         }
     };
-    b.opt(requested_subject.map(str::as_bytes)).field(default_client_id.as_bytes()).finish()
+    b.opt(requested_subject.map(str::as_bytes))
+        .field(default_client_id.as_bytes())
+        .opt(client.map(str::as_bytes))
+        .finish()
 }
 
 #[cfg(test)]
@@ -278,26 +282,30 @@ mod tests {
         let token = Actor { kind: ActorKind::Token, sub: "spiffe://a".into(), iss: None, client_id: None };
         let scopes = vec!["a".to_string(), "b".to_string()];
         let joined = vec!["a b".to_string()];
-        let base = exchange_key("t", None, "aud", None, None, "c");
+        let base = exchange_key("t", None, "aud", None, None, "c", None);
         let variants = [
-            exchange_key("t2", None, "aud", None, None, "c"),
-            exchange_key("t", Some(&peer), "aud", None, None, "c"),
-            exchange_key("t", Some(&token), "aud", None, None, "c"),
-            exchange_key("t", None, "aud2", None, None, "c"),
-            exchange_key("t", None, "aud", Some(&scopes), None, "c"),
-            exchange_key("t", None, "aud", Some(&joined), None, "c"),
-            exchange_key("t", None, "aud", Some(&[]), None, "c"),
-            exchange_key("t", None, "aud", None, Some("bob"), "c"),
-            exchange_key("t", None, "aud", None, None, "c2"),
+            exchange_key("t2", None, "aud", None, None, "c", None),
+            exchange_key("t", Some(&peer), "aud", None, None, "c", None),
+            exchange_key("t", Some(&token), "aud", None, None, "c", None),
+            exchange_key("t", None, "aud2", None, None, "c", None),
+            exchange_key("t", None, "aud", Some(&scopes), None, "c", None),
+            exchange_key("t", None, "aud", Some(&joined), None, "c", None),
+            exchange_key("t", None, "aud", Some(&[]), None, "c", None),
+            exchange_key("t", None, "aud", None, Some("bob"), "c", None),
+            exchange_key("t", None, "aud", None, None, "c2", None),
+            exchange_key("t", None, "aud", None, None, "c", Some("client")),
         ];
         let mut all = vec![base];
         for v in variants {
             assert!(!all.contains(&v), "collision");
             all.push(v);
         }
-        assert_eq!(base, exchange_key("t", None, "aud", None, None, "c"), "deterministic");
+        assert_eq!(base, exchange_key("t", None, "aud", None, None, "c", None), "deterministic");
         // Field boundaries matter: ("ab","c") differs from ("a","bc").
-        assert_ne!(exchange_key("ab", None, "c", None, None, ""), exchange_key("a", None, "bc", None, None, ""));
+        assert_ne!(
+            exchange_key("ab", None, "c", None, None, "", None),
+            exchange_key("a", None, "bc", None, None, "", None)
+        );
     }
 
     fn cache_config(validated_max_bytes: u64, ttl_secs: u64) -> crate::config::CacheConfig {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 pub(crate) mod actor;
 pub(crate) mod cache;
+pub mod clients;
 pub mod mint;
 
 pub(crate) use self::mint::{ClaimsView, Exchanged, MintError, Minted};
@@ -37,6 +38,9 @@ pub struct ExchangeRequest<'a> {
     /// `exp` of the actor token, when the actor came from one: the new token
     /// does not outlive it.
     pub actor_exp: Option<i64>,
+    /// The authenticated token endpoint client, if any: a rule input
+    /// (`match.clients`) and the minted token's `client_id`.
+    pub client: Option<&'a str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +60,8 @@ pub enum ExchangeError {
 pub enum LoadError {
     #[error(transparent)]
     SigningKeys(#[from] KeyError),
+    #[error("clients: {0}")]
+    Clients(String),
 }
 
 /// Everything an exchange needs, built once from the configuration.
@@ -63,6 +69,8 @@ pub struct Engine {
     pub cfg: Arc<Config>,
     pub issuers: Arc<Issuers>,
     pub keys: Arc<KeyRing>,
+    /// The token endpoint's clients.
+    pub clients: clients::Clients,
     validator: Validator,
     caches: Caches,
     prefixes: Vec<PayloadPrefix>,
@@ -94,10 +102,11 @@ impl Engine {
         if let Some(running) = running {
             issuers.seed_unchanged(&running.issuers);
         }
-        Ok(Engine::new(cfg, Arc::new(issuers), Arc::new(keys)))
+        let clients = clients::Clients::load(&cfg.clients).map_err(LoadError::Clients)?;
+        Ok(Engine::new(cfg, Arc::new(issuers), Arc::new(keys), clients))
     }
 
-    fn new(cfg: Arc<Config>, issuers: Arc<Issuers>, keys: Arc<KeyRing>) -> Engine {
+    fn new(cfg: Arc<Config>, issuers: Arc<Issuers>, keys: Arc<KeyRing>, clients: clients::Clients) -> Engine {
         // stsgate's own tokens are subject tokens only where a rule lists `self`.
         let own = cfg.rules.iter().any(|r| r.when.admits_own()).then(|| OwnIssuer::new(&cfg.issuer, &keys));
         let validator = Validator::new(issuers.clone(), cfg.tokens.max_token_bytes).with_own(own);
@@ -107,7 +116,7 @@ impl Engine {
         let trusted = cfg.trusted_issuers.iter().map(|i| i.issuer.as_str());
         let issuer_index = index(trusted.chain([cfg.issuer.as_str()]).collect());
         let prefixes = PayloadPrefix::all(&cfg.issuer, cfg.trusted_issuers.iter().map(|i| i.issuer.as_str()));
-        Engine { cfg, issuers, keys, validator, caches, prefixes, rule_index, issuer_index }
+        Engine { cfg, issuers, keys, clients, validator, caches, prefixes, rule_index, issuer_index }
     }
 
     /// Fetches, once, the keys of every trusted issuer that has none yet;
@@ -115,7 +124,9 @@ impl Engine {
     pub async fn fetch_issuer_keys(&self) -> Vec<(&str, FetchError)> {
         let mut failed = Vec::new();
         for trusted in &self.cfg.trusted_issuers {
-            let Some(issuer) = self.issuers.get(&trusted.issuer).filter(|i| !i.is_loaded()) else { continue };
+            let Some(issuer) = self.issuers.get(&trusted.issuer).filter(|i| !i.is_loaded()) else {
+                continue;
+            };
             if let Err(e) = issuer.refresh().await {
                 failed.push((trusted.issuer.as_str(), e));
             }
@@ -145,6 +156,7 @@ impl Engine {
                 req.scopes.as_deref(),
                 req.requested_subject,
                 req.default_client_id,
+                req.client,
             )
         });
         if let Some(hit) = key.as_ref().and_then(|k| self.caches.get_minted(k, now, epoch)) {
@@ -201,17 +213,22 @@ impl Engine {
             requested_subject: req.requested_subject,
             workloads: &self.cfg.workloads,
         };
-        let decision = match rules::evaluate(&self.cfg.rules, &input) {
+        let mut decision = match rules::evaluate_for(&self.cfg.rules, &input, req.client) {
             Ok(d) => d,
             Err(denied) => {
                 if tracing::enabled!(tracing::Level::DEBUG) {
-                    for (rule, why) in rules::verdicts(&self.cfg.rules, &input) {
+                    for (rule, why) in rules::verdicts_for(&self.cfg.rules, &input, req.client) {
                         tracing::debug!(rule, why = why.as_deref().unwrap_or("matches"), "rule trace");
                     }
                 }
                 return Err(denied.into());
             }
         };
+
+        // The authenticated client is the party the token is issued to.
+        if let Some(client) = req.client {
+            decision.client_id = Some(client.to_owned());
+        }
 
         // Lifetime: the configured default, capped by the rule, and never past
         // the subject token's own expiry.

@@ -25,8 +25,8 @@ use serde_json::{Map, Value};
 
 use crate::config::{DelegationShape, Outcome, Presenter, Rule, SELF_ISSUER, Workload};
 use crate::glob::Glob;
-use crate::trust::validator::Validated;
 pub use crate::trust::validator::SubId;
+use crate::trust::validator::Validated;
 
 /// The party that presents the subject token and wants to act.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +169,9 @@ pub enum Denied {
     ActorConflict,
     #[error("impersonating another subject needs a rule that names this actor")]
     ImpersonationRefused,
+    /// A rule would match but for its `match.clients`.
+    #[error("{}", match .client { Some(c) => format!("client {c:?} may not make this exchange"), None => "this exchange needs an authenticated client".to_owned() })]
+    ClientNotAllowed { client: Option<String> },
     /// The token may be presented only by a workload of its audience (one of
     /// stsgate's own tokens, or a rule's `match.presenter: audience`), and
     /// this actor is none of them, or there is no actor.
@@ -197,7 +200,10 @@ fn presenter_mismatch(issued_to: &[String], actor: Option<&str>) -> String {
             format!("the token was issued to {}; actor {} is not a workload of {of}", to.join(", "), short(actor))
         }
         (false, None) => {
-            format!("the token was issued to {}; only a workload of {of} may present it, and the request has no actor", to.join(", "))
+            format!(
+                "the token was issued to {}; only a workload of {of} may present it, and the request has no actor",
+                to.join(", ")
+            )
         }
     }
 }
@@ -216,17 +222,30 @@ impl Denied {
             Denied::ActorConflict => "actor_conflict",
             Denied::ImpersonationRefused => "impersonation_refused",
             Denied::PresenterMismatch { .. } => "presenter_mismatch",
+            Denied::ClientNotAllowed { .. } => "client_not_allowed",
         }
     }
 }
 
+/// `evaluate_for` without a client (the ext_authz Check).
 pub fn evaluate(rules: &[Rule], input: &RuleInput<'_>) -> Result<Decision, Denied> {
+    evaluate_for(rules, input, None)
+}
+
+/// The decision for a request from `client` (an authenticated token endpoint
+/// client, if any): the first rule that matches decides. When none does but
+/// one would were it not for its `match.clients`, the client is refused by
+/// name (access_denied), not the target.
+pub fn evaluate_for(rules: &[Rule], input: &RuleInput<'_>, client: Option<&str>) -> Result<Decision, Denied> {
     check_may_act(input)?;
     // Whatever the rules say: stsgate's own token only from its audience.
     if input.subject.is_own() {
         check_presenter(input)?;
     }
-    let Some(rule) = rules.iter().find(|r| why_not(r, input).is_none()) else {
+    let Some(rule) = rules.iter().find(|r| why_not_for(r, input, client).is_none()) else {
+        if rules.iter().any(|r| but_for_clients(r, input)) {
+            return Err(Denied::ClientNotAllowed { client: client.map(str::to_owned) });
+        }
         return Err(if input.requested_subject.is_some_and(|s| s != input.subject.sub) {
             Denied::ImpersonationRefused
         } else {
@@ -236,10 +255,45 @@ pub fn evaluate(rules: &[Rule], input: &RuleInput<'_>) -> Result<Decision, Denie
     decide(rule, input)
 }
 
+/// Whether `rule` lists clients and matches `input` once they are set aside.
+fn but_for_clients(rule: &Rule, input: &RuleInput<'_>) -> bool {
+    !rule.when.clients.is_empty() && why_not_but_clients(rule, input).is_none()
+}
+
 /// For each rule, in order, why it does not match (`None` = it matches). Used
 /// for debug logs and `stsgate explain`.
 pub(crate) fn verdicts(rules: &[Rule], input: &RuleInput<'_>) -> Vec<(String, Option<String>)> {
-    rules.iter().map(|r| (r.name.clone(), why_not(r, input))).collect()
+    verdicts_for(rules, input, None)
+}
+
+/// `verdicts` for a request from `client`.
+pub(crate) fn verdicts_for(
+    rules: &[Rule],
+    input: &RuleInput<'_>,
+    client: Option<&str>,
+) -> Vec<(String, Option<String>)> {
+    rules.iter().map(|r| (r.name.clone(), why_not_for(r, input, client))).collect()
+}
+
+/// `why_not` for a request from `client`: `match.clients` first.
+fn why_not_for(rule: &Rule, input: &RuleInput<'_>, client: Option<&str>) -> Option<String> {
+    let listed = &rule.when.clients;
+    if !listed.is_empty() {
+        match client {
+            None => return Some("rule lists clients and the request has no authenticated client".into()),
+            Some(c) if !listed.iter().any(|g| g.matches(c)) => return Some(format!("client {c:?} is not listed")),
+            Some(_) => {}
+        }
+    }
+    why_not_but_clients(rule, input)
+}
+
+/// The first condition of `rule` that a request without a client fails: a
+/// rule that lists clients never matches. (The property tests use it.)
+#[cfg(test)]
+#[allow(dead_code)]
+fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
+    why_not_for(rule, input, None)
 }
 
 /// A space-separated scope parameter (RFC 6749 §3.3), as the list of scopes
@@ -248,8 +302,9 @@ pub(crate) fn split_scopes(scope: &str) -> Vec<String> {
     scope.split_whitespace().map(str::to_owned).collect()
 }
 
-/// The first condition of `rule` that `input` fails, in words.
-fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
+/// The first condition of `rule` that `input` fails, in words, leaving
+/// `match.clients` aside.
+fn why_not_but_clients(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
     let m = &rule.when;
     let own = input.subject.is_own();
     if own && m.issuers.is_empty() {
@@ -558,8 +613,7 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
 
 /// requested ∩ held ∩ allowed, sorted and de-duplicated.
 fn narrow(requested: &[String], held: &[String], allowed: impl Fn(&str) -> bool) -> Vec<String> {
-    let mut out: Vec<String> =
-        requested.iter().filter(|s| held.contains(s) && allowed(s)).cloned().collect();
+    let mut out: Vec<String> = requested.iter().filter(|s| held.contains(s) && allowed(s)).cloned().collect();
     out.sort();
     out.dedup();
     out
@@ -624,13 +678,16 @@ fn covers(a: &Rule, b: &Rule) -> bool {
     let globs_cover = |a: &[Glob], b: &[Glob]| {
         a.is_empty()
             || (!b.is_empty()
-                && b.iter().all(|pb| a.iter().any(|pa| pa.as_str() == pb.as_str() || (pb.is_literal() && pa.matches(pb.as_str())))))
+                && b.iter().all(|pb| {
+                    a.iter().any(|pa| pa.as_str() == pb.as_str() || (pb.is_literal() && pa.matches(pb.as_str())))
+                }))
     };
     // No `issuers` means every trusted issuer, but never `self`.
     let lists_self = b.when.issuers.iter().any(|i| i == SELF_ISSUER);
     let issuers = (a.when.issuers.is_empty() && !lists_self)
         || (!b.when.issuers.is_empty() && b.when.issuers.iter().all(|i| a.when.issuers.contains(i)));
-    let subject = a.when.subject.iter().all(|(claim, pa)| b.when.subject.get(claim).is_some_and(|pb| globs_cover(pa, pb)));
+    let subject =
+        a.when.subject.iter().all(|(claim, pa)| b.when.subject.get(claim).is_some_and(|pb| globs_cover(pa, pb)));
     // Actor presence is implied by the outcome; only compare like with like.
     // Actor-token issuers: empty means the subject's own; compare lists only.
     let actor_issuers = |m: &crate::config::RuleMatch| m.actor.as_ref().map(|x| x.issuers.clone()).unwrap_or_default();
@@ -654,5 +711,7 @@ fn covers(a: &Rule, b: &Rule) -> bool {
     issuers && globs_cover(&a.when.audiences, &b.when.audiences) && subject && actor && impersonation
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;

@@ -53,6 +53,8 @@ pub enum ReloadError {
     RestartRequired(Vec<String>),
     #[error("cannot load the signing keys: {0}")]
     SigningKeys(#[from] KeyError),
+    #[error("cannot load the clients' secrets: {0}")]
+    ClientSecrets(String),
     #[error(
         "the keys of {} trusted issuer(s) did not load within {}: {}",
         .failures.len(),
@@ -70,6 +72,7 @@ impl From<LoadError> for ReloadError {
     fn from(e: LoadError) -> ReloadError {
         match e {
             LoadError::SigningKeys(e) => ReloadError::SigningKeys(e),
+            LoadError::Clients(e) => ReloadError::ClientSecrets(e),
         }
     }
 }
@@ -366,7 +369,9 @@ async fn load_issuer_keys(engine: &Engine, timeout: Duration) -> Result<(), Relo
     // Dropping the set (a cancelled reload) aborts the fetches.
     let mut fetches = JoinSet::new();
     for (i, trusted) in engine.cfg.trusted_issuers.iter().enumerate() {
-        let Some(issuer) = engine.issuers.get(&trusted.issuer).filter(|i| !i.is_loaded()).cloned() else { continue };
+        let Some(issuer) = engine.issuers.get(&trusted.issuer).filter(|i| !i.is_loaded()).cloned() else {
+            continue;
+        };
         fetches.spawn(async move { (i, first_load(issuer, deadline).await) });
     }
     let cfg = &engine.cfg;
@@ -471,7 +476,9 @@ mod tests {
         assert_eq!(moved[0], "listen.grpc changed (0.0.0.0:9191 -> 0.0.0.0:9192): restart stsgate to move listeners");
         assert!(moved[1].starts_with("listen.http changed (0.0.0.0:8080 -> 127.0.0.1:8080)"), "{moved:?}");
         let tls = |interval: &str| {
-            cfg(&format!("listen: {{ grpc_tls: {{ cert: /c, key: /k, client_ca: /ca, reload_interval: {interval} }} }}\n"))
+            cfg(&format!(
+                "listen: {{ grpc_tls: {{ cert: /c, key: /k, client_ca: /ca, reload_interval: {interval} }} }}\n"
+            ))
         };
         assert!(restart_required(&tls("30s"), &tls("30s")).is_empty());
         for (old, new) in [(cfg(""), tls("30s")), (tls("30s"), cfg("")), (tls("30s"), tls("1m"))] {

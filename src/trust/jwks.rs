@@ -186,6 +186,11 @@ impl KeySet {
         self.by_kid.values().chain(self.without_kid.iter())
     }
 
+    /// Whether some key can verify `alg`.
+    pub(crate) fn accepts_any(&self, alg: VerifyAlg) -> bool {
+        self.all().any(|k| k.accepts(alg))
+    }
+
     /// For a token without `kid`: the single key that can verify `alg`. With
     /// several candidates the token is ambiguous and is refused rather than
     /// tried against each key.

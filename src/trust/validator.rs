@@ -115,18 +115,25 @@ struct Header {
     kid: Option<String>,
     #[serde(default)]
     typ: Option<String>,
-    #[serde(default)]
-    crit: Option<IgnoredAny>,
-    #[serde(default)]
-    jku: Option<IgnoredAny>,
-    #[serde(default)]
-    x5u: Option<IgnoredAny>,
-    #[serde(default)]
-    jwk: Option<IgnoredAny>,
-    #[serde(default)]
-    x5c: Option<IgnoredAny>,
-    #[serde(default)]
-    enc: Option<IgnoredAny>,
+    // Present at all, whatever the value: `"jku": null` is refused like any
+    // other `jku` (an `Option` would read null as absent).
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+    #[serde(default, deserialize_with = "present")]
+    jku: bool,
+    #[serde(default, deserialize_with = "present")]
+    x5u: bool,
+    #[serde(default, deserialize_with = "present")]
+    jwk: bool,
+    #[serde(default, deserialize_with = "present")]
+    x5c: bool,
+    #[serde(default, deserialize_with = "present")]
+    enc: bool,
+}
+
+/// For a header member: it is there (serde calls this only when it is).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// Claims of a validated token. `other` keeps the rest for rules that copy
@@ -508,7 +515,7 @@ impl Validator {
 
 /// Header checks that need no issuer: returns the (asymmetric) algorithm.
 fn check_header(header: &Header) -> Result<VerifyAlg, TokenError> {
-    if header.enc.is_some() {
+    if header.enc {
         return Err(TokenError::Encrypted);
     }
     if header.alg.eq_ignore_ascii_case("none") {
@@ -519,16 +526,16 @@ fn check_header(header: &Header) -> Result<VerifyAlg, TokenError> {
     }
     let alg = VerifyAlg::from_name(&header.alg).ok_or(TokenError::UnknownAlg)?;
     for (name, present) in [
-        ("jku", header.jku.is_some()),
-        ("x5u", header.x5u.is_some()),
-        ("jwk", header.jwk.is_some()),
-        ("x5c", header.x5c.is_some()),
+        ("jku", header.jku),
+        ("x5u", header.x5u),
+        ("jwk", header.jwk),
+        ("x5c", header.x5c),
     ] {
         if present {
             return Err(TokenError::HeaderKey(name));
         }
     }
-    if header.crit.is_some() {
+    if header.crit {
         return Err(TokenError::Crit);
     }
     if let Some(typ) = &header.typ {
@@ -602,6 +609,11 @@ mod tests {
         assert_eq!(header(r#"{"alg":"RS256","jwk":{"kty":"RSA"}}"#), Err(TokenError::HeaderKey("jwk")));
         assert_eq!(header(r#"{"alg":"RS256","x5c":["MII"]}"#), Err(TokenError::HeaderKey("x5c")));
         assert_eq!(header(r#"{"alg":"RS256","crit":["exp"]}"#), Err(TokenError::Crit));
+        // Present with a null value is present: refused all the same.
+        assert_eq!(header(r#"{"alg":"RS256","jku":null}"#), Err(TokenError::HeaderKey("jku")));
+        assert_eq!(header(r#"{"alg":"RS256","x5c":null}"#), Err(TokenError::HeaderKey("x5c")));
+        assert_eq!(header(r#"{"alg":"RS256","crit":null}"#), Err(TokenError::Crit));
+        assert_eq!(header(r#"{"alg":"RS256","enc":null}"#), Err(TokenError::Encrypted));
         assert_eq!(header(r#"{"alg":"RS256","typ":"logout+jwt"}"#), Err(TokenError::WrongType));
         assert_eq!(header(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#), Err(TokenError::Encrypted));
         assert_eq!(header(r#"{"alg":"RS256","typ":"JWT"}"#), Ok(VerifyAlg::RS256));
