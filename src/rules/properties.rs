@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
 use super::*;
-use crate::trust::validator::{Claims, Validated};
+use crate::trust::validator::Validated;
 
 const IDP: &str = "https://idp.example";
 const OTHER: &str = "https://other.example";
@@ -91,28 +91,8 @@ fn subject() -> impl Strategy<Value = Validated> {
             if let Some(client) = client {
                 o.insert("client_id".into(), json!(client));
             }
-            validated(c)
+            super::tests::subject(c)
         })
-}
-
-/// A `Validated` from claims, the way `rules/tests.rs` builds one.
-fn validated(claims: Value) -> Validated {
-    let parsed: Claims = serde_json::from_value(claims).unwrap();
-    let scopes = parsed
-        .scope
-        .as_ref()
-        .and_then(Value::as_str)
-        .map(|s| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-        .unwrap_or_default();
-    Validated {
-        issuer: parsed.iss.clone().unwrap(),
-        sub: parsed.sub.clone().unwrap(),
-        exp: 4_000_000_000,
-        scopes,
-        client_id: parsed.client_id.clone(),
-        claims: parsed,
-        own_sub_id: None,
-    }
 }
 
 fn actor() -> impl Strategy<Value = Option<Actor>> {

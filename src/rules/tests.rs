@@ -11,7 +11,9 @@ fn rules(yaml: &str) -> Vec<Rule> {
     serde_yaml_ng::from_str(yaml).expect("test rules parse")
 }
 
-fn subject(claims: Value) -> Validated {
+/// A `Validated` from claims (iss and sub default to the test IdP's alice);
+/// also used by the property tests.
+pub(super) fn subject(claims: Value) -> Validated {
     let mut claims = claims;
     let obj = claims.as_object_mut().unwrap();
     obj.entry("iss").or_insert(json!(IDP));
