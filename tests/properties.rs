@@ -91,17 +91,20 @@ fn check() -> impl Strategy<Value = Check> {
         .prop_map(|(headers, contexts, peer, base)| Check { headers, contexts, peer, base })
 }
 
+/// A mock IdP, stsgate with the default harness, and a valid subject token.
+async fn started() -> (MockIdp, Harness, String) {
+    let idp = MockIdp::start().await;
+    let h = Harness::start(&idp).await;
+    let token = idp.token(&idp.claims("alice", "orders.read profile"));
+    (idp, h, token)
+}
+
 /// Any CheckRequest is answered with a CheckResponse (`check_request` panics
 /// on a gRPC error); OK only when the request carried the valid token, whole.
 #[test]
 fn check_requests_always_get_a_check_response() {
     let rt = runtime();
-    let (idp, h, token) = rt.block_on(async {
-        let idp = MockIdp::start().await;
-        let h = Harness::start(&idp).await;
-        let token = idp.token(&idp.claims("alice", "orders.read profile"));
-        (idp, h, token)
-    });
+    let (idp, h, token) = rt.block_on(started());
     runner()
         .run(&check(), |c| {
             let mut req = request_to("api.test", "/").id("prop");
@@ -173,12 +176,7 @@ fn form_body() -> impl Strategy<Value = Vec<(String, Piece)>> {
 #[test]
 fn token_endpoint_answers_any_form() {
     let rt = runtime();
-    let (idp, h, token) = rt.block_on(async {
-        let idp = MockIdp::start().await;
-        let h = Harness::start(&idp).await;
-        let token = idp.token(&idp.claims("alice", "orders.read profile"));
-        (idp, h, token)
-    });
+    let (idp, h, token) = rt.block_on(started());
     let content_type = proptest::sample::select(
         &["application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=utf-8", "application/json", "text/plain", ""][..],
     );

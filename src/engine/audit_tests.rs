@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
+use super::actor::ResolvedActor;
 use super::mint::new_jti;
 use super::*;
 use crate::config::{Config, SignAlg};
@@ -100,6 +101,20 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
+/// `subject`'s holder, through `actor`, asks to become user-123 towards orders.
+fn impersonating_user_123(subject: &str, actor: ResolvedActor) -> ExchangeRequest<'_> {
+    ExchangeRequest {
+        subject_token: subject,
+        audience: "orders",
+        scopes: None,
+        default_client_id: "stsgate",
+        actor: actor.actor,
+        requested_subject: Some("user-123"),
+        actor_exp: actor.exp,
+        client: None,
+    }
+}
+
 #[test]
 fn audit_is_written_after_minting_with_jti_and_both_issuers() {
     let rt = runtime();
@@ -108,16 +123,7 @@ fn audit_is_written_after_minting_with_jti_and_both_issuers() {
     let subject = token(&f.idp_a, IDP_A, "operator", now + 600);
     let console = token(&f.idp_b, IDP_B, "support-console", now + 600);
     let actor = rt.block_on(f.engine.resolve_actor(None, Some(&console))).unwrap();
-    let req = ExchangeRequest {
-        subject_token: &subject,
-        audience: "orders",
-        scopes: None,
-        default_client_id: "stsgate",
-        actor: actor.actor,
-        requested_subject: Some("user-123"),
-        actor_exp: actor.exp,
-        client: None,
-    };
+    let req = impersonating_user_123(&subject, actor);
     let (done, log) = logged(|| rt.block_on(f.engine.exchange(&req)));
     let done = done.unwrap();
     let claims = done.claims_json();
@@ -153,16 +159,7 @@ fn an_actor_token_expiring_inside_the_leeway_is_named_and_nothing_is_audited() {
     // Expired 10s ago: still valid inside the 60s leeway, but nothing is left to hand on.
     let console = token(&f.idp_a, IDP_A, "support-console", now - 10);
     let actor = rt.block_on(f.engine.resolve_actor(None, Some(&console))).unwrap();
-    let req = ExchangeRequest {
-        subject_token: &subject,
-        audience: "orders",
-        scopes: None,
-        default_client_id: "stsgate",
-        actor: actor.actor,
-        requested_subject: Some("user-123"),
-        actor_exp: actor.exp,
-        client: None,
-    };
+    let req = impersonating_user_123(&subject, actor);
     let (got, log) = logged(|| rt.block_on(f.engine.exchange(&req)));
     let err = got.unwrap_err();
     assert!(matches!(err, ExchangeError::ActorToken(TokenError::Expired)), "{err:?}");
