@@ -33,18 +33,18 @@ use prometheus_client::registry::Registry;
 use serde_json::{Map, json};
 use tokio::runtime::Runtime;
 
-use stsgate::config::{Config, SignAlg};
-use stsgate::engine::{Engine, ExchangeRequest};
 use stsgate::api::ext_authz::AuthzService;
-use stsgate::trust::issuer::http_client;
-use stsgate::metrics::Metrics;
-use stsgate::rules::SubId;
-use stsgate::engine::mint::{AccessClaims, new_jti};
-use stsgate::signing::Signer;
-use stsgate::pb::envoy::service::auth::v3::CheckRequest;
-use stsgate::rules::{self, RuleInput};
 use stsgate::clock::now_unix;
+use stsgate::config::{Config, SignAlg};
+use stsgate::engine::mint::{AccessClaims, new_jti};
+use stsgate::engine::{Engine, ExchangeRequest};
+use stsgate::metrics::Metrics;
+use stsgate::pb::envoy::service::auth::v3::CheckRequest;
+use stsgate::rules::SubId;
+use stsgate::rules::{self, RuleInput};
+use stsgate::signing::Signer;
 use stsgate::testkit::CheckRequestBuilder;
+use stsgate::trust::issuer::http_client;
 
 const IDP: &str = "https://idp.bench.example/realms/corp";
 const AUDIENCE: &str = "bench-api";
@@ -243,7 +243,8 @@ fn benches(c: &mut Criterion) {
     // One hop further: web's own token (minted now, so that it outlives the
     // bench) re-exchanged for the same audience by web's mTLS identity. The
     // route asks for the peer (`ext_authz.actor.mode` is `none` here).
-    let hop1 = f.rt.block_on(f.cached.exchange(&ExchangeRequest { audience: "bench-web", ..exchange_request(&f.token) }));
+    let hop1 =
+        f.rt.block_on(f.cached.exchange(&ExchangeRequest { audience: "bench-web", ..exchange_request(&f.token) }));
     let hop1 = hop1.expect("first hop").token();
     let second_hop = CheckRequestBuilder::new()
         .host("bench.example")
@@ -268,12 +269,15 @@ fn benches(c: &mut Criterion) {
     let subject_input = f.token.rsplit_once('.').expect("three parts").0.as_bytes().to_vec();
     let mut rsa_sig = vec![0; rsa.public_modulus_len()];
     rsa.sign(&signature::RSA_PKCS1_SHA256, &rng, &subject_input, &mut rsa_sig).expect("RSA sign");
-    let rsa_pub = ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, rsa.public_key().as_ref()).expect("RSA public");
+    let rsa_pub =
+        ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, rsa.public_key().as_ref()).expect("RSA public");
     let ec = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256 key");
     let minted_input = done.token().rsplit_once('.').expect("three parts").0.as_bytes().to_vec();
 
     let mut g = c.benchmark_group("ceiling");
-    g.bench_function("rs256_verify_raw", |b| b.iter(|| rsa_pub.verify_sig(black_box(&subject_input), black_box(&rsa_sig)).unwrap()));
+    g.bench_function("rs256_verify_raw", |b| {
+        b.iter(|| rsa_pub.verify_sig(black_box(&subject_input), black_box(&rsa_sig)).unwrap())
+    });
     g.bench_function("es256_sign_raw", |b| b.iter(|| ec.sign(&rng, black_box(&minted_input)).unwrap()));
     // The same RSA check as `validate` does it: jsonwebtoken with a JWK (n, e) key.
     let n = URL_SAFE_NO_PAD.encode(rsa.public_key().modulus().big_endian_without_leading_zero());
@@ -283,8 +287,13 @@ fn benches(c: &mut Criterion) {
     g.bench_function("rs256_verify_jsonwebtoken", |b| {
         b.iter(|| {
             assert!(
-                jsonwebtoken::crypto::verify(&sig_b64, black_box(&subject_input), &jwt_key, jsonwebtoken::Algorithm::RS256)
-                    .unwrap()
+                jsonwebtoken::crypto::verify(
+                    &sig_b64,
+                    black_box(&subject_input),
+                    &jwt_key,
+                    jsonwebtoken::Algorithm::RS256
+                )
+                .unwrap()
             )
         })
     });

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{CallerIdentity, Config, ConfigError, KeySource};
 use crate::api::dev_idp::{DevTokenRequest, request_token};
+use crate::config::{CallerIdentity, Config, ConfigError, KeySource};
 use crate::runtime::reload::ReloadOptions;
 use crate::runtime::server::{Listeners, Server, dev_config};
 
@@ -16,7 +16,11 @@ use crate::runtime::server::{Listeners, Server, dev_config};
 pub(crate) const EX_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "stsgate", version, about = "OAuth 2.0 Token Exchange (RFC 8693) for Envoy ext_authz and service meshes")]
+#[command(
+    name = "stsgate",
+    version,
+    about = "OAuth 2.0 Token Exchange (RFC 8693) for Envoy ext_authz and service meshes"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STSGATE_LOG_FORMAT")]
@@ -144,7 +148,8 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Ok(cfg) => cfg,
                 Err(e) => return config_failure(&e),
             };
-            let q = crate::api::explain::Question { subject_token, actor_token, peer, audience, scope, requested_subject };
+            let q =
+                crate::api::explain::Question { subject_token, actor_token, peer, audience, scope, requested_subject };
             match crate::api::explain::explain(cfg, &q).await {
                 Ok((answer, allowed)) => {
                     println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
@@ -216,7 +221,10 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
     for (i, iss) in cfg.trusted_issuers.iter().enumerate() {
         if let KeySource::JwksFile(path) = iss.key_source() {
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| crate::trust::jwks::parse(&b).map_err(|e| e.to_string())) {
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| crate::trust::jwks::parse(&b).map_err(|e| e.to_string()))
+            {
                 // Served, it would refuse every token of the issuer: a mistake in a file we can see.
                 Ok(set) if set.is_empty() => problems.push(format!(
                     "trusted_issuers[{i}].jwks_file: {}: no usable signature keys ({})",
@@ -258,7 +266,9 @@ fn warnings(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for (i, k) in cfg.signing.keys.iter().enumerate() {
         if k.ephemeral {
-            out.push(format!("signing.keys[{i}] is ephemeral: tokens cannot be verified after a restart or across replicas"));
+            out.push(format!(
+                "signing.keys[{i}] is ephemeral: tokens cannot be verified after a restart or across replicas"
+            ));
         }
     }
     if !cfg.clients.is_empty() && cfg.token_endpoint.allow_unauthenticated == Some(true) {

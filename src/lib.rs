@@ -7,14 +7,14 @@
 #![deny(rust_2018_idioms)]
 
 // Layers, top to bottom; a module imports only from layers below it.
-pub mod cli;
-pub mod runtime;
 pub mod api;
+pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod rules;
-pub mod trust;
+pub mod runtime;
 pub mod signing;
-pub mod config;
+pub mod trust;
 // Leaves: they import nothing of ours.
 pub mod backoff;
 pub mod clock;

@@ -125,7 +125,9 @@ impl Signer {
 
     fn sign_raw(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         match &self.material {
-            KeyMaterial::Es256(k) => k.sign(&self.rng, message).map(|s| s.as_ref().to_vec()).map_err(|_| KeyError::Sign),
+            KeyMaterial::Es256(k) => {
+                k.sign(&self.rng, message).map(|s| s.as_ref().to_vec()).map_err(|_| KeyError::Sign)
+            }
             KeyMaterial::Rs256(k) => {
                 let mut sig = vec![0; k.public_modulus_len()];
                 k.sign(&signature::RSA_PKCS1_SHA256, &self.rng, message, &mut sig).map_err(|_| KeyError::Sign)?;
@@ -162,7 +164,9 @@ impl Signer {
 fn generate(alg: SignAlg) -> Result<KeyMaterial, String> {
     let failed = |_| format!("could not generate a {} key", alg.as_str());
     Ok(match alg {
-        SignAlg::ES256 => KeyMaterial::Es256(EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).map_err(failed)?),
+        SignAlg::ES256 => {
+            KeyMaterial::Es256(EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).map_err(failed)?)
+        }
         SignAlg::RS256 => KeyMaterial::Rs256(RsaKeyPair::generate(KeySize::Rsa2048).map_err(failed)?),
         SignAlg::EdDSA => KeyMaterial::EdDsa(Ed25519KeyPair::generate().map_err(failed)?),
     })
@@ -172,13 +176,19 @@ fn parse_pem(alg: SignAlg, text: &[u8], path: &Path) -> Result<KeyMaterial, Stri
     let block = pem::parse(text).map_err(|e| format!("{} is not a PEM file: {e}", path.display()))?;
     let der = block.contents();
     let tag = block.tag();
-    let rejected = |e: aws_lc_rs::error::KeyRejected| format!("{} ({tag}) is not a valid {} private key: {e}", path.display(), alg.as_str());
+    let rejected = |e: aws_lc_rs::error::KeyRejected| {
+        format!("{} ({tag}) is not a valid {} private key: {e}", path.display(), alg.as_str())
+    };
     Ok(match (alg, tag) {
         (SignAlg::ES256, "PRIVATE KEY" | "EC PRIVATE KEY") => KeyMaterial::Es256(
             EcdsaKeyPair::from_private_key_der(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der).map_err(rejected)?,
         ),
-        (SignAlg::RS256, "PRIVATE KEY") => KeyMaterial::Rs256(check_rsa(RsaKeyPair::from_pkcs8(der).map_err(rejected)?)?),
-        (SignAlg::RS256, "RSA PRIVATE KEY") => KeyMaterial::Rs256(check_rsa(RsaKeyPair::from_der(der).map_err(rejected)?)?),
+        (SignAlg::RS256, "PRIVATE KEY") => {
+            KeyMaterial::Rs256(check_rsa(RsaKeyPair::from_pkcs8(der).map_err(rejected)?)?)
+        }
+        (SignAlg::RS256, "RSA PRIVATE KEY") => {
+            KeyMaterial::Rs256(check_rsa(RsaKeyPair::from_der(der).map_err(rejected)?)?)
+        }
         (SignAlg::EdDSA, "PRIVATE KEY") => {
             KeyMaterial::EdDsa(Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(rejected)?)
         }
@@ -270,8 +280,7 @@ mod tests {
         let signer = Signer::generate("k", alg).unwrap();
         let claims = json!({"sub": "alice", "exp": 4_000_000_000i64, "aud": "x"});
         let token = signer.sign_access_token(&claims).unwrap();
-        let jwks: jsonwebtoken::jwk::JwkSet =
-            serde_json::from_value(json!({"keys": [signer.public_jwk()]})).unwrap();
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(json!({"keys": [signer.public_jwk()]})).unwrap();
         let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
         let jalg = match alg {
             SignAlg::ES256 => jsonwebtoken::Algorithm::ES256,

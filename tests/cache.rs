@@ -27,7 +27,8 @@ async fn identical_requests_reuse_the_minted_token_and_others_do_not() {
 
     // Each deciding field gives a different token.
     let other_aud = allowed(&h.check_for(&token, "api://x").await).bearer();
-    let other_scope = allowed(&h.check_token(&token, &[("audience", "orders"), ("scope", "orders.read")]).await).bearer();
+    let other_scope =
+        allowed(&h.check_token(&token, &[("audience", "orders"), ("scope", "orders.read")]).await).bearer();
     let other_subject = allowed(&h.check_for(&other, "orders").await).bearer();
     let all = [&first, &other_aud, &other_scope, &other_subject];
     for (i, a) in all.iter().enumerate() {

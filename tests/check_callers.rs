@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -57,7 +57,8 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         Ca { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
     }
 
@@ -78,7 +79,8 @@ impl Ca {
 
     /// A server certificate for localhost and 127.0.0.1.
     fn server(&self, cn: &str) -> Pem {
-        let sans = vec![SanType::DnsName("localhost".try_into().unwrap()), SanType::IpAddress(Ipv4Addr::LOCALHOST.into())];
+        let sans =
+            vec![SanType::DnsName("localhost".try_into().unwrap()), SanType::IpAddress(Ipv4Addr::LOCALHOST.into())];
         self.sign(cn, sans, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
@@ -110,8 +112,10 @@ impl Sts {
         init_logging();
         let listen: String = listen.lines().map(|l| format!("  {l}\n")).collect();
         let yaml = format!("{}listen:\n{listen}", builder.yaml());
-        let cfg = Config::from_yaml_validated(&yaml).unwrap_or_else(|e| panic!("invalid test config: {e}\n---\n{yaml}"));
-        let listeners = Listeners::bind_addrs("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let cfg =
+            Config::from_yaml_validated(&yaml).unwrap_or_else(|e| panic!("invalid test config: {e}\n---\n{yaml}"));
+        let listeners =
+            Listeners::bind_addrs("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
         let server = Server::start(cfg, listeners).await.expect("start stsgate");
         let readiness = server.readiness.clone();
         eventually("stsgate ready", || {
@@ -137,7 +141,9 @@ impl Sts {
 
     async fn verify(&self, token: &str, audience: &str) -> Value {
         let http = reqwest::Client::new();
-        verify_with_jwks(&http, &format!("http://{}/.well-known/jwks.json", self.http), STS_ISSUER, token, audience).await.1
+        verify_with_jwks(&http, &format!("http://{}/.well-known/jwks.json", self.http), STS_ISSUER, token, audience)
+            .await
+            .1
     }
 
     async fn shutdown(mut self) {
@@ -154,8 +160,10 @@ fn client_config(ca: &str, identity: Option<&Pem>) -> Arc<ClientConfig> {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder =
-        ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots);
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
     let mut config = match identity {
         Some(pem) => {
             let chain = CertificateDer::pem_slice_iter(pem.cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
@@ -212,7 +220,11 @@ async fn check_on(channel: &Channel, req: CheckRequest, xfcc: Option<&str>) -> R
 }
 
 /// Connects with `config` and makes one Check: the answer, or why there is none.
-async fn check_over_tls(addr: SocketAddr, config: Arc<ClientConfig>, req: CheckRequest) -> Result<CheckResponse, String> {
+async fn check_over_tls(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    req: CheckRequest,
+) -> Result<CheckResponse, String> {
     let channel = tls_channel(addr, config).await?;
     check_on(&channel, req, None).await
 }
@@ -285,7 +297,10 @@ impl TlsFiles {
 /// The leaf certificate the gRPC listener serves to a new connection.
 async fn served_certificate(addr: SocketAddr, config: Arc<ClientConfig>) -> Vec<u8> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
@@ -314,7 +329,8 @@ impl MtlsSetup {
     }
 }
 
-const ORDERS_CALLS: &str = "callers:\n  - { identity: \"spiffe://cluster.local/ns/shop/sa/orders\", audiences: [orders] }";
+const ORDERS_CALLS: &str =
+    "callers:\n  - { identity: \"spiffe://cluster.local/ns/shop/sa/orders\", audiences: [orders] }";
 
 #[track_caller]
 fn assert_caller_refused(resp: &CheckResponse, label: &str, description: &str) {
@@ -349,7 +365,9 @@ async fn mtls_a_connection_without_a_client_certificate_is_refused() {
     let anonymous = client_config(&s.ca.pem(), None);
     let err = check_over_tls(s.sts.grpc, anonymous, check_for(&s.idp, "orders", Some(WEB))).await.unwrap_err();
     println!("without a client certificate: {err}");
-    s.sts.eventually_metric("stsgate_connections_refused_total", &["listener=\"grpc\"", "reason=\"tls_handshake\""]).await;
+    s.sts
+        .eventually_metric("stsgate_connections_refused_total", &["listener=\"grpc\"", "reason=\"tls_handshake\""])
+        .await;
     s.sts.shutdown().await;
 }
 
@@ -358,11 +376,14 @@ async fn mtls_a_client_certificate_from_another_ca_is_refused() {
     let s = MtlsSetup::start(ORDERS_CALLS).await;
     // The same SPIFFE ID, from a CA stsgate does not trust.
     let rogue = Ca::new("rogue CA").client(ORDERS);
-    let err = check_over_tls(s.sts.grpc, client_config(&s.ca.pem(), Some(&rogue)), check_for(&s.idp, "orders", Some(WEB)))
-        .await
-        .unwrap_err();
+    let err =
+        check_over_tls(s.sts.grpc, client_config(&s.ca.pem(), Some(&rogue)), check_for(&s.idp, "orders", Some(WEB)))
+            .await
+            .unwrap_err();
     println!("with a rogue client certificate: {err}");
-    s.sts.eventually_metric("stsgate_connections_refused_total", &["listener=\"grpc\"", "reason=\"tls_handshake\""]).await;
+    s.sts
+        .eventually_metric("stsgate_connections_refused_total", &["listener=\"grpc\"", "reason=\"tls_handshake\""])
+        .await;
     s.sts.shutdown().await;
 }
 
@@ -370,12 +391,20 @@ async fn mtls_a_client_certificate_from_another_ca_is_refused() {
 async fn mtls_a_caller_no_callers_entry_names_is_refused() {
     let s = MtlsSetup::start(ORDERS_CALLS).await;
     let resp = check_over_tls(s.sts.grpc, s.as_caller(INTRUDER), check_for(&s.idp, "orders", Some(WEB))).await.unwrap();
-    assert_caller_refused(&resp, "caller_unknown", &format!("the Check caller {INTRUDER} is not allowed to call Check"));
+    assert_caller_refused(
+        &resp,
+        "caller_unknown",
+        &format!("the Check caller {INTRUDER} is not allowed to call Check"),
+    );
     let denied = s.sts.metric("stsgate_decisions_total", &["outcome=\"denied\"", "reason=\"caller_unknown\""]);
     assert_eq!(denied.await, Some(1.0));
 
     // A certificate from the right CA without a URI SAN names nobody.
-    let nameless = s.ca.sign("nameless", vec![SanType::DnsName("web.shop".try_into().unwrap())], ExtendedKeyUsagePurpose::ClientAuth);
+    let nameless = s.ca.sign(
+        "nameless",
+        vec![SanType::DnsName("web.shop".try_into().unwrap())],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    );
     let config = client_config(&s.ca.pem(), Some(&nameless));
     let resp = check_over_tls(s.sts.grpc, config, check_for(&s.idp, "orders", Some(WEB))).await.unwrap();
     assert_caller_refused(&resp, "caller_unknown", "the Check caller is not authenticated");
@@ -386,7 +415,11 @@ async fn mtls_a_caller_no_callers_entry_names_is_refused() {
 async fn mtls_a_caller_asking_for_an_audience_its_entry_does_not_list_is_refused() {
     let s = MtlsSetup::start(ORDERS_CALLS).await;
     let resp = check_over_tls(s.sts.grpc, s.as_caller(ORDERS), check_for(&s.idp, "payments", None)).await.unwrap();
-    assert_caller_refused(&resp, "caller_audience", &format!("the Check caller {ORDERS} may not ask for audience \"payments\""));
+    assert_caller_refused(
+        &resp,
+        "caller_audience",
+        &format!("the Check caller {ORDERS} may not ask for audience \"payments\""),
+    );
     let denied = s.sts.metric("stsgate_decisions_total", &["outcome=\"denied\"", "reason=\"caller_audience\""]);
     assert_eq!(denied.await, Some(1.0));
     // The same caller, for its own audience: answered.
@@ -426,7 +459,8 @@ async fn mtls_the_tls_handshake_counts_within_the_handshake_timeout() {
     let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await.expect("closed within 5s");
     assert!(matches!(read, Ok(0) | Err(_)), "the connection is closed: {read:?}");
     assert!(started.elapsed() >= Duration::from_millis(900), "not before the timeout: {:?}", started.elapsed());
-    sts.eventually_metric("stsgate_connections_closed_total", &["listener=\"grpc\"", "reason=\"handshake_timeout\""]).await;
+    sts.eventually_metric("stsgate_connections_closed_total", &["listener=\"grpc\"", "reason=\"handshake_timeout\""])
+        .await;
     sts.shutdown().await;
 }
 
@@ -502,9 +536,17 @@ async fn xfcc_from_a_trusted_peer_names_the_caller() {
 
     // The caller it names is held to its entry ...
     let resp = check_on(&channel, check_for(&idp, "payments", None), Some(&xfcc_for(ORDERS))).await.unwrap();
-    assert_caller_refused(&resp, "caller_audience", &format!("the Check caller {ORDERS} may not ask for audience \"payments\""));
+    assert_caller_refused(
+        &resp,
+        "caller_audience",
+        &format!("the Check caller {ORDERS} may not ask for audience \"payments\""),
+    );
     let resp = check_on(&channel, check_for(&idp, "orders", None), Some(&xfcc_for(INTRUDER))).await.unwrap();
-    assert_caller_refused(&resp, "caller_unknown", &format!("the Check caller {INTRUDER} is not allowed to call Check"));
+    assert_caller_refused(
+        &resp,
+        "caller_unknown",
+        &format!("the Check caller {INTRUDER} is not allowed to call Check"),
+    );
     // ... and without the header, or with one that cannot be read, there is none.
     for header in [None, Some("URI=\"spiffe://cluster.local/ns/shop/sa/orders")] {
         let resp = check_on(&channel, check_for(&idp, "orders", None), header).await.unwrap();
@@ -551,7 +593,8 @@ async fn plaintext_without_callers_still_believes_everyone() {
 fn check_config(dir: &Path, yaml: &str) -> (bool, String) {
     let path = dir.join("config.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stsgate")).arg("check-config").arg(&path).output().unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_stsgate")).arg("check-config").arg(&path).output().unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -568,7 +611,8 @@ fn check_config_reads_the_tls_files_and_refuses_mixed_modes() {
                 trusted_issuers: [{ issuer: https://idp.test, jwks_url: https://idp.test/jwks, audiences: [sts] }]\n\
                 rules: [{ name: all, grant: { scopes: [\"*\"] } }]\n";
     // Relative paths are relative to the configuration file.
-    let tls = |cert: &str, key: &str| format!("listen:\n  grpc_tls: {{ cert: {cert}, key: {key}, client_ca: ca.crt }}\n");
+    let tls =
+        |cert: &str, key: &str| format!("listen:\n  grpc_tls: {{ cert: {cert}, key: {key}, client_ca: ca.crt }}\n");
     let callers = format!("ext_authz:\n  {ORDERS_CALLS}\n").replace("\n  - ", "\n    - ");
 
     let (ok, out) = check_config(dir.path(), &format!("{base}{}{callers}", tls("tls.crt", "tls.key")));

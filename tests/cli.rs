@@ -63,10 +63,7 @@ fn check_config_warns_about_a_trusted_issuer_without_audiences() {
     assert_ne!(yaml, good, "good.yaml names the issuer's audiences");
     let path = dir.write("config.yaml", yaml);
     let (stdout, _) = assert_exit(&stsgate(&["check-config", path.to_str().unwrap()]), 0);
-    assert!(
-        stdout.contains("warning: trusted_issuers[0] (https://idp.example.test) has no `audiences`"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("warning: trusted_issuers[0] (https://idp.example.test) has no `audiences`"), "{stdout}");
 }
 
 #[test]

@@ -154,12 +154,22 @@ async fn an_own_token_is_re_exchanged_only_by_the_workload_it_was_issued_to() {
     // Without an actor (no peer, or the route switches it off), nobody presents it.
     for resp in [
         hop(&h, &web, "orders", None, None).await,
-        h.check_request(request_to("api.test", "/").bearer(&web).context("audience", "orders").context("actor", "none").peer(WEB).build())
-            .await,
+        h.check_request(
+            request_to("api.test", "/")
+                .bearer(&web)
+                .context("audience", "orders")
+                .context("actor", "none")
+                .peer(WEB)
+                .build(),
+        )
+        .await,
     ] {
         forbidden(&resp, "access_denied", "presenter_mismatch", &["\"web\"", "the request has no actor"]);
     }
-    assert_eq!(h.metric("stsgate_decisions_total", &["outcome=\"denied\"", "reason=\"presenter_mismatch\""]).await, Some(4.0));
+    assert_eq!(
+        h.metric("stsgate_decisions_total", &["outcome=\"denied\"", "reason=\"presenter_mismatch\""]).await,
+        Some(4.0)
+    );
 
     // A rule without `issuers` never matches an own token, even for its workload...
     forbidden(&hop(&h, &web, "search", Some(WEB), None).await, "invalid_target", "no_rule", &["\"search\""]);
@@ -191,7 +201,10 @@ async fn an_own_token_is_re_exchanged_only_by_the_workload_it_was_issued_to() {
     let body: Value = resp.json().await.unwrap();
     // RFC 8693 §2.2.2: an unacceptable actor token is invalid_request.
     assert_eq!(body["error"], "invalid_request", "{body}");
-    assert_eq!(body["error_description"], "actor token: stsgate's own tokens are not accepted as actor tokens", "{body}");
+    assert_eq!(
+        body["error_description"], "actor token: stsgate's own tokens are not accepted as actor tokens",
+        "{body}"
+    );
     h.shutdown().await;
 }
 
@@ -243,7 +256,8 @@ async fn own_tokens_are_untrusted_unless_a_rule_lists_self() {
     let h = Harness::builder(&idp).rules(&rules).edit(|y| format!("{y}{WORKLOADS}")).start().await;
     let web = allowed(&hop(&h, &user_token(&idp, "orders.read"), "web", None, None).await).bearer();
     assert_invalid_token(&hop(&h, &web, "orders", Some(WEB), None).await, "issuer is not trusted");
-    let untrusted = h.metric("stsgate_decisions_total", &["outcome=\"unauthenticated\"", "reason=\"untrusted_issuer\""]).await;
+    let untrusted =
+        h.metric("stsgate_decisions_total", &["outcome=\"unauthenticated\"", "reason=\"untrusted_issuer\""]).await;
     assert_eq!(untrusted, Some(1.0));
 
     // A reload that adds a `self` rule accepts them, from then on.

@@ -57,12 +57,14 @@ async fn exchanged_token_reaches_upstream_with_the_routes_audience() {
     assert_eq!(jwt_claims(&subject)["iss"], s.sts.idp_issuer());
 
     let mut auds = Vec::new();
-    for (path, audience, scope, rule) in
-        [("/orders/1", "orders", "orders.read", "orders"), ("/billing/invoices?page=2", "billing", "billing.read", "billing")]
-    {
+    for (path, audience, scope, rule) in [
+        ("/orders/1", "orders", "orders.read", "orders"),
+        ("/billing/invoices?page=2", "billing", "billing.read", "billing"),
+    ] {
         let echoed = s.get_ok(path, &subject).await;
         assert_eq!(echoed["path"], path);
-        let auth = echoed_header(&echoed, "authorization").unwrap_or_else(|| panic!("no authorization upstream: {echoed}"));
+        let auth =
+            echoed_header(&echoed, "authorization").unwrap_or_else(|| panic!("no authorization upstream: {echoed}"));
         let minted = bearer(auth);
         assert_ne!(minted, subject, "the upstream got the original token");
         assert!(!echoed.to_string().contains(&subject), "the original token leaked upstream: {echoed}");
@@ -226,7 +228,15 @@ async fn demo_config_works_with_stsgate_dev() {
     let envoy = Envoy::start(&dir, &demo).await;
 
     let out = Command::new(e2e::stsgate_bin())
-        .args(["dev-token", "--sub", "alice", "--scope", "orders.read", "--idp", &format!("http://127.0.0.1:{http}/dev-idp")])
+        .args([
+            "dev-token",
+            "--sub",
+            "alice",
+            "--scope",
+            "orders.read",
+            "--idp",
+            &format!("http://127.0.0.1:{http}/dev-idp"),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "stsgate dev-token: {}", String::from_utf8_lossy(&out.stderr));
@@ -241,7 +251,15 @@ async fn demo_config_works_with_stsgate_dev() {
         assert_eq!(claims["sub"], "alice");
         assert_eq!(claims["iss"], format!("http://127.0.0.1:{http}"));
     }
-    envoy.wait_access_log(&["\"GET /orders/1\" 200", "decision=exchange", "sub=alice", "aud=orders", "scope=\"orders.read\""]).await;
+    envoy
+        .wait_access_log(&[
+            "\"GET /orders/1\" 200",
+            "decision=exchange",
+            "sub=alice",
+            "aud=orders",
+            "scope=\"orders.read\"",
+        ])
+        .await;
     let resp = client.get(envoy.url("/orders/1")).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(echo.hits(), 3);

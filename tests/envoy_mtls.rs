@@ -95,14 +95,18 @@ async fn web_certificate_makes_a_delegation_with_its_spiffe_id_as_actor() {
         .header("x-actor", INTRUDER)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GET /orders/7 with the web certificate: {}\n{}", mtls::error_chain(&e), s.envoy.log()));
+        .unwrap_or_else(|e| {
+            panic!("GET /orders/7 with the web certificate: {}\n{}", mtls::error_chain(&e), s.envoy.log())
+        });
     let status = resp.status();
     let body = resp.text().await.unwrap();
     assert_eq!(status, 200, "{body}\n{}", s.sts.log_text());
     let echoed: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("echo answer is not JSON ({e}): {body}"));
     assert_eq!(echoed["path"], "/orders/7");
 
-    let minted = bearer(echoed_header(&echoed, "authorization").unwrap_or_else(|| panic!("no authorization upstream: {echoed}")));
+    let minted = bearer(
+        echoed_header(&echoed, "authorization").unwrap_or_else(|| panic!("no authorization upstream: {echoed}")),
+    );
     assert_ne!(minted, subject, "the upstream got the original token");
     assert!(!echoed.to_string().contains(&subject), "the original token leaked upstream: {echoed}");
 
@@ -137,10 +141,9 @@ async fn intruder_certificate_is_refused_by_stsgate() {
     let s = Stack::start("mtls-intruder").await;
     let subject = s.sts.mint("alice", "orders.read orders.write").await;
 
-    let resp = s
-        .get(Some("intruder"), "/orders/7", &subject)
-        .await
-        .unwrap_or_else(|e| panic!("the intruder's certificate is valid for TLS: {}\n{}", mtls::error_chain(&e), s.envoy.log()));
+    let resp = s.get(Some("intruder"), "/orders/7", &subject).await.unwrap_or_else(|e| {
+        panic!("the intruder's certificate is valid for TLS: {}\n{}", mtls::error_chain(&e), s.envoy.log())
+    });
     assert_eq!(resp.status(), 403);
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body: Value = resp.json().await.unwrap();
@@ -149,7 +152,12 @@ async fn intruder_certificate_is_refused_by_stsgate() {
 
     // The TLS peer is the intruder, and stsgate, not Envoy, said no.
     s.envoy
-        .wait_access_log(&["\"GET /orders/7\" 403", &format!("peer_uri_san={INTRUDER} "), "decision=denied", "reason=no_rule"])
+        .wait_access_log(&[
+            "\"GET /orders/7\" 403",
+            &format!("peer_uri_san={INTRUDER} "),
+            "decision=denied",
+            "reason=no_rule",
+        ])
         .await;
     let log = s.sts.log_text();
     assert!(log.contains(INTRUDER), "stsgate's debug log should name the refused actor:\n{log}");
@@ -165,13 +173,24 @@ async fn handshake_is_refused_without_a_certificate_from_the_ca() {
     let err = s.get(None, "/orders/7", &subject).await.expect_err("Envoy answered a client without a certificate");
     assert!(!err.is_status(), "{}", mtls::error_chain(&err));
     // A certificate with the web SPIFFE ID, self-signed rather than from the CA.
-    let err2 = s.get(Some("rogue"), "/orders/7", &subject).await.expect_err("Envoy answered a self-signed client certificate");
+    let err2 =
+        s.get(Some("rogue"), "/orders/7", &subject).await.expect_err("Envoy answered a self-signed client certificate");
     assert!(!err2.is_status(), "{}", mtls::error_chain(&err2));
 
     // Both were refused by Envoy's TLS layer, before any HTTP (rustls reports the TLS 1.3
     // alerts CertificateRequired and UnknownCA; the counters are the stable proof).
-    assert!(s.ssl_stat("fail_verify_no_cert").await >= 1, "no-certificate error: {}\n{}", mtls::error_chain(&err), s.envoy.log());
-    assert!(s.ssl_stat("fail_verify_error").await >= 1, "rogue-certificate error: {}\n{}", mtls::error_chain(&err2), s.envoy.log());
+    assert!(
+        s.ssl_stat("fail_verify_no_cert").await >= 1,
+        "no-certificate error: {}\n{}",
+        mtls::error_chain(&err),
+        s.envoy.log()
+    );
+    assert!(
+        s.ssl_stat("fail_verify_error").await >= 1,
+        "rogue-certificate error: {}\n{}",
+        mtls::error_chain(&err2),
+        s.envoy.log()
+    );
     assert_eq!(s.ssl_stat("handshake").await, 0, "a handshake completed");
     assert_eq!(s.echo.hits(), 0);
     assert!(s.envoy.access_log().is_empty(), "an HTTP request got through:\n{}", s.envoy.access_log());

@@ -245,8 +245,13 @@ async fn only_credential_headers_the_request_carries_are_removed() {
     let ok = allowed(&h.check(&[("authorization", &bearer)], &[("audience", "api://x")], "a.test", "/").await);
     assert_eq!(ok.headers_to_remove, ["authorization"], "absent actor/impersonation headers are not named");
     let ok = allowed(
-        &h.check(&[("authorization", &bearer), ("x-actor-token", "ignored-by-mode-none")], &[("audience", "api://x")], "a.test", "/")
-            .await,
+        &h.check(
+            &[("authorization", &bearer), ("x-actor-token", "ignored-by-mode-none")],
+            &[("audience", "api://x")],
+            "a.test",
+            "/",
+        )
+        .await,
     );
     assert_eq!(ok.headers_to_remove, ["authorization", "x-actor-token"], "a present one is never forwarded");
 }
@@ -687,16 +692,24 @@ async fn unknown_actor_context_extension_is_refused() {
     let token = idp.token(&idp.claims("alice", "orders.read"));
     let bearer = format!("Bearer {token}");
     let with_peer = |mode: &str| {
-        let mut req = check_request(&[("authorization", &bearer)], &[("audience", "orders"), ("actor", mode)], "api.test", "/");
+        let mut req =
+            check_request(&[("authorization", &bearer)], &[("audience", "orders"), ("actor", mode)], "api.test", "/");
         req.attributes.as_mut().unwrap().source =
             Some(Peer { principal: "spiffe://cluster.local/ns/shop/sa/web".into(), ..Default::default() });
         req
     };
     for typo in ["Peer", "mtls", "", "peer\nINJECTED-and-a-very-long-tail-that-goes-on-and-on"] {
         let d = denial(&h.check_request(with_peer(typo)).await);
-        assert_eq!((d.rpc_code, d.http_status, d.error()), (RPC_PERMISSION_DENIED, 403, "access_denied"), "{typo:?}: {d:#?}");
+        assert_eq!(
+            (d.rpc_code, d.http_status, d.error()),
+            (RPC_PERMISSION_DENIED, 403, "access_denied"),
+            "{typo:?}: {d:#?}"
+        );
         assert!(d.description().contains("actor context extension"), "{d:#?}");
-        assert!(!d.description().contains('\n') && !d.description().contains("on-and-on"), "escaped and cut short: {d:#?}");
+        assert!(
+            !d.description().contains('\n') && !d.description().contains("on-and-on"),
+            "escaped and cut short: {d:#?}"
+        );
         assert_eq!(d.metadata.get("reason").map(String::as_str), Some("unknown_actor_mode"));
     }
     // Known modes behave as documented: `none` ignores the peer, `peer` uses it.

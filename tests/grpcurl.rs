@@ -64,7 +64,9 @@ async fn list_and_describe_over_reflection() {
     let svc = grpcurl(sts.grpc, &[], &["describe", "envoy.service.auth.v3.Authorization"]);
     assert!(svc.contains("envoy.service.auth.v3.Authorization is a service"), "{svc}");
     assert!(
-        svc.contains("rpc Check ( .envoy.service.auth.v3.CheckRequest ) returns ( .envoy.service.auth.v3.CheckResponse )"),
+        svc.contains(
+            "rpc Check ( .envoy.service.auth.v3.CheckRequest ) returns ( .envoy.service.auth.v3.CheckResponse )"
+        ),
         "{svc}"
     );
 
@@ -124,7 +126,8 @@ async fn health_check_is_serving() {
     let dir = TempDir::new("grpcurl-health");
     let sts = Stsgate::start(&dir).await;
     for service in ["", "envoy.service.auth.v3.Authorization"] {
-        let out = grpcurl(sts.grpc, &["-d", &json!({"service": service}).to_string()], &["grpc.health.v1.Health/Check"]);
+        let out =
+            grpcurl(sts.grpc, &["-d", &json!({"service": service}).to_string()], &["grpc.health.v1.Health/Check"]);
         let resp: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
         assert_eq!(resp["status"], "SERVING", "service {service:?}: {out}");
     }

@@ -55,7 +55,8 @@ async fn a_burst_of_stream_resets_does_not_drop_the_connection() {
 
     // The same connection still answers a real Check.
     let token = idp.token(&idp.claims("alice", "orders.read"));
-    let check = check_request(&[("authorization", &format!("Bearer {token}"))], &[("audience", "orders")], "a.test", "/");
+    let check =
+        check_request(&[("authorization", &format!("Bearer {token}"))], &[("audience", "orders")], "a.test", "/");
     let mut client = client.ready().await.expect("the connection survived the resets");
     let (response, mut send) = client.send_request(grpc_request(h.grpc_addr), false).expect("open a stream");
     send.send_data(framed(&check), true).unwrap();

@@ -65,8 +65,15 @@ impl Piece {
     }
 }
 
-const HEADER_NAMES: &[&str] =
-    &["authorization", "x-actor-token", "x-requested-subject", "x-forwarded-client-cert", "x-sts-token", "cookie", "x-junk"];
+const HEADER_NAMES: &[&str] = &[
+    "authorization",
+    "x-actor-token",
+    "x-requested-subject",
+    "x-forwarded-client-cert",
+    "x-sts-token",
+    "cookie",
+    "x-junk",
+];
 const CONTEXT_KEYS: &[&str] = &["audience", "scope", "actor", "requested_subject", "junk"];
 
 #[derive(Debug, Clone)]
@@ -80,7 +87,10 @@ struct Check {
 
 fn check() -> impl Strategy<Value = Check> {
     (
-        proptest::collection::vec((proptest::sample::select(HEADER_NAMES).prop_map(str::to_owned), any::<bool>(), piece()), 0..4),
+        proptest::collection::vec(
+            (proptest::sample::select(HEADER_NAMES).prop_map(str::to_owned), any::<bool>(), piece()),
+            0..4,
+        ),
         proptest::collection::vec(
             (prop_oneof![proptest::sample::select(CONTEXT_KEYS).prop_map(str::to_owned), "[a-z_]{0,10}"], piece()),
             0..4,
@@ -157,8 +167,20 @@ const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
 fn form_body() -> impl Strategy<Value = Vec<(String, Piece)>> {
     let name = prop_oneof![
         proptest::sample::select(
-            &["grant_type", "subject_token", "subject_token_type", "audience", "resource", "scope", "actor_token",
-              "actor_token_type", "requested_token_type", "requested_subject", "client_id", "client_secret"][..]
+            &[
+                "grant_type",
+                "subject_token",
+                "subject_token_type",
+                "audience",
+                "resource",
+                "scope",
+                "actor_token",
+                "actor_token_type",
+                "requested_token_type",
+                "requested_subject",
+                "client_id",
+                "client_secret"
+            ][..]
         )
         .prop_map(str::to_owned),
         ".{0,12}",
@@ -178,9 +200,16 @@ fn token_endpoint_answers_any_form() {
     let rt = runtime();
     let (idp, h, token) = rt.block_on(started());
     let content_type = proptest::sample::select(
-        &["application/x-www-form-urlencoded", "application/x-www-form-urlencoded; charset=utf-8", "application/json", "text/plain", ""][..],
+        &[
+            "application/x-www-form-urlencoded",
+            "application/x-www-form-urlencoded; charset=utf-8",
+            "application/json",
+            "text/plain",
+            "",
+        ][..],
     );
-    let strategy = (form_body(), content_type, any::<bool>(), proptest::collection::vec(any::<u8>(), 0..64), any::<bool>());
+    let strategy =
+        (form_body(), content_type, any::<bool>(), proptest::collection::vec(any::<u8>(), 0..64), any::<bool>());
     runner()
         .run(&strategy, |(generated, ct, raw, junk, base)| {
             let mut body = Vec::new();
@@ -203,7 +232,9 @@ fn token_endpoint_answers_any_form() {
                 if raw {
                     body.extend_from_slice(format!("{k}={v}").as_bytes());
                 } else {
-                    body.extend_from_slice(form_urlencoded::Serializer::new(String::new()).append_pair(k, &v).finish().as_bytes());
+                    body.extend_from_slice(
+                        form_urlencoded::Serializer::new(String::new()).append_pair(k, &v).finish().as_bytes(),
+                    );
                 }
             }
             if raw {
@@ -219,7 +250,13 @@ fn token_endpoint_answers_any_form() {
             let resp = resp.map_err(|e| TestCaseError::fail(format!("no answer: {e}")))?;
             let status = resp.status().as_u16();
             let text = rt.block_on(resp.text()).unwrap_or_default();
-            prop_assert!(status < 500 || status == 503, "status {} for {:?}: {}", status, String::from_utf8_lossy(&body), text);
+            prop_assert!(
+                status < 500 || status == 503,
+                "status {} for {:?}: {}",
+                status,
+                String::from_utf8_lossy(&body),
+                text
+            );
             let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
             let has_token = json.as_ref().is_some_and(|j| j.get("access_token").is_some());
             if status == 200 {

@@ -384,10 +384,9 @@ async fn readiness_follows_the_current_engine() {
     assert!(h.is_ready());
     assert_eq!(h.get("/readyz").await.status(), 200);
     let hr = &h;
-    eventually(
-        "gRPC health SERVING",
-        || async move { hr.health(stsgate::api::readiness::AUTHZ_SERVICE).await == Some(SERVING) },
-    )
+    eventually("gRPC health SERVING", || async move {
+        hr.health(stsgate::api::readiness::AUTHZ_SERVICE).await == Some(SERVING)
+    })
     .await;
     assert_eq!(h.health("").await, Some(SERVING));
     h.shutdown().await;

@@ -456,11 +456,7 @@ impl Env {
         for (claim, secs) in &t.times {
             claims[*claim] = json!(now() + secs);
         }
-        if t.unsigned {
-            forge_none(&claims)
-        } else {
-            self.mock(t.signer.unwrap_or(t.from)).token(&claims)
-        }
+        if t.unsigned { forge_none(&claims) } else { self.mock(t.signer.unwrap_or(t.from)).token(&claims) }
     }
 
     async fn run_case(&self, case: Case) {
@@ -727,9 +723,8 @@ async fn delegation_or_exchange_is_chosen_by_the_presence_of_a_peer() {
                 .act(json!({"sub": WEB}))
                 .scopes(&["orders.read", "orders.write"]),
         ),
-        case("without: exchange", &alice, "orders").allows(
-            minted().rule("plain-orders").decision("exchange").absent(&["act"]).scopes(&["orders.read"]),
-        ),
+        case("without: exchange", &alice, "orders")
+            .allows(minted().rule("plain-orders").decision("exchange").absent(&["act"]).scopes(&["orders.read"])),
     ]))
     .await;
 }
@@ -758,25 +753,28 @@ async fn operator_impersonates_a_customer_only_where_a_rule_allows_it() {
     let console = tok("ops-console", "");
     let refused = ["impersonating another subject"];
     run(Scenario::new(SUPPORT_IMPERSONATES).ext_authz(ACTOR_TOKENS).cases([
-        case("the console impersonates user-123", &operator, "orders").actor(&console).requesting_subject("user-123").allows(
-            minted()
-                .sub("user-123")
-                // Impersonation carries no act.
-                .absent(&["act", "act_as"])
-                // The audit claim names the real actor (with its issuer: it is a token actor).
-                .claim("/impersonated_by", json!({"sub": "ops-console", "iss": "{idp}"}))
-                .scopes(&["orders.read"])
-                .lifetime_at_most(60)
-                .decision("impersonation")
-                .md("sub", "user-123")
-                .actor("ops-console")
-                .rule("support-impersonates-customers")
-                // The consumed actor token and impersonation header never reach the upstream.
-                .removes("x-actor-token")
-                .removes("x-requested-subject")
-                // The output header is authorization.
-                .keeps("authorization"),
-        ),
+        case("the console impersonates user-123", &operator, "orders")
+            .actor(&console)
+            .requesting_subject("user-123")
+            .allows(
+                minted()
+                    .sub("user-123")
+                    // Impersonation carries no act.
+                    .absent(&["act", "act_as"])
+                    // The audit claim names the real actor (with its issuer: it is a token actor).
+                    .claim("/impersonated_by", json!({"sub": "ops-console", "iss": "{idp}"}))
+                    .scopes(&["orders.read"])
+                    .lifetime_at_most(60)
+                    .decision("impersonation")
+                    .md("sub", "user-123")
+                    .actor("ops-console")
+                    .rule("support-impersonates-customers")
+                    // The consumed actor token and impersonation header never reach the upstream.
+                    .removes("x-actor-token")
+                    .removes("x-requested-subject")
+                    // The output header is authorization.
+                    .keeps("authorization"),
+            ),
         case("a subject outside impersonate_subjects", &operator, "orders")
             .actor(&console)
             .requesting_subject("admin-1")
@@ -973,9 +971,8 @@ async fn the_first_matching_rule_decides_and_no_match_is_default_deny() {
 "#,
     )
     .cases([
-        case("vip orders", &vip, "orders").allows(
-            minted().rule("vip-orders").claim("/lane", "fast").scopes(&["orders.read", "orders.write"]),
-        ),
+        case("vip orders", &vip, "orders")
+            .allows(minted().rule("vip-orders").claim("/lane", "fast").scopes(&["orders.read", "orders.write"])),
         case("plain orders", &plain, "orders")
             .allows(minted().rule("orders").claim("/lane", "normal").scopes(&["orders.read"])),
         // The earlier, wider rule wins even where a later one is more specific.
@@ -1197,9 +1194,10 @@ async fn peer_and_actor_token_must_name_the_same_party() {
             &["actor identities disagree"],
         ),
         // The token actor, with its issuer.
-        case("token web, peer web", &alice, "orders").actor(&tok(WEB, "")).peer(WEB).allows(
-            minted().sub("alice").act(json!({"sub": WEB, "iss": "{idp}"})).actor(WEB).removes("x-actor-token"),
-        ),
+        case("token web, peer web", &alice, "orders")
+            .actor(&tok(WEB, ""))
+            .peer(WEB)
+            .allows(minted().sub("alice").act(json!({"sub": WEB, "iss": "{idp}"})).actor(WEB).removes("x-actor-token")),
         // A route that consults only the peer ignores the actor token (no conflict, no iss).
         case("a peer-only route", &alice, "orders")
             .ctx("actor", "peer")
@@ -1212,8 +1210,7 @@ async fn peer_and_actor_token_must_name_the_same_party() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn impersonated_subject_does_not_inherit_the_operators_copied_claims() {
-    let operator =
-        tok("operator", "orders.read").with(json!({"groups": ["sre"], "email": "operator@corp.example"}));
+    let operator = tok("operator", "orders.read").with(json!({"groups": ["sre"], "email": "operator@corp.example"}));
     let console = tok("ops-console", "");
     run(Scenario::new(
         r#"
@@ -1239,9 +1236,9 @@ async fn impersonated_subject_does_not_inherit_the_operators_copied_claims() {
             .requesting_subject("user-123")
             .allows(minted().sub("user-123").absent(&["groups", "email"]).claim("/via", "support")),
         // Without another subject the token is about the operator: claims are copied.
-        case("as the operator", &operator, "orders").actor(&console).allows(
-            minted().sub("operator").claim("/groups", json!(["sre"])).claim("/email", "operator@corp.example"),
-        ),
+        case("as the operator", &operator, "orders")
+            .actor(&console)
+            .allows(minted().sub("operator").claim("/groups", json!(["sre"])).claim("/email", "operator@corp.example")),
     ]))
     .await;
 }
@@ -1287,11 +1284,10 @@ async fn an_actor_token_from_another_idp_cannot_impersonate_or_satisfy_may_act()
     .ext_authz(ACTOR_TOKENS)
     .cases([
         // The other IdP's support-console is not ours: no impersonation.
-        case("the other IdP's console", &operator, "orders").actor(&console(Other)).requesting_subject("user-123").forbids(
-            "access_denied",
-            "impersonation_refused",
-            &["impersonating another subject"],
-        ),
+        case("the other IdP's console", &operator, "orders")
+            .actor(&console(Other))
+            .requesting_subject("user-123")
+            .forbids("access_denied", "impersonation_refused", &["impersonating another subject"]),
         // Ours is: the audit claim and sub_id name the issuers, client_id is the console's.
         case("our console", &operator, "orders").actor(&console(Idp)).requesting_subject("user-123").allows(
             minted()
@@ -1308,9 +1304,9 @@ async fn an_actor_token_from_another_idp_cannot_impersonate_or_satisfy_may_act()
             "may_act",
             &["may_act does not admit this actor"],
         ),
-        case("may_act, our svc-pay", &alice, "payments").actor(&pay(Idp)).allows(
-            minted().act(json!({"sub": "svc-pay", "iss": "{idp}"})).claim("/client_id", "pay@{idp}"),
-        ),
+        case("may_act, our svc-pay", &alice, "payments")
+            .actor(&pay(Idp))
+            .allows(minted().act(json!({"sub": "svc-pay", "iss": "{idp}"})).claim("/client_id", "pay@{idp}")),
         // An actor token from an issuer the rule does not admit contributes
         // nothing: not its iss, not its client_id; the request is refused.
         case("the other IdP's bob with our console", &bob, "orders").actor(&console(Idp)).forbids(
@@ -1354,12 +1350,13 @@ async fn an_actor_token_expiring_inside_the_leeway_is_named_and_nothing_is_minte
     let operator = tok("operator", "orders.read").with(json!({"groups": ["sre"]}));
     // Expired 10 seconds ago: valid inside the leeway, but nothing left to hand on.
     let console = tok("ops-console", "").at("exp", -10).at("iat", -100).at("nbf", -100);
-    run(Scenario::new(SUPPORT_IMPERSONATES)
-        .issuer_options(&["leeway: 60s"])
-        .ext_authz(ACTOR_TOKENS)
-        .cases([case("expired 10 s ago", &operator, "orders")
-            .actor(&console)
-            .requesting_subject("user-123")
-            .refuses(invalid_token(&["actor token: token has expired"]).exactly("actor token: token has expired"))]))
+    run(Scenario::new(SUPPORT_IMPERSONATES).issuer_options(&["leeway: 60s"]).ext_authz(ACTOR_TOKENS).cases([case(
+        "expired 10 s ago",
+        &operator,
+        "orders",
+    )
+    .actor(&console)
+    .requesting_subject("user-123")
+    .refuses(invalid_token(&["actor token: token has expired"]).exactly("actor token: token has expired"))]))
     .await;
 }

@@ -27,7 +27,8 @@ fn form(pairs: &[(&str, &str)]) -> String {
 
 /// The usual exchange parameters for `token` towards `audience`, plus `extra`.
 fn exchange<'a>(token: &'a str, audience: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut v = vec![("grant_type", GRANT), ("subject_token", token), ("subject_token_type", AT), ("audience", audience)];
+    let mut v =
+        vec![("grant_type", GRANT), ("subject_token", token), ("subject_token_type", AT), ("audience", audience)];
     v.extend_from_slice(extra);
     v
 }
@@ -126,7 +127,12 @@ async fn actor_token_makes_a_delegated_token() {
     // Without an actor token the delegation rule does not match.
     assert_error(&post(&h, &exchange(&subject, "orders", &[])).await, 400, "invalid_target", "no rule allows");
     // Half an actor.
-    assert_error(&post(&h, &exchange(&subject, "orders", &[("actor_token", &actor)])).await, 400, "invalid_request", "actor_token_type");
+    assert_error(
+        &post(&h, &exchange(&subject, "orders", &[("actor_token", &actor)])).await,
+        400,
+        "invalid_request",
+        "actor_token_type",
+    );
     // A subject token whose may_act names someone else: a policy refusal, 403.
     let mut claims = idp.claims("bob", "orders.read");
     claims["may_act"] = json!({"sub": "svc-other"});
@@ -151,7 +157,11 @@ async fn bad_actor_tokens_are_invalid_request() {
     let foreign = stranger.token(&stranger.claims("svc-web", ""));
     let got = post(&h, &exchange(&subject, "orders", &[("actor_token", &foreign), ("actor_token_type", AT)])).await;
     assert_error(&got, 400, "invalid_request", "actor token: ");
-    assert_eq!(h.metric("stsgate_decisions_total", &["outcome=\"ok\""]).await.unwrap_or(0.0), 0.0, "nothing was issued");
+    assert_eq!(
+        h.metric("stsgate_decisions_total", &["outcome=\"ok\""]).await.unwrap_or(0.0),
+        0.0,
+        "nothing was issued"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,9 +241,19 @@ async fn requested_subject_is_honoured_only_under_an_impersonation_rule_naming_t
     let got = post(&h, &asking(&operator, &[], "user-123")).await;
     assert_error(&got, 403, "access_denied", "impersonating another subject needs a rule that names this actor");
     // A subject the rule does not list.
-    assert_error(&post(&h, &asking(&operator, &by_console, "admin-1")).await, 403, "access_denied", "impersonating another subject");
+    assert_error(
+        &post(&h, &asking(&operator, &by_console, "admin-1")).await,
+        403,
+        "access_denied",
+        "impersonating another subject",
+    );
     // A proven actor the rule does not name.
-    assert_error(&post(&h, &asking(&operator, &by_web, "user-123")).await, 403, "access_denied", "impersonating another subject");
+    assert_error(
+        &post(&h, &asking(&operator, &by_web, "user-123")).await,
+        403,
+        "access_denied",
+        "impersonating another subject",
+    );
 
     assert_eq!(
         h.metric("stsgate_decisions_total", &["outcome=\"denied\"", "reason=\"impersonation_refused\""]).await,
@@ -285,7 +305,8 @@ async fn malformed_requests_are_invalid_request() {
     let h = Harness::start(&idp).await;
     let subject = idp.token(&idp.claims("alice", "orders.read"));
 
-    let wrong_grant = [("grant_type", "client_credentials"), ("subject_token", subject.as_str()), ("subject_token_type", AT)];
+    let wrong_grant =
+        [("grant_type", "client_credentials"), ("subject_token", subject.as_str()), ("subject_token_type", AT)];
     assert_error(&post(&h, &wrong_grant).await, 400, "unsupported_grant_type", "client_credentials");
     let missing = [("grant_type", GRANT), ("subject_token_type", AT), ("audience", "orders")];
     assert_error(&post(&h, &missing).await, 400, "invalid_request", "subject_token is required");
@@ -306,7 +327,8 @@ async fn malformed_requests_are_invalid_request() {
     let mut none = exchange(&subject, "orders", &[]);
     none.pop();
     assert_error(&post(&h, &none).await, 400, "invalid_target", "no audience");
-    let wrong_out = exchange(&subject, "orders", &[("requested_token_type", "urn:ietf:params:oauth:token-type:id_token")]);
+    let wrong_out =
+        exchange(&subject, "orders", &[("requested_token_type", "urn:ietf:params:oauth:token-type:id_token")]);
     assert_error(&post(&h, &wrong_out).await, 400, "invalid_request", "requested_token_type");
 
     // Not a form.
@@ -374,7 +396,10 @@ async fn bad_subject_tokens_are_invalid_request_and_refusals_follow_the_rules() 
     h.verify_minted(body["access_token"].as_str().unwrap(), "api://fallback").await;
 
     assert_eq!(h.metric("stsgate_decisions_total", &["outcome=\"denied\"", "reason=\"no_scope\""]).await, Some(1.0));
-    assert_eq!(h.metric("stsgate_decisions_total", &["outcome=\"unauthenticated\"", "reason=\"expired\""]).await, Some(1.0));
+    assert_eq!(
+        h.metric("stsgate_decisions_total", &["outcome=\"unauthenticated\"", "reason=\"expired\""]).await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +415,10 @@ async fn token_header_values_are_never_reflected() {
         let (status, body) = post(&h, &exchange(&token, "orders", &[])).await;
         assert!(status == 400 || status == 401, "{field}: {status} {body}");
         let desc = body["error_description"].as_str().unwrap_or("");
-        assert!(!desc.is_empty() && !desc.contains("INJECTED") && !desc.contains('\n'), "{field}: reflected in {desc:?}");
+        assert!(
+            !desc.is_empty() && !desc.contains("INJECTED") && !desc.contains('\n'),
+            "{field}: reflected in {desc:?}"
+        );
     }
 }
 
@@ -399,7 +427,8 @@ async fn unavailable_issuer_keys_are_503_with_retry_after() {
     let idp = MockIdp::start_in(Mode::Unavailable).await;
     let h = Harness::builder(&idp).no_wait().start().await;
     let subject = idp.token(&idp.claims("alice", "orders.read"));
-    let resp = post_raw(&h, "/token", "application/x-www-form-urlencoded", form(&exchange(&subject, "orders", &[]))).await;
+    let resp =
+        post_raw(&h, "/token", "application/x-www-form-urlencoded", form(&exchange(&subject, "orders", &[]))).await;
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
     let body: Value = resp.json().await.unwrap();
@@ -418,7 +447,8 @@ async fn metadata_advertises_the_endpoint_only_when_enabled() {
 
     let off = Harness::builder(&idp).edit(|y| format!("{y}token_endpoint: {{ enabled: false }}\n")).start().await;
     let subject = idp.token(&idp.claims("alice", "orders.read"));
-    let resp = post_raw(&off, "/token", "application/x-www-form-urlencoded", form(&exchange(&subject, "orders", &[]))).await;
+    let resp =
+        post_raw(&off, "/token", "application/x-www-form-urlencoded", form(&exchange(&subject, "orders", &[]))).await;
     assert_eq!(resp.status(), 404);
     for path in ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"] {
         let meta = off.get_json(path).await;
@@ -437,7 +467,9 @@ async fn metadata_advertises_the_endpoint_only_when_enabled() {
     let meta = tenant.get_json("/.well-known/oauth-authorization-server/tenant-a").await;
     assert_eq!(meta["token_endpoint"], "https://sts.test/tenant-a/oauth2/token");
     for path in ["/tenant-a/oauth2/token", "/oauth2/token"] {
-        let resp = post_raw(&tenant, path, "application/x-www-form-urlencoded", form(&exchange(&subject, "orders", &[]))).await;
+        let resp =
+            post_raw(&tenant, path, "application/x-www-form-urlencoded", form(&exchange(&subject, "orders", &[])))
+                .await;
         assert_eq!(resp.status(), 200, "{path}");
     }
     assert_eq!(post_raw(&tenant, "/token", "application/x-www-form-urlencoded", String::new()).await.status(), 404);

@@ -67,7 +67,11 @@ impl fmt::Display for Unidentified {
             Unidentified::NoConnection => f.write_str("not called over the gRPC listener"),
             Unidentified::NoUriSan => f.write_str("its client certificate has no single URI SAN"),
             Unidentified::UntrustedPeer(peer) => {
-                write!(f, "its x-forwarded-client-cert is not believed from {} (not in ext_authz.xfcc_trusted_peers)", peer.ip())
+                write!(
+                    f,
+                    "its x-forwarded-client-cert is not believed from {} (not in ext_authz.xfcc_trusted_peers)",
+                    peer.ip()
+                )
             }
             Unidentified::NoXfcc => f.write_str("a trusted peer sent no x-forwarded-client-cert"),
             Unidentified::BadXfcc(why) => write!(f, "x-forwarded-client-cert: {why}"),
@@ -294,7 +298,10 @@ mod tests {
             (format!("uri=\"{WEB}\""), Ok(WEB)),
             // APPEND_FORWARD: what came from further away is not believed.
             (format!("By=x;URI=spiffe://evil/sa/admin,{by};URI={WEB}"), Ok(WEB)),
-            (format!("{by};URI={WEB},By=x;URI=spiffe://cluster.local/ns/shop/sa/other"), Ok("spiffe://cluster.local/ns/shop/sa/other")),
+            (
+                format!("{by};URI={WEB},By=x;URI=spiffe://cluster.local/ns/shop/sa/other"),
+                Ok("spiffe://cluster.local/ns/shop/sa/other"),
+            ),
             // Quoted commas and semicolons do not split.
             (format!("Subject=\"a,b;c=d\";URI={WEB}"), Ok(WEB)),
             (r#"Subject="say \"hi\", or not";URI="spiffe://a/b""#.to_owned(), Ok("spiffe://a/b")),
@@ -355,7 +362,10 @@ mod tests {
         let other = conn("10.0.0.1:5000", Some("spiffe://cluster.local/ns/shop/sa/intruder"));
         let refused = admit(&ea, true, Some(&other), &none).unwrap_err();
         assert_eq!(refused.label(), "caller_unknown");
-        assert_eq!(refused.to_string(), "the Check caller spiffe://cluster.local/ns/shop/sa/intruder is not allowed to call Check");
+        assert_eq!(
+            refused.to_string(),
+            "the Check caller spiffe://cluster.local/ns/shop/sa/intruder is not allowed to call Check"
+        );
         for unidentified in [Some(conn("10.0.0.1:5000", None)), None] {
             let refused = admit(&ea, true, unidentified.as_ref(), &none).unwrap_err();
             assert_eq!(refused.to_string(), "the Check caller is not authenticated");
@@ -382,7 +392,8 @@ mod tests {
             refused,
             CallerRefused::Unknown {
                 identity: None,
-                why: "its x-forwarded-client-cert is not believed from 127.0.0.1 (not in ext_authz.xfcc_trusted_peers)".into()
+                why: "its x-forwarded-client-cert is not believed from 127.0.0.1 (not in ext_authz.xfcc_trusted_peers)"
+                    .into()
             }
         );
         // A certificate on the connection is not what xfcc reads.
@@ -391,7 +402,9 @@ mod tests {
         let mut two = xfcc(WEB);
         two.append(XFCC_HEADER, MetadataValue::from_static("URI=spiffe://x/y"));
         let refused = admit(&ea, false, Some(&conn("127.0.0.6:1", None)), &two).unwrap_err();
-        assert!(matches!(refused, CallerRefused::Unknown { identity: None, ref why } if why.contains("more than one header")));
+        assert!(
+            matches!(refused, CallerRefused::Unknown { identity: None, ref why } if why.contains("more than one header"))
+        );
     }
 
     #[test]

@@ -93,12 +93,19 @@ async fn jwks(State(idp): State<Arc<DevIdp>>) -> Json<Value> {
     Json(json!({ "keys": [idp.signer.public_jwk()] }))
 }
 
-async fn token(State(idp): State<Arc<DevIdp>>, form: Result<Form<DevTokenRequest>, axum::extract::rejection::FormRejection>) -> Response {
+async fn token(
+    State(idp): State<Arc<DevIdp>>,
+    form: Result<Form<DevTokenRequest>, axum::extract::rejection::FormRejection>,
+) -> Response {
     let Ok(Form(req)) = form else {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_request", "error_description": "expected a form with sub and optional scope, aud, ttl, client_id"}))).into_response();
     };
     if req.sub.is_empty() {
-        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_request", "error_description": "sub must not be empty"}))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_request", "error_description": "sub must not be empty"})),
+        )
+            .into_response();
     }
     match idp.mint(&req) {
         Ok((token, ttl)) => (
@@ -106,7 +113,11 @@ async fn token(State(idp): State<Arc<DevIdp>>, form: Result<Form<DevTokenRequest
             Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl})),
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "server_error", "error_description": e.to_string()}))).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "server_error", "error_description": e.to_string()})),
+        )
+            .into_response(),
     }
 }
 
@@ -135,7 +146,8 @@ pub(crate) async fn request_token(base: &str, req: &DevTokenRequest) -> anyhow::
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the dev IdP at {url} (is `stsgate dev` running?): {e}"))?;
     let status = resp.status();
-    let body: Value = resp.json().await.map_err(|e| anyhow::anyhow!("{url} answered {status} with a non-JSON body: {e}"))?;
+    let body: Value =
+        resp.json().await.map_err(|e| anyhow::anyhow!("{url} answered {status} with a non-JSON body: {e}"))?;
     if !status.is_success() {
         anyhow::bail!("{url} answered {status}: {body}");
     }

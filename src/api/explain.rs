@@ -59,7 +59,8 @@ pub(crate) async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value,
         .into_iter()
         .map(|(rule, why)| json!({"rule": rule, "matches": why.is_none(), "why_not": why}))
         .collect();
-    let actor_json = actor.as_ref().map(|a| json!({"kind": format!("{:?}", a.kind).to_lowercase(), "sub": a.sub, "iss": a.iss}));
+    let actor_json =
+        actor.as_ref().map(|a| json!({"kind": format!("{:?}", a.kind).to_lowercase(), "sub": a.sub, "iss": a.iss}));
     let req = ExchangeRequest {
         subject_token: &q.subject_token,
         audience: &q.audience,

@@ -20,11 +20,11 @@ use crate::config::{ActorMode, ExtAuthz, MetadataField};
 use crate::engine::{Engine, ExchangeRequest, Exchanged};
 use crate::metrics::Metrics;
 use crate::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
-use crate::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use crate::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, authorization_server::Authorization,
-    check_response::HttpResponse,
+    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+    authorization_server::Authorization, check_response::HttpResponse,
 };
+use crate::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use crate::pb::google::rpc::Status as RpcStatus;
 use crate::rules::{Actor, Denied, split_scopes};
 
@@ -160,9 +160,8 @@ fn actor_sources<'a>(
     let mode = route_mode.unwrap_or(ea.actor.mode);
     let use_peer = believed && ea.actor.peer && matches!(mode, ActorMode::Peer | ActorMode::Any);
     let use_token = !ea.actor.token_header.is_empty() && matches!(mode, ActorMode::Token | ActorMode::Any);
-    let peer = use_peer
-        .then(|| attrs.source.as_ref().map(|s| s.principal.as_str()).unwrap_or(""))
-        .filter(|p| !p.is_empty());
+    let peer =
+        use_peer.then(|| attrs.source.as_ref().map(|s| s.principal.as_str()).unwrap_or("")).filter(|p| !p.is_empty());
     let token = match use_token.then(|| http.and_then(|h| header(h, &ea.actor.token_header))).flatten() {
         None => None,
         Some(raw) => Some(token_in_header(raw, &ea.actor.token_scheme).map_err(|_| {
@@ -173,7 +172,10 @@ fn actor_sources<'a>(
 }
 
 /// The value of the impersonation header, if configured and present.
-fn requested_subject(http: Option<&AttributeContext_HttpRequest>, ea: &ExtAuthz) -> Result<Option<String>, &'static str> {
+fn requested_subject(
+    http: Option<&AttributeContext_HttpRequest>,
+    ea: &ExtAuthz,
+) -> Result<Option<String>, &'static str> {
     if ea.requested_subject_header.is_empty() {
         return Ok(None);
     }
@@ -191,7 +193,10 @@ fn requested_subject(http: Option<&AttributeContext_HttpRequest>, ea: &ExtAuthz)
 /// `requested_subject`) names one subject: not empty, at most
 /// `MAX_REQUESTED_SUBJECT` bytes, no comma, no control character.
 pub(crate) fn is_one_subject(value: &str) -> bool {
-    !value.is_empty() && value.len() <= MAX_REQUESTED_SUBJECT && !value.contains(',') && !value.chars().any(char::is_control)
+    !value.is_empty()
+        && value.len() <= MAX_REQUESTED_SUBJECT
+        && !value.contains(',')
+        && !value.chars().any(char::is_control)
 }
 
 #[tonic::async_trait]
@@ -245,12 +250,18 @@ fn header<'a>(http: &'a AttributeContext_HttpRequest, name: &str) -> Option<std:
     }
     // With `encode_raw_headers`, Envoy sends a list with raw bytes instead.
     let map = http.header_map.as_ref()?;
-    let values: Vec<String> = map
-        .headers
-        .iter()
-        .filter(|h| h.key.eq_ignore_ascii_case(name))
-        .map(|h| if h.raw_value.is_empty() { h.value.clone() } else { String::from_utf8_lossy(&h.raw_value).into_owned() })
-        .collect();
+    let values: Vec<String> =
+        map.headers
+            .iter()
+            .filter(|h| h.key.eq_ignore_ascii_case(name))
+            .map(|h| {
+                if h.raw_value.is_empty() {
+                    h.value.clone()
+                } else {
+                    String::from_utf8_lossy(&h.raw_value).into_owned()
+                }
+            })
+            .collect();
     if values.is_empty() { None } else { Some(std::borrow::Cow::Owned(values.join(","))) }
 }
 
@@ -434,7 +445,11 @@ fn ok_response(
     }
     CheckResponse {
         status: Some(RpcStatus { code: RPC_OK, message: String::new(), details: Vec::new() }),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse { headers, headers_to_remove, ..Default::default() })),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers,
+            headers_to_remove,
+            ..Default::default()
+        })),
         dynamic_metadata: ok_metadata(&ea.dynamic_metadata, done, actor),
     }
 }
@@ -445,8 +460,9 @@ fn ok_metadata(fields: &[MetadataField], done: &Exchanged<'_>, actor: Option<&Ac
     if fields.is_empty() {
         return None;
     }
-    let needs_claims =
-        fields.iter().any(|f| matches!(f, MetadataField::Sub | MetadataField::Aud | MetadataField::Scope | MetadataField::Jti));
+    let needs_claims = fields
+        .iter()
+        .any(|f| matches!(f, MetadataField::Sub | MetadataField::Aud | MetadataField::Scope | MetadataField::Jti));
     let claims = if needs_claims { done.view() } else { None };
     let claim = |pick: fn(&crate::engine::ClaimsView<'_>) -> String| claims.as_ref().map(pick).unwrap_or_default();
     let fields = fields.iter().filter_map(|f| {
@@ -481,7 +497,14 @@ fn refused(ea: &ExtAuthz, r: &Refusal) -> CheckResponse {
     }
 }
 
-fn denied(rpc_code: i32, http: StatusCode, reason: &str, mut headers: Vec<HeaderValueOption>, body: String, label: &str) -> CheckResponse {
+fn denied(
+    rpc_code: i32,
+    http: StatusCode,
+    reason: &str,
+    mut headers: Vec<HeaderValueOption>,
+    body: String,
+    label: &str,
+) -> CheckResponse {
     headers.push(header_option("content-type", "application/json".into()));
     headers.push(header_option("cache-control", "no-store".into()));
     CheckResponse {
@@ -516,7 +539,8 @@ fn unauthenticated(ea: &ExtAuthz, error: Option<&str>, description: &str) -> Che
 
 /// 400 for a request stsgate cannot read (RFC 6750 invalid_request).
 fn bad_request(ea: &ExtAuthz, description: &str) -> CheckResponse {
-    let challenge = format!("Bearer realm=\"{}\", error=\"invalid_request\", error_description=\"{description}\"", ea.realm);
+    let challenge =
+        format!("Bearer realm=\"{}\", error=\"invalid_request\", error_description=\"{description}\"", ea.realm);
     denied(
         RPC_INVALID_ARGUMENT,
         StatusCode::BadRequest,
@@ -531,7 +555,8 @@ fn bad_request(ea: &ExtAuthz, description: &str) -> CheckResponse {
 /// refused (access logs should show who was refused, not only why).
 fn forbidden(code: &str, r: &Refusal) -> CheckResponse {
     let text = &r.description;
-    let mut resp = denied(RPC_PERMISSION_DENIED, StatusCode::Forbidden, text, Vec::new(), json_body(code, text), r.label);
+    let mut resp =
+        denied(RPC_PERMISSION_DENIED, StatusCode::Forbidden, text, Vec::new(), json_body(code, text), r.label);
     if let (Some(md), Some(actor)) = (resp.dynamic_metadata.as_mut(), &r.actor) {
         md.fields.insert("actor".into(), string_value(actor.clone()));
     }
@@ -584,7 +609,11 @@ mod tests {
         let ea = ExtAuthz::default();
         let http = AttributeContext_HttpRequest {
             header_map: Some(HeaderMap {
-                headers: vec![HeaderValue { key: "authorization".into(), value: String::new(), raw_value: b"Bearer x.y.z".to_vec() }],
+                headers: vec![HeaderValue {
+                    key: "authorization".into(),
+                    value: String::new(),
+                    raw_value: b"Bearer x.y.z".to_vec(),
+                }],
             }),
             ..Default::default()
         };
@@ -594,23 +623,45 @@ mod tests {
     #[test]
     fn target_prefers_context_then_routes_then_default() {
         let mut ea = ExtAuthz {
-            routes: vec![Route { host: Some(Glob::new("*.shop.example")), path_prefix: "/orders".into(), audience: "orders".into(), scope: Some("orders.read".into()), actor: Some(ActorMode::Peer) }],
+            routes: vec![Route {
+                host: Some(Glob::new("*.shop.example")),
+                path_prefix: "/orders".into(),
+                audience: "orders".into(),
+                scope: Some("orders.read".into()),
+                actor: Some(ActorMode::Peer),
+            }],
             ..ExtAuthz::default()
         };
         ea.default_audience = Some("fallback".into());
         let attrs = |ctx: &[(&str, &str)], host: &str, path: &str| AttributeContext {
             context_extensions: ctx.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            request: Some(AttrRequest { http: Some(AttributeContext_HttpRequest { host: host.into(), path: path.into(), ..Default::default() }), ..Default::default() }),
+            request: Some(AttrRequest {
+                http: Some(AttributeContext_HttpRequest { host: host.into(), path: path.into(), ..Default::default() }),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        assert_eq!(target(&attrs(&[("audience", "billing"), ("scope", "b.read")], "x", "/"), &ea), Ok(Some(RouteTarget { audience: "billing".into(), scope: Some("b.read".into()), actor: None })));
-        let orders = Ok(Some(RouteTarget { audience: "orders".into(), scope: Some("orders.read".into()), actor: Some(ActorMode::Peer) }));
+        assert_eq!(
+            target(&attrs(&[("audience", "billing"), ("scope", "b.read")], "x", "/"), &ea),
+            Ok(Some(RouteTarget { audience: "billing".into(), scope: Some("b.read".into()), actor: None }))
+        );
+        let orders = Ok(Some(RouteTarget {
+            audience: "orders".into(),
+            scope: Some("orders.read".into()),
+            actor: Some(ActorMode::Peer),
+        }));
         assert_eq!(target(&attrs(&[], "api.shop.example:8443", "/orders/1?x=1"), &ea), orders);
         assert_eq!(target(&attrs(&[], "API.SHOP.EXAMPLE", "/orders"), &ea), orders);
-        assert_eq!(target(&attrs(&[], "api.shop.example", "/other"), &ea), Ok(Some(RouteTarget { audience: "fallback".into(), scope: None, actor: None })));
+        assert_eq!(
+            target(&attrs(&[], "api.shop.example", "/other"), &ea),
+            Ok(Some(RouteTarget { audience: "fallback".into(), scope: None, actor: None }))
+        );
         // Typos of a mode are refused, never read as `none` (which would drop the peer).
         for typo in ["bogus", "Peer", "mtls", ""] {
-            assert_eq!(target(&attrs(&[("actor", typo)], "api.shop.example", "/orders"), &ea), Err(UnknownActorMode(typo.into())));
+            assert_eq!(
+                target(&attrs(&[("actor", typo)], "api.shop.example", "/orders"), &ea),
+                Err(UnknownActorMode(typo.into()))
+            );
         }
         ea.default_audience = None;
         assert_eq!(target(&attrs(&[], "api.shop.example", "/other"), &ea), Ok(None));

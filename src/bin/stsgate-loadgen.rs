@@ -28,7 +28,6 @@ use tonic::{Request, Response, Status};
 
 use stsgate::config::SignAlg;
 use stsgate::engine::mint::new_jti;
-use stsgate::signing::Signer;
 use stsgate::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use stsgate::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use stsgate::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -36,10 +35,11 @@ use stsgate::pb::envoy::service::auth::v3::authorization_server::{Authorization,
 use stsgate::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use stsgate::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
 use stsgate::pb::google::rpc::Status as RpcStatus;
+use stsgate::signing::Signer;
 use stsgate::testkit::CheckRequestBuilder;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 #[derive(Debug, Parser)]
 #[command(name = "stsgate-loadgen", about = "Load generator and helpers for stsgate benchmarks")]
@@ -233,7 +233,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             eprintln!("{target} SERVING after {:.0} ms", took.as_secs_f64() * 1e3);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Startup { stsgate, config, target, runs, timeout } => startup(&stsgate, &config, target, runs, timeout).await,
+        Cmd::Startup { stsgate, config, target, runs, timeout } => {
+            startup(&stsgate, &config, target, runs, timeout).await
+        }
     }
 }
 
@@ -279,7 +281,9 @@ async fn noop_server(
         dynamic_metadata: (metadata_fields > 0).then(|| prost_types::Struct {
             fields: (0..metadata_fields)
                 .map(|i| {
-                    let value = prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(format!("value-{i:02}-bench"))) };
+                    let value = prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(format!("value-{i:02}-bench"))),
+                    };
                     (format!("field{i}"), value)
                 })
                 .collect(),
@@ -287,7 +291,10 @@ async fn noop_server(
     };
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let (_reporter, health) = tonic_health::server::health_reporter();
-    eprintln!("noop ext_authz server on {} (header bytes: {header_bytes}, metadata fields: {metadata_fields})", listener.local_addr()?);
+    eprintln!(
+        "noop ext_authz server on {} (header bytes: {header_bytes}, metadata fields: {metadata_fields})",
+        listener.local_addr()?
+    );
     tonic::transport::Server::builder()
         // As stsgate does: Envoy resets in-flight Checks when wrk disconnects.
         .http2_max_pending_accept_reset_streams(Some(1024))
@@ -397,7 +404,8 @@ impl Load {
             Some(p) => format!("{p}probe"),
             None => self.audience.clone(),
         };
-        let probe = AuthorizationClient::new(channels[0].clone()).check(check_request(&self.tokens[0], &probe_audience)).await;
+        let probe =
+            AuthorizationClient::new(channels[0].clone()).check(check_request(&self.tokens[0], &probe_audience)).await;
         if let Some((kind, msg)) = describe(&probe.as_ref().map(|r| r.get_ref().status.as_ref())) {
             bail!("probe Check against {} failed: {kind}: {msg}", self.target);
         }
@@ -555,7 +563,12 @@ fn mint_subjects(out: PathBuf, count: usize, issuer: &str, aud: &str, ttl: Durat
     let first = first.unwrap_or_default();
     std::fs::write(out.join("token.txt"), &first)?;
     std::fs::write(out.join("tokens.txt"), all)?;
-    eprintln!("wrote {} subject token(s) of ~{} bytes and the IdP JWKS to {}", count.max(1), first.len(), out.display());
+    eprintln!(
+        "wrote {} subject token(s) of ~{} bytes and the IdP JWKS to {}",
+        count.max(1),
+        first.len(),
+        out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

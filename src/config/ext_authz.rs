@@ -166,7 +166,10 @@ impl ExtAuthz {
         }
         for (i, caller) in self.callers.iter().enumerate() {
             if caller.audiences.is_empty() {
-                issues.add(format!("ext_authz.callers[{i}].audiences"), "must name at least one audience (\"*\" for any)");
+                issues.add(
+                    format!("ext_authz.callers[{i}].audiences"),
+                    "must name at least one audience (\"*\" for any)",
+                );
             }
         }
     }
@@ -443,19 +446,30 @@ mod tests {
         let cfg = Config::from_yaml_validated(&format!("listen:\n{tls}ext_authz:\n{web}{MINIMAL}")).unwrap();
         assert_eq!(cfg.ext_authz.caller_identity(true), CallerIdentity::Mtls);
         let caller = &cfg.ext_authz.callers[0];
-        assert_eq!((caller.identity.as_str(), caller.source_principal), ("spiffe://cluster.local/ns/shop/sa/web", true));
+        assert_eq!(
+            (caller.identity.as_str(), caller.source_principal),
+            ("spiffe://cluster.local/ns/shop/sa/web", true)
+        );
         assert_eq!(ExtAuthz::default().caller_identity(false), CallerIdentity::None);
         let xfcc = "  caller_identity: xfcc\n  xfcc_trusted_peers: [127.0.0.6/32, \"::1\"]\n";
         assert_eq!(caller_issues("  {}\n", &format!("{xfcc}{web}")), Vec::<String>::new());
 
         for (listen, ext_authz, want) in [
             ("  {}\n", "  caller_identity: mtls\n".to_owned(), "ext_authz.caller_identity: mtls needs listen.grpc_tls"),
-            ("  {}\n", "  caller_identity: xfcc\n".to_owned(), "ext_authz.xfcc_trusted_peers: caller_identity xfcc needs"),
+            (
+                "  {}\n",
+                "  caller_identity: xfcc\n".to_owned(),
+                "ext_authz.xfcc_trusted_peers: caller_identity xfcc needs",
+            ),
             (tls, xfcc.to_owned(), "ext_authz.caller_identity: xfcc takes the caller from stsgate's own sidecar"),
             ("  {}\n", web.to_owned(), "ext_authz.callers: needs authenticated callers"),
             (tls, format!("  caller_identity: none\n{web}"), "ext_authz.callers: needs authenticated callers"),
             (tls, "  xfcc_trusted_peers: [127.0.0.6]\n".to_owned(), "ext_authz.xfcc_trusted_peers: is only used with"),
-            (tls, "  callers: [{ identity: \"*\", audiences: [] }]\n".to_owned(), "ext_authz.callers[0].audiences: must name"),
+            (
+                tls,
+                "  callers: [{ identity: \"*\", audiences: [] }]\n".to_owned(),
+                "ext_authz.callers[0].audiences: must name",
+            ),
         ] {
             let issues = caller_issues(listen, &ext_authz);
             assert_eq!(issues.len(), 1, "{ext_authz}: {issues:?}");

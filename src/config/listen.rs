@@ -216,12 +216,16 @@ mod tests {
         let cfg = Config::from_yaml_validated(&format!("{text}{MINIMAL}")).unwrap();
         let tls = cfg.listen.grpc_tls.expect("grpc_tls");
         assert_eq!(tls.reload_interval, Dur::secs(30));
-        assert_eq!(tls.files().map(|(k, p)| format!("{k}={}", p.display())), ["cert=/tls/tls.crt", "key=/tls/tls.key", "client_ca=/tls/ca.crt"]);
+        assert_eq!(
+            tls.files().map(|(k, p)| format!("{k}={}", p.display())),
+            ["cert=/tls/tls.crt", "key=/tls/tls.key", "client_ca=/tls/ca.crt"]
+        );
 
         // mTLS: without client_ca it is not.
         let err = Config::from_yaml_str(&format!("listen:\n  grpc_tls: {{ cert: a, key: b }}\n{MINIMAL}")).unwrap_err();
         assert!(err.to_string().contains("`listen.grpc_tls`") && err.to_string().contains("client_ca"), "{err}");
-        let text = format!("listen:\n  grpc_tls: {{ cert: \"\", key: b, client_ca: c, reload_interval: 500ms }}\n{MINIMAL}");
+        let text =
+            format!("listen:\n  grpc_tls: {{ cert: \"\", key: b, client_ca: c, reload_interval: 500ms }}\n{MINIMAL}");
         let issues = Config::from_yaml_str(&text).unwrap().check().unwrap_err();
         let issues: Vec<String> = issues.iter().map(ToString::to_string).collect();
         assert_eq!(

@@ -56,7 +56,14 @@ mod tests {
 
     fn issues(workloads: &str) -> Vec<String> {
         let text = format!("{MINIMAL}workloads:\n{workloads}");
-        Config::from_yaml_str(&text).unwrap().check().err().unwrap_or_default().iter().map(ToString::to_string).collect()
+        Config::from_yaml_str(&text)
+            .unwrap()
+            .check()
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]

@@ -23,7 +23,11 @@ impl Engine {
     /// subject token (`ExchangeError::ActorToken` when it does not); a peer
     /// and a token naming different parties are refused
     /// (`Denied::ActorConflict`): a request has at most one actor.
-    pub(crate) async fn resolve_actor(&self, peer: Option<&str>, token: Option<&str>) -> Result<ResolvedActor, ExchangeError> {
+    pub(crate) async fn resolve_actor(
+        &self,
+        peer: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<ResolvedActor, ExchangeError> {
         let peer = peer.map(|p| Actor { kind: ActorKind::Peer, sub: p.to_owned(), iss: None, client_id: None });
         let (token_actor, exp) = match token {
             Some(token) => {

@@ -38,7 +38,8 @@ async fn fixture() -> Fixture {
     crate::install_crypto_provider();
     let dir = std::env::temp_dir().join(format!("stsgate-audit-{}-{}", std::process::id(), new_jti().unwrap()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (idp_a, idp_b) = (Signer::generate("a", SignAlg::ES256).unwrap(), Signer::generate("b", SignAlg::ES256).unwrap());
+    let (idp_a, idp_b) =
+        (Signer::generate("a", SignAlg::ES256).unwrap(), Signer::generate("b", SignAlg::ES256).unwrap());
     for (name, key) in [("a.json", &idp_a), ("b.json", &idp_b)] {
         std::fs::write(dir.join(name), json!({"keys": [key.public_jwk()]}).to_string()).unwrap();
     }
@@ -68,8 +69,10 @@ rules:
 
 fn token(key: &Signer, iss: &str, sub: &str, exp: i64) -> String {
     let now = now_unix();
-    key.sign_access_token(&json!({"iss": iss, "sub": sub, "iat": now - 5, "exp": exp, "client_id": format!("{sub}-app")}))
-        .unwrap()
+    key.sign_access_token(
+        &json!({"iss": iss, "sub": sub, "iat": now - 5, "exp": exp, "client_id": format!("{sub}-app")}),
+    )
+    .unwrap()
 }
 
 /// Everything logged while `f` runs on this thread.
@@ -145,7 +148,8 @@ fn audit_is_written_after_minting_with_jti_and_both_issuers() {
 
     // A dry run (`exchange_validated`, as `stsgate explain` uses it) writes nothing.
     let validated = rt.block_on(f.engine.validate(&subject, now, 0)).unwrap();
-    let (done, log) = logged(|| f.engine.exchange_validated(&validated, &req, now).map(|d| d.audit().map(str::to_owned)));
+    let (done, log) =
+        logged(|| f.engine.exchange_validated(&validated, &req, now).map(|d| d.audit().map(str::to_owned)));
     assert!(done.unwrap().is_some());
     assert!(!log.contains("stsgate::audit"), "{log}");
 }

@@ -402,7 +402,10 @@ mod tests {
             let view: ClaimsView<'_> = serde_json::from_slice(&stored).unwrap();
             assert_eq!((&*view.sub, &*view.aud, &*view.jti), ("alice", "orders", "j"));
         }
-        assert!(prefixes[1].written.len() > prefixes[0].written.len() + 60, "the point: ~80 bytes kept out of each entry");
+        assert!(
+            prefixes[1].written.len() > prefixes[0].written.len() + 60,
+            "the point: ~80 bytes kept out of each entry"
+        );
     }
 
     #[test]

@@ -22,12 +22,7 @@ const SCOPES: &[&str] = &["a.read", "a.write", "b.read", "admin", "profile"];
 const SCOPE_GLOBS: &[&str] = &["*", "a.*", "b.read", "admin", "x.*", "profile"];
 const SUBJECTS: &[&str] = &["alice", "bob", "user-1", "user-2", "root"];
 const SUBJECT_GLOBS: &[&str] = &["user-*", "bob", "*", "root"];
-const ACTORS: &[&str] = &[
-    "spiffe://c/ns/a/sa/web",
-    "spiffe://c/ns/b/sa/x",
-    "ops-console",
-    "svc",
-];
+const ACTORS: &[&str] = &["spiffe://c/ns/a/sa/web", "spiffe://c/ns/b/sa/x", "ops-console", "svc"];
 const ACTOR_GLOBS: &[&str] = &["spiffe://c/ns/a/sa/*", "spiffe://c/*", "ops-*", "svc", "*"];
 const CLIENTS: &[&str] = &["web-app", "cli", "ops"];
 const AUDIENCES: &[&str] = &["orders", "api://x", "payments"];
@@ -44,21 +39,19 @@ fn some_of(v: &'static [&'static str], max: usize) -> impl Strategy<Value = Vec<
 
 /// An `act` chain of depth 0–5 (outermost first), each entry maybe with `iss`.
 fn act_chain() -> impl Strategy<Value = Option<Value>> {
-    proptest::collection::vec((one(ACTORS), proptest::option::of(one(ISSUERS))), 0..=5).prop_map(
-        |entries| {
-            entries.into_iter().rev().fold(None, |inner, (sub, iss)| {
-                let mut o = Map::new();
-                o.insert("sub".into(), json!(sub));
-                if let Some(iss) = iss {
-                    o.insert("iss".into(), json!(iss));
-                }
-                if let Some(inner) = inner {
-                    o.insert("act".into(), inner);
-                }
-                Some(Value::Object(o))
-            })
-        },
-    )
+    proptest::collection::vec((one(ACTORS), proptest::option::of(one(ISSUERS))), 0..=5).prop_map(|entries| {
+        entries.into_iter().rev().fold(None, |inner, (sub, iss)| {
+            let mut o = Map::new();
+            o.insert("sub".into(), json!(sub));
+            if let Some(iss) = iss {
+                o.insert("iss".into(), json!(iss));
+            }
+            if let Some(inner) = inner {
+                o.insert("act".into(), inner);
+            }
+            Some(Value::Object(o))
+        })
+    })
 }
 
 fn may_act() -> impl Strategy<Value = Option<Value>> {
@@ -70,17 +63,9 @@ fn may_act() -> impl Strategy<Value = Option<Value>> {
 }
 
 fn subject() -> impl Strategy<Value = Validated> {
-    (
-        one(SUBJECTS),
-        one(ISSUERS),
-        some_of(SCOPES, 5),
-        act_chain(),
-        may_act(),
-        proptest::option::of(one(CLIENTS)),
-    )
+    (one(SUBJECTS), one(ISSUERS), some_of(SCOPES, 5), act_chain(), may_act(), proptest::option::of(one(CLIENTS)))
         .prop_map(|(sub, iss, scopes, act, may_act, client)| {
-            let mut c =
-                json!({ "iss": iss, "sub": sub, "aud": "orders", "scope": scopes.join(" ") });
+            let mut c = json!({ "iss": iss, "sub": sub, "aud": "orders", "scope": scopes.join(" ") });
             let o = c.as_object_mut().unwrap();
             if let Some(act) = act {
                 o.insert("act".into(), act);
@@ -122,13 +107,7 @@ fn actor_match() -> impl Strategy<Value = Option<Value>> {
 fn rule(i: usize) -> impl Strategy<Value = Rule> {
     (
         (
-            proptest::sample::select(
-                &[
-                    Outcome::Exchange,
-                    Outcome::Delegation,
-                    Outcome::Impersonation,
-                ][..],
-            ),
+            proptest::sample::select(&[Outcome::Exchange, Outcome::Delegation, Outcome::Impersonation][..]),
             some_of(SCOPE_GLOBS, 3),
             0usize..=5,
             proptest::option::of(proptest::sample::select(&["30s", "2m", "1h"][..])),
@@ -136,35 +115,23 @@ fn rule(i: usize) -> impl Strategy<Value = Rule> {
             any::<bool>(),
             any::<bool>(),
         ),
-        (
-            some_of(AUDIENCE_GLOBS, 2),
-            some_of(ISSUERS, 2),
-            actor_match(),
-        ),
+        (some_of(AUDIENCE_GLOBS, 2), some_of(ISSUERS, 2), actor_match()),
     )
-        .prop_map(
-            move |(
-                (outcome, scopes, depth, lifetime, imp, empty, act_as),
-                (auds, issuers, actor),
-            )| {
-                let mut grant = json!({
-                    "outcome": outcome.as_str(), "scopes": scopes, "max_chain_depth": depth,
-                    "impersonate_subjects": imp, "allow_empty_scope": empty,
-                    "delegation_shape": if act_as { "act_as" } else { "act" },
-                });
-                if let Some(l) = lifetime {
-                    grant["max_lifetime"] = json!(l);
-                }
-                let mut when = json!({ "audiences": auds, "issuers": issuers });
-                if let Some(a) = actor {
-                    when["actor"] = a;
-                }
-                serde_json::from_value(
-                    json!({ "name": format!("r{i}"), "match": when, "grant": grant }),
-                )
-                .unwrap()
-            },
-        )
+        .prop_map(move |((outcome, scopes, depth, lifetime, imp, empty, act_as), (auds, issuers, actor))| {
+            let mut grant = json!({
+                "outcome": outcome.as_str(), "scopes": scopes, "max_chain_depth": depth,
+                "impersonate_subjects": imp, "allow_empty_scope": empty,
+                "delegation_shape": if act_as { "act_as" } else { "act" },
+            });
+            if let Some(l) = lifetime {
+                grant["max_lifetime"] = json!(l);
+            }
+            let mut when = json!({ "audiences": auds, "issuers": issuers });
+            if let Some(a) = actor {
+                when["actor"] = a;
+            }
+            serde_json::from_value(json!({ "name": format!("r{i}"), "match": when, "grant": grant })).unwrap()
+        })
 }
 
 fn rules() -> impl Strategy<Value = Vec<Rule>> {
@@ -180,20 +147,14 @@ struct Request {
 }
 
 fn request() -> impl Strategy<Value = Request> {
-    (
-        actor(),
-        one(AUDIENCES),
-        proptest::option::of(some_of(SCOPES, 4)),
-        proptest::option::of(one(SUBJECTS)),
+    (actor(), one(AUDIENCES), proptest::option::of(some_of(SCOPES, 4)), proptest::option::of(one(SUBJECTS))).prop_map(
+        |(actor, audience, requested_scopes, requested_subject)| Request {
+            actor,
+            audience,
+            requested_scopes,
+            requested_subject,
+        },
     )
-        .prop_map(
-            |(actor, audience, requested_scopes, requested_subject)| Request {
-                actor,
-                audience,
-                requested_scopes,
-                requested_subject,
-            },
-        )
 }
 
 fn rule_input<'a>(subject: &'a Validated, r: &'a Request) -> RuleInput<'a> {
@@ -223,10 +184,7 @@ fn depth_of(act: Option<&Value>) -> usize {
 
 /// Every invariant a granted decision must keep; `Err` names the one broken.
 fn check_decision(rules: &[Rule], input: &RuleInput<'_>, d: &Decision) -> Result<(), String> {
-    let rule = rules
-        .iter()
-        .find(|r| r.name == d.rule)
-        .ok_or("decided by an unknown rule")?;
+    let rule = rules.iter().find(|r| r.name == d.rule).ok_or("decided by an unknown rule")?;
     let g = &rule.grant;
     let subject = input.subject;
     if d.outcome != g.outcome {
@@ -241,9 +199,7 @@ fn check_decision(rules: &[Rule], input: &RuleInput<'_>, d: &Decision) -> Result
             return Err(format!("granted scope {s:?} that was not requested"));
         }
         if !g.scopes.iter().any(|p| p.matches(s)) {
-            return Err(format!(
-                "granted scope {s:?} that no pattern of the rule allows"
-            ));
+            return Err(format!("granted scope {s:?} that no pattern of the rule allows"));
         }
     }
     if d.scopes.windows(2).any(|w| w[0] >= w[1]) {
@@ -268,9 +224,7 @@ fn check_decision(rules: &[Rule], input: &RuleInput<'_>, d: &Decision) -> Result
                 return Err("act.sub is not the actor".into());
             }
             if act.get("act") != prior {
-                return Err(
-                    "the prior act chain is not nested unchanged under the new actor".into(),
-                );
+                return Err("the prior act chain is not nested unchanged under the new actor".into());
             }
             d.act.as_ref()
         }
@@ -299,14 +253,10 @@ fn check_decision(rules: &[Rule], input: &RuleInput<'_>, d: &Decision) -> Result
         _ => depth_of(out_chain),
     };
     if depth > g.max_chain_depth {
-        return Err(format!(
-            "chain depth {depth} exceeds the rule's {}",
-            g.max_chain_depth
-        ));
+        return Err(format!("chain depth {depth} exceeds the rule's {}", g.max_chain_depth));
     }
     // The minted sub: the subject's, the actor's (act_as), or an impersonated one.
-    let act_as_shape =
-        d.outcome == Outcome::Delegation && g.delegation_shape == DelegationShape::ActAs;
+    let act_as_shape = d.outcome == Outcome::Delegation && g.delegation_shape == DelegationShape::ActAs;
     if act_as_shape {
         if Some(d.sub.as_str()) != input.actor.map(|a| a.sub.as_str()) {
             return Err("act_as shape whose sub is not the actor".into());
@@ -315,9 +265,7 @@ fn check_decision(rules: &[Rule], input: &RuleInput<'_>, d: &Decision) -> Result
         if d.outcome != Outcome::Impersonation {
             return Err("another subject without an impersonation rule".into());
         }
-        let actor = input
-            .actor
-            .ok_or("another subject impersonated without an actor")?;
+        let actor = input.actor.ok_or("another subject impersonated without an actor")?;
         if input.requested_subject != Some(d.sub.as_str()) {
             return Err("impersonated a subject nobody asked for".into());
         }
@@ -441,11 +389,7 @@ fn the_checker_refuses_broken_decisions() {
         mutants.push(("extra scope", m));
         if let Some(act) = d.act.as_ref().filter(|_| s.claims.act.is_some()) {
             let mut m = d.clone();
-            m.act = if d.outcome == Outcome::Exchange {
-                None
-            } else {
-                Some(json!({ "sub": act["sub"] }))
-            };
+            m.act = if d.outcome == Outcome::Exchange { None } else { Some(json!({ "sub": act["sub"] })) };
             mutants.push(("dropped act", m));
         }
         if d.outcome == Outcome::Impersonation {
@@ -458,30 +402,15 @@ fn the_checker_refuses_broken_decisions() {
             mutants.push(("other subject", m));
         }
         for (what, m) in mutants {
-            assert!(
-                check_decision(&rs, &input, &m).is_err(),
-                "{what} not caught: {m:#?}"
-            );
+            assert!(check_decision(&rs, &input, &m).is_err(), "{what} not caught: {m:#?}");
             *broken.entry(what).or_default() += 1;
         }
     }
-    for outcome in [
-        "exchange",
-        "delegation",
-        "impersonation",
-        "with prior act",
-        "other subject",
-    ] {
-        assert!(
-            seen.get(outcome).copied().unwrap_or(0) >= 5,
-            "generators rarely reach {outcome}: {seen:?}"
-        );
+    for outcome in ["exchange", "delegation", "impersonation", "with prior act", "other subject"] {
+        assert!(seen.get(outcome).copied().unwrap_or(0) >= 5, "generators rarely reach {outcome}: {seen:?}");
     }
     for what in ["extra scope", "dropped act", "no audit", "other subject"] {
-        assert!(
-            broken.get(what).copied().unwrap_or(0) >= 5,
-            "mutant {what} rarely tried: {broken:?}"
-        );
+        assert!(broken.get(what).copied().unwrap_or(0) >= 5, "mutant {what} rarely tried: {broken:?}");
     }
 }
 

@@ -91,12 +91,48 @@ fn each_match_dimension_and_default_deny() {
         want: Result<&'a str, &'a str>,
     }
     let cases = [
-        Case { what: "delegation by SPIFFE glob", subject: &alice, actor: Some(&web), audience: "orders", want: Ok("web-delegates-to-orders") },
-        Case { what: "actor outside the glob", subject: &alice, actor: Some(&other_ns), audience: "orders", want: Err("no_rule") },
-        Case { what: "delegation needs an actor", subject: &alice, actor: None, audience: "orders", want: Err("no_rule") },
-        Case { what: "audience glob + subject sub one-of", subject: &alice, actor: None, audience: "api://billing", want: Ok("external-to-internal") },
-        Case { what: "subject not in one-of", subject: &carol, actor: None, audience: "api://billing", want: Err("no_rule") },
-        Case { what: "exchange refuses an actor", subject: &alice, actor: Some(&web), audience: "api://billing", want: Err("no_rule") },
+        Case {
+            what: "delegation by SPIFFE glob",
+            subject: &alice,
+            actor: Some(&web),
+            audience: "orders",
+            want: Ok("web-delegates-to-orders"),
+        },
+        Case {
+            what: "actor outside the glob",
+            subject: &alice,
+            actor: Some(&other_ns),
+            audience: "orders",
+            want: Err("no_rule"),
+        },
+        Case {
+            what: "delegation needs an actor",
+            subject: &alice,
+            actor: None,
+            audience: "orders",
+            want: Err("no_rule"),
+        },
+        Case {
+            what: "audience glob + subject sub one-of",
+            subject: &alice,
+            actor: None,
+            audience: "api://billing",
+            want: Ok("external-to-internal"),
+        },
+        Case {
+            what: "subject not in one-of",
+            subject: &carol,
+            actor: None,
+            audience: "api://billing",
+            want: Err("no_rule"),
+        },
+        Case {
+            what: "exchange refuses an actor",
+            subject: &alice,
+            actor: Some(&web),
+            audience: "api://billing",
+            want: Err("no_rule"),
+        },
         Case { what: "default deny", subject: &alice, actor: None, audience: "payments", want: Err("no_rule") },
     ];
     for c in cases {
@@ -349,7 +385,14 @@ fn downstream_tokens_are_narrower() {
     );
     let s = subject(json!({"scope": "orders.read payments.charge"}));
     let d = evaluate(&rs, &input(&s, None, "orders")).unwrap();
-    assert_eq!(d.downstream[0], DownstreamGrant { audience: "payments".into(), header: "x-payments-token".into(), scopes: vec!["payments.charge".into()] });
+    assert_eq!(
+        d.downstream[0],
+        DownstreamGrant {
+            audience: "payments".into(),
+            header: "x-payments-token".into(),
+            scopes: vec!["payments.charge".into()]
+        }
+    );
     assert_eq!(d.downstream[1].scopes, d.scopes);
 }
 
@@ -378,8 +421,12 @@ fn lint_reports_shadowed_rules() {
 
 #[test]
 fn an_actor_proven_by_peer_and_token_matches_either_name() {
-    let by_spiffe = rules("- name: d\n  match: { actor: { spiffe: [\"spiffe://*\"] } }\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
-    let by_sub = rules("- name: d\n  match: { actor: { sub: [\"spiffe://*\"] } }\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
+    let by_spiffe = rules(
+        "- name: d\n  match: { actor: { spiffe: [\"spiffe://*\"] } }\n  grant: { outcome: delegation, allow_empty_scope: true }\n",
+    );
+    let by_sub = rules(
+        "- name: d\n  match: { actor: { sub: [\"spiffe://*\"] } }\n  grant: { outcome: delegation, allow_empty_scope: true }\n",
+    );
     let s = subject(json!({}));
     let both = Actor { kind: ActorKind::PeerAndToken, ..token_actor(WEB, IDP, None) };
     assert!(evaluate(&by_spiffe, &input(&s, Some(&both), "x")).is_ok());
@@ -390,10 +437,14 @@ fn an_actor_proven_by_peer_and_token_matches_either_name() {
 
 #[test]
 fn downstream_tokens_with_no_scope_left_follow_allow_empty_scope() {
-    let strict = rules("- name: r\n  grant:\n    scopes: [\"*\"]\n    downstream_tokens: [{ audience: pay, header: x-pay, scopes: [\"pay.*\"] }]\n");
+    let strict = rules(
+        "- name: r\n  grant:\n    scopes: [\"*\"]\n    downstream_tokens: [{ audience: pay, header: x-pay, scopes: [\"pay.*\"] }]\n",
+    );
     let s = subject(json!({"scope": "orders.read"}));
     assert!(evaluate(&strict, &input(&s, None, "orders")).unwrap().downstream.is_empty());
-    let lax = rules("- name: r\n  grant:\n    scopes: [\"*\"]\n    allow_empty_scope: true\n    downstream_tokens: [{ audience: pay, header: x-pay, scopes: [\"pay.*\"] }]\n");
+    let lax = rules(
+        "- name: r\n  grant:\n    scopes: [\"*\"]\n    allow_empty_scope: true\n    downstream_tokens: [{ audience: pay, header: x-pay, scopes: [\"pay.*\"] }]\n",
+    );
     assert_eq!(evaluate(&lax, &input(&s, None, "orders")).unwrap().downstream[0].scopes, Vec::<String>::new());
 }
 
@@ -437,7 +488,10 @@ fn actor_token_from_another_issuer_does_not_match_a_rule_pinned_to_the_subjects(
     assert_eq!(evaluate(&rs, &input(&operator, Some(&theirs), "orders")).unwrap_err().label(), "no_rule");
 
     // actor.issuers admits exactly the listed issuers, and only those.
-    let rs = rules(&SUPPORT_PINNED.replace("sub: [support-console]", "issuers: [\"https://idp-b.example\"], sub: [support-console]"));
+    let rs = rules(
+        &SUPPORT_PINNED
+            .replace("sub: [support-console]", "issuers: [\"https://idp-b.example\"], sub: [support-console]"),
+    );
     let d = evaluate(&rs, &impersonating(&operator, Some(&theirs), "user-123")).unwrap();
     assert_eq!(d.claims["impersonated_by"], json!({"sub": "support-console", "iss": IDP_B}));
     let i = impersonating(&operator, Some(&ours), "user-123");
@@ -542,8 +596,12 @@ fn sub_id_names_the_minted_subject_in_its_issuers_namespace() {
     // Delegation keeps the subject; act_as puts the actor in sub, and sub_id follows it.
     let act = rules("- name: d\n  grant: { outcome: delegation, allow_empty_scope: true }\n");
     assert_eq!(evaluate(&act, &input(&alice, Some(&peer(WEB)), "x")).unwrap().sub_id, iss_sub(IDP, "alice"));
-    let act_as = rules("- name: d\n  grant: { outcome: delegation, delegation_shape: act_as, allow_empty_scope: true }\n");
-    assert_eq!(evaluate(&act_as, &input(&alice, Some(&peer(WEB)), "x")).unwrap().sub_id, SubId::Uri { uri: WEB.into() });
+    let act_as =
+        rules("- name: d\n  grant: { outcome: delegation, delegation_shape: act_as, allow_empty_scope: true }\n");
+    assert_eq!(
+        evaluate(&act_as, &input(&alice, Some(&peer(WEB)), "x")).unwrap().sub_id,
+        SubId::Uri { uri: WEB.into() }
+    );
     assert_eq!(
         evaluate(&act_as, &input(&alice, Some(&peer("web.shop.svc")), "x")).unwrap().sub_id,
         SubId::Opaque { id: "web.shop.svc".into() }
@@ -557,15 +615,15 @@ fn sub_id_names_the_minted_subject_in_its_issuers_namespace() {
     let console = token_actor("support-console", IDP, None);
     let d = evaluate(&rs, &impersonating(&operator, Some(&console), "user-123")).unwrap();
     assert_eq!(d.sub_id, iss_sub(IDP, "user-123"));
-    assert_eq!(
-        serde_json::to_value(&d.sub_id).unwrap(),
-        json!({"format": "iss_sub", "iss": IDP, "sub": "user-123"})
-    );
+    assert_eq!(serde_json::to_value(&d.sub_id).unwrap(), json!({"format": "iss_sub", "iss": IDP, "sub": "user-123"}));
 }
 
 #[test]
 fn impersonation_audit_names_both_issuers() {
-    let rs = rules(&SUPPORT_PINNED.replace("sub: [support-console]", "issuers: [\"https://idp-b.example\"], sub: [support-console]"));
+    let rs = rules(
+        &SUPPORT_PINNED
+            .replace("sub: [support-console]", "issuers: [\"https://idp-b.example\"], sub: [support-console]"),
+    );
     let operator = subject(json!({"sub": "operator"}));
     let console = token_actor("support-console", IDP_B, None);
     let audit = evaluate(&rs, &impersonating(&operator, Some(&console), "user-123")).unwrap().audit.unwrap();
@@ -695,10 +753,16 @@ fn an_own_token_is_presented_only_by_a_workload_of_its_audience() {
     let d = refused(Some(&billing));
     assert_eq!(d, Denied::PresenterMismatch { issued_to: vec!["orders".into()], actor: Some(BILLING.into()) });
     assert_eq!(d.label(), "presenter_mismatch");
-    assert_eq!(d.to_string(), format!("the token was issued to \"orders\"; actor \"{BILLING}\" is not a workload of it"));
+    assert_eq!(
+        d.to_string(),
+        format!("the token was issued to \"orders\"; actor \"{BILLING}\" is not a workload of it")
+    );
     assert_eq!(refused(Some(&web)).label(), "presenter_mismatch", "the party before cannot reuse it");
     let d = refused(None);
-    assert_eq!(d.to_string(), "the token was issued to \"orders\"; only a workload of it may present it, and the request has no actor");
+    assert_eq!(
+        d.to_string(),
+        "the token was issued to \"orders\"; only a workload of it may present it, and the request has no actor"
+    );
     // No workloads table: nobody at all.
     assert_eq!(evaluate(&rs, &bound(&hop2, Some(&orders), "payments", &[])).unwrap_err().label(), "presenter_mismatch");
 
@@ -732,10 +796,16 @@ fn presenter_audience_binds_an_idp_token_by_aud_or_azp() {
     assert_eq!(evaluate(&rs, &bound(&for_web, Some(&web), "orders", &w)).unwrap().rule, "bound");
     assert_eq!(evaluate(&rs, &bound(&azp_web, Some(&web), "orders", &w)).unwrap().rule, "bound");
     let d = evaluate(&rs, &bound(&for_other, Some(&web), "orders", &w)).unwrap_err();
-    assert_eq!(d, Denied::PresenterMismatch { issued_to: vec!["account".into(), "mobile".into()], actor: Some(WEB.into()) });
+    assert_eq!(
+        d,
+        Denied::PresenterMismatch { issued_to: vec!["account".into(), "mobile".into()], actor: Some(WEB.into()) }
+    );
     assert!(d.to_string().ends_with("is not a workload of any of them"), "{d}");
     // The rule decides: a later, unbound rule is not tried.
-    assert_eq!(evaluate(&rs, &bound(&for_web, Some(&peer(BILLING)), "orders", &w)).unwrap_err().label(), "presenter_mismatch");
+    assert_eq!(
+        evaluate(&rs, &bound(&for_web, Some(&peer(BILLING)), "orders", &w)).unwrap_err().label(),
+        "presenter_mismatch"
+    );
     // Without the binding, any actor the rule admits.
     assert_eq!(evaluate(&rs, &bound(&for_other, Some(&web), "search", &w)).unwrap().rule, "unbound");
     let none = subject(json!({"scope": "orders.read"}));
@@ -757,7 +827,9 @@ fn an_own_token_keeps_its_subject_and_its_chain() {
         Denied::WouldDropAct { rule: "i".into() }
     );
     // Never for another subject, whatever impersonate_subjects says.
-    let other = rules("- name: i\n  match: { issuers: [self], actor: { spiffe: [\"*\"] } }\n  grant: { outcome: impersonation, scopes: [\"*\"], impersonate_subjects: [\"*\"] }\n");
+    let other = rules(
+        "- name: i\n  match: { issuers: [self], actor: { spiffe: [\"*\"] } }\n  grant: { outcome: impersonation, scopes: [\"*\"], impersonate_subjects: [\"*\"] }\n",
+    );
     let mut i = bound(&plain, Some(&orders), "payments", &w);
     i.requested_subject = Some("bob");
     assert_eq!(evaluate(&other, &i).unwrap_err(), Denied::ImpersonationRefused);
@@ -770,7 +842,9 @@ fn an_own_token_keeps_its_subject_and_its_chain() {
         Denied::WouldDropAct { rule: "d".into() }
     );
     // The chain is capped like any other.
-    let shallow = rules("- name: d\n  match: { issuers: [self] }\n  grant: { outcome: delegation, scopes: [\"*\"], max_chain_depth: 1 }\n");
+    let shallow = rules(
+        "- name: d\n  match: { issuers: [self] }\n  grant: { outcome: delegation, scopes: [\"*\"], max_chain_depth: 1 }\n",
+    );
     assert_eq!(
         evaluate(&shallow, &bound(&delegated, Some(&orders), "payments", &w)).unwrap_err(),
         Denied::ChainTooDeep { rule: "d".into(), depth: 2, max: 1 }
@@ -803,8 +877,9 @@ fn lint_knows_a_rule_without_issuers_does_not_cover_self() {
 
 #[test]
 fn the_dev_config_shows_a_chain() {
-    let cfg = crate::config::Config::from_yaml_validated(&crate::config::DEV_YAML.replace("{http_addr}", "127.0.0.1:8080"))
-        .unwrap();
+    let cfg =
+        crate::config::Config::from_yaml_validated(&crate::config::DEV_YAML.replace("{http_addr}", "127.0.0.1:8080"))
+            .unwrap();
     assert!(lint(&cfg.rules).is_empty(), "{:?}", lint(&cfg.rules));
     let (rs, w) = (&cfg.rules, cfg.workloads.as_slice());
     let mut alice = subject(json!({"scope": "orders.read"}));
@@ -817,6 +892,9 @@ fn the_dev_config_shows_a_chain() {
     hop1.issuer = cfg.issuer.clone();
     let d = evaluate(rs, &bound(&hop1, Some(&web), "orders", w)).unwrap();
     assert_eq!((d.rule.as_str(), d.act), ("dev-re-exchange", Some(json!({"sub": WEB}))));
-    assert_eq!(evaluate(rs, &bound(&hop1, Some(&peer(ORDERS)), "orders", w)).unwrap_err().label(), "presenter_mismatch");
+    assert_eq!(
+        evaluate(rs, &bound(&hop1, Some(&peer(ORDERS)), "orders", w)).unwrap_err().label(),
+        "presenter_mismatch"
+    );
     assert_eq!(evaluate(rs, &bound(&hop1, None, "orders", w)).unwrap_err().label(), "presenter_mismatch");
 }

@@ -37,12 +37,12 @@ use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
-use tokio::time::{Instant, Sleep};
-use rustls::ServerConfig;
 use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::codegen::tokio_stream::Stream;
@@ -235,7 +235,12 @@ impl Drop for Slot {
 }
 
 impl Acceptor {
-    pub(crate) fn new(listener: TcpListener, kind: Kind, max_connections: usize, metrics: Arc<ConnectionMetrics>) -> Acceptor {
+    pub(crate) fn new(
+        listener: TcpListener,
+        kind: Kind,
+        max_connections: usize,
+        metrics: Arc<ConnectionMetrics>,
+    ) -> Acceptor {
         Acceptor {
             listener,
             kind,
@@ -337,7 +342,13 @@ impl Stream for GrpcIncoming {
                 None => {
                     let Admitted { stream, peer, slot } = admitted;
                     let info = ConnInfo { remote: peer, certified: None };
-                    return Poll::Ready(Some(Ok(GrpcConn::new(GrpcStream::Plain(stream), info, slot, deadline, metrics))));
+                    return Poll::Ready(Some(Ok(GrpcConn::new(
+                        GrpcStream::Plain(stream),
+                        info,
+                        slot,
+                        deadline,
+                        metrics,
+                    ))));
                 }
                 Some(tls) => {
                     this.handshakes.spawn(handshake(admitted, tls.config(), deadline, metrics));
@@ -431,7 +442,13 @@ enum GrpcStream {
 }
 
 impl GrpcConn {
-    fn new(stream: GrpcStream, info: ConnInfo, slot: Slot, deadline: Instant, metrics: Arc<ConnectionMetrics>) -> GrpcConn {
+    fn new(
+        stream: GrpcStream,
+        info: ConnInfo,
+        slot: Slot,
+        deadline: Instant,
+        metrics: Arc<ConnectionMetrics>,
+    ) -> GrpcConn {
         GrpcConn {
             stream,
             info,

@@ -15,18 +15,18 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::config::{CallerIdentity, Config, Listen};
 use crate::api::dev_idp::DevIdp;
-use crate::engine::Engine;
 use crate::api::ext_authz::AuthzService;
+use crate::api::readiness::Readiness;
 use crate::api::router::{AppState, router};
-use crate::trust::issuer::http_client;
-use crate::runtime::listener::{Acceptor, GrpcIncoming, Kind, Limits};
+use crate::config::{CallerIdentity, Config, Listen};
+use crate::engine::Engine;
 use crate::metrics::{ConnectionMetrics, Metrics, ReloadMetrics, TlsMetrics};
 use crate::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
-use crate::api::readiness::Readiness;
+use crate::runtime::listener::{Acceptor, GrpcIncoming, Kind, Limits};
 use crate::runtime::reload::{Live, ReloadError, ReloadOptions, Reloaded};
 use crate::runtime::tls::ServerTls;
+use crate::trust::issuer::http_client;
 
 /// The encoded descriptor set of stsgate's protos, for server reflection.
 pub(crate) const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stsgate_descriptor.bin"));
@@ -172,7 +172,8 @@ impl Server {
         ));
 
         // --- HTTP ---
-        let state = AppState { engine: engine.clone(), readiness: readiness.clone(), registry: Arc::new(registry), metrics };
+        let state =
+            AppState { engine: engine.clone(), readiness: readiness.clone(), registry: Arc::new(registry), metrics };
         let app = router(state, dev_idp);
         let http_acceptor =
             Acceptor::new(listeners.http, Kind::Http, http_limits.max_connections, conn_metrics.clone());
@@ -341,7 +342,9 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
 fn connection_limits(listen: &Listen) -> (Limits, Limits) {
     let (mut grpc, mut http) = (Limits::new(listen, Kind::Grpc), Limits::new(listen, Kind::Http));
     if let Some(nofile) = crate::runtime::listener::open_files_limit() {
-        if let Some((g, h)) = crate::runtime::listener::fit_to_fd_limit(grpc.max_connections, http.max_connections, nofile) {
+        if let Some((g, h)) =
+            crate::runtime::listener::fit_to_fd_limit(grpc.max_connections, http.max_connections, nofile)
+        {
             warn!(
                 nofile,
                 grpc_max_connections = g,
@@ -373,7 +376,9 @@ fn warn_about_callers(cfg: &Config, grpc_addr: SocketAddr) {
             } else {
                 "every caller the sidecar in ext_authz.xfcc_trusted_peers vouches for"
             };
-            warn!("ext_authz.callers is empty: {who} may ask for tokens for any audience and is believed about source.principal")
+            warn!(
+                "ext_authz.callers is empty: {who} may ask for tokens for any audience and is believed about source.principal"
+            )
         }
         _ => {}
     }

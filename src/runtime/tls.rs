@@ -104,7 +104,10 @@ impl ServerTls {
                     metrics.reloaded(true);
                     metrics.serving(built.not_after);
                     let expires = built.not_after.map(|t| humantime::format_rfc3339_seconds(t).to_string());
-                    info!(expires = expires.as_deref().unwrap_or("unknown"), "listen.grpc_tls: new certificate files, new connections use them");
+                    info!(
+                        expires = expires.as_deref().unwrap_or("unknown"),
+                        "listen.grpc_tls: new certificate files, new connections use them"
+                    );
                 }
                 Err((e, _)) => {
                     metrics.reloaded(false);
@@ -267,7 +270,9 @@ mod tests {
             client_ca: "/tls/ca.crt".into(),
             reload_interval: Dur::secs(30),
         };
-        let files = |cert: &str, key: &str, ca: &str| [cert.as_bytes().to_vec(), key.as_bytes().to_vec(), ca.as_bytes().to_vec()];
+        let files = |cert: &str, key: &str, ca: &str| {
+            [cert.as_bytes().to_vec(), key.as_bytes().to_vec(), ca.as_bytes().to_vec()]
+        };
         let built = build(&tls, &files(&server.pem(), &server_key.serialize_pem(), &ca.pem())).unwrap();
         assert_eq!(built.config.alpn_protocols, [b"h2".to_vec()]);
         assert!(built.not_after.is_some());

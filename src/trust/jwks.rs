@@ -277,7 +277,9 @@ fn parse_key(value: serde_json::Value) -> Result<VerifyKey, String> {
     };
     let alg = match jwk.common.key_algorithm {
         None => None,
-        Some(ka) => Some(verify_alg_of(ka).ok_or_else(|| format!("alg {ka:?} is not a signature algorithm stsgate accepts"))?),
+        Some(ka) => {
+            Some(verify_alg_of(ka).ok_or_else(|| format!("alg {ka:?} is not a signature algorithm stsgate accepts"))?)
+        }
     };
     if let Some(alg) = alg {
         if !kind.fits(alg) {
@@ -423,7 +425,11 @@ mod tests {
         assert_eq!(set.len(), 1, "{:?}", set.skipped);
         assert!(set.skipped.iter().any(|s| s.contains("\"short\"") && s.contains("1024 bits")), "{:?}", set.skipped);
         assert!(set.skipped.iter().any(|s| s.contains("\"junk\"") && s.contains("base64url")), "{:?}", set.skipped);
-        assert!(set.skipped.iter().any(|s| s.contains("\"offcurve\"") && s.contains("invalid key material")), "{:?}", set.skipped);
+        assert!(
+            set.skipped.iter().any(|s| s.contains("\"offcurve\"") && s.contains("invalid key material")),
+            "{:?}",
+            set.skipped
+        );
     }
 
     #[test]
@@ -432,7 +438,8 @@ mod tests {
         use crate::signing::Signer;
         let jwk = |kid: &str| Signer::generate(kid, SignAlg::ES256).unwrap().public_jwk();
         let (a, b, a_again) = (jwk("a"), jwk("b"), jwk("a"));
-        let set = |keys: &[&serde_json::Value]| parse(serde_json::json!({ "keys": keys }).to_string().as_bytes()).unwrap();
+        let set =
+            |keys: &[&serde_json::Value]| parse(serde_json::json!({ "keys": keys }).to_string().as_bytes()).unwrap();
         let old = set(&[&a]);
         assert!(!set(&[&a, &b]).withdraws_any_of(&old), "a key was added");
         assert!(!set(&[&a]).withdraws_any_of(&old), "the same set again");

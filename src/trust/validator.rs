@@ -10,8 +10,8 @@
 //! minted with is kept (`Validated::own_sub_id`) so that a re-exchanged token
 //! still names the user's original IdP.
 
-use std::sync::Arc;
 use crate::clock::now_unix;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -224,7 +224,9 @@ impl<'de> Deserialize<'de> for Claims {
                     match bit {
                         0 => c.iss = map.next_value()?,
                         1 => c.sub = map.next_value()?,
-                        2 => c.aud = map.next_value::<Option<OneOrMany>>()?.map(OneOrMany::into_vec).unwrap_or_default(),
+                        2 => {
+                            c.aud = map.next_value::<Option<OneOrMany>>()?.map(OneOrMany::into_vec).unwrap_or_default()
+                        }
                         3 => c.exp = map.next_value()?,
                         4 => c.nbf = map.next_value()?,
                         5 => c.iat = map.next_value()?,
@@ -423,7 +425,11 @@ impl Validator {
         };
         if let Some(_fourth) = parts.next() {
             // A JWE compact serialization has five parts.
-            return Err(if parts.count() == 1 { TokenError::Encrypted } else { TokenError::Malformed("too many parts") });
+            return Err(if parts.count() == 1 {
+                TokenError::Encrypted
+            } else {
+                TokenError::Malformed("too many parts")
+            });
         }
         if s64.is_empty() {
             return Err(TokenError::AlgNone);
@@ -525,12 +531,7 @@ fn check_header(header: &Header) -> Result<VerifyAlg, TokenError> {
         return Err(TokenError::Symmetric);
     }
     let alg = VerifyAlg::from_name(&header.alg).ok_or(TokenError::UnknownAlg)?;
-    for (name, present) in [
-        ("jku", header.jku),
-        ("x5u", header.x5u),
-        ("jwk", header.jwk),
-        ("x5c", header.x5c),
-    ] {
+    for (name, present) in [("jku", header.jku), ("x5u", header.x5u), ("jwk", header.jwk), ("x5c", header.x5c)] {
         if present {
             return Err(TokenError::HeaderKey(name));
         }
@@ -640,7 +641,10 @@ mod tests {
             r#"{"iss":"i","sub":"s","aud":"a","exp":1,"scope":"x","groups":["g"],"n\u0061me":"v","act":{"sub":"z"}}"#,
         )
         .unwrap();
-        assert_eq!((c.iss.as_deref(), c.sub.as_deref(), c.aud.as_slice()), (Some("i"), Some("s"), &["a".to_string()][..]));
+        assert_eq!(
+            (c.iss.as_deref(), c.sub.as_deref(), c.aud.as_slice()),
+            (Some("i"), Some("s"), &["a".to_string()][..])
+        );
         assert_eq!(c.other.get("groups"), Some(&serde_json::json!(["g"])));
         assert_eq!(c.other.get("name"), Some(&serde_json::json!("v")), "escaped keys are read too");
         assert!(c.act.is_some());
@@ -648,7 +652,12 @@ mod tests {
         assert_eq!(aud.aud, ["a", "b"]);
         let null: Claims = serde_json::from_str(r#"{"sub":null,"aud":null}"#).unwrap();
         assert!(null.sub.is_none() && null.aud.is_empty());
-        for dup in [r#"{"sub":"a","sub":"b"}"#, r#"{"aud":"a","aud":["b"]}"#, r#"{"groups":1,"groups":2}"#, r#"{"sub":"a","s\u0075b":"b"}"#] {
+        for dup in [
+            r#"{"sub":"a","sub":"b"}"#,
+            r#"{"aud":"a","aud":["b"]}"#,
+            r#"{"groups":1,"groups":2}"#,
+            r#"{"sub":"a","s\u0075b":"b"}"#,
+        ] {
             assert!(serde_json::from_str::<Claims>(dup).is_err(), "{dup}");
         }
         for bad in [r#"{"exp":"soon"}"#, r#"{"aud":[1]}"#, r#"{"sub":5}"#, "[]"] {
@@ -738,7 +747,10 @@ mod tests {
             let err = validate(&v, &stranger.sign_access_token(&claims(now)).unwrap()).await.unwrap_err();
             assert!(matches!(err, TokenError::Key(KeyLookupError::UnknownKid { .. })), "{err:?}");
             let impostor = Signer::generate("new", SignAlg::ES256).unwrap();
-            assert_eq!(validate(&v, &impostor.sign_access_token(&claims(now)).unwrap()).await.unwrap_err(), TokenError::BadSignature);
+            assert_eq!(
+                validate(&v, &impostor.sign_access_token(&claims(now)).unwrap()).await.unwrap_err(),
+                TokenError::BadSignature
+            );
 
             // The algorithm is the key's: an ES256 token naming the EdDSA key.
             let token = sign(&claims(now));
@@ -761,7 +773,8 @@ mod tests {
                 let token = r.active.sign_typed(typ, &claims(now)).unwrap();
                 assert_eq!(validate(&v, &token).await.unwrap_err(), TokenError::NotAtJwt, "{typ}");
             }
-            let mut header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
+            let mut header: serde_json::Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap()).unwrap();
             header.as_object_mut().unwrap().remove("typ");
             let untyped = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(header.to_string()));
             assert_eq!(validate(&v, &untyped).await.unwrap_err(), TokenError::NotAtJwt);

@@ -193,7 +193,11 @@ impl Stsgate {
 
     /// Spawns the process (on this instance's ports) and waits for `/readyz`.
     async fn launch(&mut self) -> Result<(), String> {
-        let log = if self.restarts == 0 { self.log.clone() } else { self.log.with_extension(format!("{}.log", self.restarts)) };
+        let log = if self.restarts == 0 {
+            self.log.clone()
+        } else {
+            self.log.with_extension(format!("{}.log", self.restarts))
+        };
         let mut guard = ChildGuard::spawn(
             "stsgate",
             Command::new(stsgate_bin())
@@ -330,7 +334,10 @@ impl Echo {
                 hits.fetch_add(1, Ordering::SeqCst);
                 let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for (k, v) in req.headers() {
-                    headers.entry(k.as_str().to_owned()).or_default().push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+                    headers
+                        .entry(k.as_str().to_owned())
+                        .or_default()
+                        .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
                 }
                 axum::Json(serde_json::json!({
                     "method": req.method().as_str(),
@@ -509,7 +516,14 @@ impl Envoy {
 
     /// A counter or gauge from the admin `/stats`.
     pub async fn stat(&self, name: &str) -> Option<u64> {
-        let text = http_client().get(format!("http://{}/stats?filter=^{name}$", self.admin)).send().await.ok()?.text().await.ok()?;
+        let text = http_client()
+            .get(format!("http://{}/stats?filter=^{name}$", self.admin))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))?.trim().parse().ok())
     }
 }

@@ -89,26 +89,20 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(|f| json!(f)),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
         ".{0,12}".prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 32, 6, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            proptest::collection::btree_map(".{0,8}", inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            proptest::collection::btree_map(".{0,8}", inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
 
 /// A claim value: often of the right type, sometimes anything.
 fn claim(right: impl Strategy<Value = Value> + 'static) -> impl Strategy<Value = Option<Value>> {
-    proptest::option::weighted(
-        0.8,
-        prop_oneof![3 => right.boxed(), 1 => json_value().boxed()],
-    )
+    proptest::option::weighted(0.8, prop_oneof![3 => right.boxed(), 1 => json_value().boxed()])
 }
 
 /// A claims object: half of them plausible (trusted `iss`, a `sub`, a live
@@ -141,23 +135,15 @@ fn any_claims() -> impl Strategy<Value = Value> {
     let date = prop_oneof![
         (NOW - 400..NOW + 400).prop_map(|n| json!(n)),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(|f| json!(f)),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
         Just(json!(u64::MAX)),
         Just(json!("1700000000")),
     ];
     (
         (
-            claim(prop_oneof![
-                Just(json!(TRUSTED)),
-                Just(json!("https://evil.test"))
-            ]),
+            claim(prop_oneof![Just(json!(TRUSTED)), Just(json!("https://evil.test"))]),
             claim("[a-z]{0,6}".prop_map(Value::String)),
-            claim(prop_oneof![
-                Just(json!("orders")),
-                Just(json!(["orders", "x"]))
-            ]),
+            claim(prop_oneof![Just(json!("orders")), Just(json!(["orders", "x"]))]),
             claim(date.clone()),
             claim(date.clone()),
             claim(date),
@@ -169,27 +155,18 @@ fn any_claims() -> impl Strategy<Value = Value> {
             proptest::collection::btree_map("[a-z_]{1,8}", json_value(), 0..4),
         ),
     )
-        .prop_map(
-            |((iss, sub, aud, exp, nbf, iat), (scope, act, may_act, other))| {
-                let mut o: serde_json::Map<String, Value> = other.into_iter().collect();
-                for (k, v) in [
-                    ("iss", iss),
-                    ("sub", sub),
-                    ("aud", aud),
-                    ("exp", exp),
-                    ("nbf", nbf),
-                    ("iat", iat),
-                ]
+        .prop_map(|((iss, sub, aud, exp, nbf, iat), (scope, act, may_act, other))| {
+            let mut o: serde_json::Map<String, Value> = other.into_iter().collect();
+            for (k, v) in [("iss", iss), ("sub", sub), ("aud", aud), ("exp", exp), ("nbf", nbf), ("iat", iat)]
                 .into_iter()
                 .chain([("scope", scope), ("act", act), ("may_act", may_act)])
-                {
-                    if let Some(v) = v {
-                        o.insert(k.into(), v);
-                    }
+            {
+                if let Some(v) = v {
+                    o.insert(k.into(), v);
                 }
-                Value::Object(o)
-            },
-        )
+            }
+            Value::Object(o)
+        })
 }
 
 /// A JOSE header that often looks like a real one, and sometimes carries the
@@ -221,24 +198,12 @@ fn header() -> impl Strategy<Value = Value> {
 
 fn any_header() -> impl Strategy<Value = Value> {
     (
-        proptest::sample::select(
-            &[
-                "ES256", "RS256", "EdDSA", "none", "NONE", "HS256", "PS256", "", "es256",
-            ][..],
-        ),
+        proptest::sample::select(&["ES256", "RS256", "EdDSA", "none", "NONE", "HS256", "PS256", "", "es256"][..]),
         proptest::option::of(proptest::sample::select(&["k1", "k2", ""][..])),
         proptest::option::of(proptest::sample::select(
-            &[
-                "JWT",
-                "at+jwt",
-                "application/at+jwt",
-                "logout+jwt",
-                "dpop+jwt",
-            ][..],
+            &["JWT", "at+jwt", "application/at+jwt", "logout+jwt", "dpop+jwt"][..],
         )),
-        proptest::option::of(proptest::sample::select(
-            &["jku", "x5u", "jwk", "x5c", "crit", "enc", "zip", "b64"][..],
-        )),
+        proptest::option::of(proptest::sample::select(&["jku", "x5u", "jwk", "x5c", "crit", "enc", "zip", "b64"][..])),
         json_value(),
     )
         .prop_map(|(alg, kid, typ, extra, value)| {
@@ -342,33 +307,19 @@ fn signed_token_checks(h: &Value, c: &Value) -> Result<bool, TestCaseError> {
             for refused in ["jku", "x5u", "jwk", "x5c", "crit", "enc"] {
                 prop_assert!(h.get(refused).is_none(), "{} accepted: {}", refused, h);
             }
-            prop_assert!(
-                h.get("typ")
-                    .is_none_or(|t| t == "JWT" || t == "at+jwt" || t == "application/at+jwt")
-            );
+            prop_assert!(h.get("typ").is_none_or(|t| t == "JWT" || t == "at+jwt" || t == "application/at+jwt"));
             prop_assert_eq!(v.issuer.as_str(), TRUSTED);
             prop_assert!(!v.sub.is_empty());
             prop_assert_eq!(c["sub"].as_str(), Some(v.sub.as_str()));
             prop_assert!(v.exp >= NOW - 61, "expired token accepted: exp {}", v.exp);
-            prop_assert!(
-                c.get("nbf")
-                    .and_then(Value::as_f64)
-                    .is_none_or(|n| n <= (NOW + 61) as f64)
-            );
-            prop_assert!(
-                c.get("iat")
-                    .and_then(Value::as_f64)
-                    .is_none_or(|n| n <= (NOW + 61) as f64)
-            );
+            prop_assert!(c.get("nbf").and_then(Value::as_f64).is_none_or(|n| n <= (NOW + 61) as f64));
+            prop_assert!(c.get("iat").and_then(Value::as_f64).is_none_or(|n| n <= (NOW + 61) as f64));
             true
         }
         Err(_) => false,
     };
     let rogue = f.rogue.sign(&h.to_string(), &c.to_string());
-    prop_assert!(
-        validate(&rogue).is_err(),
-        "a rogue key's signature was accepted"
-    );
+    prop_assert!(validate(&rogue).is_err(), "a rogue key's signature was accepted");
     Ok(accepted)
 }
 
@@ -383,10 +334,7 @@ fn signed_tokens_are_sometimes_accepted() {
         let (h, c) = strategy.new_tree(&mut runner).unwrap().current();
         accepted += signed_token_checks(&h, &c).unwrap() as usize;
     }
-    assert!(
-        accepted >= 10,
-        "only {accepted} of 300 generated tokens accepted"
-    );
+    assert!(accepted >= 10, "only {accepted} of 300 generated tokens accepted");
 }
 
 fn b64_field() -> impl Strategy<Value = Value> {
@@ -401,15 +349,11 @@ fn b64_field() -> impl Strategy<Value = Value> {
 fn jwk() -> impl Strategy<Value = Value> {
     (
         proptest::sample::select(&["RSA", "EC", "OKP", "oct", "junk"][..]),
-        proptest::sample::select(
-            &["P-256", "P-384", "P-521", "Ed25519", "X25519", "secp256k1"][..],
-        ),
+        proptest::sample::select(&["P-256", "P-384", "P-521", "Ed25519", "X25519", "secp256k1"][..]),
         (b64_field(), b64_field(), b64_field(), b64_field()),
         (
             proptest::option::of(proptest::sample::select(&["sig", "enc", "x"][..])),
-            proptest::option::of(proptest::sample::select(
-                &["ES256", "RS256", "EdDSA", "HS256", "x"][..],
-            )),
+            proptest::option::of(proptest::sample::select(&["ES256", "RS256", "EdDSA", "HS256", "x"][..])),
             proptest::option::of("[a-z0-9]{0,4}"),
             proptest::option::of(proptest::collection::vec(
                 proptest::sample::select(&["verify", "sign", "x"][..]),
@@ -492,17 +436,11 @@ fn yamlish() -> impl Strategy<Value = String> {
 fn validator_bounds_size_and_nesting() {
     // Longer than the limit: refused before any decoding.
     let long = "a".repeat(MAX_BYTES + 1);
-    assert_eq!(
-        validate(&long).unwrap_err(),
-        TokenError::TooLarge(MAX_BYTES)
-    );
+    assert_eq!(validate(&long).unwrap_err(), TokenError::TooLarge(MAX_BYTES));
     // Nesting far deeper than serde_json's recursion limit (128): refused,
     // never a stack overflow, in the header, the payload and a JWKS.
     let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
-    let claims = format!(
-        r#"{{"iss":"{TRUSTED}","sub":"a","exp":{},"x":{deep}}}"#,
-        NOW + 60
-    );
+    let claims = format!(r#"{{"iss":"{TRUSTED}","sub":"a","exp":{},"x":{deep}}}"#, NOW + 60);
     let f = fixture();
     let token = f.idp.sign(r#"{"alg":"ES256","kid":"k1"}"#, &claims);
     assert!(token.len() <= MAX_BYTES);
@@ -512,10 +450,7 @@ fn validator_bounds_size_and_nesting() {
     assert!(jwks::parse(format!(r#"{{"keys":[{deep}]}}"#).as_bytes()).is_err());
     // 128 levels is within the limit and accepted: the bound is serde_json's.
     let ok_deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
-    let claims = format!(
-        r#"{{"iss":"{TRUSTED}","sub":"a","exp":{},"x":{ok_deep}}}"#,
-        NOW + 60
-    );
+    let claims = format!(r#"{{"iss":"{TRUSTED}","sub":"a","exp":{},"x":{ok_deep}}}"#, NOW + 60);
     let token = f.idp.sign(r#"{"alg":"ES256","kid":"k1"}"#, &claims);
     let got = validate(&token);
     assert!(got.is_ok(), "{got:?}");
@@ -531,7 +466,9 @@ fn config_refuses_alias_bombs() {
     );
     for i in 1..10 {
         let p = i - 1;
-        doc.push_str(&format!("        a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        doc.push_str(&format!(
+            "        a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
     }
     let started = std::time::Instant::now();
     let err = Config::from_yaml_str(&doc).map(|_| ()).unwrap_err().to_string();
