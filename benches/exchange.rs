@@ -12,6 +12,10 @@
 //! - `check_cached_second_hop`: the same as `check_cached` one hop further
 //!   down a delegation chain: stsgate's own token (minted for `bench-web`)
 //!   re-exchanged by web's mTLS peer (`issuers: [self]`, presenter binding).
+//! - `logged/check_cached` / `logged/check_cold`: the same under the
+//!   binary's subscriber (logs at `info` to a sink), telemetry off.
+//! - `traced/check_cached` / `traced/check_cold`: telemetry on, every span
+//!   exported (batched) to an in-process exporter that drops them.
 //! - `ceiling/rs256_verify_raw` + `ceiling/es256_sign_raw`: aws-lc-rs with
 //!   keys parsed once, no JWT layer. ceiling µs = verify + sign; the cold
 //!   exchange is compared with it (scripts/bench.sh computes the ratio).
@@ -41,6 +45,7 @@ use stsgate::engine::{Engine, ExchangeRequest};
 use stsgate::metrics::Metrics;
 use stsgate::pb::envoy::service::auth::v3::CheckRequest;
 use stsgate::rules::SubId;
+use stsgate::runtime::telemetry;
 use stsgate::rules::{self, RuleInput};
 use stsgate::signing::Signer;
 use stsgate::testkit::CheckRequestBuilder;
@@ -183,6 +188,7 @@ fn exchange_request(token: &str) -> ExchangeRequest<'_> {
         requested_subject: None,
         actor_exp: None,
         client: None,
+        origin: Default::default(),
     }
 }
 
@@ -262,6 +268,33 @@ fn benches(c: &mut Criterion) {
         b.iter_batched(|| second_hop.clone(), |r| f.rt.block_on(f.svc_cached.decide(r)), BatchSize::SmallInput)
     });
 
+    // The same Checks under the binary's own subscriber (logs at `info`,
+    // written to a sink): `logged/*` with telemetry off (what the spans cost
+    // when nobody exports them), `traced/*` with every span exported to an
+    // in-process exporter that drops them (the cost of tracing itself).
+    let info = || tracing_subscriber::EnvFilter::new("info");
+    let logged = telemetry::subscriber(false, info(), std::io::sink, None);
+    tracing::subscriber::with_default(logged, || {
+        c.bench_function("logged/check_cached", |b| {
+            b.iter_batched(|| f.check.clone(), |r| f.rt.block_on(f.svc_cached.decide(r)), BatchSize::SmallInput)
+        });
+        c.bench_function("logged/check_cold", |b| {
+            b.iter_batched(|| f.check.clone(), |r| f.rt.block_on(f.svc_cold.decide(r)), BatchSize::SmallInput)
+        });
+    });
+    let cfg = stsgate::config::TelemetryConfig::default();
+    let exporting = telemetry::Telemetry::from(telemetry::provider(&cfg, DropSpans));
+    let traced = telemetry::subscriber(false, info(), std::io::sink, Some(&exporting));
+    tracing::subscriber::with_default(traced, || {
+        c.bench_function("traced/check_cached", |b| {
+            b.iter_batched(|| f.check.clone(), |r| f.rt.block_on(f.svc_cached.decide(r)), BatchSize::SmallInput)
+        });
+        c.bench_function("traced/check_cold", |b| {
+            b.iter_batched(|| f.check.clone(), |r| f.rt.block_on(f.svc_cold.decide(r)), BatchSize::SmallInput)
+        });
+    });
+    exporting.shutdown();
+
     // The crypto ceiling: aws-lc-rs keys parsed once, no JWT layer, messages
     // the size of the real signing inputs.
     let rng = SystemRandom::new();
@@ -298,6 +331,17 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// An OpenTelemetry exporter that drops every batch (`traced/*`).
+#[derive(Debug)]
+struct DropSpans;
+
+impl opentelemetry_sdk::trace::SpanExporter for DropSpans {
+    async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+        black_box(batch);
+        Ok(())
+    }
 }
 
 fn short() -> Criterion {

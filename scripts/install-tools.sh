@@ -132,6 +132,70 @@ else
     printf '%s\n' "$want_stamp" > "$STAMP"
 fi
 
+# --- Authlib: an OAuth client nobody here wrote ------------------------------
+# tests/token_endpoint_authlib.rs runs tests/authlib/*.py with
+# PYTHONPATH=.tools/authlib/py: Authlib and requests with every dependency
+# pinned, wheels only, no dependency resolution. Its own stamp, so that a
+# change here does not reinstall Envoy.
+AUTHLIB_PY_PKGS=(
+    authlib==1.9.6
+    joserfc==1.8.0
+    cryptography==50.0.2
+    cffi==2.1.1
+    pycparser==3.12
+    requests==2.34.2
+    urllib3==2.8.0
+    idna==3.20
+    charset-normalizer==3.5.3
+    certifi==2026.10.19.post1
+)
+AUTHLIB="$TOOLS/authlib"
+authlib_stamp="${AUTHLIB_PY_PKGS[*]} $py_version"
+if [[ "${FORCE:-0}" != 1 && -f "$AUTHLIB/.installed" && "$(cat "$AUTHLIB/.installed")" == "$authlib_stamp" ]]; then
+    echo "install-tools: Authlib already installed"
+else
+    echo "install-tools: installing Authlib into $AUTHLIB"
+    mkdir -p "$TOOLS"
+    atmp="$(mktemp -d "$TOOLS/.authlib.tmp.XXXXXX")"
+    trap 'rm -rf "$atmp"' EXIT
+    chmod 755 "$atmp"
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install \
+        --disable-pip-version-check --no-input --no-warn-script-location --quiet \
+        --no-cache-dir --no-deps --only-binary :all: \
+        --target "$atmp/py" \
+        "${AUTHLIB_PY_PKGS[@]}"
+    PYTHONPATH="$atmp/py" "$PYTHON" -c \
+        'import authlib, requests; from authlib.integrations.requests_client import OAuth2Session, AssertionSession'
+    printf '%s\n' "$authlib_stamp" > "$atmp/.installed"
+    rm -rf "$AUTHLIB"
+    mv "$atmp" "$AUTHLIB"
+    trap - EXIT
+fi
+
+# --- Debian packages the tests run -------------------------------------------
+# "command:package" pairs, installed with apt-get (as root) only when the
+# command is missing: promtool checks deploy/prometheus (tests/observability.rs);
+# redis-server is the replay store shared by replicas (tests/token_endpoint_replay.rs
+# starts its own servers).
+DEBIAN_TOOLS=(promtool:prometheus redis-server:redis-server)
+apt_updated=0
+for pair in "${DEBIAN_TOOLS[@]}"; do
+    cmd="${pair%%:*}" pkg="${pair#*:}"
+    command -v "$cmd" >/dev/null && continue
+    if [[ "$(id -u)" != 0 ]]; then
+        echo "install-tools: $cmd is missing; install Debian's $pkg package (needs root)" >&2
+        exit 1
+    fi
+    if [[ "$apt_updated" == 0 ]]; then
+        apt-get update -qq >/dev/null
+        apt_updated=1
+    fi
+    echo "install-tools: installing Debian's $pkg (for $cmd)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+    command -v "$cmd" >/dev/null
+done
+
 echo "$BIN/envoy"
 echo "$BIN/grpcurl"
 echo "$VALIDATE (deploy/validate/validate.py)"
+echo "$AUTHLIB (tests/authlib/)"

@@ -91,6 +91,21 @@ pub(crate) enum Command {
         /// A different subject to impersonate.
         #[arg(long)]
         requested_subject: Option<String>,
+        #[command(flatten)]
+        request: ExplainRequest,
+    },
+    /// Decode a token (header, claims, times, the act chain as a tree); with --config, say which
+    /// trusted issuer it claims and whether it is valid now. Exit 0 when it is (or, without
+    /// --config, when it decodes), 2 when it is not, 1 when it cannot be decoded.
+    Inspect {
+        /// The token, or - to read it from standard input (keeps it out of shell history).
+        token: String,
+        /// A configuration to check the token against (fetches its issuer's keys once).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a subject token minted by a running `stsgate dev` instance's IdP.
     DevToken {
@@ -143,13 +158,24 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::CheckConfig { file } => check_config(&file),
-        Command::Explain { config, subject_token, actor_token, peer, audience, scope, requested_subject } => {
+        Command::Explain { config, subject_token, actor_token, peer, audience, scope, requested_subject, request } => {
             let cfg = match Config::from_file(&config) {
                 Ok(cfg) => cfg,
                 Err(e) => return config_failure(&e),
             };
-            let q =
-                crate::api::explain::Question { subject_token, actor_token, peer, audience, scope, requested_subject };
+            let request = match request.attrs() {
+                Ok(r) => r,
+                Err(e) => return failure(&e),
+            };
+            let q = crate::api::explain::Question {
+                subject_token,
+                actor_token,
+                peer,
+                audience,
+                scope,
+                requested_subject,
+                request,
+            };
             match crate::api::explain::explain(cfg, &q).await {
                 Ok((answer, allowed)) => {
                     println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
@@ -158,6 +184,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Err(e) => failure(&e),
             }
         }
+        Command::Inspect { token, config, json } => inspect(token, config, json).await,
         Command::DevToken { sub, scope, aud, ttl, client_id, idp } => {
             let req = DevTokenRequest { sub, scope, aud, ttl: Some(ttl.as_secs().max(1)), client_id };
             match request_token(&idp, &req).await {
@@ -167,6 +194,39 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
                 Err(e) => failure(&e),
             }
+        }
+    }
+}
+
+async fn inspect(token: String, config: Option<PathBuf>, json: bool) -> ExitCode {
+    use crate::api::inspect;
+    let token = if token == "-" {
+        let mut text = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+            eprintln!("stsgate: cannot read the token from standard input: {e}");
+            return ExitCode::FAILURE;
+        }
+        text
+    } else {
+        token
+    };
+    let cfg = match config.map(|c| Config::from_file(&c)).transpose() {
+        Ok(cfg) => cfg,
+        Err(e) => return config_failure(&e),
+    };
+    let issuers: Vec<String> = cfg.iter().flat_map(|c| c.trusted_issuers.iter().map(|t| t.issuer.clone())).collect();
+    match inspect::inspect(&token, cfg).await {
+        Ok(found) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&inspect::to_json(&found, &issuers)).unwrap_or_default());
+            } else {
+                print!("{}", inspect::to_text(&found, &issuers, crate::clock::now_unix()));
+            }
+            if matches!(found.verified, Some(Err(_))) { ExitCode::from(2) } else { ExitCode::SUCCESS }
+        }
+        Err(why) => {
+            eprintln!("stsgate: {why}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -216,6 +276,11 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     }
     if let Some(tls) = &cfg.listen.grpc_tls {
         if let Err(e) = crate::runtime::tls::check_files(tls) {
+            problems.push(e.to_string());
+        }
+    }
+    if let Some(tls) = &cfg.listen.http_tls {
+        if let Err(e) = crate::runtime::tls::check_http_files(tls) {
             problems.push(e.to_string());
         }
     }
@@ -370,5 +435,52 @@ mod tests {
         assert!(got[0].starts_with("rules[0] \"any-idp\"") && got[0].contains("all 2 trusted issuers"), "{got:?}");
         let one = Config::from_yaml_validated(&yaml(a)).unwrap();
         assert!(about_issuers(&one).is_empty());
+    }
+}
+
+/// `stsgate explain`'s HTTP request, as a Check would carry it, for the
+/// rules' CEL expressions (`request`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct ExplainRequest {
+    /// The request's HTTP method, e.g. GET.
+    #[arg(long, default_value = "")]
+    method: String,
+    /// The request's path, e.g. /tenants/acme/orders.
+    #[arg(long, default_value = "")]
+    path: String,
+    /// The request's host (authority).
+    #[arg(long, default_value = "")]
+    host: String,
+    /// The request's query string, without `?`.
+    #[arg(long, default_value = "")]
+    query: String,
+    /// A request header, `name: value` (repeatable; names are lower-cased).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// A context extension of the route, `key=value` (repeatable).
+    #[arg(long = "context", value_name = "KEY=VALUE")]
+    context: Vec<String>,
+}
+
+impl ExplainRequest {
+    fn attrs(self) -> anyhow::Result<crate::rules::RequestAttrs> {
+        let mut r = crate::rules::RequestAttrs {
+            method: self.method,
+            path: self.path,
+            host: self.host,
+            query: self.query,
+            ..Default::default()
+        };
+        for h in &self.headers {
+            let Some((name, value)) = h.split_once(':').filter(|(n, _)| !n.trim().is_empty()) else {
+                anyhow::bail!("--header {h:?}: expected `name: value`");
+            };
+            r.headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+        }
+        for c in &self.context {
+            let Some((k, v)) = c.split_once('=') else { anyhow::bail!("--context {c:?}: expected `key=value`") };
+            r.context.insert(k.to_owned(), v.to_owned());
+        }
+        Ok(r)
     }
 }

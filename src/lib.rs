@@ -21,6 +21,8 @@ pub mod clock;
 pub mod digest;
 pub mod glob;
 pub mod metrics;
+// The exported spans' target and W3C trace context (OpenTelemetry).
+pub mod trace;
 // CheckRequests for tests, benches and the load generator (feature `testkit`).
 #[cfg(feature = "testkit")]
 pub mod testkit;

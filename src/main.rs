@@ -1,19 +1,21 @@
-//! The `stsgate` binary: parse the command line, set up logging, run.
+//! The `stsgate` binary: parse the command line, set up logging (and, when
+//! the configuration asks for it, OpenTelemetry traces), run.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use stsgate::cli::{Cli, LogFormat, run};
+use stsgate::runtime::telemetry;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// sysexits EX_USAGE, as for any configuration the user must fix.
+const EX_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -21,5 +23,33 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cli))
+    // Traces only for `serve`, from its file's `telemetry` section: the
+    // subscriber is set before the rest of the file is loaded.
+    let section = matches
+        .subcommand_matches("serve")
+        .and_then(|serve| serve.get_one::<PathBuf>("config"))
+        .and_then(|path| telemetry::section_of(path));
+    let exporter = match section.map(|cfg| {
+        let _in_runtime = runtime.enter();
+        telemetry::start(&cfg)
+    }) {
+        Some(Err(why)) => {
+            eprintln!("stsgate: {why}");
+            return ExitCode::from(EX_CONFIG);
+        }
+        Some(Ok(exporter)) => exporter,
+        None => None,
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = matches!(cli.log_format, LogFormat::Json);
+    let subscriber = telemetry::subscriber(json, filter, std::io::stderr, exporter.as_ref());
+    // Also forwards dependencies' `log` records, as `fmt().init()` did.
+    if let Err(e) = subscriber.try_init() {
+        eprintln!("stsgate: cannot set up logging: {e}");
+    }
+    let code = runtime.block_on(run(cli));
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    code
 }

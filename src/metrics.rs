@@ -227,17 +227,24 @@ pub(crate) struct TlsMetrics {
 
 impl TlsMetrics {
     pub(crate) fn register(reg: &mut Registry) -> Arc<TlsMetrics> {
+        TlsMetrics::register_for(reg, "grpc")
+    }
+
+    /// The metrics of one listener's TLS files (`grpc` or `http`).
+    pub(crate) fn register_for(reg: &mut Registry, listener: &str) -> Arc<TlsMetrics> {
         let reloads = Family::<ReloadLabels, Counter>::default();
         reg.register(
-            "stsgate_grpc_tls_reloads",
-            "Changed listen.grpc_tls files by result (ok: served to new connections | error: the previous \
-             certificate stays in use)",
+            format!("stsgate_{listener}_tls_reloads"),
+            format!(
+                "Changed listen.{listener}_tls files by result (ok: served to new connections | error: the previous \
+                 certificate stays in use)"
+            ),
             reloads.clone(),
         );
         let not_after = Gauge::<f64, AtomicU64>::default();
         reg.register(
-            "stsgate_grpc_tls_certificate_expiry_timestamp_seconds",
-            "Unix time the gRPC listener's certificate expires (notAfter)",
+            format!("stsgate_{listener}_tls_certificate_expiry_timestamp_seconds"),
+            format!("Unix time the {listener} listener's certificate expires (notAfter)"),
             not_after.clone(),
         );
         let ok = reloads.get_or_create(&ReloadLabels { result: "ok" }).clone();
@@ -257,10 +264,238 @@ impl TlsMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabels {
+    /// A configured trusted issuer (a bounded set).
+    issuer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IntrospectionLabels {
+    issuer: String,
+    /// calls: active | inactive | failed; failures: timeout | transport | status | too_large |
+    /// bad_answer | busy | discovery
+    result: &'static str,
+}
+
+type LatencyFamily = Family<IssuerLabels, Histogram, fn() -> Histogram>;
+
+/// RFC 7662 introspection, per trusted issuer. The engine builds it once and
+/// hands it to the engine of each reload, so the series live as long as the
+/// process; the runtime registers it next to `Metrics`.
+#[derive(Clone)]
+pub struct IntrospectionMetrics {
+    calls: Family<IntrospectionLabels, Counter>,
+    failures: Family<IntrospectionLabels, Counter>,
+    cache_hits: Family<IssuerLabels, Counter>,
+    latency: LatencyFamily,
+}
+
+impl Default for IntrospectionMetrics {
+    fn default() -> Self {
+        fn buckets() -> Histogram {
+            // 1ms .. ~16s: an IdP round trip, up to a stuck one.
+            Histogram::new(exponential_buckets(0.001, 2.0, 15))
+        }
+        IntrospectionMetrics {
+            calls: Family::default(),
+            failures: Family::default(),
+            cache_hits: Family::default(),
+            latency: Family::new_with_constructor(buckets),
+        }
+    }
+}
+
+impl IntrospectionMetrics {
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "stsgate_introspection_requests",
+            "Introspection requests to an issuer, by result (active | inactive | failed)",
+            self.calls.clone(),
+        );
+        reg.register(
+            "stsgate_introspection_failures",
+            "Introspection requests that got no usable answer (the token is refused with 503), by reason",
+            self.failures.clone(),
+        );
+        reg.register(
+            "stsgate_introspection_cache_hits",
+            "Tokens answered from the introspection cache, by issuer",
+            self.cache_hits.clone(),
+        );
+        reg.register(
+            "stsgate_introspection_duration_seconds",
+            "Time of one introspection request, by issuer",
+            self.latency.clone(),
+        );
+    }
+
+    pub(crate) fn answered(&self, issuer: &str, result: &'static str, took: Duration) {
+        self.calls.get_or_create(&IntrospectionLabels { issuer: issuer.to_owned(), result }).inc();
+        self.latency.get_or_create(&IssuerLabels { issuer: issuer.to_owned() }).observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn failed(&self, issuer: &str, reason: &'static str) {
+        self.calls.get_or_create(&IntrospectionLabels { issuer: issuer.to_owned(), result: "failed" }).inc();
+        self.failures.get_or_create(&IntrospectionLabels { issuer: issuer.to_owned(), result: reason }).inc();
+    }
+
+    pub(crate) fn cache_hit(&self, issuer: &str) {
+        self.cache_hits.get_or_create(&IssuerLabels { issuer: issuer.to_owned() }).inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplayStoreLabels {
+    /// redis (the in-memory store does not fail)
+    store: &'static str,
+    /// timeout | connection | answer
+    reason: &'static str,
+}
+
+/// Calls to the assertion replay store that got no answer (each refused an
+/// assertion with 503). Built with the first engine and handed to the store
+/// of each reload, so the series live as long as the process; the runtime
+/// registers it next to `Metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct ReplayStoreMetrics {
+    errors: Family<ReplayStoreLabels, Counter>,
+}
+
+impl ReplayStoreMetrics {
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "stsgate_replay_store_errors",
+            "Assertion replay store calls without an answer, by store and reason (timeout | connection | \
+             answer); each refused an assertion with 503",
+            self.errors.clone(),
+        );
+    }
+
+    pub(crate) fn error(&self, store: &'static str, reason: &'static str) {
+        self.errors.get_or_create(&ReplayStoreLabels { store, reason }).inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuditLabels {
+    /// minted | refused
+    event: &'static str,
+}
+
+/// The audit event stream. Built with the first engine and handed to the
+/// stream of each reload, so the series live as long as the process; the
+/// runtime registers it next to `Metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct AuditMetrics {
+    events: Family<AuditLabels, Counter>,
+    dropped: Counter,
+    write_errors: Counter,
+}
+
+impl AuditMetrics {
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "stsgate_audit_events",
+            "Audit events queued for writing, by event (minted | refused)",
+            self.events.clone(),
+        );
+        reg.register(
+            "stsgate_audit_events_dropped",
+            "Sampled plain-exchange audit events dropped because the writer's queue was full",
+            self.dropped.clone(),
+        );
+        reg.register(
+            "stsgate_audit_write_errors",
+            "Audit events that could not be written to a destination",
+            self.write_errors.clone(),
+        );
+    }
+
+    pub(crate) fn queued(&self, event: &'static str) {
+        self.events.get_or_create(&AuditLabels { event }).inc();
+    }
+
+    pub(crate) fn dropped(&self) {
+        self.dropped.inc();
+    }
+
+    pub(crate) fn write_errors(&self, n: u64) {
+        self.write_errors.inc_by(n);
+    }
+}
+
 /// Renders the registry in the Prometheus text format.
 pub(crate) fn render(reg: &Registry) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, reg);
     out
+}
+
+/// One trusted issuer's key state, as read at scrape time.
+#[derive(Debug, Clone)]
+pub struct IssuerKeys {
+    pub issuer: String,
+    /// Usable keys now; `None` while its keys were never read.
+    pub keys: Option<usize>,
+    /// When its keys were last read (Unix seconds, 0: never).
+    pub last_read: i64,
+    /// Reads (refreshes) that failed since this issuer was configured.
+    pub failed_reads: u64,
+}
+
+/// The per-issuer key series, read from the live engine at each scrape (the
+/// issuers change with every reload, so they are not registered once):
+/// `stsgate_issuer_keys`, `stsgate_issuer_keys_last_read_timestamp_seconds`,
+/// `stsgate_issuer_key_read_failures_total`. The issuer label comes from the
+/// configuration, never from a token.
+pub struct IssuerKeysCollector(pub Box<dyn Fn() -> Vec<IssuerKeys> + Send + Sync>);
+
+impl std::fmt::Debug for IssuerKeysCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IssuerKeysCollector")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabel {
+    issuer: String,
+}
+
+impl prometheus_client::collector::Collector for IssuerKeysCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let rows = (self.0)();
+        let mut gauge = |name: &str, help: &str, value: &dyn Fn(&IssuerKeys) -> i64| {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for row in &rows {
+                let labels = IssuerLabel { issuer: row.issuer.clone() };
+                ConstGauge::new(value(row)).encode(family.encode_family(&labels)?)?;
+            }
+            Ok::<(), std::fmt::Error>(())
+        };
+        gauge("stsgate_issuer_keys", "Usable signature keys of each trusted issuer now (-1: never read)", &|r| {
+            r.keys.map_or(-1, |k| k as i64)
+        })?;
+        gauge(
+            "stsgate_issuer_keys_last_read_timestamp_seconds",
+            "When each trusted issuer's keys were last read successfully (0: never)",
+            &|r| r.last_read,
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "stsgate_issuer_key_read_failures",
+            "Failed reads of each trusted issuer's keys (discovery, JWKS fetch or file)",
+            None,
+            MetricType::Counter,
+        )?;
+        for row in &rows {
+            let labels = IssuerLabel { issuer: row.issuer.clone() };
+            prometheus_client::metrics::counter::ConstCounter::new(row.failed_reads)
+                .encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }

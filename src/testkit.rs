@@ -1,5 +1,6 @@
 //! Builds ext_authz `CheckRequest`s the way Envoy sends them, for the
-//! integration tests, the criterion benches and `stsgate-loadgen`. Not part of
+//! integration tests, the criterion benches and `stsgate-loadgen`; `load` is
+//! the load-driving core `stsgate-loadgen` and the fault tests share. Not part of
 //! the server: compiled only with the `testkit` feature (which `loadgen`
 //! enables, and which tests and benches get through the dev-dependency on this
 //! crate itself, see Cargo.toml).
@@ -18,6 +19,8 @@
 //! ```
 
 use std::collections::HashMap;
+
+pub mod load;
 
 use crate::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request as AttrRequest};
 use crate::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};

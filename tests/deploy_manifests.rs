@@ -86,13 +86,14 @@ fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_else(|| panic!("expected a string, got {v}"))
 }
 
-/// Every manifest under deploy/ (the validator's own files excluded), sorted.
+/// Every manifest under deploy/, sorted: not the validator's own files, nor
+/// the Prometheus rules (promtool checks them, `tests/observability.rs`).
 fn manifests() -> Vec<String> {
     fn walk(dir: &Path, out: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                if path.file_name().is_some_and(|n| n == "validate") {
+                if path.file_name().is_some_and(|n| n == "validate" || n == "prometheus") {
                     continue;
                 }
                 walk(&path, out);

@@ -285,8 +285,45 @@ async fn idp_outage_after_load_keeps_the_cached_keys() {
 
     // A new kid while the IdP is down: stsgate cannot know, so 503 (retry), not 401.
     let new_key = idp.rotate("rsa-2");
-    assert_503(&h.check_for(&new_key.token(&idp.claims("alice", "orders.read")), "orders").await);
+    let rotated = new_key.token(&idp.claims("alice", "orders.read"));
+    assert_503(&h.check_for(&rotated, "orders").await);
     assert_eq!(h.get("/readyz").await.status(), 200);
+    // Again within the re-fetch throttle: still "cannot tell now", since the
+    // last read failed (a 401 here would tell the client its valid token is bad).
+    assert_503(&h.check_for(&rotated, "api://billing").await);
+}
+
+/// Reloads more often than `refresh_interval` must not postpone the refresh:
+/// a key the IdP withdraws stops working within about one interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frequent_reloads_do_not_postpone_the_refresh_of_keys() {
+    let idp = MockIdp::start().await;
+    let h = Harness::builder(&idp)
+        .issuer_option("refresh_interval: 10s")
+        .issuer_option("unknown_kid_refetch_interval: 1h")
+        .start()
+        .await;
+    let token = idp.token(&idp.claims("alice", "orders.read"));
+    allowed(&h.check_for(&token, "orders").await);
+    let withdrawn_at = std::time::Instant::now();
+    idp.rotate("rsa-2");
+    idp.unpublish("rsa-1");
+    // A reload every second; each one used to restart the 10 s wait.
+    loop {
+        h.reload_yaml(&h.yaml).await.expect("reload");
+        let resp = h.check_for(&token, "api://billing").await;
+        if refused(&resp) {
+            break;
+        }
+        let waited = withdrawn_at.elapsed().as_secs_f64();
+        assert!(waited < 15.0, "the withdrawn key is still trusted after {waited:.1} s of reloads");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    assert_invalid_token(&h.check_for(&token, "orders").await, "kid");
+}
+
+fn refused(resp: &stsgate::pb::envoy::service::auth::v3::CheckResponse) -> bool {
+    rpc_code(resp) != RPC_OK
 }
 
 /// A token is accepted and cached; then the IdP publishes a JWKS whose

@@ -335,3 +335,321 @@ fn minted_tokens_never_outlive_their_bounds() {
     rt.block_on(h.shutdown());
     drop(idp);
 }
+
+// ---------------------------------------------------------------------------
+// Discovery documents and JWKS from an IdP that answers anything
+// ---------------------------------------------------------------------------
+
+/// What the fake IdP answers at its discovery and JWKS paths.
+#[derive(Default)]
+struct Served {
+    discovery: Vec<u8>,
+    jwks: Vec<u8>,
+}
+
+/// A bare HTTP server answering 200 with whatever `served` holds.
+async fn serve_anything(served: std::sync::Arc<std::sync::Mutex<Served>>) -> String {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (d, j) = (served.clone(), served);
+    let app = axum::Router::new()
+        .route("/.well-known/openid-configuration", get(move || async move { d.lock().unwrap().discovery.clone() }))
+        .route("/jwks.json", get(move || async move { j.lock().unwrap().jwks.clone() }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+/// A discovery document: valid (naming the right issuer and our JWKS),
+/// naming another issuer, with fields of the wrong type or missing, any
+/// JSON, or any bytes.
+fn discovery_doc(base: String) -> impl Strategy<Value = (Vec<u8>, bool)> {
+    let valid = move |issuer: String, jwks_uri: String| {
+        serde_json::json!({
+            "issuer": issuer,
+            "jwks_uri": jwks_uri,
+            "authorization_endpoint": "https://idp.test/authorize",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        })
+    };
+    let (b1, b2) = (base.clone(), base.clone());
+    prop_oneof![
+        3 => Just(()).prop_map(move |_| (valid(b1.clone(), format!("{b1}/jwks.json")).to_string().into_bytes(), true)),
+        1 => (".{0,30}", any::<bool>()).prop_map(move |(other, uri)| {
+            let issuer = if uri { format!("{b2}/") } else { other };
+            (valid(issuer, format!("{b2}/jwks.json")).to_string().into_bytes(), false)
+        }),
+        1 => (json_value(), proptest::sample::select(&["issuer", "jwks_uri", "response_types_supported"][..]))
+            .prop_map(move |(v, field)| {
+                let mut doc = valid(base.clone(), format!("{base}/jwks.json"));
+                doc[field] = v;
+                (doc.to_string().into_bytes(), false)
+            }),
+        1 => json_value().prop_map(|v| (v.to_string().into_bytes(), false)),
+        1 => proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| (b, false)),
+    ]
+}
+
+/// Any JSON value a few levels deep.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| Value::from(n)),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        ".{0,20}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map(".{0,8}", inner, 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A JWKS: the IdP's key (maybe among junk), without it, any JSON, any bytes.
+fn jwks_doc_bytes(key_jwk: serde_json::Value) -> impl Strategy<Value = (Vec<u8>, bool)> {
+    let (k1, k2) = (key_jwk.clone(), key_jwk);
+    prop_oneof![
+        3 => Just(()).prop_map(move |_| (serde_json::json!({ "keys": [k1.clone()] }).to_string().into_bytes(), true)),
+        1 => proptest::collection::vec(json_value(), 0..4).prop_map(move |mut junk| {
+            junk.push(k2.clone());
+            (serde_json::json!({ "keys": junk }).to_string().into_bytes(), true)
+        }),
+        1 => proptest::collection::vec(json_value(), 0..4)
+            .prop_map(|junk| (serde_json::json!({ "keys": junk }).to_string().into_bytes(), false)),
+        1 => json_value().prop_map(|v| (v.to_string().into_bytes(), false)),
+        1 => proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| (b, false)),
+    ]
+}
+
+/// Whatever an IdP answers at its discovery and JWKS URLs, a refresh returns
+/// (never panics), and the IdP's tokens validate exactly when both documents
+/// were good and the JWKS held the key: a bad discovery document or one that
+/// names another issuer never installs keys.
+#[test]
+fn discovery_and_jwks_documents_never_panic_and_install_keys_only_when_valid() {
+    use std::sync::{Arc, Mutex};
+    use stsgate::trust::issuer::{Issuers, http_client};
+    use stsgate::trust::validator::Validator;
+
+    let rt = runtime();
+    init_logging();
+    let served = Arc::new(Mutex::new(Served::default()));
+    let base = rt.block_on(serve_anything(served.clone()));
+    let key = IdpKey::generate(KeyKind::P256, "k1");
+    let yaml = format!(
+        "issuer: https://sts.test\nsigning:\n  keys: [{{ kid: a, alg: ES256, ephemeral: true }}]\n\
+         trusted_issuers:\n  - {{ issuer: \"{base}\", discovery: true, algorithms: [ES256] }}\n\
+         rules:\n  - {{ name: r, grant: {{ scopes: [\"*\"] }} }}\n"
+    );
+    let cfg = stsgate::config::Config::from_yaml_validated(&yaml).expect("config");
+    let now = now();
+    let token = key.token(&serde_json::json!({ "iss": base, "sub": "alice", "exp": now + 600, "iat": now }));
+    let strategy = (discovery_doc(base.clone()), jwks_doc_bytes(key.jwk.clone()));
+    runner()
+        .run(&strategy, |((discovery, good_discovery), (jwks, has_key))| {
+            {
+                let mut s = served.lock().unwrap();
+                s.discovery = discovery.clone();
+                s.jwks = jwks.clone();
+            }
+            // A fresh issuer each time: nothing from an earlier case.
+            let issuers = Arc::new(Issuers::new(&cfg, http_client().unwrap()));
+            let refreshed = rt.block_on(issuers.get(&base).unwrap().refresh());
+            let validator = Validator::new(issuers, 16384);
+            let validated = rt.block_on(validator.validate_at(&token, now));
+            if !good_discovery {
+                prop_assert!(
+                    refreshed.is_err(),
+                    "a bad discovery document was accepted: {}",
+                    String::from_utf8_lossy(&discovery)
+                );
+                prop_assert!(validated.is_err(), "a token validated without a good discovery document");
+            }
+            if good_discovery && has_key {
+                prop_assert!(refreshed.is_ok(), "{:?}", refreshed);
+                prop_assert!(validated.is_ok(), "{:?} with JWKS {}", validated, String::from_utf8_lossy(&jwks));
+            }
+            if !has_key {
+                prop_assert!(
+                    validated.is_err(),
+                    "validated without the key in the JWKS: {}",
+                    String::from_utf8_lossy(&jwks)
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Odd CheckRequests: any header names, huge values, many headers
+// ---------------------------------------------------------------------------
+
+/// Headers with any names (case, punctuation, empty, non-ASCII), values up
+/// to 64 KiB, hundreds of them, and huge context extensions: always a
+/// CheckResponse, and OK only when some header carries the valid token whole.
+#[test]
+fn odd_and_huge_check_request_fields_never_allow_without_the_token() {
+    let rt = runtime();
+    let (idp, h, token) = rt.block_on(started());
+    let name = prop_oneof![
+        proptest::sample::select(
+            &["authorization", "Authorization", "AUTHORIZATION", " authorization", "x-actor-token"][..]
+        )
+        .prop_map(str::to_owned),
+        ".{0,16}",
+    ];
+    let value = prop_oneof![
+        2 => piece().prop_map(Some),
+        1 => (0usize..65536, proptest::sample::select(&["A", "eyJ", ".", " ", "\u{0}", "é", "Bearer "][..]))
+            .prop_map(|(n, unit)| Some(Piece::Text(unit.repeat(n / unit.len().max(1))))),
+    ];
+    let strategy = (
+        proptest::collection::vec((name, any::<bool>(), value), 0..8),
+        0usize..400,
+        proptest::collection::vec((".{0,12}", 0usize..100_000), 0..3),
+    );
+    runner()
+        .run(&strategy, |(headers, filler, contexts)| {
+            let mut req = request_to("api.test", "/").id("odd");
+            let mut carries_valid = false;
+            for (name, bearer, p) in &headers {
+                let (v, _) = p.as_ref().map(|p| p.render(&token)).unwrap_or_default();
+                let v = if *bearer { format!("Bearer {v}") } else { v };
+                carries_valid |= v.contains(&token);
+                req = req.header(name.clone(), v);
+            }
+            for i in 0..filler {
+                req = req.header(format!("x-filler-{i}"), "f".repeat(i % 97));
+            }
+            for (key, n) in &contexts {
+                req = req.context(key.clone(), "a".repeat(*n));
+            }
+            let resp = rt.block_on(h.check_request(CheckRequestBuilder::build(req)));
+            if rpc_code(&resp) == RPC_OK {
+                prop_assert!(carries_valid, "OK without the valid token");
+            } else {
+                let d = denial(&resp);
+                prop_assert!([400, 401, 403, 503].contains(&d.http_status), "status {}", d.http_status);
+                // Descriptions are short and name the check, never the input.
+                prop_assert!(d.description().len() <= 300, "description of {} bytes", d.description().len());
+            }
+            Ok(())
+        })
+        .unwrap();
+    rt.block_on(h.shutdown());
+    drop(idp);
+}
+
+// ---------------------------------------------------------------------------
+// The token endpoint's errors are precise
+// ---------------------------------------------------------------------------
+
+/// Codes the token endpoint answers with, and the status each comes with.
+fn status_of(code: &str) -> &'static [u16] {
+    match code {
+        "invalid_request" => &[400, 405, 413],
+        "unsupported_grant_type" | "invalid_target" | "invalid_scope" | "invalid_grant" => &[400],
+        "invalid_client" => &[401, 429],
+        "access_denied" => &[403],
+        "temporarily_unavailable" => &[503],
+        _ => &[],
+    }
+}
+
+/// Arbitrary bytes, structure-aware forms and client credentials (Basic
+/// headers of any shape, client assertions) at a token endpoint with
+/// clients: every refusal is RFC 6749 §5.2 JSON with a known code, the status
+/// that code comes with, a short description that does not echo the
+/// credentials, and `Cache-Control: no-store`.
+#[test]
+fn token_endpoint_errors_are_precise() {
+    let rt = runtime();
+    const SECRET: &str = "prop-secret-9c2e7a1f5b3d";
+    let (idp, h, token, _dir) = rt.block_on(async {
+        let idp = MockIdp::start().await;
+        let dir = TempDir::new("properties-clients");
+        let file = dir.write("secret", SECRET);
+        let clients = format!(
+            "clients:\n  - {{ client_id: app, auth: client_secret_basic, secret_file: \"{}\" }}\n  \
+             - {{ client_id: spa, auth: none }}\n",
+            file.display()
+        );
+        let h = Harness::builder(&idp).edit(move |y| format!("{y}{clients}")).start().await;
+        let token = idp.token(&idp.claims("alice", "orders.read profile"));
+        (idp, h, token, dir)
+    });
+    let basic = prop_oneof![
+        Just(None),
+        Just(Some(format!(
+            "Basic {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("app:{SECRET}"))
+        ))),
+        (".{0,20}", ".{0,20}").prop_map(|(id, secret)| Some(format!(
+            "Basic {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{id}:{secret}"))
+        ))),
+        "(Basic |basic |Bearer |)[ -~]{0,60}".prop_map(Some),
+    ];
+    let body = prop_oneof![
+        2 => (form_body(), any::<bool>()).prop_map(|(pairs, base)| (pairs, base, None)),
+        1 => proptest::collection::vec(any::<u8>(), 0..2048).prop_map(|raw| (vec![], false, Some(raw))),
+    ];
+    runner()
+        .run(&(body, basic), |((generated, base, raw), basic)| {
+            let body = match raw {
+                Some(raw) => raw,
+                None => {
+                    let mut s = form_urlencoded::Serializer::new(String::new());
+                    if base {
+                        for (k, v) in [("grant_type", GRANT), ("subject_token_type", AT), ("audience", "api://x")] {
+                            s.append_pair(k, v);
+                        }
+                        s.append_pair("subject_token", &token);
+                    }
+                    for (k, p) in &generated {
+                        s.append_pair(k, &p.render(&token).0);
+                    }
+                    s.finish().into_bytes()
+                }
+            };
+            let resp = rt.block_on(async {
+                let mut req = h
+                    .http
+                    .post(h.url("/token"))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body.clone());
+                if let Some(b) = &basic {
+                    req = req.header("authorization", b.as_str());
+                }
+                req.send().await
+            });
+            let resp = resp.map_err(|e| TestCaseError::fail(format!("no answer: {e}")))?;
+            let status = resp.status().as_u16();
+            let cache = resp.headers().get("cache-control").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let text = rt.block_on(resp.text()).unwrap_or_default();
+            prop_assert_eq!(cache.as_deref(), Some("no-store"), "{}", text);
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|_| TestCaseError::fail(format!("status {status}: not JSON: {text}")))?;
+            if status == 200 {
+                prop_assert!(json["access_token"].is_string());
+                return Ok(());
+            }
+            let code = json["error"].as_str().unwrap_or("");
+            prop_assert!(status_of(code).contains(&status), "status {} with error {:?}: {}", status, code, text);
+            let description = json["error_description"].as_str().unwrap_or("");
+            prop_assert!(!description.is_empty() && description.len() <= 300, "description: {:?}", description);
+            prop_assert!(!text.contains(SECRET), "the answer echoes the client secret: {}", text);
+            prop_assert!(!text.contains(&token[token.len() - 40..]), "the answer echoes the token: {}", text);
+            prop_assert!(json.get("access_token").is_none());
+            Ok(())
+        })
+        .unwrap();
+    rt.block_on(h.shutdown());
+    drop(idp);
+}

@@ -442,7 +442,8 @@ async fn metadata_advertises_the_endpoint_only_when_enabled() {
     for path in ["/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"] {
         let meta = h.get_json(path).await;
         assert_eq!(meta["token_endpoint"], format!("{STS_ISSUER}/token"), "{path}: {meta}");
-        assert_eq!(meta["grant_types_supported"], json!([GRANT]), "{path}");
+        let grants = json!([GRANT, "urn:ietf:params:oauth:grant-type:jwt-bearer"]);
+        assert_eq!(meta["grant_types_supported"], grants, "{path}");
     }
 
     let off = Harness::builder(&idp).edit(|y| format!("{y}token_endpoint: {{ enabled: false }}\n")).start().await;

@@ -268,7 +268,7 @@ async fn repeated_failures_are_rate_limited() {
     let (h, _dir) = start(&idp, "").await;
     let subject = idp.token(&idp.claims("alice", "orders.read"));
     let wrong = basic("plain-basic", "wrong-secret");
-    // stsgate::engine::clients::FAILURES_PER_MINUTE failures are answered 401 ...
+    // token_endpoint.client_failures_per_minute (default 10) failures are answered 401 ...
     for i in 0..10 {
         let a = post(&h, Some(&wrong), &exchange(&subject, &[])).await;
         assert_eq!(a.status, 401, "failure {i}: {}", a.text);

@@ -241,6 +241,22 @@ pub(crate) fn xfcc_uri(value: &str) -> Result<Cow<'_, str>, &'static str> {
     Ok(uri)
 }
 
+/// The `Key=value` pairs of the last element of an `x-forwarded-client-cert`
+/// value (keys lowercased, values unquoted), for the token endpoint's
+/// client certificate (`api/client_auth.rs`); same format as `xfcc_uri`.
+pub(crate) fn xfcc_last_element(value: &str) -> Result<Vec<(String, Cow<'_, str>)>, &'static str> {
+    let last = split_unquoted(value, b',')?.pop().unwrap_or("");
+    if last.trim().is_empty() {
+        return Err("the last element is empty");
+    }
+    let mut pairs = Vec::new();
+    for pair in split_unquoted(last, b';')? {
+        let (key, raw) = pair.trim().split_once('=').ok_or("a pair without `=`")?;
+        pairs.push((key.trim().to_ascii_lowercase(), unquote(raw.trim())?));
+    }
+    Ok(pairs)
+}
+
 /// `text` split at each `sep` outside double quotes.
 fn split_unquoted(text: &str, sep: u8) -> Result<Vec<&str>, &'static str> {
     let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::clock::now_unix;
 use crate::config::Config;
 use crate::engine::{Engine, ExchangeError, ExchangeRequest};
-use crate::rules::{self, RuleInput, split_scopes};
+use crate::rules::{self, RequestAttrs, Requester, RuleInput, split_scopes};
 use crate::trust::issuer::http_client;
 
 /// What to explain.
@@ -23,11 +23,16 @@ pub(crate) struct Question {
     pub(crate) audience: String,
     pub(crate) scope: Option<String>,
     pub(crate) requested_subject: Option<String>,
+    /// The Check's HTTP request, as the rules' CEL expressions see it
+    /// (`--method`, `--path`, `--header`, ...); attributes not given are empty.
+    pub(crate) request: RequestAttrs,
 }
 
 /// The answer as JSON (printed by the CLI), and whether the exchange is allowed.
 pub(crate) async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value, bool)> {
     crate::install_crypto_provider();
+    // A dry run writes no audit event: the audit file is not even opened.
+    let cfg = Config { audit: Default::default(), ..cfg };
     let engine = Engine::load(Arc::new(cfg), http_client()?, None)?;
     let failed = engine.fetch_issuer_keys().await;
     let fetch_errors: Vec<Value> =
@@ -55,10 +60,22 @@ pub(crate) async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value,
         requested_subject: q.requested_subject.as_deref(),
         workloads: &cfg.workloads,
     };
-    let trace: Vec<Value> = rules::verdicts(&cfg.rules, &input)
+    let requester = Requester { request: Some(&q.request), ..Requester::default() };
+    let trace: Vec<Value> = rules::verdicts_as(&cfg.rules, &input, requester)
         .into_iter()
         .map(|(rule, why)| json!({"rule": rule, "matches": why.is_none(), "why_not": why}))
         .collect();
+    let expressions: Vec<Value> = rules::expression_values(&cfg.rules, &input, requester)
+        .into_iter()
+        .map(|(rule, at, source, value)| json!({"rule": rule, "at": at, "expression": source, "value": value}))
+        .collect();
+    // Which request attributes the minted-token cache key holds on the Check path.
+    let reads = engine.request_reads().to_string();
+    let cache = if reads.is_empty() {
+        "no expression reads the request: answers are cached by token, actor, audience and scopes".to_owned()
+    } else {
+        format!("answers are cached per value of {reads} (read by the rules' expressions)")
+    };
     let actor_json =
         actor.as_ref().map(|a| json!({"kind": format!("{:?}", a.kind).to_lowercase(), "sub": a.sub, "iss": a.iss}));
     let req = ExchangeRequest {
@@ -70,14 +87,17 @@ pub(crate) async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value,
         requested_subject: q.requested_subject.as_deref(),
         actor_exp,
         client: None,
+        origin: Default::default(),
     };
     let base = json!({
         "subject": {"iss": subject.issuer, "sub": subject.sub, "scopes": subject.scopes, "act": subject.claims.act, "may_act": subject.claims.may_act},
         "actor": actor_json,
         "audience": q.audience,
         "rules": trace,
+        "expressions": expressions,
+        "cache": cache,
     });
-    Ok(match engine.exchange_validated(&subject, &req, now_unix()) {
+    Ok(match engine.exchange_validated_on(&subject, &req, Some(&q.request), now_unix()) {
         Ok(done) => {
             let mut out = base;
             out["allowed"] = json!(true);

@@ -12,11 +12,12 @@ use arc_swap::ArcSwap;
 use prost_types::{Struct, Value as PbValue, value::Kind};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
-use tracing::{Level, debug};
+use tracing::{Instrument as _, Level, Span, debug};
 
 use crate::api::callers::{self, ConnInfo};
 use crate::api::refusal::{Class, Condition, Door, Refusal};
 use crate::config::{ActorMode, ExtAuthz, MetadataField};
+use crate::engine::audit::{Door as AuditDoor, Origin};
 use crate::engine::{Engine, ExchangeRequest, Exchanged};
 use crate::metrics::Metrics;
 use crate::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction};
@@ -26,7 +27,7 @@ use crate::pb::envoy::service::auth::v3::{
 };
 use crate::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use crate::pb::google::rpc::Status as RpcStatus;
-use crate::rules::{Actor, Denied, split_scopes};
+use crate::rules::{Actor, Denied, RequestAttrs, split_scopes};
 
 /// google.rpc.Code values used in `CheckResponse.status`.
 const RPC_OK: i32 = 0;
@@ -72,21 +73,43 @@ impl AuthzService {
     /// these gRPC `metadata`.
     async fn decide_from(&self, conn: Option<&ConnInfo>, metadata: &MetadataMap, req: CheckRequest) -> CheckResponse {
         let started = Instant::now();
-        let resp = self.decide_inner(conn, metadata, req).await;
+        let span = tracing::info_span!(
+            target: crate::trace::TARGET, "check", otel.kind = "server", decision = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            continue_trace(&span, metadata, &req);
+        }
+        let resp = self.decide_inner(conn, metadata, req, &span).instrument(span.clone()).await;
         self.metrics.observe("ext_authz", started.elapsed());
         resp
     }
 
-    async fn decide_inner(&self, conn: Option<&ConnInfo>, metadata: &MetadataMap, req: CheckRequest) -> CheckResponse {
+    async fn decide_inner(
+        &self,
+        conn: Option<&ConnInfo>,
+        metadata: &MetadataMap,
+        req: CheckRequest,
+        span: &Span,
+    ) -> CheckResponse {
         // One lock-free load per Check: the whole request is decided by the
         // engine it started with, even if a reload swaps another in meanwhile.
         let current = self.engine.load();
         let engine: &Engine = &current;
         let attrs = req.attributes.unwrap_or_default();
         match self.exchange(engine, conn, metadata, &attrs).await {
-            Ok(resp) => resp,
+            Ok(resp) => {
+                if !span.is_disabled() {
+                    span.record("decision", "allow");
+                }
+                resp
+            }
             Err(refusal) => {
+                if !span.is_disabled() {
+                    span.record("decision", "deny").record("error", refusal.label);
+                }
                 refusal.record(&self.metrics, Door::Check);
+                refusal.audit(&engine.audit, Door::Check);
                 refused(&engine.cfg.ext_authz, &refusal)
             }
         }
@@ -107,10 +130,10 @@ impl AuthzService {
         let token = extract_token(http, ea).map_err(NoToken::refusal)?;
         let route = match target(attrs, ea) {
             Ok(Some(route)) => route,
-            Ok(None) => return Err(Refusal::denied(&Denied::NoAudience)),
+            Ok(None) => return Err(Refusal::denied(&Denied::NoAudience).seen(caller.identity(), None, None)),
             // A typo in Envoy's route config must not quietly drop the actor
             // (and turn a refused delegation into an exchange).
-            Err(bad) => return Err(bad.refusal()),
+            Err(bad) => return Err(bad.refusal().seen(caller.identity(), None, None)),
         };
         caller.may_ask_for(&route.audience).map_err(|refused| Refusal::caller(&refused))?;
         let scopes = route.scope.as_deref().map(split_scopes);
@@ -119,10 +142,9 @@ impl AuthzService {
         // it) and/or a validated actor token, never a plain header a caller
         // could write.
         let (peer, actor_token) = actor_sources(attrs, http, ea, route.actor, caller.believes_source_principal())?;
-        let actor = engine
-            .resolve_actor(peer, actor_token.as_deref())
-            .await
-            .map_err(|e| Refusal::from_exchange(&e, Door::Check))?;
+        let actor = engine.resolve_actor(peer, actor_token.as_deref()).await.map_err(|e| {
+            Refusal::from_exchange(&e, Door::Check).seen(caller.identity(), None, Some(&route.audience))
+        })?;
         let requested_subject =
             requested_subject(http, ea).map_err(|why| Refusal::bad_request("bad_requested_subject", why))?;
 
@@ -135,14 +157,18 @@ impl AuthzService {
             requested_subject: requested_subject.as_deref(),
             actor_exp: actor.exp,
             client: None,
+            origin: Origin { door: Some(AuditDoor::ExtAuthz), caller: caller.identity() },
         };
-        match engine.exchange(&request).await {
+        // Built only when a rule's CEL expression reads it (`request.*`).
+        let cel_request =
+            engine.reads_request().then(|| cel_request(attrs, http, caller.believes_source_principal()));
+        match engine.exchange_on(&request, cel_request.as_ref()).await {
             Ok(done) => {
                 self.metrics.allow();
                 debug!(rule = done.rule(), outcome = done.outcome().as_str(), caller = caller.identity(), "exchanged");
                 Ok(ok_response(engine, http, &done, request.actor.as_ref()))
             }
-            Err(e) => Err(Refusal::from_exchange(&e, Door::Check).by(request.actor.as_ref())),
+            Err(e) => Err(Refusal::from_decision(&e, Door::Check).by(request.actor.as_ref())),
         }
     }
 }
@@ -189,6 +215,34 @@ fn requested_subject(
     Ok(Some(value.to_owned()))
 }
 
+/// The request as the rules' CEL expressions see it (`request`): header
+/// names lower-cased, and the source principal only from a caller believed
+/// about it (as for the actor).
+pub(crate) fn cel_request(
+    attrs: &AttributeContext,
+    http: Option<&AttributeContext_HttpRequest>,
+    believed: bool,
+) -> RequestAttrs {
+    let mut r = RequestAttrs::default();
+    if let Some(h) = http {
+        (r.method, r.host, r.path, r.query) = (h.method.clone(), h.host.clone(), h.path.clone(), h.query.clone());
+        for (k, v) in &h.headers {
+            r.headers.insert(k.to_ascii_lowercase(), v.clone());
+        }
+        for k in h.header_map.iter().flat_map(|m| &m.headers).map(|h| h.key.to_ascii_lowercase()) {
+            if let Some(v) = header(h, &k) {
+                r.headers.entry(k).or_insert_with(|| v.into_owned());
+            }
+        }
+    }
+    r.context = attrs.context_extensions.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if believed {
+        r.source_principal = attrs.source.as_ref().map(|s| s.principal.clone()).unwrap_or_default();
+    }
+    r.destination_principal = attrs.destination.as_ref().map(|d| d.principal.clone()).unwrap_or_default();
+    r
+}
+
 /// Whether a requested subject (the ext_authz header, the token endpoint's
 /// `requested_subject`) names one subject: not empty, at most
 /// `MAX_REQUESTED_SUBJECT` bytes, no comma, no control character.
@@ -197,6 +251,20 @@ pub(crate) fn is_one_subject(value: &str) -> bool {
         && value.len() <= MAX_REQUESTED_SUBJECT
         && !value.contains(',')
         && !value.chars().any(char::is_control)
+}
+
+/// The Check's span continues the trace of Envoy's own ext_authz call when
+/// Envoy traces (gRPC metadata), else that of the request it authorizes.
+fn continue_trace(span: &Span, metadata: &MetadataMap, req: &CheckRequest) {
+    use crate::trace::{TRACEPARENT, TRACESTATE};
+    let grpc = |name| metadata.get(name).and_then(|v| v.to_str().ok());
+    if crate::trace::continue_trace(span, grpc(TRACEPARENT), grpc(TRACESTATE)) {
+        return;
+    }
+    if let Some(http) = req.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) {
+        let (parent, state) = (header(http, TRACEPARENT), header(http, TRACESTATE));
+        crate::trace::continue_trace(span, parent.as_deref(), state.as_deref());
+    }
 }
 
 #[tonic::async_trait]

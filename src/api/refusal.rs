@@ -16,9 +16,11 @@ use tracing::{Level, debug, error, info, warn};
 
 use crate::api::callers::CallerRefused;
 use crate::engine::ExchangeError;
+use crate::engine::audit::{Audit, Door as AuditDoor, DoorRefusal};
 use crate::engine::clients::ClientAuthError;
 use crate::metrics::Metrics;
 use crate::rules::Denied;
+use crate::trust::introspection::IntrospectionError;
 use crate::trust::validator::TokenError;
 
 /// The front door a refusal is answered at.
@@ -70,8 +72,13 @@ pub(crate) enum Condition {
     TooLarge,
     /// A grant type stsgate does not serve.
     UnsupportedGrant,
+    /// An authenticated client using a grant its `grant_types` does not list.
+    UnauthorizedClient,
     /// The subject or actor token did not validate.
     BadToken,
+    /// A JWT bearer grant's assertion (RFC 7523 §2.1) is invalid, expired,
+    /// not addressed to stsgate or used before.
+    BadGrant,
     /// No audience, several, or none a rule allows.
     Target,
     /// None of the requested scopes can be granted.
@@ -99,10 +106,16 @@ impl Condition {
                 "invalid_request"
             }
             (Condition::UnsupportedGrant, _) => "unsupported_grant_type",
+            (Condition::UnauthorizedClient, Door::Token) => "unauthorized_client",
+            // The Check has no clients; were it ever to refuse one, as policy.
+            (Condition::UnauthorizedClient, Door::Check) => "access_denied",
             (Condition::BadToken, Door::Check) => "invalid_token",
             // RFC 8693 §2.2.2: an invalid or unacceptable subject or actor token
             // is invalid_request (not RFC 6749's invalid_grant).
             (Condition::BadToken, Door::Token) => "invalid_request",
+            // RFC 7523 §3.1; the Check has no grants, only a bearer token.
+            (Condition::BadGrant, Door::Check) => "invalid_token",
+            (Condition::BadGrant, Door::Token) => "invalid_grant",
             (Condition::Target, _) => "invalid_target",
             (Condition::Scope, _) => "invalid_scope",
             (Condition::Denied, _) => "access_denied",
@@ -157,6 +170,19 @@ pub(crate) struct Refusal {
     /// Seconds a rate-limited client waits (`Retry-After`).
     pub(crate) retry_after: Option<u64>,
     log: Cow<'static, str>,
+    /// What the door knew when it refused, for the audit event.
+    seen: Seen,
+}
+
+/// Who asked and for what, as far as the door got: the audit event of a
+/// policy refusal (`Refusal::audit`).
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    caller: Option<String>,
+    client: Option<String>,
+    audience: Option<String>,
+    /// The engine wrote the event itself (it knew the subject).
+    by_engine: bool,
 }
 
 impl Refusal {
@@ -177,7 +203,25 @@ impl Refusal {
             level: Level::DEBUG,
             actor: None,
             retry_after: None,
+            seen: Seen::default(),
         }
+    }
+
+    /// What the door knew of the request: the Check caller, the token
+    /// endpoint client, the audience.
+    pub(crate) fn seen(mut self, caller: Option<&str>, client: Option<&str>, audience: Option<&str>) -> Refusal {
+        self.seen.caller = caller.map(str::to_owned).or(self.seen.caller);
+        self.seen.client = client.map(str::to_owned).or(self.seen.client);
+        self.seen.audience = audience.map(str::to_owned).or(self.seen.audience);
+        self
+    }
+
+    /// The refusal of `Engine::exchange` (or `exchange_client_asserted`),
+    /// which wrote the audit event of a refusal by the rules itself.
+    pub(crate) fn from_decision(e: &ExchangeError, door: Door) -> Refusal {
+        let mut r = Refusal::from_exchange(e, door);
+        r.seen.by_engine = matches!(e, ExchangeError::Denied(_));
+        r
     }
 
     /// A request that cannot be read.
@@ -200,6 +244,8 @@ impl Refusal {
         match e {
             ExchangeError::Token(e) => Refusal::token(e, Credential::Subject, door),
             ExchangeError::ActorToken(e) => Refusal::token(e, Credential::Actor, door),
+            ExchangeError::Introspected(e) => Refusal::introspected(e, Credential::Subject, door),
+            ExchangeError::ActorIntrospected(e) => Refusal::introspected(e, Credential::Actor, door),
             ExchangeError::Denied(d) => Refusal::denied(d),
             ExchangeError::Mint(e) => {
                 Refusal::new(Class::Internal, Condition::Unavailable, "mint_failed", "the token could not be issued")
@@ -225,6 +271,28 @@ impl Refusal {
             .logged(Level::DEBUG, format!("{} refused: {e}", which.log_name()))
     }
 
+    /// A token its issuer's introspection endpoint did not vouch for (401 /
+    /// invalid_request), or could not be asked about (503, fail closed: the
+    /// log line says why, the caller only that it may retry).
+    pub(crate) fn introspected(e: &IntrospectionError, which: Credential, door: Door) -> Refusal {
+        match e {
+            IntrospectionError::Token(e) => Refusal::token(e, which, door),
+            IntrospectionError::Unavailable { .. } => {
+                let description = format!("the {} issuer cannot be asked about it now; try again", which.name(door));
+                Refusal::new(Class::Unavailable, Condition::Unavailable, e.label(), description)
+                    .logged(Level::WARN, format!("cannot introspect {}: {e}", which.log_name()))
+            }
+            _ => {
+                let description = match (which, door) {
+                    (Credential::Subject, Door::Check) => e.to_string(),
+                    _ => format!("{}: {e}", which.name(door)),
+                };
+                Refusal::new(Class::Unauthenticated, Condition::BadToken, e.label(), description)
+                    .logged(Level::DEBUG, format!("{} refused by introspection: {e}", which.log_name()))
+            }
+        }
+    }
+
     /// A refusal by the rules: no target or scope is the request's problem,
     /// anything else is policy.
     pub(crate) fn denied(d: &Denied) -> Refusal {
@@ -242,7 +310,13 @@ impl Refusal {
     /// downstream's doing but the calling Envoy's (or an impostor's), so it
     /// is logged as a warning.
     pub(crate) fn caller(c: &CallerRefused) -> Refusal {
-        Refusal::new(Class::Forbidden, Condition::Denied, c.label(), c.to_string()).logged(Level::WARN, c.log_line())
+        let (caller, audience) = match c {
+            CallerRefused::Unknown { identity, .. } => (identity.as_deref(), None),
+            CallerRefused::Audience { identity, audience } => (Some(identity.as_str()), Some(audience.as_str())),
+        };
+        Refusal::new(Class::Forbidden, Condition::Denied, c.label(), c.to_string())
+            .logged(Level::WARN, c.log_line())
+            .seen(caller, None, audience)
     }
 
     /// A token endpoint client that did not authenticate: unknown, wrong
@@ -267,6 +341,26 @@ impl Refusal {
         r
     }
 
+    /// The assertion replay store cannot be reached: the assertion is
+    /// refused (fail closed) as a transient condition.
+    pub(crate) fn replay_store_down() -> Refusal {
+        let label = ClientAuthError::ReplayStoreDown.label();
+        let why = "whether the assertion was used before cannot be checked now; retry later";
+        Refusal::new(Class::Unavailable, Condition::Unavailable, label, why)
+    }
+
+    /// An authenticated client using a grant its `grant_types` does not list
+    /// (RFC 6749 §5.2 `unauthorized_client`).
+    pub(crate) fn unauthorized_client(client_id: &str, grant_type: &str) -> Refusal {
+        let id: String = client_id.chars().take(128).collect();
+        let why = format!("client {id:?} may not use grant_type {grant_type}");
+        Refusal::new(Class::Forbidden, Condition::UnauthorizedClient, "grant_not_allowed", why).seen(
+            None,
+            Some(&id),
+            None,
+        )
+    }
+
     /// A request without client authentication where it is required.
     pub(crate) fn client_required() -> Refusal {
         Refusal::new(Class::Unauthenticated, Condition::Client, "client_required", "client authentication is required")
@@ -275,6 +369,27 @@ impl Refusal {
     /// Client credentials that cannot be read (a malformed Basic header).
     pub(crate) fn client_malformed(why: &'static str) -> Refusal {
         Refusal::new(Class::Unauthenticated, Condition::Client, "bad_client_credentials", why)
+    }
+
+    /// Writes the audit event of a policy refusal (`Class::Forbidden`),
+    /// unless the engine did; other refusals (bad tokens, bad requests,
+    /// stsgate's own trouble) are not audit events.
+    pub(crate) fn audit(&self, audit: &Audit, door: Door) {
+        if self.class != Class::Forbidden || self.seen.by_engine {
+            return;
+        }
+        audit.refused_at_door(&DoorRefusal {
+            door: match door {
+                Door::Check => AuditDoor::ExtAuthz,
+                Door::Token => AuditDoor::Token,
+            },
+            caller: self.seen.caller.as_deref(),
+            client: self.seen.client.as_deref(),
+            audience: self.seen.audience.as_deref(),
+            actor: self.actor.as_deref(),
+            reason: self.label,
+            description: &self.description,
+        });
     }
 
     /// Counts the refusal and logs it: the one place either happens.
@@ -324,6 +439,38 @@ mod tests {
         assert_eq!(keys.class, Class::Unavailable);
         assert_eq!(keys.condition.code(Door::Token), Some("temporarily_unavailable"));
         assert_eq!(keys.description, "the subject token issuer's keys are not available; try again");
+    }
+
+    #[test]
+    fn grant_and_client_refusals_have_their_rfc_codes() {
+        // RFC 7523 §3.1 at the token endpoint; the Check knows only bearer tokens.
+        assert_eq!(Condition::BadGrant.code(Door::Token), Some("invalid_grant"));
+        assert_eq!(Condition::BadGrant.code(Door::Check), Some("invalid_token"));
+        let r = Refusal::unauthorized_client("app", "urn:ietf:params:oauth:grant-type:jwt-bearer");
+        assert_eq!((r.class, r.condition.code(Door::Token)), (Class::Forbidden, Some("unauthorized_client")));
+        assert_eq!(r.description, "client \"app\" may not use grant_type urn:ietf:params:oauth:grant-type:jwt-bearer");
+        let d = Denied::ClientNotInAudience { client: Some("app".into()) };
+        assert_eq!(Refusal::denied(&d).condition.code(Door::Token), Some("access_denied"));
+    }
+
+    #[test]
+    fn introspection_refusals_are_bad_tokens_or_unavailable() {
+        let inactive = ExchangeError::Introspected(IntrospectionError::Inactive);
+        let inactive = Refusal::from_exchange(&inactive, Door::Check);
+        assert_eq!((inactive.class, inactive.label), (Class::Unauthenticated, "inactive"));
+        assert_eq!(inactive.description, "token is not active");
+        assert_eq!(inactive.condition.code(Door::Check), Some("invalid_token"));
+        let actor = IntrospectionError::Token(TokenError::Audience);
+        let actor = Refusal::from_exchange(&ExchangeError::ActorIntrospected(actor), Door::Token);
+        assert_eq!(actor.condition.code(Door::Token), Some("invalid_request"));
+        assert_eq!(actor.description, "actor token: token audience is not accepted");
+        let (issuer, reason) = ("https://idp".into(), "HTTP 401: s3cret".into());
+        let down = IntrospectionError::Unavailable { issuer, reason, label: "status" };
+        let down = Refusal::from_exchange(&ExchangeError::Introspected(down), Door::Token);
+        assert_eq!((down.class, down.condition), (Class::Unavailable, Condition::Unavailable));
+        assert_eq!(down.condition.code(Door::Token), Some("temporarily_unavailable"));
+        // The cause is for the log, not for the caller.
+        assert!(!down.description.contains("401") && !down.description.contains("s3cret"), "{}", down.description);
     }
 
     #[test]

@@ -121,7 +121,11 @@ async fn metadata(State(s): State<AppState>) -> Json<Value> {
     if te.enabled {
         // Built like jwks_uri: the issuer URL plus the path.
         doc["token_endpoint"] = json!(format!("{issuer}{}", te.path));
-        doc["grant_types_supported"] = json!([crate::api::token_endpoint::GRANT_TYPE_TOKEN_EXCHANGE]);
+        // No refresh_token: stsgate keeps no sessions.
+        doc["grant_types_supported"] = json!([
+            crate::api::token_endpoint::GRANT_TYPE_TOKEN_EXCHANGE,
+            crate::api::jwt_bearer::GRANT_TYPE_JWT_BEARER
+        ]);
         // Exactly the configured client methods, plus `none` when requests
         // without client authentication are served.
         let cfg = &engine.cfg;
@@ -129,6 +133,7 @@ async fn metadata(State(s): State<AppState>) -> Json<Value> {
             ClientAuthMethod::ClientSecretBasic,
             ClientAuthMethod::ClientSecretPost,
             ClientAuthMethod::PrivateKeyJwt,
+            ClientAuthMethod::TlsClientAuth,
             ClientAuthMethod::None,
         ]
         .into_iter()
@@ -142,6 +147,10 @@ async fn metadata(State(s): State<AppState>) -> Json<Value> {
             doc["token_endpoint_auth_signing_alg_values_supported"] = json!(engine.clients.assertion_algs());
         }
         doc["token_endpoint_auth_methods_supported"] = json!(methods);
+        if methods.contains(&ClientAuthMethod::TlsClientAuth.as_str()) {
+            // RFC 8705 §3.4: stsgate does not bind the tokens it mints to the certificate.
+            doc["tls_client_certificate_bound_access_tokens"] = json!(false);
+        }
     }
     Json(doc)
 }

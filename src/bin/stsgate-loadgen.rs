@@ -16,10 +16,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
+use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -36,7 +36,7 @@ use stsgate::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use stsgate::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
 use stsgate::pb::google::rpc::Status as RpcStatus;
 use stsgate::signing::Signer;
-use stsgate::testkit::CheckRequestBuilder;
+use stsgate::testkit::load::{self, Answer, Audiences, Decode, Driver, Expect, Mix, Outcome, Shot};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -311,7 +311,7 @@ async fn noop_server(
 }
 
 // ---------------------------------------------------------------------------
-// The load
+// The load (its core, shared with the fault tests, is `stsgate::testkit::load`)
 
 struct Load {
     target: SocketAddr,
@@ -333,23 +333,11 @@ struct Report {
     errors: u64,
 }
 
-#[derive(Default)]
 struct TaskStats {
-    hist: Option<Histogram<u64>>,
+    hist: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<String, u64>,
     first_error: Option<String>,
-}
-
-fn check_request(token: &str, audience: &str) -> CheckRequest {
-    CheckRequestBuilder::new()
-        .host("bench.example")
-        .pseudo_headers()
-        .header("user-agent", "stsgate-loadgen")
-        .header("x-request-id", "00000000-0000-4000-8000-000000000000")
-        .bearer(token)
-        .context("audience", audience)
-        .build()
 }
 
 async fn connect(target: SocketAddr) -> anyhow::Result<Channel> {
@@ -361,35 +349,12 @@ async fn connect(target: SocketAddr) -> anyhow::Result<Channel> {
         .with_context(|| format!("cannot connect to {target}"))
 }
 
-/// Only `CheckResponse.status`: the load generator shares the cores with the
-/// server it measures, so it skips decoding the rest of each answer (prost
-/// skips the unknown fields without allocating).
-#[derive(Clone, PartialEq, prost::Message)]
-struct CheckStatusOnly {
-    #[prost(message, optional, tag = "1")]
-    status: Option<RpcStatus>,
-}
-
-/// A Check client that decodes only the status of the answer.
-#[derive(Clone)]
-struct StatusOnlyClient(tonic::client::Grpc<Channel>);
-
-impl StatusOnlyClient {
-    async fn check(&mut self, request: CheckRequest) -> Result<Response<CheckStatusOnly>, Status> {
-        self.0.ready().await.map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
-        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/envoy.service.auth.v3.Authorization/Check");
-        let codec = tonic_prost::ProstCodec::<CheckRequest, CheckStatusOnly>::default();
-        self.0.unary(Request::new(request), path, codec).await
-    }
-}
-
-fn describe(result: &Result<Option<&RpcStatus>, &Status>) -> Option<(String, String)> {
-    match result {
-        Err(status) => Some((format!("grpc_{:?}", status.code()), status.message().to_owned())),
-        Ok(status) => {
-            let code = status.map_or(0, |s| s.code);
-            (code != 0).then(|| (format!("check_code_{code}"), status.map(|s| s.message.clone()).unwrap_or_default()))
-        }
+/// The error kind and message of an answer that is not OK.
+fn describe(answer: &Answer) -> Option<(String, String)> {
+    match answer {
+        Answer::Allowed { .. } => None,
+        Answer::Denied { rpc_code, message, .. } => Some((format!("check_code_{rpc_code}"), message.clone())),
+        Answer::Failed { code, message } => Some((format!("grpc_{code:?}"), message.clone())),
     }
 }
 
@@ -399,84 +364,68 @@ impl Load {
         for _ in 0..self.channels {
             channels.push(connect(self.target).await?);
         }
+        let audiences = match &self.audience_prefix {
+            Some(prefix) => Audiences::Numbered { prefix: prefix.clone(), count: self.audiences },
+            None => Audiences::List(vec![self.audience.clone()]),
+        };
+        let shots = self.tokens.iter().enumerate().map(|(i, t)| Shot::new(format!("token-{i}"), t, Expect::Any));
+        let mix = Mix::new(shots.collect(), audiences);
+
         // One probe, so a misconfiguration fails loudly instead of as a flood of errors.
         let probe_audience = match &self.audience_prefix {
             Some(p) => format!("{p}probe"),
             None => self.audience.clone(),
         };
-        let probe =
-            AuthorizationClient::new(channels[0].clone()).check(check_request(&self.tokens[0], &probe_audience)).await;
-        if let Some((kind, msg)) = describe(&probe.as_ref().map(|r| r.get_ref().status.as_ref())) {
+        let probe = AuthorizationClient::new(channels[0].clone())
+            .check(load::check_request(&self.tokens[0], &probe_audience))
+            .await;
+        let probe = match probe {
+            Ok(resp) => load::classify(resp.get_ref()),
+            Err(s) => Answer::Failed { code: s.code(), message: s.message().to_owned() },
+        };
+        if let Some((kind, msg)) = describe(&probe) {
             bail!("probe Check against {} failed: {kind}: {msg}", self.target);
         }
 
-        let shared = Arc::new(self);
-        let fixed = (shared.tokens.len() == 1 && shared.audience_prefix.is_none())
-            .then(|| check_request(&shared.tokens[0], &shared.audience));
-        let counter = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
-        let (measure_from, end) = match shared.count {
-            Some(_) => (start, None),
-            None => (start + shared.warmup, Some(start + shared.warmup + shared.duration)),
+        let mut driver = Driver::new(self.concurrency, Decode::StatusOnly);
+        let measure_from = match self.count {
+            Some(count) => {
+                driver.count = Some(count);
+                start
+            }
+            None => {
+                driver.until = Some(start + self.warmup + self.duration);
+                start + self.warmup
+            }
         };
-
-        let mut tasks = Vec::with_capacity(shared.concurrency);
-        for i in 0..shared.concurrency {
-            let mut client = StatusOnlyClient(tonic::client::Grpc::new(channels[i % channels.len()].clone()));
-            let shared = shared.clone();
-            let fixed = fixed.clone();
-            let counter = counter.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut stats = TaskStats {
-                    hist: Some(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")),
-                    ..Default::default()
-                };
-                loop {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    match (shared.count, end) {
-                        (Some(count), _) if n >= count => break,
-                        (None, Some(end)) if Instant::now() >= end => break,
-                        _ => {}
-                    }
-                    let request = match &fixed {
-                        Some(r) => r.clone(),
-                        None => {
-                            let token = &shared.tokens[(n % shared.tokens.len() as u64) as usize];
-                            match &shared.audience_prefix {
-                                Some(p) => check_request(token, &format!("{p}{:06}", n % shared.audiences)),
-                                None => check_request(token, &shared.audience),
-                            }
-                        }
-                    };
-                    let t0 = Instant::now();
-                    let result = client.check(request).await;
-                    let took = t0.elapsed();
-                    if t0 < measure_from {
-                        continue;
-                    }
-                    if let Some(h) = stats.hist.as_mut() {
-                        let _ = h.record((took.as_micros() as u64).max(1));
-                    }
-                    match describe(&result.as_ref().map(|r| r.get_ref().status.as_ref())) {
-                        None => stats.ok += 1,
-                        Some((kind, msg)) => {
-                            *stats.errors.entry(kind).or_default() += 1;
-                            stats.first_error.get_or_insert(msg);
-                        }
-                    }
+        let init = || TaskStats {
+            hist: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            ok: 0,
+            errors: BTreeMap::new(),
+            first_error: None,
+        };
+        let record = move |stats: &mut TaskStats, o: Outcome| {
+            if o.started < measure_from {
+                return;
+            }
+            let _ = stats.hist.record(((o.finished - o.started).as_micros() as u64).max(1));
+            match describe(&o.answer) {
+                None => stats.ok += 1,
+                Some((kind, msg)) => {
+                    *stats.errors.entry(kind).or_default() += 1;
+                    stats.first_error.get_or_insert(msg);
                 }
-                stats
-            }));
-        }
+            }
+        };
+        let states = driver.run(&channels, Arc::new(ArcSwap::from_pointee(mix)), init, record).await;
+
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         let mut ok = 0u64;
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
         let mut first_error = None;
-        for t in tasks {
-            let s = t.await?;
-            if let Some(h) = &s.hist {
-                hist.add(h)?;
-            }
+        for s in states {
+            hist.add(&s.hist)?;
             ok += s.ok;
             for (k, v) in s.errors {
                 *errors.entry(k).or_default() += v;
@@ -485,10 +434,11 @@ impl Load {
                 first_error = s.first_error;
             }
         }
-        let window = match end {
-            Some(_) => shared.duration.as_secs_f64(),
-            None => start.elapsed().as_secs_f64(),
+        let window = match self.count {
+            Some(_) => start.elapsed().as_secs_f64(),
+            None => self.duration.as_secs_f64(),
         };
+        let shared = self;
         let error_count: u64 = errors.values().sum();
         let total = ok + error_count;
         let rps = total as f64 / window;

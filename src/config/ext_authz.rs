@@ -1,8 +1,6 @@
 //! `ext_authz`: how an Envoy Check maps to an exchange, and what goes back.
 
-use std::net::IpAddr;
-
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use super::checks::{Issues, check_header_name};
 use super::listen::Listen;
@@ -198,39 +196,8 @@ impl CallerIdentity {
     }
 }
 
-/// An address range, `127.0.0.6/32` or `::1/128`; a bare address is itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerNet(ipnet::IpNet);
-
-impl PeerNet {
-    /// Whether `ip` (an IPv4-mapped IPv6 address as its IPv4) is in the range.
-    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
-        self.0.contains(&ip.to_canonical())
-    }
-}
-
-impl std::str::FromStr for PeerNet {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<PeerNet, String> {
-        s.parse::<ipnet::IpNet>()
-            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
-            .map(PeerNet)
-            .map_err(|_| format!("{s:?} is not an address or a CIDR range like 127.0.0.6/32"))
-    }
-}
-
-impl<'de> Deserialize<'de> for PeerNet {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::fmt::Display for PeerNet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
+/// Shared with `listen.http_client_cert` (values.rs: no circle between sections).
+pub use super::values::PeerNet;
 
 /// `ext_authz.callers[]`: one Check caller and what it may ask for.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -369,6 +336,8 @@ impl Route {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
     use crate::config::Config;
     use crate::config::tests::MINIMAL;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::checks::Issues;
+use super::clients::{Client, ClientAuthMethod};
 use super::values::Dur;
+use super::values::PeerNet;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -22,8 +24,9 @@ pub struct Listen {
     pub grpc_max_connections: usize,
     /// Most connections the HTTP listener holds at once.
     pub http_max_connections: usize,
-    /// A new connection must send the HTTP/2 preface (gRPC) or a complete
-    /// first request head (HTTP) within this.
+    /// A new connection must finish its TLS handshake (with `grpc_tls` or
+    /// `http_tls`) and send the HTTP/2 preface (gRPC) or a complete first
+    /// request head (HTTP) within this.
     pub handshake_timeout: Dur,
     /// HTTP listener, HTTP/1: a later request head must be complete this long
     /// after its first byte.
@@ -39,6 +42,13 @@ pub struct Listen {
     /// Mutual TLS on the gRPC listener: the Check caller proves who it is
     /// with a client certificate. None: plaintext.
     pub grpc_tls: Option<GrpcTls>,
+    /// TLS on the HTTP listener (token endpoint, JWKS, metadata, probes),
+    /// client certificates optional or required. None: plaintext.
+    pub http_tls: Option<HttpTls>,
+    /// Where the token endpoint learns a client's certificate for RFC 8705
+    /// `tls_client_auth`. Unset: the TLS connection when `http_tls` has a
+    /// `client_ca`, else nowhere.
+    pub http_client_cert: Option<HttpClientCert>,
 }
 
 /// `listen.grpc_tls`: the gRPC listener's certificate and the CA its
@@ -83,6 +93,99 @@ impl GrpcTls {
     }
 }
 
+/// `listen.http_tls`: the HTTP listener's certificate and, optionally, the
+/// CA client certificates are verified against. Like `grpc_tls`, the paths
+/// are bound at start-up and the files' contents re-read when they change.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    /// The server certificate chain (PEM), leaf first.
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    pub key: PathBuf,
+    /// The CA certificates (PEM) a client certificate must chain to; a
+    /// client presenting one that does not is refused in the handshake.
+    /// None: client certificates are not asked for.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// `optional` (default): a client may connect without a certificate, so
+    /// that JWKS, metadata and probes stay reachable; `required`: every
+    /// connection must present one (needs `client_ca`).
+    #[serde(default)]
+    pub client_auth: ClientCertPolicy,
+    /// How often the files are read again.
+    #[serde(default = "GrpcTls::default_reload_interval")]
+    pub reload_interval: Dur,
+}
+
+/// Whether the HTTP listener's TLS handshake insists on a client certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertPolicy {
+    #[default]
+    Optional,
+    Required,
+}
+
+/// `listen.http_client_cert`: where the token endpoint takes a client's
+/// certificate from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpClientCert {
+    pub source: ClientCertSource,
+    /// `xfcc` only: the TCP peers (the mTLS-terminating proxy in front of
+    /// stsgate) whose `x-forwarded-client-cert` is believed.
+    #[serde(default)]
+    pub xfcc_trusted_peers: Vec<PeerNet>,
+}
+
+/// Where a token endpoint client's certificate comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCertSource {
+    /// The certificate the client presented in the TLS handshake with the
+    /// HTTP listener (`listen.http_tls.client_ca`).
+    Tls,
+    /// The last element of `x-forwarded-client-cert`, set by a proxy that
+    /// verified the client's certificate, from `xfcc_trusted_peers` only.
+    Xfcc,
+}
+
+impl ClientCertSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientCertSource::Tls => "tls",
+            ClientCertSource::Xfcc => "xfcc",
+        }
+    }
+}
+
+impl HttpTls {
+    /// The files, with their keys under `listen.http_tls`.
+    pub(crate) fn files(&self) -> Vec<(&'static str, &Path)> {
+        let mut files = vec![("cert", self.cert.as_path()), ("key", self.key.as_path())];
+        if let Some(ca) = &self.client_ca {
+            files.push(("client_ca", ca.as_path()));
+        }
+        files
+    }
+
+    fn check(&self, issues: &mut Issues) {
+        for (key, path) in self.files() {
+            if path.as_os_str().is_empty() {
+                issues.add(format!("listen.http_tls.{key}"), "must not be empty");
+            }
+        }
+        if self.client_auth == ClientCertPolicy::Required && self.client_ca.is_none() {
+            issues.add("listen.http_tls.client_auth", "required needs a client_ca to verify client certificates with");
+        }
+        let d = self.reload_interval.0;
+        if d < Duration::from_secs(1) || d > Duration::from_secs(86_400) {
+            issues.add("listen.http_tls.reload_interval", "must be between 1s and 1day");
+        }
+    }
+}
+
 impl Default for Listen {
     fn default() -> Self {
         Listen {
@@ -102,6 +205,8 @@ impl Default for Listen {
             http2_keepalive_interval: Dur::secs(30),
             http2_keepalive_timeout: Dur::secs(10),
             grpc_tls: None,
+            http_tls: None,
+            http_client_cert: None,
         }
     }
 }
@@ -145,6 +250,56 @@ impl Listen {
         }
         if let Some(tls) = &self.grpc_tls {
             tls.check(issues);
+        }
+        if let Some(tls) = &self.http_tls {
+            tls.check(issues);
+        }
+        self.check_client_cert(issues);
+    }
+
+    /// Where the token endpoint takes client certificates from: as
+    /// configured, else the TLS handshake when it asks for them, else nowhere.
+    pub fn client_cert_source(&self) -> Option<ClientCertSource> {
+        match (&self.http_client_cert, &self.http_tls) {
+            (Some(c), _) => Some(c.source),
+            (None, Some(tls)) if tls.client_ca.is_some() => Some(ClientCertSource::Tls),
+            _ => None,
+        }
+    }
+
+    fn check_client_cert(&self, issues: &mut Issues) {
+        let Some(c) = &self.http_client_cert else { return };
+        let verifies = self.http_tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        match c.source {
+            ClientCertSource::Tls if !verifies => issues.add(
+                "listen.http_client_cert.source",
+                "tls needs listen.http_tls with a client_ca: the HTTP listener verifies the client certificate",
+            ),
+            ClientCertSource::Tls if !c.xfcc_trusted_peers.is_empty() => {
+                issues.add("listen.http_client_cert.xfcc_trusted_peers", "is only used with source: xfcc")
+            }
+            ClientCertSource::Xfcc if c.xfcc_trusted_peers.is_empty() => issues.add(
+                "listen.http_client_cert.xfcc_trusted_peers",
+                "source xfcc needs the addresses of the proxy that verifies client certificates",
+            ),
+            _ => {}
+        }
+    }
+
+    /// Clients that authenticate with a certificate need somewhere to take
+    /// it from.
+    pub(super) fn check_clients(&self, clients: &[Client], issues: &mut Issues) {
+        if self.client_cert_source().is_some() {
+            return;
+        }
+        for (i, c) in clients.iter().enumerate() {
+            if c.auth == ClientAuthMethod::TlsClientAuth {
+                issues.add(
+                    format!("clients[{i}].auth"),
+                    "tls_client_auth needs client certificates: set listen.http_tls.client_ca, or \
+                     listen.http_client_cert with source xfcc behind an mTLS-terminating proxy",
+                );
+            }
         }
     }
 }
@@ -208,6 +363,53 @@ mod tests {
         assert!(err.to_string().contains("listen.http_max_connections"), "{err}");
         let err = Config::from_yaml_str(&format!("listen:\n  idle_timeout: forever\n{MINIMAL}")).unwrap_err();
         assert!(err.to_string().contains("listen.idle_timeout"), "{err}");
+    }
+
+    #[test]
+    fn http_tls_and_the_client_certificate_source_are_checked() {
+        let text = "listen:\n  http_tls: { cert: /tls/tls.crt, key: /tls/tls.key }\n";
+        let cfg = Config::from_yaml_validated(&format!("{text}{MINIMAL}")).unwrap();
+        let tls = cfg.listen.http_tls.as_ref().expect("http_tls");
+        assert_eq!((tls.client_auth, tls.reload_interval), (ClientCertPolicy::Optional, Dur::secs(30)));
+        assert_eq!(tls.files().len(), 2, "no client_ca: two files");
+        assert_eq!(cfg.listen.client_cert_source(), None, "no client_ca: no certificates");
+
+        let text = "listen:\n  http_tls: { cert: /c, key: /k, client_ca: /ca }\n";
+        let cfg = Config::from_yaml_validated(&format!("{text}{MINIMAL}")).unwrap();
+        assert_eq!(cfg.listen.client_cert_source(), Some(ClientCertSource::Tls), "the default with a client_ca");
+        let text = "listen:\n  http_client_cert: { source: xfcc, xfcc_trusted_peers: [127.0.0.6/32] }\n";
+        let cfg = Config::from_yaml_validated(&format!("{text}{MINIMAL}")).unwrap();
+        assert_eq!(cfg.listen.client_cert_source(), Some(ClientCertSource::Xfcc));
+
+        let issues = |text: &str| -> Vec<String> {
+            let cfg = Config::from_yaml_str(&format!("listen:\n{text}{MINIMAL}")).unwrap();
+            cfg.check().err().unwrap_or_default().iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(
+            issues("  http_tls: { cert: \"\", key: /k, client_auth: required }\n"),
+            [
+                "listen.http_tls.cert: must not be empty",
+                "listen.http_tls.client_auth: required needs a client_ca to verify client certificates with"
+            ]
+        );
+        assert_eq!(
+            issues(
+                "  http_tls: { cert: /c, key: /k, client_ca: /ca }\n  http_client_cert: { source: tls, xfcc_trusted_peers: [10.0.0.1] }\n"
+            ),
+            ["listen.http_client_cert.xfcc_trusted_peers: is only used with source: xfcc"]
+        );
+        assert_eq!(
+            issues("  http_client_cert: { source: tls }\n"),
+            ["listen.http_client_cert.source: tls needs listen.http_tls with a client_ca: the HTTP listener verifies \
+              the client certificate"]
+        );
+        let tls_client = "clients: [{ client_id: a, auth: tls_client_auth, tls_client_auth_san_dns: a.example }]\n";
+        let cfg = Config::from_yaml_str(&format!("{MINIMAL}{tls_client}")).unwrap();
+        let got: Vec<String> = cfg.check().unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("clients[0].auth: tls_client_auth needs client certificates"), "{got:?}");
+        let err = Config::from_yaml_str(&format!("listen:\n  http_client_cert: {{ source: both }}\n{MINIMAL}"));
+        assert!(err.unwrap_err().to_string().contains("listen.http_client_cert.source"));
     }
 
     #[test]

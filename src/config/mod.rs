@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod audit;
 mod cache;
 mod checks;
 mod clients;
@@ -19,6 +20,7 @@ mod ext_authz;
 mod listen;
 mod rules;
 mod signing;
+mod telemetry;
 mod token_endpoint;
 mod tokens;
 mod trusted_issuers;
@@ -28,18 +30,22 @@ mod workloads;
 #[cfg(test)]
 mod tests;
 
+pub use audit::AuditConfig;
 pub use cache::CacheConfig;
-pub use clients::{Client, ClientAuthMethod};
+pub use clients::{Client, ClientAuthMethod, GrantType};
 pub use dev_idp::DevIdp;
 pub use ext_authz::{ActorMode, ActorSource, CallerIdentity, CheckCaller, ExtAuthz, MetadataField, PeerNet, Route};
-pub use listen::{GrpcTls, Listen};
+pub use listen::{ClientCertPolicy, ClientCertSource, GrpcTls, HttpClientCert, HttpTls, Listen};
 pub use rules::{
-    ActorMatch, DelegationShape, DownstreamToken, Grant, Outcome, Presenter, Rule, RuleMatch, SELF_ISSUER,
+    ActorMatch, CLIENT_ISSUER, DelegationShape, DownstreamToken, Grant, Outcome, Presenter, Rule, RuleMatch,
+    SELF_ISSUER,
 };
+pub use rules::cel::{CelExpr, Keys, RequestReads};
 pub use signing::{Signing, SigningKey};
-pub use token_endpoint::TokenEndpoint;
+pub use telemetry::{OtlpProtocol, TelemetryConfig};
+pub use token_endpoint::{RedisReplayStore, RedisUrl, ReplayStoreConfig, TokenEndpoint, check_redis_url, redact_url};
 pub use tokens::Tokens;
-pub use trusted_issuers::{KeySource, TrustedIssuer};
+pub use trusted_issuers::{Introspection, IntrospectionAuth, KeySource, TrustedIssuer, Userinfo};
 pub use values::{Dur, SignAlg, VerifyAlg};
 pub use workloads::Workload;
 
@@ -85,6 +91,12 @@ pub struct Config {
     /// Caches of minted and validated tokens.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The audit event stream: destinations and sampling.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// OpenTelemetry traces over OTLP (off unless `otlp_endpoint` is set).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// An in-process development IdP (only for `stsgate dev` and tests).
     #[serde(default)]
     pub dev_idp: Option<DevIdp>,
@@ -155,6 +167,7 @@ impl Config {
         keys.chain(self.trusted_issuers.iter().filter_map(|i| i.jwks_file.as_deref()))
             .chain(self.clients.iter().filter_map(|c| c.secret_file.as_deref()))
             .chain(self.clients.iter().filter_map(|c| c.jwks_file.as_deref()))
+            .chain(self.token_endpoint.replay_store.redis.as_ref().and_then(|r| r.url_file.as_deref()))
     }
 
     /// Parses YAML only (no semantic validation, no file access).
@@ -205,8 +218,19 @@ impl Config {
                 fix(f);
             }
         }
+        if let Some(f) = self.token_endpoint.replay_store.redis.as_mut().and_then(|r| r.url_file.as_mut()) {
+            fix(f);
+        }
+        if let Some(f) = self.audit.file.as_mut() {
+            fix(f);
+        }
         if let Some(tls) = self.listen.grpc_tls.as_mut() {
             for f in [&mut tls.cert, &mut tls.key, &mut tls.client_ca] {
+                fix(f);
+            }
+        }
+        if let Some(tls) = self.listen.http_tls.as_mut() {
+            for f in [Some(&mut tls.cert), Some(&mut tls.key), tls.client_ca.as_mut()].into_iter().flatten() {
                 fix(f);
             }
         }
@@ -228,16 +252,19 @@ impl Config {
         self.signing.check(&mut issues);
         self.tokens.check(&mut issues);
         self.cache.check(&mut issues);
+        self.audit.check(&mut issues);
+        self.telemetry.check(&mut issues);
         trusted_issuers::check(&self.trusted_issuers, &self.issuer, &mut issues);
         self.ext_authz.check(&mut issues);
         self.ext_authz.check_callers(&self.listen, &mut issues);
         workloads::check(&self.workloads, &mut issues);
-        rules::check(&self.rules, &self.trusted_issuers, &self.issuer, &self.workloads, &self.ext_authz, &mut issues);
+        rules::check(self, &mut issues);
         if let Some(dev) = &self.dev_idp {
             dev.check(&mut issues);
         }
         self.token_endpoint.check(self.dev_idp.as_ref(), &mut issues);
         clients::check(&self.clients, &mut issues);
+        self.listen.check_clients(&self.clients, &mut issues);
         issues.into_result()
     }
 }

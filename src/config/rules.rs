@@ -5,16 +5,26 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::Config;
 use super::checks::{Issues, check_header_name};
+use super::clients::{Client, ClientAuthMethod};
 use super::ext_authz::ExtAuthz;
-use super::trusted_issuers::TrustedIssuer;
 use super::values::Dur;
-use super::workloads::Workload;
 use crate::glob::Glob;
+
+pub mod cel;
+use cel::CelExpr;
 
 /// The `match.issuers` entry that names stsgate's own tokens (re-exchange
 /// along a delegation chain). A rule without `issuers` never matches them.
 pub const SELF_ISSUER: &str = "self";
+
+/// The `match.issuers` entry that names JWT bearer assertions (RFC 7523
+/// §2.1) signed by the authenticated client itself, with a key of its
+/// `private_key_jwt` JWKS: the client asserts the subject. A rule without it
+/// never matches them, and a rule with it must list the clients it trusts
+/// that far (`match.clients`).
+pub const CLIENT_ISSUER: &str = "client";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +42,8 @@ pub struct Rule {
 pub struct RuleMatch {
     /// Trusted issuers (exact `iss`) this rule applies to; empty = any
     /// trusted issuer. `self` = stsgate's own tokens, which no rule without
-    /// it matches.
+    /// it matches; `client` = JWT bearer assertions the authenticated client
+    /// signed itself, which no rule without it matches.
     pub issuers: Vec<String>,
     /// Target audiences (globs) this rule applies to; empty = any.
     pub audiences: Vec<Glob>,
@@ -45,21 +56,31 @@ pub struct RuleMatch {
     /// actor token always only from the subject token's issuer.
     pub actor: Option<ActorMatch>,
     /// Who may present the subject token. `audience`: only a workload
-    /// (`workloads`) of one of its `aud` values or its `azp`; anyone else is
-    /// refused (not a match condition: the rule decides, and refuses). Own
-    /// tokens are always bound this way.
+    /// (`workloads`) of one of its `aud` values or its `azp`;
+    /// `client_in_audience`: only an authenticated token endpoint client
+    /// that is one of its `aud` values or its `azp` (Keycloak's rule); anyone
+    /// else is refused (not a match condition: the rule decides, and
+    /// refuses). Own tokens are always bound to workloads.
     pub presenter: Presenter,
     /// Authenticated token endpoint clients (`client_id` globs) this rule
     /// applies to; empty = any request, with or without a client. A rule
     /// that lists clients never matches at the ext_authz Check, which has
     /// no client.
     pub clients: Vec<Glob>,
+    /// A CEL expression that must be true (`rules::cel` lists its
+    /// variables); false, or an evaluation error, is a non-match.
+    pub condition: Option<CelExpr>,
 }
 
 impl RuleMatch {
     /// Whether the rule matches stsgate's own tokens (lists `self`).
     pub(crate) fn admits_own(&self) -> bool {
         self.issuers.iter().any(|i| i == SELF_ISSUER)
+    }
+
+    /// Whether the rule matches assertions signed by the client (lists `client`).
+    pub(crate) fn admits_client_assertions(&self) -> bool {
+        self.issuers.iter().any(|i| i == CLIENT_ISSUER)
     }
 }
 
@@ -72,6 +93,9 @@ pub enum Presenter {
     Any,
     /// Only a workload of the subject token's audience (`aud`, or `azp`).
     Audience,
+    /// Only an authenticated token endpoint client named by the subject
+    /// token's `aud` or `azp`.
+    ClientInAudience,
 }
 
 /// Conditions on the actor; the listed kinds are alternatives (one-of).
@@ -163,6 +187,9 @@ pub struct Grant {
     pub audit_claim: Option<String>,
     /// Extra, narrower tokens for the upstream's own downstream calls.
     pub downstream_tokens: Vec<DownstreamToken>,
+    /// Claims computed by CEL expressions (same variables as
+    /// `match.condition`); a claim whose expression fails or is null is left out.
+    pub computed_claims: BTreeMap<String, CelExpr>,
 }
 
 impl Default for Grant {
@@ -179,6 +206,7 @@ impl Default for Grant {
             impersonate_subjects: Vec::new(),
             audit_claim: None,
             downstream_tokens: Vec::new(),
+            computed_claims: BTreeMap::new(),
         }
     }
 }
@@ -219,25 +247,26 @@ struct Context<'a> {
     /// Every rule's `audit_claim`: it names the real actor, so no rule may copy or add it.
     audit_claims: HashSet<&'a str>,
     ext_authz: &'a ExtAuthz,
+    /// The token endpoint's clients (`match.issuers: [client]`, `client_in_audience`).
+    clients: &'a [Client],
+    /// Whether the token endpoint is served (its `requested_subject`).
+    token_endpoint: bool,
 }
 
-/// The `rules` list, given the trusted issuers its rules name, stsgate's own
-/// issuer (`self`), the workloads presenter binding reads and the ext_authz
-/// headers its grants must not reuse.
-pub(super) fn check(
-    rules: &[Rule],
-    trusted: &[TrustedIssuer],
-    own_issuer: &str,
-    workloads: &[Workload],
-    ext_authz: &ExtAuthz,
-    issues: &mut Issues,
-) {
+/// The `rules` list, given what else in `cfg` they depend on: the trusted
+/// issuers its rules name, stsgate's own issuer (`self`), the workloads
+/// presenter binding reads, the ext_authz headers its grants must not reuse,
+/// the token endpoint and its clients.
+pub(super) fn check(cfg: &Config, issues: &mut Issues) {
+    let rules = &cfg.rules;
     let ctx = Context {
-        trusted: trusted.iter().map(|i| i.issuer.as_str()).collect(),
-        own_issuer,
-        has_workloads: !workloads.is_empty(),
+        trusted: cfg.trusted_issuers.iter().map(|i| i.issuer.as_str()).collect(),
+        own_issuer: &cfg.issuer,
+        has_workloads: !cfg.workloads.is_empty(),
         audit_claims: rules.iter().filter_map(|r| r.grant.audit_claim.as_deref()).collect(),
-        ext_authz,
+        ext_authz: &cfg.ext_authz,
+        clients: &cfg.clients,
+        token_endpoint: cfg.token_endpoint.enabled,
     };
     let mut names = HashSet::new();
     for (i, rule) in rules.iter().enumerate() {
@@ -259,7 +288,31 @@ impl Rule {
         let g = &self.grant;
         for (j, iss) in self.when.issuers.iter().enumerate() {
             let at = format!("{at}.match.issuers[{j}]");
-            if iss == SELF_ISSUER {
+            if iss == CLIENT_ISSUER {
+                // A client that signs assertions vouches for any subject it
+                // names: only clients listed by name, with keys to sign.
+                let signers = ctx.clients.iter().filter(|c| c.auth == ClientAuthMethod::PrivateKeyJwt);
+                let listed = signers.filter(|c| self.when.clients.iter().any(|g| g.matches(&c.client_id))).count();
+                if g.outcome == Outcome::Delegation {
+                    issues.add(
+                        at.clone(),
+                        "a JWT bearer grant has no actor, so a delegation rule never matches a client's assertion",
+                    );
+                }
+                if self.when.clients.is_empty() {
+                    issues.add(
+                        at,
+                        "`client` accepts subjects asserted by a client itself: list the clients trusted to do so \
+                         in match.clients",
+                    );
+                } else if listed == 0 {
+                    issues.add(
+                        at,
+                        "`client` accepts assertions signed with a private_key_jwt client's keys, and match.clients \
+                         names no such client",
+                    );
+                }
+            } else if iss == SELF_ISSUER {
                 if !ctx.has_workloads {
                     issues.add(
                         at,
@@ -272,6 +325,13 @@ impl Rule {
             } else if !ctx.trusted.contains(iss.as_str()) {
                 issues.add(at, format!("{iss:?} is not one of trusted_issuers, so this rule can never match it"));
             }
+        }
+        if self.when.presenter == Presenter::ClientInAudience && ctx.clients.is_empty() {
+            issues.add(
+                format!("{at}.match.presenter"),
+                "`client_in_audience` admits only an authenticated client named by the token's aud or azp: \
+                 add a `clients` section",
+            );
         }
         if self.when.presenter == Presenter::Audience && !ctx.has_workloads {
             issues.add(
@@ -344,10 +404,12 @@ impl Rule {
                     "impersonating other subjects needs a proven actor; `none: true` would let a request with no actor become them",
                 );
             }
-            if ctx.ext_authz.requested_subject_header.is_empty() {
+            // The token endpoint's `requested_subject` names one as well.
+            if ctx.ext_authz.requested_subject_header.is_empty() && !ctx.token_endpoint {
                 issues.add(
                     format!("{at}.grant.impersonate_subjects"),
-                    "ext_authz.requested_subject_header is not set, so no request can name another subject",
+                    "ext_authz.requested_subject_header is not set and the token endpoint is disabled, so no \
+                     request can name another subject",
                 );
             }
         }
@@ -369,6 +431,22 @@ impl Rule {
             if reserved(claim) {
                 issues
                     .add(format!("{at}.grant.add_claims.{claim}"), format!("{claim:?} is a claim stsgate sets itself"));
+            }
+        }
+        if let Some(c) = &self.when.condition {
+            let at = format!("{at}.match.condition");
+            if let Some(why) = c.error() {
+                issues.add(at, why);
+            } else if let Some(what) = c.surely_not_bool() {
+                issues.add(at, format!("must be true or false, and this expression is {what}"));
+            }
+        }
+        for (claim, expr) in &g.computed_claims {
+            let at = format!("{at}.grant.computed_claims.{claim}");
+            if reserved(claim) || claim.is_empty() {
+                issues.add(at, format!("{claim:?} is a claim stsgate sets itself"));
+            } else if let Some(why) = expr.error() {
+                issues.add(at, why);
             }
         }
         if g.max_chain_depth == 0 && g.outcome == Outcome::Delegation {
@@ -473,11 +551,15 @@ mod tests {
             ],
             "{issues:#?}"
         );
-        // Without ext_authz.requested_subject_header, no request can name another subject.
+        // Without ext_authz.requested_subject_header, only the token endpoint's
+        // requested_subject can name another subject; without it neither can.
         let text = MINIMAL.replace(
             "    grant: { scopes: [\"*\"] }",
             "    match: { actor: { sub: [x] } }\n    grant: { outcome: impersonation, scopes: [\"*\"], impersonate_subjects: [\"*\"] }",
         );
+        let ok = Config::from_yaml_str(&text).unwrap().check();
+        assert!(ok.is_ok(), "{ok:?}");
+        let text = format!("{text}token_endpoint: {{ enabled: false }}\n");
         let issues = Config::from_yaml_str(&text).unwrap().check().unwrap_err();
         assert_eq!(issues.len(), 1, "{issues:#?}");
         assert_eq!(issues[0].path, "rules[0].grant.impersonate_subjects");
@@ -564,6 +646,84 @@ mod tests {
         );
         let err = Config::from_yaml_str(&text).unwrap_err().to_string();
         assert!(err.contains("rules[0].match.presenter") && err.contains("anyone"), "{err}");
+    }
+
+    #[test]
+    fn client_issuer_and_client_in_audience_need_clients() {
+        let clients = "clients:\n  - { client_id: signer, auth: private_key_jwt, jwks: { keys: [] } }\n  \
+                       - { client_id: app, auth: none }\n";
+        let rules = "  - name: a\n    match: { issuers: [client] }\n    grant: { scopes: [x] }\n  \
+                     - name: b\n    match: { issuers: [client], clients: [app] }\n    grant: { scopes: [x] }\n  \
+                     - name: c\n    match: { issuers: [client], clients: [\"sign*\"] }\n    grant: { scopes: [x] }\n  \
+                     - name: d\n    match: { presenter: client_in_audience }\n    grant: { scopes: [x] }\n  \
+                     - name: e\n    match: { issuers: [client], clients: [signer] }\n    grant: { outcome: delegation, scopes: [x] }\n";
+        let issues = rule_issues(&format!("{rules}{clients}"));
+        let found: Vec<(&str, &str)> = issues.iter().map(|i| (i.path.as_str(), i.message.as_str())).collect();
+        assert_eq!(found.len(), 3, "{issues:#?}");
+        assert_eq!(found[0].0, "rules[0].match.issuers[0]");
+        assert!(found[0].1.contains("in match.clients"), "{issues:#?}");
+        assert_eq!(found[1].0, "rules[1].match.issuers[0]");
+        assert!(found[1].1.contains("names no such client"), "{issues:#?}");
+        assert_eq!(
+            found[2],
+            (
+                "rules[4].match.issuers[0]",
+                "a JWT bearer grant has no actor, so a delegation rule never matches a client's assertion"
+            )
+        );
+        // Without any client, `client_in_audience` can never admit anyone.
+        let issues =
+            rule_issues("  - name: d\n    match: { presenter: client_in_audience }\n    grant: { scopes: [x] }\n");
+        assert_eq!(issues.iter().map(|i| i.path.as_str()).collect::<Vec<_>>(), ["rules[0].match.presenter"]);
+        assert!(issues[0].message.contains("`clients` section"), "{issues:#?}");
+    }
+
+    #[test]
+    fn cel_expressions_are_checked_at_load_with_key_paths() {
+        let rule = |name: &str, cond: &str| {
+            format!("  - name: {name}\n    match: {{ condition: {} }}\n    grant: {{ scopes: [x] }}\n", serde_json::json!(cond))
+        };
+        let long = format!("subject.a == '{}'", "x".repeat(cel::MAX_EXPRESSION_BYTES));
+        let rules = [
+            rule("ok", "request.method == 'GET' && subject.tenant == request.context.tenant"),
+            rule("syntax", "subject.tenant == "),
+            rule("unknown", "user.tenant == 'a'"),
+            rule("arith", "subject.level + 1"),
+            rule("string", "'yes'"),
+            rule("large", &long),
+            rule("field", "request.verb == 'GET'"),
+            rule("upper", "request.headers['X-Tenant'] == 'a'"),
+            rule("function", "subject.email.lowercase() == 'a'"),
+            rule("rebind", "subject.groups.exists(subject, subject == 'a')"),
+            rule("deep", &format!("{}true{}", "(".repeat(40), ")".repeat(40))),
+        ]
+        .concat();
+        let issues = rule_issues(&format!(
+            "{rules}  - name: claims\n    grant:\n      scopes: [x]\n      computed_claims:\n        \
+             tenant: \"subject.email.split('@')[1]\"\n        sub: \"subject.email\"\n        \
+             client_id: \"'x'\"\n        bad: \"subject.(\"\n"
+        ));
+        let found: Vec<(&str, &str)> = issues.iter().map(|i| (i.path.as_str(), i.message.as_str())).collect();
+        let want: &[(&str, &str)] = &[
+            ("rules[1].match.condition", "syntax error"),
+            ("rules[2].match.condition", "unknown variable \"user\""),
+            ("rules[3].match.condition", "must be true or false, and this expression is the result of arithmetic"),
+            ("rules[4].match.condition", "must be true or false, and this expression is a string"),
+            ("rules[5].match.condition", "more than the 4096 allowed"),
+            ("rules[6].match.condition", "request has no field \"verb\""),
+            ("rules[7].match.condition", "header names are lower-case"),
+            ("rules[8].match.condition", "unknown function \"lowercase\""),
+            ("rules[9].match.condition", "may not be rebound"),
+            ("rules[10].match.condition", "syntax error"),
+            ("rules[11].grant.computed_claims.bad", "syntax error"),
+            ("rules[11].grant.computed_claims.client_id", "is a claim stsgate sets itself"),
+            ("rules[11].grant.computed_claims.sub", "is a claim stsgate sets itself"),
+        ];
+        assert_eq!(found.len(), want.len(), "{found:#?}");
+        for ((path, msg), (wp, wm)) in found.iter().zip(want) {
+            assert_eq!(path, wp, "{found:#?}");
+            assert!(msg.contains(wm), "{path}: {msg:?} lacks {wm:?}");
+        }
     }
 
     #[test]

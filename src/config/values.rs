@@ -1,6 +1,7 @@
-//! Value types several sections share: algorithms and durations.
+//! Value types several sections share: algorithms, durations and address ranges.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -104,5 +105,39 @@ impl<'de> Deserialize<'de> for Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// An address range, `127.0.0.6/32` or `::1/128`; a bare address is itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerNet(ipnet::IpNet);
+
+impl PeerNet {
+    /// Whether `ip` (an IPv4-mapped IPv6 address as its IPv4) is in the range.
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(&ip.to_canonical())
+    }
+}
+
+impl std::str::FromStr for PeerNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PeerNet, String> {
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
+            .map(PeerNet)
+            .map_err(|_| format!("{s:?} is not an address or a CIDR range like 127.0.0.6/32"))
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerNet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for PeerNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }

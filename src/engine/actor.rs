@@ -50,7 +50,9 @@ impl Engine {
     /// also returns the token's `exp`. stsgate's own tokens are refused here:
     /// they name the user a chain acts for, never the workload that acts.
     async fn actor_from_token(&self, token: &str) -> Result<(Actor, i64), ExchangeError> {
-        let v = self.validate(token, now_unix(), self.issuers.key_epoch()).await.map_err(ExchangeError::ActorToken)?;
+        // An opaque actor token is introspected like an opaque subject token.
+        let now = now_unix();
+        let (v, _) = self.validate_until(token, now, self.issuers.key_epoch()).await.map_err(super::Invalid::actor)?;
         if v.is_own() {
             return Err(ExchangeError::ActorToken(TokenError::OwnActorToken));
         }

@@ -51,6 +51,7 @@ trusted_issuers:
   - {{ issuer: "{IDP_A}", jwks_file: "{a}", algorithms: [ES256], leeway: 60s }}
   - {{ issuer: "{IDP_B}", jwks_file: "{b}", algorithms: [ES256], leeway: 60s }}
 ext_authz: {{ requested_subject_header: x-requested-subject }}
+audit: {{ file: "{events}" }}
 rules:
   - name: support
     match:
@@ -60,11 +61,21 @@ rules:
 "#,
         a = dir.join("a.json").display(),
         b = dir.join("b.json").display(),
+        events = dir.join("audit.jsonl").display(),
     );
     let cfg = Arc::new(Config::from_yaml_validated(&yaml).unwrap());
     let engine = Engine::load(cfg, http_client().unwrap(), None).unwrap();
     assert!(engine.fetch_issuer_keys().await.is_empty());
     Fixture { engine, idp_a, idp_b, _dir: TempDir(dir) }
+}
+
+impl Fixture {
+    /// The audit events written so far.
+    fn events(&self) -> Vec<serde_json::Value> {
+        assert!(self.engine.audit.flush(std::time::Duration::from_secs(5)), "audit writer flushed");
+        let text = std::fs::read_to_string(self._dir.0.join("audit.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
 }
 
 fn token(key: &Signer, iss: &str, sub: &str, exp: i64) -> String {
@@ -115,6 +126,7 @@ fn impersonating_user_123(subject: &str, actor: ResolvedActor) -> ExchangeReques
         requested_subject: Some("user-123"),
         actor_exp: actor.exp,
         client: None,
+        origin: Default::default(),
     }
 }
 
@@ -139,8 +151,18 @@ fn audit_is_written_after_minting_with_jti_and_both_issuers() {
     ] {
         assert!(audit.contains(&needle), "{needle} not in {audit}");
     }
-    assert_eq!(log.matches("stsgate::audit").count(), 1, "written once: {log}");
-    assert!(log.contains(audit), "{log}");
+    // The audit event is on the stream of its own, whatever the log level.
+    assert!(!log.contains("impersonation"), "not an info log line: {log}");
+    let events = f.events();
+    assert_eq!(events.len(), 1, "written once: {events:?}");
+    let e = &events[0];
+    assert_eq!(
+        (&e["event"], &e["decision"], &e["rule"], &e["jti"]),
+        (&json!("minted"), &json!("impersonation"), &json!("support"), &json!(jti))
+    );
+    assert_eq!(e["subject"], json!({"sub": "operator", "iss": IDP_A}));
+    assert_eq!(e["actor_chain"], json!([{"sub": "support-console", "iss": IDP_B}]));
+    assert_eq!(e["requested_subject"], "user-123");
     // What the audit says is what was minted; the actor token's client is its own issuer's.
     assert_eq!(claims["sub"], "user-123");
     assert_eq!(claims["sub_id"], json!({"format": "iss_sub", "iss": IDP_A, "sub": "user-123"}));
@@ -152,6 +174,7 @@ fn audit_is_written_after_minting_with_jti_and_both_issuers() {
         logged(|| f.engine.exchange_validated(&validated, &req, now).map(|d| d.audit().map(str::to_owned)));
     assert!(done.unwrap().is_some());
     assert!(!log.contains("stsgate::audit"), "{log}");
+    assert_eq!(f.events().len(), 1, "a dry run writes no event");
 }
 
 #[test]
@@ -169,6 +192,7 @@ fn an_actor_token_expiring_inside_the_leeway_is_named_and_nothing_is_audited() {
     assert!(matches!(err, ExchangeError::ActorToken(TokenError::Expired)), "{err:?}");
     assert_eq!(err.to_string(), "invalid actor token: token has expired");
     assert!(!log.contains("stsgate::audit") && !log.contains("impersonation"), "nothing audited: {log}");
+    assert!(f.events().is_empty(), "a token that ran out is no audit event");
 
     // The subject token running out inside its leeway still blames the subject token.
     let stale = token(&f.idp_a, IDP_A, "operator", now - 10);

@@ -144,9 +144,13 @@ impl Caches {
     }
 
     /// `epoch` is the key epoch read before the subject token was validated.
-    pub(crate) fn put_minted(&self, key: Key, value: Arc<Minted>, now: i64, epoch: u32) {
+    /// Never reused past `cap` either: an introspected subject token is
+    /// believed only until its introspection answer expires, and a cached
+    /// exchange must not outlive that (it is the revocation latency).
+    pub(crate) fn put_minted_until(&self, key: Key, value: Arc<Minted>, now: i64, epoch: u32, cap: Option<i64>) {
         let Some(cache) = &self.minted else { return };
         let until = now + (value.exp - now) * self.reuse_percent / 100;
+        let until = cap.map_or(until, |cap| until.min(cap));
         if until <= now {
             return;
         }
@@ -228,7 +232,9 @@ pub(crate) fn token_key(token: &str) -> Key {
     KeyBuilder::new(b"stsgate/validated/v1").field(token.as_bytes()).finish()
 }
 
-/// The key of a minted-token entry: everything that decided the result.
+/// The key of a minted-token entry: everything that decided the result,
+/// including `request`, the Check's attributes that the rules' CEL
+/// expressions can read (`RequestAttrs::key_bytes`).
 /// Presenter binding (`workloads`) reads only what is here too: the subject
 /// token's `aud`/`azp` (in its bytes) and the actor; the workloads table, like
 /// the rules, is fixed for the life of the cache (a reload builds new caches).
@@ -240,6 +246,7 @@ pub(crate) fn exchange_key(
     requested_subject: Option<&str>,
     default_client_id: &str,
     client: Option<&str>,
+    request: Option<&[u8]>,
 ) -> Key {
     let mut b = KeyBuilder::new(b"stsgate/minted/v1").field(subject_token.as_bytes());
     b = match actor {
@@ -268,6 +275,7 @@ pub(crate) fn exchange_key(
     b.opt(requested_subject.map(str::as_bytes))
         .field(default_client_id.as_bytes())
         .opt(client.map(str::as_bytes))
+        .opt(request)
         .finish()
 }
 
@@ -282,29 +290,31 @@ mod tests {
         let token = Actor { kind: ActorKind::Token, sub: "spiffe://a".into(), iss: None, client_id: None };
         let scopes = vec!["a".to_string(), "b".to_string()];
         let joined = vec!["a b".to_string()];
-        let base = exchange_key("t", None, "aud", None, None, "c", None);
+        let base = exchange_key("t", None, "aud", None, None, "c", None, None);
         let variants = [
-            exchange_key("t2", None, "aud", None, None, "c", None),
-            exchange_key("t", Some(&peer), "aud", None, None, "c", None),
-            exchange_key("t", Some(&token), "aud", None, None, "c", None),
-            exchange_key("t", None, "aud2", None, None, "c", None),
-            exchange_key("t", None, "aud", Some(&scopes), None, "c", None),
-            exchange_key("t", None, "aud", Some(&joined), None, "c", None),
-            exchange_key("t", None, "aud", Some(&[]), None, "c", None),
-            exchange_key("t", None, "aud", None, Some("bob"), "c", None),
-            exchange_key("t", None, "aud", None, None, "c2", None),
-            exchange_key("t", None, "aud", None, None, "c", Some("client")),
+            exchange_key("t2", None, "aud", None, None, "c", None, None),
+            exchange_key("t", Some(&peer), "aud", None, None, "c", None, None),
+            exchange_key("t", Some(&token), "aud", None, None, "c", None, None),
+            exchange_key("t", None, "aud2", None, None, "c", None, None),
+            exchange_key("t", None, "aud", Some(&scopes), None, "c", None, None),
+            exchange_key("t", None, "aud", Some(&joined), None, "c", None, None),
+            exchange_key("t", None, "aud", Some(&[]), None, "c", None, None),
+            exchange_key("t", None, "aud", None, Some("bob"), "c", None, None),
+            exchange_key("t", None, "aud", None, None, "c2", None, None),
+            exchange_key("t", None, "aud", None, None, "c", Some("client"), None),
+            exchange_key("t", None, "aud", None, None, "c", None, Some(b"")),
+            exchange_key("t", None, "aud", None, None, "c", None, Some(b"GET")),
         ];
         let mut all = vec![base];
         for v in variants {
             assert!(!all.contains(&v), "collision");
             all.push(v);
         }
-        assert_eq!(base, exchange_key("t", None, "aud", None, None, "c", None), "deterministic");
+        assert_eq!(base, exchange_key("t", None, "aud", None, None, "c", None, None), "deterministic");
         // Field boundaries matter: ("ab","c") differs from ("a","bc").
         assert_ne!(
-            exchange_key("ab", None, "c", None, None, "", None),
-            exchange_key("a", None, "bc", None, None, "", None)
+            exchange_key("ab", None, "c", None, None, "", None, None),
+            exchange_key("a", None, "bc", None, None, "", None, None)
         );
     }
 

@@ -54,6 +54,27 @@ pub struct AccessClaims {
     pub extra: Map<String, Value>,
 }
 
+/// `AccessClaims` as `mint` writes them: borrowed from the decision and the
+/// request, so that a cold exchange copies no claim before serialising it.
+/// The same fields in the same order, so the same JSON bytes.
+#[derive(Serialize)]
+struct ClaimsOut<'a> {
+    iss: &'a str,
+    sub_id: &'a SubId,
+    sub: &'a str,
+    aud: &'a str,
+    exp: i64,
+    iat: i64,
+    jti: &'a str,
+    client_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<&'a Value>,
+    #[serde(flatten)]
+    extra: std::borrow::Cow<'a, Map<String, Value>>,
+}
+
 /// A random, unguessable token identifier: 128 random bits, base64url. A
 /// broken RNG fails the mint: a predictable or repeated `jti` would defeat
 /// replay detection downstream.
@@ -285,38 +306,49 @@ impl Engine {
         // RFC 9068 client_id: the client that asked, as the rules chose it (an
         // actor token's from an admitted issuer, else the subject token's),
         // else the front door's default.
-        let client_id = decision.client_id.clone().unwrap_or_else(|| req.default_client_id.to_owned());
-        let mut extra = decision.claims.clone();
-        if let Some(act_as) = &decision.act_as {
-            extra.insert("act_as".into(), act_as.clone());
-        }
-        let mut claims = AccessClaims {
-            iss: self.cfg.issuer.clone(),
-            sub: decision.sub.clone(),
-            sub_id: decision.sub_id.clone(),
-            aud: req.audience.to_owned(),
+        let client_id = decision.client_id.as_deref().unwrap_or(req.default_client_id);
+        // The rules' claims are borrowed; copied only to add `act_as` among them.
+        let extra = match &decision.act_as {
+            None => std::borrow::Cow::Borrowed(&decision.claims),
+            Some(act_as) => {
+                let mut extra = decision.claims.clone();
+                extra.insert("act_as".into(), act_as.clone());
+                std::borrow::Cow::Owned(extra)
+            }
+        };
+        let jti = new_jti()?;
+        let scope = (!decision.scopes.is_empty()).then(|| decision.scopes.join(" "));
+        let claims = ClaimsOut {
+            iss: &self.cfg.issuer,
+            sub: &decision.sub,
+            sub_id: &decision.sub_id,
+            aud: req.audience,
             exp: req.exp,
             iat: req.now,
-            jti: new_jti()?,
+            jti: &jti,
             client_id,
-            scope: (!decision.scopes.is_empty()).then(|| decision.scopes.join(" ")),
-            act: decision.act.clone(),
+            scope: scope.as_deref(),
+            act: decision.act.as_ref(),
             extra,
         };
         let signer_index = self.keys.active_index();
         let signer = &self.keys.signers()[signer_index];
-        let prefix_index = PayloadPrefix::index_for(&self.prefixes, &claims.sub_id);
+        let prefix_index = PayloadPrefix::index_for(&self.prefixes, claims.sub_id);
         let prefix = &self.prefixes[prefix_index];
-        let sign = |c: &AccessClaims| -> Result<(Vec<u8>, usize), MintError> {
+        let sign = |c: &ClaimsOut<'_>| -> Result<(Vec<u8>, usize), MintError> {
             // serde_json writes the fields in order (`iss`, then `sub_id` with
-            // its tag first), exactly as the prefix expects.
-            let json = serde_json::to_vec(c).map_err(|e| MintError::Encode(e.to_string()))?;
-            let layout = || MintError::Encode("unexpected claims layout".into());
-            let rest = json.strip_prefix(prefix.written.as_slice()).ok_or_else(layout)?;
-            let mut payload = Vec::with_capacity(prefix.padded.len() + rest.len());
-            payload.extend_from_slice(&prefix.padded);
-            payload.extend_from_slice(rest);
+            // its tag first), exactly as the prefix expects. Sized for a
+            // typical token, so that the buffer is not regrown while written.
+            let mut payload = Vec::with_capacity(512);
+            serde_json::to_writer(&mut payload, c).map_err(|e| MintError::Encode(e.to_string()))?;
+            if !payload.starts_with(&prefix.written) {
+                return Err(MintError::Encode("unexpected claims layout".into()));
+            }
+            // The padded prefix is the written one plus spaces: pad in place.
+            let at = prefix.written.len();
+            payload.splice(at..at, prefix.padded[at..].iter().copied());
             let sig = signer.sign_payload(&payload)?;
+            let rest = &payload[prefix.padded.len()..];
             let mut signed = Vec::with_capacity(prefix.view_head.len() + rest.len() + sig.len());
             signed.extend_from_slice(prefix.view_head);
             signed.extend_from_slice(rest);
@@ -330,10 +362,11 @@ impl Engine {
         if !decision.downstream.is_empty() {
             let entries = &self.cfg.rules[rule as usize].grant.downstream_tokens;
             for d in &decision.downstream {
-                claims.aud = d.audience.clone();
-                claims.jti = new_jti()?;
-                claims.scope = (!d.scopes.is_empty()).then(|| d.scopes.join(" "));
-                let (s, n) = sign(&claims)?;
+                let jti = new_jti()?;
+                let scope = (!d.scopes.is_empty()).then(|| d.scopes.join(" "));
+                let extra = std::borrow::Cow::Borrowed(&*claims.extra);
+                let c = ClaimsOut { aud: &d.audience, jti: &jti, scope: scope.as_deref(), extra, ..claims };
+                let (s, n) = sign(&c)?;
                 let mut token = String::new();
                 prefix.assemble(&mut token, signer.header_b64(), &s[prefix.view_head.len()..n], &s[n..]);
                 let i = entries.iter().position(|e| e.header == d.header).unwrap_or(0) as u16;

@@ -5,9 +5,15 @@
 
 use std::sync::Arc;
 
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span, info_span};
+
 pub(crate) mod actor;
+pub mod audit;
 pub(crate) mod cache;
+pub mod client_certs;
 pub mod clients;
+pub mod replay;
 pub mod mint;
 
 pub(crate) use self::mint::{ClaimsView, Exchanged, MintError, Minted};
@@ -16,9 +22,11 @@ use self::cache::Caches;
 use self::mint::{MintRequest, PayloadPrefix};
 use crate::clock::now_unix;
 use crate::config::{Config, Outcome};
-use crate::rules::{self, Actor, Denied, RuleInput};
+use crate::rules::{self, Actor, Denied, RequestAttrs, RuleInput};
 use crate::signing::{KeyError, KeyRing};
 use crate::trust::issuer::{FetchError, Issuers};
+use crate::metrics::IntrospectionMetrics;
+use crate::trust::introspection::{IntrospectionError, Introspectors, SetupError, looks_like_jwt};
 use crate::trust::own::OwnIssuer;
 use crate::trust::validator::{TokenError, Validated, Validator};
 
@@ -41,6 +49,8 @@ pub struct ExchangeRequest<'a> {
     /// The authenticated token endpoint client, if any: a rule input
     /// (`match.clients`) and the minted token's `client_id`.
     pub client: Option<&'a str>,
+    /// The front door and Check caller, for the audit events.
+    pub origin: audit::Origin<'a>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +59,12 @@ pub enum ExchangeError {
     Token(#[from] TokenError),
     #[error("invalid actor token: {0}")]
     ActorToken(TokenError),
+    /// The subject token was introspected (RFC 7662) and is not accepted, or
+    /// could not be (`IntrospectionError::Unavailable`).
+    #[error("invalid subject token: {0}")]
+    Introspected(IntrospectionError),
+    #[error("invalid actor token: {0}")]
+    ActorIntrospected(IntrospectionError),
     #[error("exchange refused: {0}")]
     Denied(#[from] Denied),
     #[error("could not mint the token: {0}")]
@@ -62,6 +78,33 @@ pub enum LoadError {
     SigningKeys(#[from] KeyError),
     #[error("clients: {0}")]
     Clients(String),
+    /// The audit file cannot be opened (`audit.file`).
+    #[error(transparent)]
+    Audit(#[from] audit::StartError),
+}
+
+/// Why a subject or actor token is not accepted: by the JWT validator, or
+/// by its issuer's introspection endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Invalid {
+    Token(TokenError),
+    Introspection(IntrospectionError),
+}
+
+impl Invalid {
+    pub(crate) fn subject(self) -> ExchangeError {
+        match self {
+            Invalid::Token(e) => ExchangeError::Token(e),
+            Invalid::Introspection(e) => ExchangeError::Introspected(e),
+        }
+    }
+
+    pub(crate) fn actor(self) -> ExchangeError {
+        match self {
+            Invalid::Token(e) => ExchangeError::ActorToken(e),
+            Invalid::Introspection(e) => ExchangeError::ActorIntrospected(e),
+        }
+    }
 }
 
 /// Everything an exchange needs, built once from the configuration.
@@ -71,6 +114,16 @@ pub struct Engine {
     pub keys: Arc<KeyRing>,
     /// The token endpoint's clients.
     pub clients: clients::Clients,
+    /// Assertions used (client assertions, JWT bearer grants), kept across
+    /// reloads.
+    pub replay: Arc<replay::ReplayStore>,
+    /// RFC 7662 introspection per issuer that has it, and which one takes
+    /// opaque tokens.
+    introspectors: Introspectors,
+    /// Kept across reloads, like `replay`: the series outlive an engine.
+    pub introspection_metrics: IntrospectionMetrics,
+    /// The audit event stream, kept across reloads while `audit:` is unchanged.
+    pub audit: Arc<audit::Audit>,
     validator: Validator,
     caches: Caches,
     prefixes: Vec<PayloadPrefix>,
@@ -78,6 +131,9 @@ pub struct Engine {
     /// which cache entries refer to.
     rule_index: std::collections::HashMap<String, u16>,
     issuer_index: std::collections::HashMap<String, u16>,
+    /// Every request attribute any rule's CEL expression can read: part of
+    /// the minted-token cache key on the Check path (`exchange_on`).
+    request_reads: crate::config::RequestReads,
 }
 
 impl std::fmt::Debug for Engine {
@@ -98,15 +154,42 @@ impl Engine {
     /// (see `Issuers::seed_unchanged`).
     pub fn load(cfg: Arc<Config>, http: reqwest::Client, running: Option<&Engine>) -> Result<Engine, LoadError> {
         let keys = KeyRing::load_keeping(&cfg.signing, running.map(|r| (&r.cfg.signing, &*r.keys)))?;
-        let issuers = Issuers::new(&cfg, http);
+        let issuers = Issuers::new(&cfg, http.clone());
         if let Some(running) = running {
             issuers.seed_unchanged(&running.issuers);
         }
-        let clients = clients::Clients::load(&cfg.clients).map_err(LoadError::Clients)?;
-        Ok(Engine::new(cfg, Arc::new(issuers), Arc::new(keys), clients))
+        // A reload must not forget which assertions were used: the running
+        // store is kept unless its settings changed.
+        let replay = replay::ReplayStore::for_config(&cfg.token_endpoint.replay_store, running.map(|r| &r.replay))
+            .map_err(LoadError::Clients)?;
+        let clients = clients::Clients::load(&cfg, replay.clone(), &http, running.map(|r| &r.clients))
+            .map_err(LoadError::Clients)?;
+        let introspection_metrics = running.map(|r| r.introspection_metrics.clone()).unwrap_or_default();
+        let introspectors = Introspectors::load(
+            &cfg.trusted_issuers,
+            &keys,
+            &http,
+            &introspection_metrics,
+            running.map(|r| &r.introspectors),
+        )
+        // Like a token endpoint client's, a missing secret of stsgate's own
+        // as a client of an IdP: the reload's `ClientSecrets`.
+        .map_err(|e: SetupError| LoadError::Clients(e.to_string()))?;
+        let audit = audit::Audit::for_config(&cfg.audit, running.map(|r| &r.audit))?;
+        let mut engine = Engine::new(cfg, Arc::new(issuers), Arc::new(keys), clients, replay, audit);
+        engine.introspectors = introspectors;
+        engine.introspection_metrics = introspection_metrics;
+        Ok(engine)
     }
 
-    fn new(cfg: Arc<Config>, issuers: Arc<Issuers>, keys: Arc<KeyRing>, clients: clients::Clients) -> Engine {
+    fn new(
+        cfg: Arc<Config>,
+        issuers: Arc<Issuers>,
+        keys: Arc<KeyRing>,
+        clients: clients::Clients,
+        replay: Arc<replay::ReplayStore>,
+        audit: Arc<audit::Audit>,
+    ) -> Engine {
         // stsgate's own tokens are subject tokens only where a rule lists `self`.
         let own = cfg.rules.iter().any(|r| r.when.admits_own()).then(|| OwnIssuer::new(&cfg.issuer, &keys));
         let validator = Validator::new(issuers.clone(), cfg.tokens.max_token_bytes).with_own(own);
@@ -116,7 +199,28 @@ impl Engine {
         let trusted = cfg.trusted_issuers.iter().map(|i| i.issuer.as_str());
         let issuer_index = index(trusted.chain([cfg.issuer.as_str()]).collect());
         let prefixes = PayloadPrefix::all(&cfg.issuer, cfg.trusted_issuers.iter().map(|i| i.issuer.as_str()));
-        Engine { cfg, issuers, keys, clients, validator, caches, prefixes, rule_index, issuer_index }
+        let (introspectors, introspection_metrics) = Default::default();
+        let mut request_reads = crate::config::RequestReads::default();
+        for r in &cfg.rules {
+            let exprs = r.when.condition.iter().chain(r.grant.computed_claims.values());
+            exprs.for_each(|e| request_reads.union(&e.reads()));
+        }
+        Engine {
+            cfg,
+            issuers,
+            keys,
+            clients,
+            replay,
+            introspectors,
+            introspection_metrics,
+            audit,
+            validator,
+            caches,
+            prefixes,
+            rule_index,
+            issuer_index,
+            request_reads,
+        }
     }
 
     /// Fetches, once, the keys of every trusted issuer that has none yet;
@@ -145,6 +249,38 @@ impl Engine {
     /// The whole exchange, answered from the minted-token cache when the same
     /// request was decided recently.
     pub async fn exchange(&self, req: &ExchangeRequest<'_>) -> Result<Exchanged<'_>, ExchangeError> {
+        self.exchange_on(req, None).await
+    }
+
+    /// Whether any rule's CEL expression reads the request (`request.*`):
+    /// the Check path builds `RequestAttrs` only then.
+    pub(crate) fn reads_request(&self) -> bool {
+        !self.request_reads.is_empty()
+    }
+
+    /// The request attributes the rules' CEL expressions can read.
+    pub(crate) fn request_reads(&self) -> &crate::config::RequestReads {
+        &self.request_reads
+    }
+
+    /// `exchange` of a Check about `request`: the rules' expressions see it,
+    /// and the attributes they can read are part of the cache key.
+    pub(crate) async fn exchange_on(
+        &self,
+        req: &ExchangeRequest<'_>,
+        request: Option<&RequestAttrs>,
+    ) -> Result<Exchanged<'_>, ExchangeError> {
+        let span = info_span!(target: TRACE, "exchange", cache.hit = Empty);
+        self.exchange_in(req, request, &span).instrument(span.clone()).await
+    }
+
+    /// `exchange`, inside its span.
+    async fn exchange_in(
+        &self,
+        req: &ExchangeRequest<'_>,
+        request: Option<&RequestAttrs>,
+        span: &Span,
+    ) -> Result<Exchanged<'_>, ExchangeError> {
         let now = now_unix();
         let epoch = self.issuers.key_epoch();
         // No hashing at all when the cache is off.
@@ -157,35 +293,89 @@ impl Engine {
                 req.requested_subject,
                 req.default_client_id,
                 req.client,
+                // Two requests that differ in an attribute some expression
+                // reads never share an answer (whichever rule decides).
+                request.filter(|_| self.reads_request()).map(|r| r.key_bytes(&self.request_reads)).as_deref(),
             )
         });
         if let Some(hit) = key.as_ref().and_then(|k| self.caches.get_minted(k, now, epoch)) {
             // The entry never outlives the actor token it was decided with.
             if req.actor_exp.is_none_or(|exp| hit.exp <= exp) {
+                if !span.is_disabled() {
+                    span.record("cache.hit", true);
+                }
                 return Ok(Exchanged::cached(self, hit));
             }
         }
-        let subject = self.validate(req.subject_token, now, epoch).await?;
-        let done = self.exchange_validated(&subject, req, now)?;
-        // The one place the audit record is written: after the token was minted.
-        if let Some(audit) = done.audit() {
-            tracing::info!(target: "stsgate::audit", rule = done.rule(), "{audit}");
+        if key.is_some() && !span.is_disabled() {
+            span.record("cache.hit", false);
         }
+        let (subject, believed_until) =
+            self.validate_until(req.subject_token, now, epoch).await.map_err(Invalid::subject)?;
+        let done = self
+            .decide_and_mint(&subject, req, request, now, false)
+            .inspect_err(|e| self.audit_refused(&subject, req, e))?;
+        // The audit event is written only now, for a token that was minted.
+        self.audit_minted(&subject, req, &done);
         // Impersonation is audited on every request, so it is never answered from cache.
         if let Some(key) = key.filter(|_| done.outcome() != Outcome::Impersonation) {
-            self.caches.put_minted(key, done.minted().clone(), now, epoch);
+            self.caches.put_minted_until(key, done.minted().clone(), now, epoch, believed_until);
         }
         Ok(done)
     }
 
-    /// Validates a token, remembering the result briefly. `epoch` is the
+    /// Validates a subject or actor token, JWT or opaque; also says until
+    /// when an introspected token's answer may be relied on (`None` for a
+    /// token the JWT validator alone accepted).
+    /// The token goes to introspection when it is not JWT-shaped and an
+    /// issuer takes opaque tokens (without one it stays the validator's
+    /// "malformed"), or when it is a JWT of an issuer with `for_jwts`.
+    pub(crate) async fn validate_until(
+        &self,
+        token: &str,
+        now: i64,
+        epoch: u32,
+    ) -> Result<(Arc<Validated>, Option<i64>), Invalid> {
+        if let Some(intro) = self.introspectors.opaque().filter(|_| !looks_like_jwt(token)) {
+            check_opaque(token, self.cfg.tokens.max_token_bytes).map_err(Invalid::Token)?;
+            let (v, until) = intro.introspect(token, now).instrument(introspect_span()).await.map_err(Invalid::Introspection)?;
+            return Ok((v, Some(until)));
+        }
+        let v = self.validate(token, now, epoch).await.map_err(Invalid::Token)?;
+        if let Some(intro) = self.introspectors.for_jwts_of(&v.issuer).filter(|_| !v.is_own()) {
+            // The signature and claims were checked; the IdP says whether it still stands.
+            let (_, until) = intro.introspect(token, now).instrument(introspect_span()).await.map_err(Invalid::Introspection)?;
+            return Ok((v, Some(until)));
+        }
+        Ok((v, None))
+    }
+
+    /// Validates a JWT, remembering the result briefly. `epoch` is the
     /// issuers' key epoch read before any key was looked up.
     pub(crate) async fn validate(&self, token: &str, now: i64, epoch: u32) -> Result<Arc<Validated>, TokenError> {
+        let span = info_span!(target: TRACE, "validate", cache.hit = Empty, issuer = Empty, error = Empty);
+        let validated = self.validate_in(token, now, epoch, &span).instrument(span.clone()).await;
+        if !span.is_disabled() {
+            // The issuer of a token that validated only: otherwise it is whatever the token claims.
+            match &validated {
+                Ok(v) => span.record("issuer", v.issuer.as_str()),
+                Err(e) => span.record("error", e.label()),
+            };
+        }
+        validated
+    }
+
+    /// `validate`, inside its span.
+    async fn validate_in(&self, token: &str, now: i64, epoch: u32, span: &Span) -> Result<Arc<Validated>, TokenError> {
         if !self.caches.validated_enabled() {
             return Ok(Arc::new(self.validator.validate_at(token, now).await?));
         }
         let key = cache::token_key(token);
-        if let Some(hit) = self.caches.get_validated(&key, now, epoch) {
+        let hit = self.caches.get_validated(&key, now, epoch);
+        if !span.is_disabled() {
+            span.record("cache.hit", hit.is_some());
+        }
+        if let Some(hit) = hit {
             return Ok(hit);
         }
         let v = Arc::new(self.validator.validate_at(token, now).await?);
@@ -193,14 +383,75 @@ impl Engine {
         Ok(v)
     }
 
+    /// The introspectors (RFC 7662) of this configuration.
+    pub fn introspectors(&self) -> &Introspectors {
+        &self.introspectors
+    }
+
+    /// The exchange of a JWT bearer assertion (RFC 7523 §2.1) that the
+    /// request's client signed with its own key and the token endpoint
+    /// verified: the rules see a subject asserted by `req.client` (rules
+    /// listing `client` in `match.issuers`). Never cached: an assertion is
+    /// accepted once. Audited like `exchange`.
+    pub(crate) fn exchange_client_asserted(
+        &self,
+        subject: &Validated,
+        req: &ExchangeRequest<'_>,
+    ) -> Result<Exchanged<'_>, ExchangeError> {
+        let done = self
+            .decide_and_mint(subject, req, None, now_unix(), true)
+            .inspect_err(|e| self.audit_refused(subject, req, e))?;
+        self.audit_minted(subject, req, &done);
+        Ok(done)
+    }
+
+    fn audit_minted(&self, subject: &Validated, req: &ExchangeRequest<'_>, done: &Exchanged<'_>) {
+        if let Some(line) = done.audit() {
+            tracing::debug!(rule = done.rule(), "{line}");
+        }
+        self.audit.minted(subject, req, done);
+    }
+
+    /// A refusal by the rules is an audit event; a token that ran out is not.
+    fn audit_refused(&self, subject: &Validated, req: &ExchangeRequest<'_>, e: &ExchangeError) {
+        if let ExchangeError::Denied(denied) = e {
+            self.audit.refused_by_rules(subject, req, denied);
+        }
+    }
+
     /// The decision and minting for an already validated subject token:
     /// rules, then lifetime, then `mint`. It writes no audit record
     /// (`exchange` does, `stsgate explain` does not): the result carries it.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn exchange_validated(
         &self,
         subject: &Validated,
         req: &ExchangeRequest<'_>,
         now: i64,
+    ) -> Result<Exchanged<'_>, ExchangeError> {
+        self.decide_and_mint(subject, req, None, now, false)
+    }
+
+    /// `exchange_validated` of a Check about `request` (`stsgate explain`).
+    pub(crate) fn exchange_validated_on(
+        &self,
+        subject: &Validated,
+        req: &ExchangeRequest<'_>,
+        request: Option<&RequestAttrs>,
+        now: i64,
+    ) -> Result<Exchanged<'_>, ExchangeError> {
+        self.decide_and_mint(subject, req, request, now, false)
+    }
+
+    /// `exchange_validated`; `client_asserted`: the subject token is an
+    /// assertion `req.client` signed itself.
+    fn decide_and_mint(
+        &self,
+        subject: &Validated,
+        req: &ExchangeRequest<'_>,
+        request: Option<&RequestAttrs>,
+        now: i64,
+        client_asserted: bool,
     ) -> Result<Exchanged<'_>, ExchangeError> {
         if req.audience.is_empty() {
             return Err(Denied::NoAudience.into());
@@ -213,11 +464,20 @@ impl Engine {
             requested_subject: req.requested_subject,
             workloads: &self.cfg.workloads,
         };
-        let mut decision = match rules::evaluate_for(&self.cfg.rules, &input, req.client) {
+        let requester = rules::Requester { client: req.client, client_asserted, request };
+        let span = info_span!(target: TRACE, "rules", audience = req.audience, rule = Empty, outcome = Empty, error = Empty);
+        let evaluated = span.in_scope(|| rules::evaluate_as(&self.cfg.rules, &input, requester));
+        if !span.is_disabled() {
+            match &evaluated {
+                Ok(d) => span.record("rule", d.rule.as_str()).record("outcome", d.outcome.as_str()),
+                Err(denied) => span.record("error", denied.label()),
+            };
+        }
+        let mut decision = match evaluated {
             Ok(d) => d,
             Err(denied) => {
                 if tracing::enabled!(tracing::Level::DEBUG) {
-                    for (rule, why) in rules::verdicts_for(&self.cfg.rules, &input, req.client) {
+                    for (rule, why) in rules::verdicts_as(&self.cfg.rules, &input, requester) {
                         tracing::debug!(rule, why = why.as_deref().unwrap_or("matches"), "rule trace");
                     }
                 }
@@ -254,9 +514,30 @@ impl Engine {
             exp,
             now,
         };
-        Ok(self.mint(&decision, &mint)?)
+        Ok(info_span!(target: TRACE, "mint").in_scope(|| self.mint(&decision, &mint))?)
     }
+}
+
+/// The target of the exported spans (`crate::trace`).
+const TRACE: &str = crate::trace::TARGET;
+
+fn introspect_span() -> Span {
+    info_span!(target: TRACE, "introspect")
 }
 
 #[cfg(test)]
 mod audit_tests;
+
+/// An opaque token as RFC 6750 §2.1 allows it (`b64token`), within the size
+/// limit: anything else is not sent to an IdP.
+fn check_opaque(token: &str, max_bytes: usize) -> Result<(), TokenError> {
+    if token.len() > max_bytes {
+        return Err(TokenError::TooLarge(max_bytes));
+    }
+    let body = token.trim_end_matches('=');
+    let b64token = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+    if body.is_empty() || !body.bytes().all(b64token) {
+        return Err(TokenError::Malformed("not a JWT, nor an opaque token of RFC 6750 token characters"));
+    }
+    Ok(())
+}

@@ -23,7 +23,11 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::config::{DelegationShape, Outcome, Presenter, Rule, SELF_ISSUER, Workload};
+pub(crate) mod cel;
+pub use cel::RequestAttrs;
+use cel::Vars;
+
+use crate::config::{CLIENT_ISSUER, DelegationShape, Outcome, Presenter, Rule, SELF_ISSUER, Workload};
 use crate::glob::Glob;
 pub use crate::trust::validator::SubId;
 use crate::trust::validator::Validated;
@@ -112,6 +116,20 @@ pub struct RuleInput<'a> {
     pub workloads: &'a [Workload],
 }
 
+/// Who asks besides the actor: the authenticated token endpoint client, and
+/// whether the subject token is a JWT bearer assertion that client signed
+/// with its own key (RFC 7523 §2.1; rules that list `client` in
+/// `match.issuers`). The ext_authz Check has neither.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requester<'a> {
+    pub client: Option<&'a str>,
+    /// The subject was asserted by `client` itself, not by a trusted issuer.
+    pub client_asserted: bool,
+    /// The HTTP request of a Check, for `match.condition` and
+    /// `grant.computed_claims` (`request`); `None` at the token endpoint.
+    pub request: Option<&'a RequestAttrs>,
+}
+
 /// A granted exchange: everything the minted token will say.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -172,6 +190,10 @@ pub enum Denied {
     /// A rule would match but for its `match.clients`.
     #[error("{}", match .client { Some(c) => format!("client {c:?} may not make this exchange"), None => "this exchange needs an authenticated client".to_owned() })]
     ClientNotAllowed { client: Option<String> },
+    /// The rule's `match.presenter: client_in_audience`: the authenticated
+    /// client must be one of the subject token's `aud` values or its `azp`.
+    #[error("{}", match .client { Some(c) => format!("client {:?} is not in the subject token's audience (aud or azp)", c.chars().take(128).collect::<String>()), None => "only a client in the subject token's audience may present it, and the request has no authenticated client".to_owned() })]
+    ClientNotInAudience { client: Option<String> },
     /// The token may be presented only by a workload of its audience (one of
     /// stsgate's own tokens, or a rule's `match.presenter: audience`), and
     /// this actor is none of them, or there is no actor.
@@ -223,6 +245,7 @@ impl Denied {
             Denied::ImpersonationRefused => "impersonation_refused",
             Denied::PresenterMismatch { .. } => "presenter_mismatch",
             Denied::ClientNotAllowed { .. } => "client_not_allowed",
+            Denied::ClientNotInAudience { .. } => "client_not_in_audience",
         }
     }
 }
@@ -237,14 +260,21 @@ pub fn evaluate(rules: &[Rule], input: &RuleInput<'_>) -> Result<Decision, Denie
 /// one would were it not for its `match.clients`, the client is refused by
 /// name (access_denied), not the target.
 pub fn evaluate_for(rules: &[Rule], input: &RuleInput<'_>, client: Option<&str>) -> Result<Decision, Denied> {
+    evaluate_as(rules, input, Requester { client, ..Requester::default() })
+}
+
+/// `evaluate_for` for a request from `req`: its client and whether that
+/// client asserted the subject itself.
+pub fn evaluate_as(rules: &[Rule], input: &RuleInput<'_>, req: Requester<'_>) -> Result<Decision, Denied> {
     check_may_act(input)?;
     // Whatever the rules say: stsgate's own token only from its audience.
     if input.subject.is_own() {
         check_presenter(input)?;
     }
-    let Some(rule) = rules.iter().find(|r| why_not_for(r, input, client).is_none()) else {
-        if rules.iter().any(|r| but_for_clients(r, input)) {
-            return Err(Denied::ClientNotAllowed { client: client.map(str::to_owned) });
+    let vars = Vars::new(input, req.client, req.request);
+    let Some(rule) = rules.iter().find(|r| why_not_for(r, input, req, &vars).is_none()) else {
+        if rules.iter().any(|r| but_for_clients(r, input, req.client_asserted, &vars)) {
+            return Err(Denied::ClientNotAllowed { client: req.client.map(str::to_owned) });
         }
         return Err(if input.requested_subject.is_some_and(|s| s != input.subject.sub) {
             Denied::ImpersonationRefused
@@ -252,40 +282,67 @@ pub fn evaluate_for(rules: &[Rule], input: &RuleInput<'_>, client: Option<&str>)
             Denied::NoRule { audience: input.audience.to_owned() }
         });
     };
-    decide(rule, input)
+    decide(rule, input, req, &vars)
 }
 
 /// Whether `rule` lists clients and matches `input` once they are set aside.
-fn but_for_clients(rule: &Rule, input: &RuleInput<'_>) -> bool {
-    !rule.when.clients.is_empty() && why_not_but_clients(rule, input).is_none()
+fn but_for_clients(rule: &Rule, input: &RuleInput<'_>, client_asserted: bool, vars: &Vars<'_>) -> bool {
+    !rule.when.clients.is_empty() && why_not_but_clients(rule, input, client_asserted, vars).is_none()
 }
 
 /// For each rule, in order, why it does not match (`None` = it matches). Used
 /// for debug logs and `stsgate explain`.
+#[cfg(test)]
 pub(crate) fn verdicts(rules: &[Rule], input: &RuleInput<'_>) -> Vec<(String, Option<String>)> {
     verdicts_for(rules, input, None)
 }
 
 /// `verdicts` for a request from `client`.
+#[cfg(test)]
 pub(crate) fn verdicts_for(
     rules: &[Rule],
     input: &RuleInput<'_>,
     client: Option<&str>,
 ) -> Vec<(String, Option<String>)> {
-    rules.iter().map(|r| (r.name.clone(), why_not_for(r, input, client))).collect()
+    verdicts_as(rules, input, Requester { client, ..Requester::default() })
 }
 
-/// `why_not` for a request from `client`: `match.clients` first.
-fn why_not_for(rule: &Rule, input: &RuleInput<'_>, client: Option<&str>) -> Option<String> {
+/// `verdicts` for a request from `req`.
+pub(crate) fn verdicts_as(rules: &[Rule], input: &RuleInput<'_>, req: Requester<'_>) -> Vec<(String, Option<String>)> {
+    let vars = Vars::new(input, req.client, req.request);
+    rules.iter().map(|r| (r.name.clone(), why_not_for(r, input, req, &vars))).collect()
+}
+
+/// Each CEL expression of each rule with its value (or error) for this
+/// request, in rule order: (rule, where, source, value). For `stsgate explain`.
+pub(crate) fn expression_values(
+    rules: &[Rule],
+    input: &RuleInput<'_>,
+    req: Requester<'_>,
+) -> Vec<(String, String, String, String)> {
+    let vars = Vars::new(input, req.client, req.request);
+    let mut out = Vec::new();
+    for r in rules {
+        let exprs = r.when.condition.iter().map(|c| ("match.condition".to_owned(), c));
+        let claims = r.grant.computed_claims.iter().map(|(k, c)| (format!("grant.computed_claims.{k}"), c));
+        for (at, c) in exprs.chain(claims) {
+            out.push((r.name.clone(), at, c.source().to_owned(), cel::show(&vars.eval(c))));
+        }
+    }
+    out
+}
+
+/// `why_not` for a request from `req`: `match.clients` first.
+fn why_not_for(rule: &Rule, input: &RuleInput<'_>, req: Requester<'_>, vars: &Vars<'_>) -> Option<String> {
     let listed = &rule.when.clients;
     if !listed.is_empty() {
-        match client {
+        match req.client {
             None => return Some("rule lists clients and the request has no authenticated client".into()),
             Some(c) if !listed.iter().any(|g| g.matches(c)) => return Some(format!("client {c:?} is not listed")),
             Some(_) => {}
         }
     }
-    why_not_but_clients(rule, input)
+    why_not_but_clients(rule, input, req.client_asserted, vars)
 }
 
 /// The first condition of `rule` that a request without a client fails: a
@@ -293,7 +350,8 @@ fn why_not_for(rule: &Rule, input: &RuleInput<'_>, client: Option<&str>) -> Opti
 #[cfg(test)]
 #[allow(dead_code)]
 fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
-    why_not_for(rule, input, None)
+    let req = Requester::default();
+    why_not_for(rule, input, req, &Vars::new(input, None, None))
 }
 
 /// A space-separated scope parameter (RFC 6749 §3.3), as the list of scopes
@@ -303,15 +361,29 @@ pub(crate) fn split_scopes(scope: &str) -> Vec<String> {
 }
 
 /// The first condition of `rule` that `input` fails, in words, leaving
-/// `match.clients` aside.
-fn why_not_but_clients(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
+/// `match.clients` aside. `client_asserted`: the subject token is an
+/// assertion the request's client signed itself.
+fn why_not_but_clients(
+    rule: &Rule,
+    input: &RuleInput<'_>,
+    client_asserted: bool,
+    vars: &Vars<'_>,
+) -> Option<String> {
     let m = &rule.when;
     let own = input.subject.is_own();
     if own && m.issuers.is_empty() {
         return Some("stsgate's own tokens match only rules that list `self` in match.issuers".into());
     }
-    // `self` names stsgate's own tokens; every other entry an IdP's exact `iss`.
-    let listed = |i: &String| if i == SELF_ISSUER { own } else { !own && i == &input.subject.issuer };
+    if client_asserted && !m.admits_client_assertions() {
+        return Some("a subject asserted by the client matches only rules that list `client` in match.issuers".into());
+    }
+    // `self` names stsgate's own tokens, `client` the client's own
+    // assertions; every other entry an IdP's exact `iss`.
+    let listed = |i: &String| match i.as_str() {
+        SELF_ISSUER => own,
+        CLIENT_ISSUER => client_asserted,
+        _ => !own && !client_asserted && i == &input.subject.issuer,
+    };
     if !m.issuers.is_empty() && !m.issuers.iter().any(listed) {
         return Some(if own { "`self` is not listed" } else { "subject token issuer is not listed" }.into());
     }
@@ -371,6 +443,17 @@ fn why_not_but_clients(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
             return Some(format!("rule does not allow impersonating {wanted:?}"));
         }
     }
+    // Last: the other conditions are cheaper, and an error here is never a match.
+    if let Some(c) = &m.condition {
+        match vars.condition(c) {
+            Ok(true) => {}
+            Ok(false) => return Some("match.condition is false".into()),
+            Err(e) => {
+                tracing::debug!(rule = rule.name, error = e, "match.condition failed: no match");
+                return Some(format!("match.condition failed: {e}"));
+            }
+        }
+    }
     None
 }
 
@@ -409,6 +492,16 @@ fn check_presenter(input: &RuleInput<'_>) -> Result<(), Denied> {
             issued_to: issued_to.into_iter().map(str::to_owned).collect(),
             actor: actor.map(|a| a.sub.clone()),
         }),
+    }
+}
+
+/// Keycloak's "the requester must be in the subject token's audience": the
+/// authenticated client is one of its `aud` values or its `azp`.
+fn check_client_in_audience(subject: &Validated, client: Option<&str>) -> Result<(), Denied> {
+    let claims = &subject.claims;
+    match client {
+        Some(c) if claims.aud.iter().any(|a| a == c) || claims.azp.as_deref() == Some(c) => Ok(()),
+        client => Err(Denied::ClientNotInAudience { client: client.map(str::to_owned) }),
     }
 }
 
@@ -469,7 +562,7 @@ fn chain_depth(act: Option<&Value>) -> Result<usize, Denied> {
     Ok(depth)
 }
 
-fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
+fn decide(rule: &Rule, input: &RuleInput<'_>, req: Requester<'_>, vars: &Vars<'_>) -> Result<Decision, Denied> {
     let g = &rule.grant;
     let subject = input.subject;
     let prior_act = subject.claims.act.as_ref();
@@ -484,6 +577,9 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
     // (`evaluate` binds stsgate's own tokens whatever the rule says.)
     if rule.when.presenter == Presenter::Audience || subject.is_own() {
         check_presenter(input)?;
+    }
+    if rule.when.presenter == Presenter::ClientInAudience {
+        check_client_in_audience(input.subject, req.client)?;
     }
     // A token minted with `delegation_shape: act_as` names its subject in
     // `act_as`, which is never copied: re-issuing it would drop the chain.
@@ -569,6 +665,17 @@ fn decide(rule: &Rule, input: &RuleInput<'_>) -> Result<Decision, Denied> {
     }
     for (k, v) in &g.add_claims {
         claims.insert(k.clone(), v.clone());
+    }
+    // Like a copied claim, one that cannot be computed is left out; they
+    // describe the token's subject, so not for an impersonated one either.
+    for (k, expr) in g.computed_claims.iter().filter(|_| !other_subject) {
+        match vars.claim(expr) {
+            Ok(Some(v)) => {
+                claims.insert(k.clone(), v);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(rule = rule.name, claim = k, error = e, "computed claim left out"),
+        }
     }
     if let (Some(name), Outcome::Impersonation, Some(actor)) = (&g.audit_claim, g.outcome, input.actor) {
         claims.insert(name.clone(), Value::Object(actor.act_claim()));
@@ -682,8 +789,8 @@ fn covers(a: &Rule, b: &Rule) -> bool {
                     a.iter().any(|pa| pa.as_str() == pb.as_str() || (pb.is_literal() && pa.matches(pb.as_str())))
                 }))
     };
-    // No `issuers` means every trusted issuer, but never `self`.
-    let lists_self = b.when.issuers.iter().any(|i| i == SELF_ISSUER);
+    // No `issuers` means every trusted issuer, but never `self` or `client`.
+    let lists_self = b.when.issuers.iter().any(|i| i == SELF_ISSUER || i == CLIENT_ISSUER);
     let issuers = (a.when.issuers.is_empty() && !lists_self)
         || (!b.when.issuers.is_empty() && b.when.issuers.iter().all(|i| a.when.issuers.contains(i)));
     let subject =
@@ -708,7 +815,17 @@ fn covers(a: &Rule, b: &Rule) -> bool {
         };
     // Impersonating other subjects depends on the rule's list; stay conservative.
     let impersonation = b.grant.impersonate_subjects.is_empty();
-    issuers && globs_cover(&a.when.audiences, &b.when.audiences) && subject && actor && impersonation
+    // No `clients` means any request; a list covers only a list it covers.
+    let clients = globs_cover(&a.when.clients, &b.when.clients);
+    // A condition may exclude anything: a conditional rule covers nothing.
+    let unconditional = a.when.condition.is_none();
+    issuers
+        && globs_cover(&a.when.audiences, &b.when.audiences)
+        && subject
+        && actor
+        && impersonation
+        && clients
+        && unconditional
 }
 
 #[cfg(test)]

@@ -5,6 +5,11 @@ use serde_json::{Value, json};
 use super::*;
 use crate::trust::validator::{Claims, Validated};
 
+/// `decide` with the variables of its own request.
+fn decide(rule: &Rule, input: &RuleInput<'_>, req: Requester<'_>) -> Result<Decision, Denied> {
+    super::decide(rule, input, req, &cel::Vars::new(input, req.client, req.request))
+}
+
 const IDP: &str = "https://idp.example";
 
 fn rules(yaml: &str) -> Vec<Rule> {
@@ -564,7 +569,7 @@ fn client_id_comes_only_from_an_admitted_actor_token() {
     assert_eq!(evaluate(&rs, &input(&s, Some(&peer(WEB)), "x")).unwrap().client_id.as_deref(), Some("subject-app"));
     assert_eq!(evaluate(&rs, &input(&s, Some(&theirs), "x")).unwrap_err().label(), "no_rule");
     // Defence in depth: even past matching, a foreign actor token decides nothing.
-    assert_eq!(decide(&rs[0], &input(&s, Some(&theirs), "x")).unwrap_err().label(), "no_rule");
+    assert_eq!(decide(&rs[0], &input(&s, Some(&theirs), "x"), Requester::default()).unwrap_err().label(), "no_rule");
 }
 
 #[test]
@@ -576,7 +581,7 @@ fn impersonating_another_subject_needs_a_proven_actor() {
     let i = impersonating(&operator, None, "user-123");
     assert_eq!(evaluate(&rs, &i).unwrap_err(), Denied::ImpersonationRefused);
     assert!(verdicts(&rs, &i)[0].1.as_deref().unwrap().contains("needs a proven actor"), "{:?}", verdicts(&rs, &i));
-    assert_eq!(decide(&rs[0], &i).unwrap_err(), Denied::ImpersonationRefused);
+    assert_eq!(decide(&rs[0], &i, Requester::default()).unwrap_err(), Denied::ImpersonationRefused);
     // With no other subject asked for, the token keeps its own subject.
     let d = evaluate(&rs, &input(&operator, None, "orders")).unwrap();
     assert_eq!(d.sub, "operator");
@@ -833,7 +838,7 @@ fn an_own_token_keeps_its_subject_and_its_chain() {
     let mut i = bound(&plain, Some(&orders), "payments", &w);
     i.requested_subject = Some("bob");
     assert_eq!(evaluate(&other, &i).unwrap_err(), Denied::ImpersonationRefused);
-    assert_eq!(decide(&other[0], &i).unwrap_err(), Denied::ImpersonationRefused);
+    assert_eq!(decide(&other[0], &i, Requester::default()).unwrap_err(), Denied::ImpersonationRefused);
     // An act_as token would lose its subject in any re-issue.
     let act_as = own("orders", json!({"scope": "x", "act_as": {"sub": "alice", "iss": IDP}}));
     let del = rules("- name: d\n  match: { issuers: [self] }\n  grant: { outcome: delegation, scopes: [\"*\"] }\n");
@@ -897,4 +902,251 @@ fn the_dev_config_shows_a_chain() {
         "presenter_mismatch"
     );
     assert_eq!(evaluate(rs, &bound(&hop1, None, "orders", w)).unwrap_err().label(), "presenter_mismatch");
+}
+
+/// A subject `client` asserted itself (JWT bearer grant): its issuer is the client.
+fn client_asserted(client: &str) -> Validated {
+    subject(json!({ "iss": client, "sub": "user-7", "scope": "ledger.read" }))
+}
+
+#[test]
+fn client_asserted_subjects_match_only_rules_listing_client() {
+    let rs = rules(
+        r#"
+- name: any-issuer
+  match: { audiences: [ledger] }
+  grant: { scopes: ["*"] }
+- name: asserted
+  match: { issuers: [client], clients: [signer], audiences: [ledger] }
+  grant: { scopes: ["ledger.*"] }
+"#,
+    );
+    let asserted = client_asserted("signer");
+    let by = |client| Requester { client: Some(client), client_asserted: true, ..Requester::default() };
+    // Not the first rule (no `client` in its issuers): the second decides.
+    let d = evaluate_as(&rs, &input(&asserted, None, "ledger"), by("signer")).unwrap();
+    assert_eq!((d.rule.as_str(), d.sub.as_str()), ("asserted", "user-7"));
+    assert_eq!(d.sub_id, SubId::IssSub { iss: "signer".into(), sub: "user-7".into() });
+    // Another client's assertion: the rule would match but for its clients.
+    let e = evaluate_as(&rs, &input(&client_asserted("rogue"), None, "ledger"), by("rogue")).unwrap_err();
+    assert_eq!(e, Denied::ClientNotAllowed { client: Some("rogue".into()) });
+    // The same token from a trusted issuer is no client assertion: `client` does not match it.
+    let idp_token = subject(json!({ "scope": "ledger.read" }));
+    let d = evaluate_for(&rs, &input(&idp_token, None, "ledger"), Some("signer")).unwrap();
+    assert_eq!(d.rule, "any-issuer");
+    let only_asserted =
+        rules("- name: asserted\n  match: { issuers: [client], clients: [signer] }\n  grant: { scopes: [\"*\"] }\n");
+    let e = evaluate_for(&only_asserted, &input(&idp_token, None, "ledger"), Some("signer")).unwrap_err();
+    assert_eq!(e, Denied::NoRule { audience: "ledger".into() });
+    let why = verdicts_as(&rs, &input(&asserted, None, "ledger"), by("signer"));
+    assert!(why[0].1.as_deref().unwrap().contains("list `client`"), "{why:?}");
+}
+
+#[test]
+fn client_in_audience_admits_only_a_client_named_by_aud_or_azp() {
+    let rs = rules(
+        "- name: bound\n  match: { audiences: [payments], presenter: client_in_audience }\n  grant: { scopes: [\"*\"] }\n",
+    );
+    let token = subject(json!({ "aud": ["web", "mobile"], "azp": "spa", "scope": "pay" }));
+    let i = input(&token, None, "payments");
+    for ok in ["web", "mobile", "spa"] {
+        assert!(evaluate_for(&rs, &i, Some(ok)).is_ok(), "{ok}");
+    }
+    let e = evaluate_for(&rs, &i, Some("billing")).unwrap_err();
+    assert_eq!(e, Denied::ClientNotInAudience { client: Some("billing".into()) });
+    assert_eq!(e.label(), "client_not_in_audience");
+    assert_eq!(e.to_string(), "client \"billing\" is not in the subject token's audience (aud or azp)");
+    // No client (the ext_authz Check): refused, not skipped.
+    let e = evaluate(&rs, &i).unwrap_err();
+    assert_eq!(e, Denied::ClientNotInAudience { client: None });
+}
+
+#[test]
+fn lint_compares_client_lists() {
+    let rs = rules(
+        "- name: a\n  match: { clients: [app] }\n  grant: { scopes: [\"*\"] }\n\
+         - name: b\n  grant: { scopes: [\"*\"] }\n\
+         - name: c\n  match: { clients: [app] }\n  grant: { scopes: [\"*\"] }\n",
+    );
+    // `a` (one client) does not hide `b` (any request); `b` hides `c`.
+    let found = lint(&rs);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with("rules[2] \"c\""), "{found:?}");
+}
+
+/// A rule whose `match.condition` is `cond`, granting `orders.*`.
+fn conditional(cond: &str) -> Vec<Rule> {
+    rules(&format!("- name: c\n  match: {{ condition: {} }}\n  grant: {{ scopes: [\"orders.*\"] }}\n", json!(cond)))
+}
+
+fn check_request(method: &str, path: &str, headers: &[(&str, &str)], context: &[(&str, &str)]) -> RequestAttrs {
+    RequestAttrs {
+        method: method.into(),
+        path: path.into(),
+        host: "orders.shop".into(),
+        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        context: context.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn cel_conditions_true_false_and_errors() {
+    let alice = subject(json!({
+        "scope": "orders.read orders.write", "tenant": "acme", "email": "alice@acme.example",
+        "groups": ["dev", "sre"], "level": 3, "verified": true
+    }));
+    let web = peer(WEB);
+    let get = check_request("GET", "/tenants/acme/orders", &[("x-tenant", "acme")], &[("tenant", "acme")]);
+    // (expression, actor, request, Ok(matches) or Err(part of the reason))
+    type Row<'a> = (&'a str, Option<&'a Actor>, Option<&'a RequestAttrs>, Result<bool, &'a str>);
+    let table: &[Row<'_>] = &[
+        ("subject.tenant == 'acme'", None, None, Ok(true)),
+        ("subject.tenant == 'globex'", None, None, Ok(false)),
+        ("'sre' in subject.groups", None, None, Ok(true)),
+        ("subject.groups.exists(g, g.startsWith('adm'))", None, None, Ok(false)),
+        ("subject.level >= 3 && subject.verified", None, None, Ok(true)),
+        ("subject.email.endsWith('@acme.example')", None, None, Ok(true)),
+        ("subject.iss == 'https://idp.example' && subject.sub == 'alice'", None, None, Ok(true)),
+        ("audience == 'orders' && 'orders.read' in scopes", None, None, Ok(true)),
+        ("client == null", None, None, Ok(true)),
+        ("actor == null", None, None, Ok(true)),
+        ("actor.kind == 'peer' && actor.id.endsWith('/sa/web')", Some(&web), None, Ok(true)),
+        ("has(subject.department)", None, None, Ok(false)),
+        // A missing claim, a type mismatch, a non-boolean: errors, never a match.
+        ("subject.department == 'it'", None, None, Err("No such key")),
+        ("subject.level == 'three' || subject.level + 'x' == 1", None, None, Err("")),
+        ("subject.tenant", None, None, Err("not a boolean")),
+        ("actor.id == 'x'", None, None, Err("")),
+        // The request: on the Check path only.
+        ("request.method in ['GET', 'HEAD']", None, Some(&get), Ok(true)),
+        ("request.method in ['POST']", None, Some(&get), Ok(false)),
+        ("subject.tenant == request.context.tenant", None, Some(&get), Ok(true)),
+        ("request.path.startsWith('/tenants/' + subject.tenant + '/')", None, Some(&get), Ok(true)),
+        ("request.headers['x-tenant'] == subject.tenant", None, Some(&get), Ok(true)),
+        ("has(request.headers.x_debug)", None, Some(&get), Ok(false)),
+        ("request.headers['x-missing'] == 'a'", None, Some(&get), Err("No such key")),
+        // At the token endpoint `request` is null: reading it is an error.
+        ("request.method == 'GET'", None, None, Err("")),
+        ("request == null", None, None, Ok(true)),
+    ];
+    for (expr, actor, request, want) in table {
+        let rs = conditional(expr);
+        let i = input(&alice, *actor, "orders");
+        let i = RuleInput { requested_scopes: Some(&["orders.read".to_string()][..]), ..i };
+        let owned;
+        let i = if actor.is_some() {
+            owned = rules(&format!(
+                "- name: c\n  match: {{ condition: {} }}\n  grant: {{ outcome: delegation, scopes: [\"orders.*\"] }}\n",
+                json!(expr)
+            ));
+            (&owned, i)
+        } else {
+            (&rs, i)
+        };
+        let (rs, i) = i;
+        let req = Requester { request: *request, ..Requester::default() };
+        let got = evaluate_as(rs, &i, req);
+        let why = verdicts_as(rs, &i, req)[0].1.clone();
+        match want {
+            Ok(true) => assert!(got.is_ok(), "{expr}: {got:?} {why:?}"),
+            Ok(false) => {
+                assert!(matches!(got, Err(Denied::NoRule { .. })), "{expr}: {got:?}");
+                assert_eq!(why.as_deref(), Some("match.condition is false"), "{expr}");
+            }
+            Err(part) => {
+                assert!(matches!(got, Err(Denied::NoRule { .. })), "{expr}: {got:?}");
+                let why = why.unwrap_or_default();
+                assert!(why.starts_with("match.condition failed") && why.contains(part), "{expr}: {why}");
+            }
+        }
+    }
+}
+
+#[test]
+fn cel_read_only_methods_get_read_scopes() {
+    let rs = rules(
+        r#"
+- name: reads
+  match: { audiences: [orders], condition: "request.method in ['GET', 'HEAD', 'OPTIONS']" }
+  grant: { scopes: ["orders.read"] }
+- name: writes
+  match: { audiences: [orders] }
+  grant: { scopes: ["orders.*"] }
+"#,
+    );
+    let alice = subject(json!({"scope": "orders.read orders.write"}));
+    let i = input(&alice, None, "orders");
+    let scopes = |method: &str| {
+        let r = check_request(method, "/orders", &[], &[]);
+        let d = evaluate_as(&rs, &i, Requester { request: Some(&r), ..Requester::default() }).unwrap();
+        (d.rule, d.scopes)
+    };
+    assert_eq!(scopes("GET"), ("reads".into(), vec!["orders.read".to_string()]));
+    assert_eq!(scopes("POST"), ("writes".into(), vec!["orders.read".to_string(), "orders.write".to_string()]));
+    // A conditional rule shadows nothing, and is shadowed like any other.
+    assert!(lint(&rs).is_empty(), "{:?}", lint(&rs));
+}
+
+#[test]
+fn cel_computed_claims() {
+    let rs = rules(
+        r#"
+- name: computed
+  grant:
+    scopes: ["*"]
+    computed_claims:
+      tenant: "subject.email.split('@')[1]"
+      admin_groups: "subject.groups.filter(g, g.startsWith('admin-'))"
+      level: "subject.level * 2"
+      nothing: "null"
+      broken: "subject.department + '!'"
+"#,
+    );
+    let alice =
+        subject(json!({"scope": "a", "email": "alice@acme.example", "groups": ["dev", "admin-db", "admin-net"], "level": 2}));
+    let d = evaluate(&rs, &input(&alice, None, "orders")).unwrap();
+    assert_eq!(d.claims.get("tenant"), Some(&json!("acme.example")));
+    assert_eq!(d.claims.get("admin_groups"), Some(&json!(["admin-db", "admin-net"])));
+    assert_eq!(d.claims.get("level"), Some(&json!(4)));
+    // Null and errors leave the claim out, like a claim missing from copy_claims.
+    assert!(!d.claims.contains_key("nothing") && !d.claims.contains_key("broken"), "{:?}", d.claims);
+    let shown = expression_values(&rs, &input(&alice, None, "orders"), Requester::default());
+    let broken = shown.iter().find(|(_, at, _, _)| at == "grant.computed_claims.broken").unwrap();
+    assert!(broken.3.starts_with("error: No such key"), "{shown:?}");
+    let tenant = shown.iter().find(|(_, at, _, _)| at == "grant.computed_claims.tenant").unwrap();
+    assert_eq!(tenant.3, "\"acme.example\"");
+}
+
+#[test]
+fn cel_request_reads_are_worked_out_at_compile_time() {
+    use crate::config::{CelExpr, Keys};
+    let reads = |e: &str| CelExpr::new(e).reads();
+    let r = reads("request.method == 'GET' && request.headers['x-tenant'] == request.context.tenant");
+    assert!(r.method && !r.path && !r.host);
+    assert_eq!(r.headers, Keys::Some(["x-tenant".to_string()].into()));
+    assert_eq!(r.context, Keys::Some(["tenant".to_string()].into()));
+    assert!(reads("subject.tenant == 'a'").is_empty());
+    // Whole maps (iterated, or indexed by a computed key) and the whole request.
+    assert_eq!(reads("request.headers.exists(k, k == 'x')").headers, Keys::All);
+    assert_eq!(reads("request.headers[subject.h] == 'x'").headers, Keys::All);
+    let all = reads("size(request) > 0");
+    assert!(all.method && all.path && all.headers == Keys::All && all.context == Keys::All);
+    assert!(reads("has(request.headers.x_a)").headers == Keys::Some(["x_a".to_string()].into()));
+    // A comprehension variable is not the request.
+    assert!(reads("subject.groups.exists(request_x, request_x == 'a')").is_empty());
+    // Different values of a read attribute give different cache keys; others do not.
+    let r = reads("request.method == 'GET' && request.headers['x-tenant'] == 'a'");
+    let get = check_request("GET", "/a", &[("x-tenant", "a"), ("x-request-id", "1")], &[]);
+    let other_id = check_request("GET", "/b", &[("x-tenant", "a"), ("x-request-id", "2")], &[]);
+    let post = check_request("POST", "/a", &[("x-tenant", "a")], &[]);
+    let no_tenant = check_request("GET", "/a", &[], &[]);
+    let empty_tenant = check_request("GET", "/a", &[("x-tenant", "")], &[]);
+    assert_eq!(get.key_bytes(&r), other_id.key_bytes(&r));
+    let keys = [&get, &post, &no_tenant, &empty_tenant].map(|q| q.key_bytes(&r));
+    for (a, ka) in keys.iter().enumerate() {
+        for kb in &keys[a + 1..] {
+            assert_ne!(ka, kb);
+        }
+    }
 }

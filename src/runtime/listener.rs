@@ -17,7 +17,8 @@
 //! identity its client certificate proved) reaches every Check on it.
 //!
 //! The HTTP listener is served by [`serve_http`], which watches every
-//! connection: the first request head must be complete within
+//! connection: the TLS handshake (with `listen.http_tls`, in the
+//! connection's own task) and the first request head must be complete within
 //! `handshake_timeout`, a later one within `header_read_timeout` of its first
 //! byte (HTTP/1), a request must be answered within `request_timeout` (a body
 //! that stops arriving included), and a connection with nothing in flight is
@@ -51,9 +52,10 @@ use tower::ServiceExt as _;
 use tracing::{debug, warn};
 
 use crate::api::callers::ConnInfo;
+use crate::api::client_auth::HttpPeer;
 use crate::config::Listen;
 use crate::metrics::ConnectionMetrics;
-use crate::runtime::tls::{ServerTls, certified_identity};
+use crate::runtime::tls::{ServerTls, certified_identity, peer_leaf};
 
 /// Which listener; a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -343,7 +345,7 @@ impl Stream for GrpcIncoming {
                     let Admitted { stream, peer, slot } = admitted;
                     let info = ConnInfo { remote: peer, certified: None };
                     return Poll::Ready(Some(Ok(GrpcConn::new(
-                        GrpcStream::Plain(stream),
+                        ConnStream::Plain(stream),
                         info,
                         slot,
                         deadline,
@@ -374,7 +376,7 @@ async fn handshake(
                 debug!(%peer, "the client certificate has no single URI SAN: the Check caller is not identified");
             }
             let info = ConnInfo { remote: peer, certified };
-            Some(GrpcConn::new(GrpcStream::Tls(Box::new(tls)), info, slot, deadline, metrics))
+            Some(GrpcConn::new(ConnStream::Tls(Box::new(tls)), info, slot, deadline, metrics))
         }
         Ok(Err(e)) => {
             metrics.refused(grpc, Refused::TlsHandshake.as_str());
@@ -426,7 +428,7 @@ macro_rules! write_through_to_stream {
 /// A gRPC connection: fails its reads when the first 24 bytes (the HTTP/2
 /// preface) do not arrive by the handshake deadline, which closes it.
 pub(crate) struct GrpcConn {
-    stream: GrpcStream,
+    stream: ConnStream,
     info: ConnInfo,
     _slot: Slot,
     preface_left: usize,
@@ -435,15 +437,15 @@ pub(crate) struct GrpcConn {
     metrics: Arc<ConnectionMetrics>,
 }
 
-/// Plaintext, or TLS terminated here.
-enum GrpcStream {
+/// Plaintext, or TLS terminated here (either listener).
+enum ConnStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl GrpcConn {
     fn new(
-        stream: GrpcStream,
+        stream: ConnStream,
         info: ConnInfo,
         slot: Slot,
         deadline: Instant,
@@ -507,20 +509,20 @@ impl AsyncRead for GrpcConn {
 
 write_through_to_stream!(GrpcConn);
 
-impl AsyncRead for GrpcStream {
+impl AsyncRead for ConnStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            GrpcStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            GrpcStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ConnStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ConnStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for GrpcStream {
+impl AsyncWrite for ConnStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            GrpcStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            GrpcStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ConnStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ConnStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -530,29 +532,29 @@ impl AsyncWrite for GrpcStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            GrpcStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            GrpcStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            ConnStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ConnStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            GrpcStream::Plain(s) => s.is_write_vectored(),
-            GrpcStream::Tls(s) => s.is_write_vectored(),
+            ConnStream::Plain(s) => s.is_write_vectored(),
+            ConnStream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            GrpcStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            GrpcStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ConnStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ConnStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            GrpcStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            GrpcStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ConnStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ConnStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -563,12 +565,14 @@ impl AsyncWrite for GrpcStream {
 
 /// Serves `app` on the HTTP listener until `shutdown` turns true, then lets
 /// every connection finish what it is doing (the caller bounds the wait).
+/// With `tls` (`listen.http_tls`), every connection does its TLS handshake first.
 pub(crate) async fn serve_http(
     mut acceptor: Acceptor,
     limits: Limits,
     app: Router,
     metrics: Arc<ConnectionMetrics>,
     shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<ServerTls>>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's own header timer would also end idle keep-alive connections;
@@ -592,6 +596,7 @@ pub(crate) async fn serve_http(
             _ = stopped(&mut stop) => break,
             admitted = acceptor.admit() => {
                 let conn = HttpConn {
+                    tls: tls.clone(),
                     builder: builder.clone(),
                     limits: limits.clone(),
                     app: app.clone(),
@@ -610,6 +615,7 @@ pub(crate) async fn serve_http(
 }
 
 struct HttpConn {
+    tls: Option<Arc<ServerTls>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: Arc<Limits>,
     app: Router,
@@ -621,16 +627,46 @@ struct HttpConn {
 impl HttpConn {
     async fn serve(mut self, admitted: Admitted) {
         let Admitted { stream, peer, slot } = admitted;
+        let http = Kind::Http.as_str();
         let watch = Arc::new(Watch::new());
+        let (stream, cert) = match &self.tls {
+            None => (ConnStream::Plain(stream), None),
+            Some(tls) => {
+                // The handshake and the first request head share one deadline.
+                let deadline = watch.opened + self.limits.handshake_timeout;
+                let accept = tokio::time::timeout_at(deadline, TlsAcceptor::from(tls.config()).accept(stream));
+                let handshake = tokio::select! {
+                    done = accept => done,
+                    // Shutting down: a connection not yet up has nothing to finish.
+                    _ = stopped(&mut self.shutdown) => return,
+                };
+                match handshake {
+                    Ok(Ok(tls)) => {
+                        let cert = peer_leaf(tls.get_ref().1);
+                        (ConnStream::Tls(Box::new(tls)), cert)
+                    }
+                    Ok(Err(e)) => {
+                        self.metrics.refused(http, Refused::TlsHandshake.as_str());
+                        debug!(%peer, "HTTP TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        self.metrics.closed(http, Closed::HandshakeTimeout.as_str());
+                        debug!(%peer, "closing an HTTP connection: no TLS handshake in time");
+                        return;
+                    }
+                }
+            }
+        };
         let io = TokioIo::new(WatchedIo { stream, watch: watch.clone() });
         let service = Tracked {
             app: self.app.clone(),
             watch: watch.clone(),
             request_timeout: self.limits.request_timeout,
             metrics: self.metrics.clone(),
+            peer: HttpPeer { remote: peer, cert },
         };
         let mut conn = pin!(self.builder.serve_connection(io, service));
-        let http = Kind::Http.as_str();
         let mut draining = false;
         let result = loop {
             let deadline = watch.deadline(&self.limits);
@@ -788,9 +824,9 @@ impl Drop for InFlight {
     }
 }
 
-/// A TCP stream that tells its `Watch` what it reads.
+/// A connection's stream (after TLS) that tells its `Watch` what it reads.
 struct WatchedIo {
-    stream: TcpStream,
+    stream: ConnStream,
     watch: Arc<Watch>,
 }
 
@@ -813,6 +849,8 @@ struct Tracked {
     watch: Arc<Watch>,
     request_timeout: Duration,
     metrics: Arc<ConnectionMetrics>,
+    /// The connection's peer and client certificate, for every request on it.
+    peer: HttpPeer,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -822,8 +860,9 @@ impl hyper::service::Service<Request<Incoming>> for Tracked {
     type Error = std::convert::Infallible;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let in_flight = self.watch.request_started();
+        req.extensions_mut().insert(self.peer.clone());
         let http1 = req.version() < Version::HTTP_2;
         let answer = self.app.clone().oneshot(req);
         let (timeout, metrics) = (self.request_timeout, self.metrics.clone());

@@ -5,4 +5,5 @@
 pub mod listener;
 pub mod reload;
 pub mod server;
+pub mod telemetry;
 pub mod tls;

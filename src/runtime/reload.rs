@@ -73,6 +73,10 @@ impl From<LoadError> for ReloadError {
         match e {
             LoadError::SigningKeys(e) => ReloadError::SigningKeys(e),
             LoadError::Clients(e) => ReloadError::ClientSecrets(e),
+            LoadError::Audit(e) => ReloadError::Config(ConfigError::Invalid(vec![crate::config::ConfigIssue {
+                path: e.path.into(),
+                message: e.message,
+            }])),
         }
     }
 }
@@ -187,6 +191,8 @@ impl Live {
     /// Reloads the configuration from `path`: all of it, or nothing. Logs
     /// the outcome and counts it in the metrics.
     pub(crate) async fn reload_from(&self, path: &Path) -> Result<Reloaded, ReloadError> {
+        // SIGHUP also means "the audit file was rotated", whatever the reload does.
+        self.engine().audit.reopen();
         let started = std::time::Instant::now();
         let result = self.reload(path).await;
         let took_ms = started.elapsed().as_millis() as u64;
@@ -298,6 +304,9 @@ impl Live {
         for task in tasks.refresh.drain(..).chain(tasks.track.take()) {
             task.abort();
         }
+        // The audit events of the last requests are written before the process exits.
+        let audit = self.engine().audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.flush(Duration::from_secs(2))).await;
     }
 
     fn set_seen(&self, fp: Fingerprint) {
@@ -351,6 +360,13 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     if old.listen.grpc_tls != new.listen.grpc_tls {
         out.push(
             "listen.grpc_tls changed: restart stsgate to change the gRPC listener's TLS settings (new content \
+             of the files it names is picked up without one)"
+                .into(),
+        );
+    }
+    if old.listen.http_tls != new.listen.http_tls {
+        out.push(
+            "listen.http_tls changed: restart stsgate to change the HTTP listener's TLS settings (new content \
              of the files it names is picked up without one)"
                 .into(),
         );
@@ -486,6 +502,12 @@ mod tests {
             assert_eq!(changed.len(), 1, "{changed:?}");
             assert!(changed[0].starts_with("listen.grpc_tls changed: restart stsgate"), "{changed:?}");
         }
+        let http_tls = cfg("listen: { http_tls: { cert: /c, key: /k, client_auth: optional } }\n");
+        let changed = restart_required(&cfg(""), &http_tls);
+        assert!(changed.len() == 1 && changed[0].starts_with("listen.http_tls changed: restart stsgate"), "{changed:?}");
+        // Where client certificates come from is read per request: a reload applies it.
+        let xfcc = cfg("listen: { http_client_cert: { source: xfcc, xfcc_trusted_peers: [127.0.0.6] } }\n");
+        assert!(restart_required(&cfg(""), &xfcc).is_empty());
         let limits = restart_required(&cfg(""), &cfg("listen: { idle_timeout: 5m, http_max_connections: 10 }\n"));
         assert_eq!(
             limits,

@@ -28,6 +28,10 @@ use crate::runtime::reload::{Live, ReloadError, ReloadOptions, Reloaded};
 use crate::runtime::tls::ServerTls;
 use crate::trust::issuer::http_client;
 
+/// How long, at most, the listeners keep answering after a shutdown signal
+/// while health already says NOT_SERVING (see `Server::shutdown_after`).
+const DRAIN_NOTICE: Duration = Duration::from_secs(1);
+
 /// The encoded descriptor set of stsgate's protos, for server reflection.
 pub(crate) const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/stsgate_descriptor.bin"));
 
@@ -96,6 +100,15 @@ impl Server {
         let metrics = Metrics::register(&mut registry);
         let reload_metrics = ReloadMetrics::register(&mut registry);
         let conn_metrics = ConnectionMetrics::register(&mut registry);
+        // The replay store hands its counters on to the store of each reload.
+        engine.load().replay.metrics().register(&mut registry);
+        // Likewise the introspection counters (kept across reloads).
+        engine.load().introspection_metrics.register(&mut registry);
+        engine.load().audit.metrics().register(&mut registry);
+        let live_engine = engine.clone();
+        registry.register_collector(Box::new(crate::metrics::IssuerKeysCollector(Box::new(move || {
+            live_engine.load().issuers.key_states()
+        }))));
         let (grpc_limits, http_limits) = connection_limits(&cfg.listen);
         let caps = (grpc_limits.max_connections, http_limits.max_connections);
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -172,14 +185,31 @@ impl Server {
         ));
 
         // --- HTTP ---
+        // TLS on the HTTP listener (listen.http_tls); its files are watched like grpc_tls's.
+        let http_tls = match &cfg.listen.http_tls {
+            Some(files) => {
+                let tls_metrics = TlsMetrics::register_for(&mut registry, "http");
+                let (tls, seen) = ServerTls::load(files, &tls_metrics)?;
+                background.push(tokio::spawn(tls.clone().watch(files.clone(), seen, tls_metrics)));
+                Some(tls)
+            }
+            None => None,
+        };
         let state =
             AppState { engine: engine.clone(), readiness: readiness.clone(), registry: Arc::new(registry), metrics };
         let app = router(state, dev_idp);
         let http_acceptor =
             Acceptor::new(listeners.http, Kind::Http, http_limits.max_connections, conn_metrics.clone());
         tasks.push(tokio::spawn(
-            crate::runtime::listener::serve_http(http_acceptor, http_limits, app, conn_metrics, shutdown_rx.clone())
-                .instrument(info_span!("http", addr = %http_addr)),
+            crate::runtime::listener::serve_http(
+                http_acceptor,
+                http_limits,
+                app,
+                conn_metrics,
+                shutdown_rx.clone(),
+                http_tls,
+            )
+            .instrument(info_span!("http", addr = %http_addr)),
         ));
 
         // --- keys, readiness, reload ---
@@ -248,19 +278,36 @@ impl Server {
         self.config_path = Some(opts.path);
     }
 
-    /// Stops accepting work and waits (up to the grace period) for in-flight requests.
+    /// Stops accepting work and waits (up to the grace period) for in-flight
+    /// requests, at once: for embedding and tests, where nobody probes health.
     pub async fn shutdown(self) {
+        self.shutdown_after(Duration::ZERO).await
+    }
+
+    /// Turns health NOT_SERVING, keeps both listeners answering for `notice`
+    /// (at most half the grace period), then stops accepting work and waits
+    /// for in-flight requests; all of it within `listen.shutdown_grace`.
+    async fn shutdown_after(self, notice: Duration) {
         // No reload starts or applies from here on.
         for task in &self.background {
             task.abort();
         }
         self.live.begin_close();
         self.readiness.drain().await;
-        let _ = self.shutdown.send(true);
         // Read now: a reload may have changed it.
         let grace = self.live.engine().cfg.listen.shutdown_grace.0;
+        // Envoy's health checks and Kubernetes' probes must *see* NOT_SERVING
+        // (and take this replica out) while it still answers: closing the
+        // listener in the same instant turns every probe and every Check
+        // already on its way into a connection error instead.
+        let notice = notice.min(grace / 2);
+        if !notice.is_zero() {
+            info!(notice = ?notice, "NOT_SERVING: still answering while load balancers notice");
+            tokio::time::sleep(notice).await;
+        }
+        let _ = self.shutdown.send(true);
         let all = futures_join(self.tasks);
-        if tokio::time::timeout(grace, all).await.is_err() {
+        if tokio::time::timeout(grace - notice, all).await.is_err() {
             warn!(grace = ?grace, "in-flight requests did not finish within the grace period");
         }
         self.live.close().await;
@@ -272,7 +319,7 @@ impl Server {
     pub(crate) async fn run_until_signal(mut self) {
         let signal = self.serve_until_shutdown_signal().await;
         info!(signal, "shutting down");
-        self.shutdown().await;
+        self.shutdown_after(DRAIN_NOTICE).await;
     }
 
     /// Resolves with the name of the first shutdown signal received; each

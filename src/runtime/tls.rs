@@ -1,17 +1,27 @@
+//! TLS on both listeners.
+//!
 //! Mutual TLS on the gRPC listener (`listen.grpc_tls`): the server
 //! certificate, and the CA every client certificate must chain to (a client
 //! without one fails the handshake). The caller's identity is the one URI SAN
 //! of its certificate (its SPIFFE ID), read once per connection.
 //!
-//! The three files are read again every `reload_interval`; when their
+//! TLS on the HTTP listener (`listen.http_tls`): the server certificate and,
+//! with `client_ca`, client certificates asked for and verified against it;
+//! `client_auth: optional` (the default) lets a client without one connect
+//! (JWKS, metadata and probes need none), a certificate that does not chain
+//! fails the handshake either way. The verified leaf certificate goes with
+//! every request of the connection, for the token endpoint's RFC 8705
+//! `tls_client_auth`.
+//!
+//! The files are read again every `reload_interval`; when their
 //! content changed, a new rustls `ServerConfig` is built and swapped in: new
 //! connections use it, open ones keep theirs. Files that do not build (a
 //! half-written Secret, a key that does not match its certificate) keep the
 //! previous configuration, with an error logged and counted.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use aws_lc_rs::digest;
@@ -25,22 +35,92 @@ use x509_cert::der::Decode;
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 
-use crate::config::GrpcTls;
+use crate::config::{ClientCertPolicy, GrpcTls, HttpTls};
 use crate::metrics::TlsMetrics;
 
-/// A file of `listen.grpc_tls` that cannot be used.
+/// A file of `listen.grpc_tls` or `listen.http_tls` that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("listen.grpc_tls.{key}: {path}: {why}")]
+#[error("{section}.{key}: {path}: {why}")]
 pub struct TlsError {
+    /// `listen.grpc_tls` or `listen.http_tls`.
+    pub section: &'static str,
     /// `cert`, `key` or `client_ca`.
     pub key: &'static str,
     pub path: String,
     pub why: String,
 }
 
-/// What the three files held when they were read.
+/// One listener's TLS settings, whichever listener it is.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsSpec {
+    /// The configuration key, for messages.
+    section: &'static str,
+    cert: PathBuf,
+    key: PathBuf,
+    /// None: client certificates are not asked for.
+    client_ca: Option<PathBuf>,
+    /// A client without a certificate fails the handshake.
+    client_cert_required: bool,
+    alpn: &'static [&'static [u8]],
+    reload_interval: Duration,
+}
+
+impl TlsSpec {
+    /// The files, with their keys under `section`.
+    fn files(&self) -> Vec<(&'static str, &Path)> {
+        let mut files = vec![("cert", self.cert.as_path()), ("key", self.key.as_path())];
+        if let Some(ca) = &self.client_ca {
+            files.push(("client_ca", ca.as_path()));
+        }
+        files
+    }
+}
+
+impl From<&GrpcTls> for TlsSpec {
+    /// gRPC: HTTP/2 only, client certificates required.
+    fn from(t: &GrpcTls) -> TlsSpec {
+        TlsSpec {
+            section: "listen.grpc_tls",
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            client_ca: Some(t.client_ca.clone()),
+            client_cert_required: true,
+            alpn: &[b"h2"],
+            reload_interval: t.reload_interval.0,
+        }
+    }
+}
+
+impl From<GrpcTls> for TlsSpec {
+    fn from(t: GrpcTls) -> TlsSpec {
+        TlsSpec::from(&t)
+    }
+}
+
+impl From<&HttpTls> for TlsSpec {
+    /// HTTP: HTTP/2 or HTTP/1.1, client certificates as configured.
+    fn from(t: &HttpTls) -> TlsSpec {
+        TlsSpec {
+            section: "listen.http_tls",
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            client_ca: t.client_ca.clone(),
+            client_cert_required: t.client_auth == ClientCertPolicy::Required,
+            alpn: &[b"h2", b"http/1.1"],
+            reload_interval: t.reload_interval.0,
+        }
+    }
+}
+
+impl From<HttpTls> for TlsSpec {
+    fn from(t: HttpTls) -> TlsSpec {
+        TlsSpec::from(&t)
+    }
+}
+
+/// What the files held when they were read.
 struct Files {
-    bytes: [Vec<u8>; 3],
+    bytes: Vec<Vec<u8>>,
     fingerprint: [u8; 32],
 }
 
@@ -51,16 +131,17 @@ pub(crate) struct Built {
     pub(crate) not_after: Option<SystemTime>,
 }
 
-/// The gRPC listener's TLS: the configuration new connections use.
+/// A listener's TLS: the configuration new connections use.
 pub(crate) struct ServerTls {
     current: ArcSwap<ServerConfig>,
 }
 
 impl ServerTls {
     /// Reads and builds `tls` (start-up: an error stops stsgate).
-    pub(crate) fn load(tls: &GrpcTls, metrics: &TlsMetrics) -> Result<(Arc<ServerTls>, [u8; 32]), TlsError> {
-        let files = read(tls).map_err(|(e, _)| e)?;
-        let built = build(tls, &files.bytes)?;
+    pub(crate) fn load(tls: impl Into<TlsSpec>, metrics: &TlsMetrics) -> Result<(Arc<ServerTls>, [u8; 32]), TlsError> {
+        let tls = tls.into();
+        let files = read(&tls).map_err(|(e, _)| e)?;
+        let built = build(&tls, &files.bytes)?;
         metrics.serving(built.not_after);
         Ok((Arc::new(ServerTls { current: ArcSwap::new(built.config) }), files.fingerprint))
     }
@@ -73,8 +154,10 @@ impl ServerTls {
     /// Reads the files every `tls.reload_interval` and swaps in a new
     /// configuration when their content changed and builds. `seen` is the
     /// fingerprint of what is served now.
-    pub(crate) async fn watch(self: Arc<Self>, tls: GrpcTls, mut seen: [u8; 32], metrics: Arc<TlsMetrics>) {
-        let mut ticker = tokio::time::interval(tls.reload_interval.0);
+    pub(crate) async fn watch(self: Arc<Self>, tls: impl Into<TlsSpec>, mut seen: [u8; 32], metrics: Arc<TlsMetrics>) {
+        let tls = tls.into();
+        let section = tls.section;
+        let mut ticker = tokio::time::interval(tls.reload_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ticker.tick().await;
         loop {
@@ -106,12 +189,12 @@ impl ServerTls {
                     let expires = built.not_after.map(|t| humantime::format_rfc3339_seconds(t).to_string());
                     info!(
                         expires = expires.as_deref().unwrap_or("unknown"),
-                        "listen.grpc_tls: new certificate files, new connections use them"
+                        "{section}: new certificate files, new connections use them"
                     );
                 }
                 Err((e, _)) => {
                     metrics.reloaded(false);
-                    error!("listen.grpc_tls changed but cannot be used, the previous certificate stays in use: {e}");
+                    error!("{section} changed but cannot be used, the previous certificate stays in use: {e}");
                 }
             }
         }
@@ -121,27 +204,38 @@ impl ServerTls {
 /// Checks that the files of `tls` build a server configuration
 /// (`check-config`).
 pub fn check_files(tls: &GrpcTls) -> Result<(), TlsError> {
+    check_spec(&tls.into())
+}
+
+/// Checks that the files of `listen.http_tls` build a server configuration
+/// (`check-config`).
+pub fn check_http_files(tls: &HttpTls) -> Result<(), TlsError> {
+    check_spec(&tls.into())
+}
+
+fn check_spec(tls: &TlsSpec) -> Result<(), TlsError> {
     let files = read(tls).map_err(|(e, _)| e)?;
     build(tls, &files.bytes).map(|_| ())
 }
 
-/// Reads the three files; on failure also the fingerprint of the failure, so
+/// Reads the files; on failure also the fingerprint of the failure, so
 /// that the same failure is reported once.
-fn read(tls: &GrpcTls) -> Result<Files, (TlsError, [u8; 32])> {
+fn read(tls: &TlsSpec) -> Result<Files, (TlsError, [u8; 32])> {
     let mut ctx = digest::Context::new(&digest::SHA256);
-    let mut bytes: [Vec<u8>; 3] = Default::default();
+    let mut bytes = Vec::new();
     let mut failed = None;
-    for (i, (key, path)) in tls.files().into_iter().enumerate() {
+    for (key, path) in tls.files() {
         match std::fs::read(path) {
             Ok(b) => {
                 ctx.update(&(b.len() as u64).to_le_bytes());
                 ctx.update(&b);
-                bytes[i] = b;
+                bytes.push(b);
             }
             Err(e) => {
                 let why = format!("cannot read: {e}");
                 ctx.update(why.as_bytes());
-                failed.get_or_insert_with(|| problem(key, path, why));
+                bytes.push(Vec::new());
+                failed.get_or_insert_with(|| problem(tls.section, key, path, why));
             }
         }
     }
@@ -153,32 +247,43 @@ fn read(tls: &GrpcTls) -> Result<Files, (TlsError, [u8; 32])> {
     }
 }
 
-fn problem(key: &'static str, path: &Path, why: impl Into<String>) -> TlsError {
-    TlsError { key, path: path.display().to_string(), why: why.into() }
+fn problem(section: &'static str, key: &'static str, path: &Path, why: impl Into<String>) -> TlsError {
+    TlsError { section, key, path: path.display().to_string(), why: why.into() }
 }
 
-/// A rustls server configuration from the contents of cert, key and
-/// client_ca: HTTP/2 only (ALPN `h2`), client certificates required.
-fn build(tls: &GrpcTls, [cert, key, ca]: &[Vec<u8>; 3]) -> Result<Built, TlsError> {
+/// A rustls server configuration from the contents of cert, key and (if
+/// any) client_ca, in the order of `TlsSpec::files`.
+fn build(tls: &TlsSpec, files: &[Vec<u8>]) -> Result<Built, TlsError> {
+    let problem = |key, path: &Path, why: String| problem(tls.section, key, path, why);
+    let (cert, key) = (&files[0], &files[1]);
     let chain = certificates(cert).map_err(|why| problem("cert", &tls.cert, why))?;
     let not_after = not_after(&chain[0]);
     let private = PrivateKeyDer::from_pem_slice(key)
         .map_err(|e| problem("key", &tls.key, format!("not a PEM private key (PKCS#8, SEC1 or PKCS#1): {e}")))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certificates(ca).map_err(|why| problem("client_ca", &tls.client_ca, why))? {
-        roots.add(c).map_err(|e| problem("client_ca", &tls.client_ca, format!("not a usable CA certificate: {e}")))?;
-    }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| problem("client_ca", &tls.client_ca, e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| problem("cert", &tls.cert, e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .map_err(|e| problem("cert", &tls.cert, e.to_string()))?;
+    let builder = match (&tls.client_ca, files.get(2)) {
+        (Some(ca_path), Some(ca)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certificates(ca).map_err(|why| problem("client_ca", ca_path, why))? {
+                roots.add(c).map_err(|e| problem("client_ca", ca_path, format!("not a usable CA certificate: {e}")))?;
+            }
+            let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if !tls.client_cert_required {
+                // No certificate is fine; one that does not chain still fails.
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier.build().map_err(|e| problem("client_ca", ca_path, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(chain, private)
         .map_err(|e| problem("key", &tls.key, format!("does not go with the certificate: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Built { config: Arc::new(config), not_after })
 }
 
@@ -196,6 +301,12 @@ fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
 fn not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
     let cert = x509_cert::Certificate::from_der(cert).ok()?;
     Some(UNIX_EPOCH + cert.tbs_certificate.validity.not_after.to_unix_duration())
+}
+
+/// The leaf certificate a client presented and the handshake verified
+/// (DER); none when it presented none.
+pub(crate) fn peer_leaf(conn: &ServerConnection) -> Option<Arc<[u8]>> {
+    conn.peer_certificates()?.first().map(|c| Arc::from(c.as_ref()))
 }
 
 /// The identity a finished handshake proved: the one URI SAN of the
@@ -264,14 +375,14 @@ mod tests {
         let (ca, _) = cert(vec![]);
         let (server, server_key) = cert(vec![SanType::DnsName("localhost".try_into().unwrap())]);
         let (_, other_key) = cert(vec![]);
-        let tls = GrpcTls {
+        let tls = TlsSpec::from(GrpcTls {
             cert: "/tls/tls.crt".into(),
             key: "/tls/tls.key".into(),
             client_ca: "/tls/ca.crt".into(),
             reload_interval: Dur::secs(30),
-        };
+        });
         let files = |cert: &str, key: &str, ca: &str| {
-            [cert.as_bytes().to_vec(), key.as_bytes().to_vec(), ca.as_bytes().to_vec()]
+            vec![cert.as_bytes().to_vec(), key.as_bytes().to_vec(), ca.as_bytes().to_vec()]
         };
         let built = build(&tls, &files(&server.pem(), &server_key.serialize_pem(), &ca.pem())).unwrap();
         assert_eq!(built.config.alpn_protocols, [b"h2".to_vec()]);
@@ -285,6 +396,31 @@ mod tests {
             let e = build(&tls, &files).err().unwrap();
             assert_eq!(e.key, key, "{e}");
             assert!(e.why.contains(why), "{e}");
+            assert!(e.to_string().starts_with(&format!("listen.grpc_tls.{key}: ")), "{e}");
         }
+    }
+
+    #[test]
+    fn http_tls_serves_both_http_versions_and_names_its_section() {
+        let (ca, _) = cert(vec![]);
+        let (server, server_key) = cert(vec![SanType::DnsName("localhost".try_into().unwrap())]);
+        let http = |client_ca: Option<&str>, client_auth| {
+            TlsSpec::from(HttpTls {
+                cert: "/tls/tls.crt".into(),
+                key: "/tls/tls.key".into(),
+                client_ca: client_ca.map(Into::into),
+                client_auth,
+                reload_interval: Dur::secs(30),
+            })
+        };
+        let (c, k) = (server.pem().into_bytes(), server_key.serialize_pem().into_bytes());
+        // Whether a certificate is asked for and required is shown by real
+        // handshakes in tests/http_tls.rs.
+        let plain = build(&http(None, ClientCertPolicy::Optional), &[c.clone(), k.clone()]).unwrap();
+        assert_eq!(plain.config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        build(&http(Some("/tls/ca.crt"), ClientCertPolicy::Required), &[c.clone(), k.clone(), ca.pem().into()])
+            .unwrap();
+        let e = build(&http(Some("/tls/ca.crt"), ClientCertPolicy::Optional), &[c, k, b"junk".to_vec()]).err().unwrap();
+        assert_eq!(e.to_string(), "listen.http_tls.client_ca: /tls/ca.crt: holds no PEM certificate");
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -45,6 +45,21 @@ pub enum FetchError {
     Jwks { source_name: String, err: jwks::JwksError },
 }
 
+impl FetchError {
+    /// What went wrong, from a bounded set (span attributes).
+    fn label(&self) -> &'static str {
+        match self {
+            FetchError::Http { .. } => "http",
+            FetchError::Status { .. } => "status",
+            FetchError::TooLarge { .. } => "too_large",
+            FetchError::File { .. } => "file",
+            FetchError::BadDiscovery { .. } => "bad_discovery",
+            FetchError::IssuerMismatch { .. } => "issuer_mismatch",
+            FetchError::Jwks { .. } => "jwks",
+        }
+    }
+}
+
 /// Why no key could be found for a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyLookupError {
@@ -77,6 +92,13 @@ pub struct Issuer {
     /// The issuer a reload seeded this one from, until this one's refresh
     /// task starts and takes over what it holds then (see `seed_from`).
     seeded_from: std::sync::Mutex<Option<Arc<Issuer>>>,
+    /// When the keys were last read (Unix seconds, 0: never), and how many
+    /// reads failed: what the metrics and the "keys stale" alert watch.
+    last_read: AtomicI64,
+    failed_reads: AtomicU64,
+    /// Whether the latest read failed: an unknown kid is then "cannot tell
+    /// now" (503), not "no such key" (401).
+    last_read_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Issuer {
@@ -89,6 +111,9 @@ impl Issuer {
             loaded_tx: watch::channel(false).0,
             key_epoch,
             seeded_from: std::sync::Mutex::new(None),
+            last_read: AtomicI64::new(0),
+            failed_reads: AtomicU64::new(0),
+            last_read_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -98,6 +123,13 @@ impl Issuer {
         self.keys.load().is_some()
     }
 
+    /// Usable keys now (`None`: never read), when they were last read (Unix
+    /// seconds, 0: never) and how many reads failed.
+    pub(crate) fn key_state(&self) -> (Option<usize>, i64, u64) {
+        let keys = self.keys.load().as_ref().map(|k| k.len());
+        (keys, self.last_read.load(Ordering::Relaxed), self.failed_reads.load(Ordering::Relaxed))
+    }
+
     /// Starts with the keys another (older) issuer object holds now, as a
     /// configuration reload does for an issuer whose settings did not change.
     /// A withdrawal the older one sees before this one's refresh task starts
@@ -105,6 +137,11 @@ impl Issuer {
     pub(crate) fn seed_from(&self, older: &Arc<Issuer>) -> bool {
         let Some(keys) = older.keys.load_full() else { return false };
         self.keys.store(Some(keys));
+        self.last_read.store(older.last_read.load(Ordering::Relaxed), Ordering::Relaxed);
+        // A reload does not buy an extra unknown-kid re-fetch.
+        if let (Ok(mut mine), Ok(theirs)) = (self.miss_refetch.try_lock(), older.miss_refetch.try_lock()) {
+            *mine = *theirs;
+        }
         *self.seeded_from.lock().unwrap_or_else(|e| e.into_inner()) = Some(older.clone());
         self.loaded_tx.send_replace(true);
         true
@@ -116,12 +153,29 @@ impl Issuer {
         if let Some(set) = older.keys.load_full() {
             self.install(set);
         }
+        self.last_read.fetch_max(older.last_read.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Fetches the key set again and swaps it in; on failure (transport, not a
     /// JWKS) the old keys stay. A JWKS without usable keys is swapped in too.
     pub async fn refresh(&self) -> Result<usize, FetchError> {
-        let set = self.fetch().await?;
+        // A child of the request that asked for the keys (unknown kid), or a
+        // trace of its own for the background refresh.
+        let span = tracing::info_span!(
+            target: crate::trace::TARGET, "jwks.fetch", issuer = %self.cfg.issuer, keys = tracing::field::Empty,
+            error = tracing::field::Empty,
+        );
+        let fetched = tracing::Instrument::instrument(self.fetch(), span.clone()).await;
+        match &fetched {
+            Ok(set) => span.record("keys", set.len()),
+            Err(e) => span.record("error", e.label()),
+        };
+        let set = fetched.inspect_err(|_| {
+            self.failed_reads.fetch_add(1, Ordering::Relaxed);
+            self.last_read_failed.store(true, Ordering::Relaxed);
+        })?;
+        self.last_read.store(crate::clock::now_unix(), Ordering::Relaxed);
+        self.last_read_failed.store(false, Ordering::Relaxed);
         let count = set.len();
         for why in &set.skipped {
             debug!(issuer = %self.cfg.issuer, "skipped JWKS entry: {why}");
@@ -194,26 +248,7 @@ impl Issuer {
     }
 
     async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
-        let http_err = |e: reqwest::Error| FetchError::Http { url: url.to_owned(), reason: error_chain(&e) };
-        let mut resp = self
-            .http
-            .get(url)
-            .timeout(self.cfg.fetch_timeout.0)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .map_err(http_err)?;
-        if !resp.status().is_success() {
-            return Err(FetchError::Status { url: url.to_owned(), status: resp.status().as_u16() });
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(http_err)? {
-            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(FetchError::TooLarge { url: url.to_owned() });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        fetch_document(&self.http, url, self.cfg.fetch_timeout.0).await
     }
 
     /// The key that must verify a token with this `kid` and `alg`. An unknown
@@ -232,6 +267,12 @@ impl Issuer {
         }
         let unknown = || KeyLookupError::UnknownKid { alg: alg.as_str() };
         if last.is_some_and(|at| at.elapsed() < self.cfg.unknown_kid_refetch_interval.0) {
+            // While the IdP cannot be read, a kid it may have just rotated to
+            // is unknown to us, not to it: retry later rather than "invalid".
+            if self.last_read_failed.load(Ordering::Relaxed) {
+                let reason = "the last read of its keys failed; retrying".to_owned();
+                return Err(KeyLookupError::Unreachable { issuer: self.cfg.issuer.clone(), reason });
+            }
             return Err(unknown());
         }
         *last = Some(Instant::now());
@@ -259,9 +300,13 @@ impl Issuer {
     /// load, then every `refresh_interval`, keeping old keys when a refresh fails.
     async fn refresh_loop(self: Arc<Self>) {
         self.catch_up_with_seed();
-        // Keys a reload has just loaded need no second fetch right away.
+        // Keys a reload has just loaded need no second fetch right away, but
+        // only until their age reaches refresh_interval: frequent reloads
+        // must not postpone the refresh (and the withdrawal of a key) forever.
         if self.is_loaded() {
-            tokio::time::sleep(self.cfg.refresh_interval.0).await;
+            let age = crate::clock::now_unix().saturating_sub(self.last_read.load(Ordering::Relaxed)).max(0);
+            let wait = self.cfg.refresh_interval.0.saturating_sub(Duration::from_secs(age as u64));
+            tokio::time::sleep(wait).await;
         }
         let mut retry = Backoff::new(FIRST_LOAD_RETRY_MIN, FIRST_LOAD_RETRY_MAX);
         loop {
@@ -331,6 +376,16 @@ impl Issuers {
         self.by_iss.values()
     }
 
+    /// Each issuer's key state, for the metrics.
+    pub(crate) fn key_states(&self) -> Vec<crate::metrics::IssuerKeys> {
+        self.all()
+            .map(|i| {
+                let (keys, last_read, failed_reads) = i.key_state();
+                crate::metrics::IssuerKeys { issuer: i.cfg.issuer.clone(), keys, last_read, failed_reads }
+            })
+            .collect()
+    }
+
     pub(crate) fn all_loaded(&self) -> bool {
         self.by_iss.values().all(|i| i.is_loaded())
     }
@@ -356,6 +411,26 @@ impl Issuers {
             let _ = rx.wait_for(|loaded| *loaded).await;
         }
     }
+}
+
+/// GETs a JSON document (discovery, a JWKS) of at most `MAX_DOCUMENT_BYTES`
+/// within `timeout`: the trusted issuers' keys and the token endpoint
+/// clients' `jwks_url` (`engine::clients`).
+pub(crate) async fn fetch_document(http: &reqwest::Client, url: &str, timeout: Duration) -> Result<Vec<u8>, FetchError> {
+    let http_err = |e: reqwest::Error| FetchError::Http { url: url.to_owned(), reason: error_chain(&e) };
+    let mut resp =
+        http.get(url).timeout(timeout).header("accept", "application/json").send().await.map_err(http_err)?;
+    if !resp.status().is_success() {
+        return Err(FetchError::Status { url: url.to_owned(), status: resp.status().as_u16() });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(http_err)? {
+        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Err(FetchError::TooLarge { url: url.to_owned() });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The HTTP client used for every IdP fetch.

@@ -24,7 +24,7 @@ use crate::trust::issuer::{Issuer, Issuers, KeyLookupError};
 use crate::trust::jwks::VerifyKey;
 use crate::trust::own::{OWN_LEEWAY, OwnIssuer};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     #[error("token is larger than {0} bytes")]
     TooLarge(usize),
@@ -246,20 +246,38 @@ impl<'de> Deserialize<'de> for Claims {
     }
 }
 
-/// `aud` is a string or an array of strings (RFC 7519 §4.1.3).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
+/// `aud` is a string or an array of strings (RFC 7519 §4.1.3), read
+/// straight into strings (`#[serde(untagged)]` would buffer every element
+/// as a generic value first, doubling what a large `aud` costs).
+struct OneOrMany(Vec<String>);
 
 impl OneOrMany {
     fn into_vec(self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<OneOrMany, D::Error> {
+        use serde::de::{Error, SeqAccess, Visitor};
+        struct Aud;
+        impl<'de> Visitor<'de> for Aud {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany(out))
+            }
         }
+        d.deserialize_any(Aud)
     }
 }
 
@@ -438,8 +456,12 @@ impl Validator {
         let header: Header = decode_json(h64).ok_or(TokenError::Malformed("header is not base64url JSON"))?;
         let alg = check_header(&header)?;
 
-        let mut claims: Claims =
-            decode_json(p64).ok_or(TokenError::Malformed("payload is not base64url JSON claims"))?;
+        let payload = URL_SAFE_NO_PAD.decode(p64).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+        // Before any value is built: the claims are not yet known to come from
+        // the issuer, and tiny JSON values cost far more as values than as text.
+        json_shape::check(&payload).map_err(TokenError::Malformed)?;
+        let mut claims: Claims = serde_json::from_slice(&payload)
+            .map_err(|_| TokenError::Malformed("payload is not base64url JSON claims"))?;
         let iss = claims.iss.as_deref().ok_or(TokenError::Claim("iss"))?;
         let own = self.own.as_ref().filter(|own| own.issuer == iss);
         // The key, the leeway and the accepted audiences: stsgate's own, or
@@ -558,6 +580,100 @@ fn is_at_jwt(typ: &str) -> bool {
 fn decode_json<T: serde::de::DeserializeOwned>(b64: &str) -> Option<T> {
     let bytes = URL_SAFE_NO_PAD.decode(b64).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// Bounds on the shape of a JSON text, checked in one pass over its bytes
+/// before anything is parsed. Parsed into values, a tiny JSON value costs far
+/// more than its text: `0,` (2 bytes) becomes a 32-byte array slot, `{"a":0}`
+/// (7 bytes) a ~600-byte B-tree node. Without a bound, a 16 KiB token of
+/// such values allocates a megabyte before its signature is checked. With
+/// these, what any payload costs as values is bounded by a constant plus a
+/// small multiple of its length, whatever its shape.
+///
+/// The counts over-estimate (every `,` `:` `[` `{` outside strings counts
+/// as a value), which only makes the bound safer. Real tokens are far below
+/// them: hundreds of `groups`, an `act` chain of the deepest rule (25).
+pub(crate) mod json_shape {
+    /// JSON values in one document (array elements and object members).
+    pub(crate) const MAX_VALUES: usize = 2048;
+    /// Object members in one document (each costs a B-tree slot and its key).
+    pub(crate) const MAX_MEMBERS: usize = 512;
+    /// Non-empty objects and arrays in one document (each its own allocation).
+    pub(crate) const MAX_CONTAINERS: usize = 128;
+    /// Nesting of objects and arrays.
+    pub(crate) const MAX_DEPTH: usize = 32;
+
+    /// What the values parsed from a JSON text would be, counted on its
+    /// bytes: never less than the real counts (see the property test).
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    pub(crate) struct Shape {
+        /// Every value: the root, array elements, member values; a member
+        /// counts twice (`:` and `,`), which only over-estimates.
+        pub(crate) values: usize,
+        pub(crate) members: usize,
+        /// Objects and arrays that hold something.
+        pub(crate) containers: usize,
+        pub(crate) depth: usize,
+    }
+
+    /// One pass over `json`'s bytes, outside strings.
+    pub(crate) fn measure(json: &[u8]) -> Shape {
+        let mut shape = Shape { values: 1, ..Shape::default() };
+        let mut depth = 0usize;
+        let mut in_string = false;
+        let mut escaped = false;
+        for (i, &b) in json.iter().enumerate() {
+            if in_string {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    shape.depth = shape.depth.max(depth);
+                    // An empty `[]` or `{}` allocates nothing.
+                    let next = json[i + 1..].iter().find(|c| !c.is_ascii_whitespace());
+                    if !matches!(next, Some(b']' | b'}')) {
+                        shape.containers += 1;
+                        shape.values += 1;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                b',' => shape.values += 1,
+                b':' => {
+                    shape.values += 1;
+                    shape.members += 1;
+                }
+                _ => {}
+            }
+        }
+        shape
+    }
+
+    /// Checks `json` against the bounds above; the error names the one
+    /// exceeded. Text that is not JSON passes here and fails in the parser.
+    pub(crate) fn check(json: &[u8]) -> Result<(), &'static str> {
+        let shape = measure(json);
+        if shape.depth > MAX_DEPTH {
+            return Err("claims nest deeper than 32 levels");
+        }
+        if shape.values > MAX_VALUES {
+            return Err("claims hold more than 2048 JSON values");
+        }
+        if shape.members > MAX_MEMBERS {
+            return Err("claims hold more than 512 object members");
+        }
+        if shape.containers > MAX_CONTAINERS {
+            return Err("claims hold more than 128 objects and arrays");
+        }
+        Ok(())
+    }
 }
 
 /// NumericDate (RFC 7519 §2): seconds, possibly fractional; rounded down.
@@ -801,6 +917,35 @@ mod tests {
             let r = ring();
             let token = r.active.sign_access_token(&claims(1_700_000_000)).unwrap();
             assert_eq!(validate(&validator(None), &token).await.unwrap_err(), TokenError::UntrustedIssuer);
+        }
+    }
+
+    #[test]
+    fn json_shape_bounds_each_costly_shape_and_only_those() {
+        use json_shape::*;
+        let array = |n: usize, unit: &str| format!("{{\"a\":[{}]}}", vec![unit; n].join(","));
+        // `{"a":[...]}`: the root, one member, the array, then one value per element after the first.
+        assert_eq!(check(array(MAX_VALUES - 3, "0").as_bytes()), Ok(()));
+        assert_eq!(check(array(MAX_VALUES - 2, "0").as_bytes()), Err("claims hold more than 2048 JSON values"));
+        let members = |n: usize| format!("{{{}}}", (0..n).map(|i| format!("\"{i}\":0")).collect::<Vec<_>>().join(","));
+        assert_eq!(check(members(MAX_MEMBERS).as_bytes()), Ok(()));
+        assert_eq!(check(members(MAX_MEMBERS + 1).as_bytes()), Err("claims hold more than 512 object members"));
+        assert_eq!(check(array(MAX_CONTAINERS - 2, "[0]").as_bytes()), Ok(()));
+        assert_eq!(
+            check(array(MAX_CONTAINERS - 1, "[0]").as_bytes()),
+            Err("claims hold more than 128 objects and arrays")
+        );
+        // Empty containers allocate nothing and are not counted as containers.
+        assert_eq!(check(array(1000, "[ ]").as_bytes()), Ok(()));
+        let deep = |n: usize| format!("{}0{}", "[".repeat(n), "]".repeat(n));
+        assert_eq!(check(deep(MAX_DEPTH).as_bytes()), Ok(()));
+        assert_eq!(check(deep(MAX_DEPTH + 1).as_bytes()), Err("claims nest deeper than 32 levels"));
+        // Structure inside strings (escaped quotes included) is text, not values.
+        let text = format!("{{\"a\":\"{}\\\"{}\"}}", "[,:{".repeat(5000), "]".repeat(100));
+        assert_eq!(check(text.as_bytes()), Ok(()));
+        // Junk passes here and is the parser's to refuse; nothing panics.
+        for junk in [&b"]]]]"[..], b"\"", b"{", b"\\", b"\xff\xfe[", b""] {
+            assert_eq!(check(junk), Ok(()));
         }
     }
 

@@ -27,7 +27,21 @@ pub enum Mode {
     Unavailable,
     /// Accepts and immediately drops every connection.
     Refuse,
+    /// Serves as `Up`, but only after this delay (an overloaded IdP).
+    Slow(Duration),
+    /// Serves discovery, and answers the JWKS request with 200 and bytes
+    /// that are not JSON (a proxy's error page, cut short).
+    Garbage,
+    /// Serves discovery, and a JWKS of several MiB: the published keys
+    /// buried in junk entries.
+    HugeJwks,
 }
+
+/// The size `Mode::HugeJwks` pads the JWKS to.
+pub const HUGE_JWKS_BYTES: usize = 4 * 1024 * 1024;
+
+/// The body `Mode::Garbage` answers with: half an HTML error page.
+const GARBAGE: &[u8] = b"<html><head><title>502 Bad Gateway</title></head><body>\x00\xff{\"keys\": [";
 
 struct IdpState {
     issuer: String,
@@ -104,10 +118,30 @@ fn idp_response(status: StatusCode, body: Value) -> Response {
         .into_response()
 }
 
+/// The answer the mode gives instead of the document (the JWKS when
+/// `jwks`), if any; after `Mode::Slow`'s delay.
+async fn faulty(s: &IdpState, jwks: bool) -> Option<Response> {
+    match s.mode() {
+        Mode::Up | Mode::HugeJwks => None,
+        Mode::Garbage if !jwks => None,
+        Mode::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            None
+        }
+        Mode::Garbage => Some(
+            (StatusCode::OK, [(header::CONNECTION, "close"), (header::CONTENT_TYPE, "application/json")], GARBAGE)
+                .into_response(),
+        ),
+        Mode::Unavailable | Mode::Refuse => {
+            Some(idp_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "down"})))
+        }
+    }
+}
+
 async fn idp_discovery(State(s): State<Arc<IdpState>>) -> Response {
     s.discovery_fetches.fetch_add(1, Ordering::SeqCst);
-    if s.mode() != Mode::Up {
-        return idp_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "down"}));
+    if let Some(fault) = faulty(&s, false).await {
+        return fault;
     }
     let issuer = s.lie_issuer.lock().unwrap().clone().unwrap_or_else(|| s.issuer.clone());
     idp_response(
@@ -126,11 +160,16 @@ async fn idp_discovery(State(s): State<Arc<IdpState>>) -> Response {
 
 async fn idp_jwks(State(s): State<Arc<IdpState>>) -> Response {
     s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
-    if s.mode() != Mode::Up {
-        return idp_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "down"}));
+    if let Some(fault) = faulty(&s, true).await {
+        return fault;
     }
     let keys = s.published.lock().unwrap().clone();
-    let junk = s.junk.lock().unwrap().clone();
+    let mut junk = s.junk.lock().unwrap().clone();
+    if s.mode() == Mode::HugeJwks {
+        // Entries of ~1 KiB that no verifier can use, until the document is huge.
+        let filler = "A".repeat(1000);
+        junk.extend((0..HUGE_JWKS_BYTES / 1024).map(|i| json!({"kty": "oct", "kid": format!("pad-{i}"), "k": filler})));
+    }
     idp_response(StatusCode::OK, jwks_doc(&keys, &junk))
 }
 
@@ -282,5 +321,193 @@ impl MockIdp {
             .and_then(|kid| self.key_by_kid(kid))
             .unwrap_or_else(|| self.key());
         key.sign(header, claims)
+    }
+}
+
+// --- RFC 7662 introspection (tests/introspection.rs) ------------------------
+//
+// A separate server, so that the introspection endpoint can be down, slow or
+// lying while discovery and the JWKS of the IdP keep serving.
+
+/// How the mock introspection endpoint behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntrospectionMode {
+    /// Answers what it was told for each token (`{"active":false}` otherwise).
+    Up,
+    /// 503 to every request.
+    Down,
+    /// As `Up`, after this delay.
+    Slow(Duration),
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// 200 with a JSON body of several MiB.
+    Huge,
+    /// `active: true` for any token, claiming to be `alice` of this issuer.
+    Lie,
+}
+
+/// One request the endpoint received: its Authorization header and form
+/// fields (the token included, as the IdP sees it).
+#[derive(Debug, Clone)]
+pub struct IntrospectionCall {
+    pub authorization: Option<String>,
+    pub form: std::collections::HashMap<String, String>,
+}
+
+struct IntrospectionState {
+    issuer: String,
+    mode: Mutex<IntrospectionMode>,
+    answers: Mutex<std::collections::HashMap<String, Value>>,
+    /// Userinfo answers by bearer token; others get 401.
+    userinfo: Mutex<std::collections::HashMap<String, Value>>,
+    calls: Mutex<Vec<IntrospectionCall>>,
+    /// `(client_id, secret)`: requests without them (Basic or form) get 401.
+    require_secret: Mutex<Option<(String, String)>>,
+}
+
+/// An RFC 7662 endpoint at `{url}` for tokens of `issuer`, controllable at
+/// runtime; it counts and records every request.
+pub struct MockIntrospection {
+    pub url: String,
+    state: Arc<IntrospectionState>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for MockIntrospection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn introspect_handler(
+    State(s): State<Arc<IntrospectionState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let form: std::collections::HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    s.calls.lock().unwrap().push(IntrospectionCall { authorization: authorization.clone(), form: form.clone() });
+    let mode = *s.mode.lock().unwrap();
+    match mode {
+        IntrospectionMode::Down => return idp_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "down"})),
+        IntrospectionMode::Slow(delay) => tokio::time::sleep(delay).await,
+        IntrospectionMode::Garbage => {
+            return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], GARBAGE).into_response();
+        }
+        IntrospectionMode::Huge => {
+            let pad = "x".repeat(4 * 1024 * 1024);
+            return idp_response(StatusCode::OK, json!({"active": true, "pad": pad}));
+        }
+        IntrospectionMode::Up | IntrospectionMode::Lie => {}
+    }
+    if let Some((id, secret)) = s.require_secret.lock().unwrap().clone() {
+        use base64::Engine as _;
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}")));
+        let by_basic = authorization.as_deref() == Some(basic.as_str());
+        let by_form = form.get("client_id") == Some(&id) && form.get("client_secret") == Some(&secret);
+        if !(by_basic || by_form) {
+            return idp_response(StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}));
+        }
+    }
+    let token = form.get("token").cloned().unwrap_or_default();
+    let answer = if mode == IntrospectionMode::Lie {
+        json!({"active": true, "iss": s.issuer, "sub": "alice", "aud": "stsgate", "exp": now() + 600})
+    } else {
+        s.answers.lock().unwrap().get(&token).cloned().unwrap_or_else(|| json!({"active": false}))
+    };
+    idp_response(StatusCode::OK, answer)
+}
+
+/// OIDC userinfo (GET with the bearer token), counted with the introspection calls.
+async fn userinfo_handler(State(s): State<Arc<IntrospectionState>>, headers: axum::http::HeaderMap) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    s.calls.lock().unwrap().push(IntrospectionCall { authorization: authorization.clone(), form: Default::default() });
+    let mode = *s.mode.lock().unwrap();
+    match mode {
+        IntrospectionMode::Down => return idp_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "down"})),
+        IntrospectionMode::Slow(delay) => tokio::time::sleep(delay).await,
+        _ => {}
+    }
+    let token = authorization.as_deref().and_then(|a| a.strip_prefix("Bearer ")).unwrap_or_default();
+    let answer = s.userinfo.lock().unwrap().get(token).cloned();
+    match answer {
+        Some(claims) => idp_response(StatusCode::OK, claims),
+        None => idp_response(StatusCode::UNAUTHORIZED, json!({"error": "invalid_token"})),
+    }
+}
+
+impl MockIntrospection {
+    /// The userinfo endpoint of the same server.
+    pub fn userinfo_url(&self) -> String {
+        self.url.replace("/introspect", "/userinfo")
+    }
+
+    /// The userinfo endpoint accepts `token` and answers `claims`.
+    pub fn userinfo(&self, token: &str, claims: Value) {
+        self.state.userinfo.lock().unwrap().insert(token.to_owned(), claims);
+    }
+
+    /// The userinfo endpoint no longer accepts `token` (401).
+    pub fn userinfo_revoke(&self, token: &str) {
+        self.state.userinfo.lock().unwrap().remove(token);
+    }
+
+    pub async fn start(issuer: &str) -> MockIntrospection {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock introspection");
+        let url = format!("http://{}/introspect", listener.local_addr().unwrap());
+        let state = Arc::new(IntrospectionState {
+            issuer: issuer.to_owned(),
+            mode: Mutex::new(IntrospectionMode::Up),
+            answers: Mutex::new(Default::default()),
+            userinfo: Mutex::new(Default::default()),
+            calls: Mutex::new(Vec::new()),
+            require_secret: Mutex::new(None),
+        });
+        let app = Router::new()
+            .route("/introspect", axum::routing::post(introspect_handler))
+            .route("/userinfo", get(userinfo_handler))
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        MockIntrospection { url, state, task }
+    }
+
+    /// Answers `answer` (the whole JSON object) for `token` from now on.
+    pub fn answer(&self, token: &str, answer: Value) {
+        self.state.answers.lock().unwrap().insert(token.to_owned(), answer);
+    }
+
+    /// An active answer for `token`: `sub`, `scope`, audience `stsgate`,
+    /// valid for 10 minutes.
+    pub fn activate(&self, token: &str, sub: &str, scope: &str) -> Value {
+        let answer = json!({
+            "active": true, "iss": self.state.issuer, "sub": sub, "scope": scope, "aud": "stsgate",
+            "client_id": "web-app", "token_type": "Bearer", "iat": now(), "exp": now() + 600,
+        });
+        self.answer(token, answer.clone());
+        answer
+    }
+
+    /// The token is revoked: `{"active": false}` from now on.
+    pub fn revoke(&self, token: &str) {
+        self.answer(token, json!({"active": false}));
+    }
+
+    pub fn set_mode(&self, mode: IntrospectionMode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    /// Requires these client credentials (Basic or form); 401 otherwise.
+    pub fn require_secret(&self, client_id: &str, secret: &str) {
+        *self.state.require_secret.lock().unwrap() = Some((client_id.to_owned(), secret.to_owned()));
+    }
+
+    pub fn calls(&self) -> Vec<IntrospectionCall> {
+        self.state.calls.lock().unwrap().clone()
+    }
+
+    pub fn call_count(&self) -> usize {
+        self.state.calls.lock().unwrap().len()
     }
 }

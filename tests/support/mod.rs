@@ -17,10 +17,11 @@ mod harness;
 mod idp;
 mod jose;
 mod process;
+mod redis;
 
 // A test binary that uses nothing of one of them would warn.
 #[allow(unused_imports)]
-pub use {check::*, harness::*, idp::*, jose::*, process::*};
+pub use {self::redis::*, check::*, harness::*, idp::*, jose::*, process::*};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

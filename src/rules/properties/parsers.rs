@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::trust::issuer::{Issuers, http_client};
 use crate::trust::jwks;
-use crate::trust::validator::{Claims, TokenError, Validator};
+use crate::trust::validator::{Claims, TokenError, Validator, json_shape};
 
 const TRUSTED: &str = "https://idp.test";
 const NOW: i64 = 1_700_000_000;
@@ -448,12 +448,85 @@ fn validator_bounds_size_and_nesting() {
     let header = format!(r#"{{"alg":"ES256","x":{deep}}}"#);
     assert!(validate(&format!("{}.{}.c2ln", b64(header.as_bytes()), b64(b"{}"))).is_err());
     assert!(jwks::parse(format!(r#"{{"keys":[{deep}]}}"#).as_bytes()).is_err());
-    // 128 levels is within the limit and accepted: the bound is serde_json's.
-    let ok_deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
-    let claims = format!(r#"{{"iss":"{TRUSTED}","sub":"a","exp":{},"x":{ok_deep}}}"#, NOW + 60);
-    let token = f.idp.sign(r#"{"alg":"ES256","kid":"k1"}"#, &claims);
-    let got = validate(&token);
+    // Claims: the validator's own bound (32 levels, the claims object
+    // included) comes before serde_json's (128), with a precise error.
+    let nested = |n: usize| {
+        let x = format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let claims = format!(r#"{{"iss":"{TRUSTED}","sub":"a","exp":{},"x":{x}}}"#, NOW + 60);
+        validate(&f.idp.sign(r#"{"alg":"ES256","kid":"k1"}"#, &claims))
+    };
+    assert_eq!(nested(100).unwrap_err(), TokenError::Malformed("claims nest deeper than 32 levels"));
+    assert_eq!(nested(32).unwrap_err(), TokenError::Malformed("claims nest deeper than 32 levels"));
+    let got = nested(31);
     assert!(got.is_ok(), "{got:?}");
+}
+
+/// What `json_shape::measure` counts on the bytes is never less than what
+/// parsing builds, however the text is laid out (compact, pretty, strings
+/// full of brackets, quotes and escapes): the validator's bounds on values,
+/// members, containers and depth hold for what is actually allocated.
+fn true_shape(v: &Value, depth: usize, s: &mut json_shape::Shape) {
+    s.values += 1;
+    match v {
+        Value::Array(a) => {
+            s.depth = s.depth.max(depth + 1);
+            s.containers += usize::from(!a.is_empty());
+            a.iter().for_each(|v| true_shape(v, depth + 1, s));
+        }
+        Value::Object(o) => {
+            s.depth = s.depth.max(depth + 1);
+            s.containers += usize::from(!o.is_empty());
+            s.members += o.len();
+            o.values().for_each(|v| true_shape(v, depth + 1, s));
+        }
+        _ => {}
+    }
+}
+
+/// Strings that look like structure.
+fn tricky_json() -> impl Strategy<Value = Value> {
+    let tricky = prop_oneof![
+        "[\\[\\]{}:,\"\\\\]{0,12}".prop_map(Value::String),
+        ".{0,12}".prop_map(Value::String),
+        Just(Value::Null),
+        any::<i64>().prop_map(|n| json!(n)),
+    ];
+    tricky.prop_recursive(6, 64, 8, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+            proptest::collection::btree_map("[\\[\\]{}:,\"\\\\a-c]{0,6}", inner, 0..8)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn json_shape_never_undercounts(v in prop_oneof![json_value(), tricky_json()], pretty in any::<bool>()) {
+        let text = if pretty { serde_json::to_string_pretty(&v).unwrap() } else { v.to_string() };
+        let measured = json_shape::measure(text.as_bytes());
+        let mut real = json_shape::Shape::default();
+        true_shape(&v, 0, &mut real);
+        prop_assert!(measured.values >= real.values, "values {} < {} in {}", measured.values, real.values, text);
+        prop_assert_eq!(measured.members, real.members, "members in {}", text);
+        prop_assert_eq!(measured.containers, real.containers, "containers in {}", text);
+        prop_assert_eq!(measured.depth, real.depth, "depth in {}", text);
+    }
+
+    /// Any bytes: measuring never panics, and what passes `check` and parses
+    /// is within the bounds.
+    #[test]
+    fn json_shape_check_bounds_what_parses(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if json_shape::check(&bytes).is_ok() {
+            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                let mut real = json_shape::Shape::default();
+                true_shape(&v, 0, &mut real);
+                prop_assert!(real.values <= json_shape::MAX_VALUES && real.depth <= json_shape::MAX_DEPTH);
+            }
+        }
+    }
 }
 
 /// YAML aliases are expanded by serde_yaml_ng with a repetition limit: a

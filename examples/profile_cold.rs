@@ -1,0 +1,217 @@
+//! A profiling harness for the cold exchange (issue 17): runs one operation N
+//! times in a loop, each run inside the one function `measured`, so that a
+//! profiler counts exactly the per-request work. The set-up is the criterion
+//! bench's (`benches/exchange.rs`): an RS256 subject token of an IdP with a
+//! `jwks_file`, ten rules (the tenth matches), an ephemeral ES256 signing key,
+//! the Check built the way Envoy sends it for a wrk request.
+//!
+//! ```sh
+//! cargo build --release --example profile_cold
+//! valgrind --tool=callgrind --toggle-collect='profile_cold::measured' \
+//!   --callgrind-out-file=/tmp/cg.cold target/release/examples/profile_cold cold 2000
+//! callgrind_annotate --inclusive=yes /tmp/cg.cold | head -60
+//! ```
+//!
+//! Operations: `cold` (`AuthzService::decide`, every cache off: RS256 verify +
+//! rules + ES256 sign + the answer), `cached` (the same answered from the
+//! minted-token cache), `verify` and `sign` (the crypto ceiling: aws-lc-rs
+//! with keys parsed once, messages the size of the real signing inputs, as
+//! `ceiling/*` in the bench). `--logged` runs under the binary's subscriber
+//! at `info` (writing to a sink). Without valgrind it prints the mean time
+//! per operation, as a sanity check.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, ParsedPublicKey, RsaKeyPair};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use stsgate::api::ext_authz::AuthzService;
+use stsgate::clock::now_unix;
+use stsgate::config::{Config, SignAlg};
+use stsgate::engine::Engine;
+use stsgate::engine::mint::new_jti;
+use stsgate::metrics::Metrics;
+use stsgate::pb::envoy::service::auth::v3::CheckRequest;
+use stsgate::runtime::telemetry;
+use stsgate::signing::Signer;
+use stsgate::testkit::CheckRequestBuilder;
+use stsgate::trust::issuer::http_client;
+
+const IDP: &str = "https://idp.bench.example/realms/corp";
+
+/// The bench's rules: nine that miss for different reasons, the tenth matches.
+const RULES: &str = r#"
+rules:
+  - { name: r1-orders,   match: { audiences: [orders] },                      grant: { scopes: ["orders.*"] } }
+  - { name: r2-billing,  match: { audiences: ["billing", "api://billing/*"] }, grant: { scopes: ["billing.*"] } }
+  - { name: r3-partners, match: { audiences: ["bench-*"], subject: { email: ["*@partner.example"] } }, grant: { scopes: ["*"] } }
+  - { name: r4-admins,   match: { audiences: ["bench-*"], subject: { groups: [admins, sre] } }, grant: { scopes: ["*"] } }
+  - { name: r5-payments, match: { audiences: [payments] },                    grant: { scopes: ["payments.*"] } }
+  - { name: r6-client,   match: { audiences: ["bench-*"], subject: { client_id: [batch-*] } }, grant: { scopes: ["*"] } }
+  - { name: r7-search,   match: { audiences: ["search", "search-*"] },        grant: { scopes: ["search.*"] } }
+  - { name: r8-users,    match: { audiences: ["bench-*"], subject: { sub: [svc-*] } }, grant: { scopes: ["*"] } }
+  - { name: r9-inventory, match: { audiences: ["inventory"] },                grant: { scopes: ["inventory.*"] } }
+  - name: r10-bench
+    match: { issuers: ["https://idp.bench.example/realms/corp"], audiences: ["bench-*"], subject: { groups: [customers] } }
+    grant: { scopes: ["orders.*", profile, email], max_lifetime: 5m }
+"#;
+
+/// Runs before the measured ones.
+const WARM_UP: usize = 20;
+
+/// The one function a profiler counts: `--toggle-collect=profile_cold::measured`.
+#[inline(never)]
+fn measured(op: &mut dyn FnMut()) {
+    op();
+}
+
+fn config(jwks: &Path, cache: bool) -> Config {
+    let yaml = format!(
+        r#"
+issuer: https://sts.bench.example
+signing:
+  keys: [{{ kid: bench-es256, alg: ES256, ephemeral: true }}]
+tokens: {{ lifetime: 5m }}
+trusted_issuers:
+  - issuer: {IDP}
+    jwks_file: {}
+    algorithms: [RS256]
+    audiences: [mesh-gateway]
+ext_authz:
+  actor: {{ mode: none }}
+cache: {{ enabled: {cache} }}
+{RULES}"#,
+        jwks.display()
+    );
+    Config::from_yaml_validated(&yaml).expect("harness config")
+}
+
+fn subject_token(idp: &Signer) -> String {
+    let now = now_unix();
+    let claims = json!({
+        "iss": IDP, "sub": "user-000001", "aud": ["mesh-gateway", "account"],
+        "exp": now + 6 * 3600, "iat": now, "nbf": now, "jti": new_jti().expect("rng"),
+        "scope": "openid profile email orders.read orders.write", "client_id": "web-frontend",
+        "groups": ["customers", "staff"], "email": "user-000001@bench.example",
+    });
+    idp.sign_typed("JWT", &claims).expect("sign subject token")
+}
+
+fn check_request(token: &str) -> CheckRequest {
+    CheckRequestBuilder::new()
+        .host("bench.example")
+        .pseudo_headers()
+        .header("user-agent", "wrk")
+        .header("x-request-id", "00000000-0000-4000-8000-000000000000")
+        .bearer(token)
+        .context("audience", "bench-api")
+        .build()
+}
+
+/// Removes the temporary directory (the IdP's JWKS file) on exit.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let logged = args.iter().any(|a| a == "--logged");
+    let mut positional = args.iter().filter(|a| !a.starts_with("--"));
+    let op = positional.next().map(String::as_str).unwrap_or("cold").to_owned();
+    let n: usize = positional.next().map(|s| s.parse().expect("N is a number")).unwrap_or(1000);
+
+    stsgate::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let dir = TempDir(std::env::temp_dir().join(format!("stsgate-profile-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let idp = Signer::generate("bench-idp-1", SignAlg::RS256).expect("IdP key");
+    let jwks = dir.0.join("idp-jwks.json");
+    std::fs::write(&jwks, json!({ "keys": [idp.public_jwk()] }).to_string()).expect("write JWKS");
+    let token = subject_token(&idp);
+    let engine = |cache| {
+        let e = Engine::load(Arc::new(config(&jwks, cache)), http_client().expect("http client"), None)
+            .expect("signing keys");
+        assert!(rt.block_on(e.fetch_issuer_keys()).is_empty(), "load the IdP JWKS file");
+        Arc::new(e)
+    };
+    let metrics = Metrics::register(&mut Registry::default());
+    let check = check_request(&token);
+    let allowed =
+        |r: &stsgate::pb::envoy::service::auth::v3::CheckResponse| r.status.as_ref().is_some_and(|s| s.code == 0);
+
+    // The crypto ceiling's inputs: the subject token's signing input, and a
+    // minted token's (from one cold exchange).
+    let rng = SystemRandom::new();
+    let rsa = RsaKeyPair::generate(KeySize::Rsa2048).expect("RSA key");
+    let subject_input = token.rsplit_once('.').expect("three parts").0.as_bytes().to_vec();
+    let mut rsa_sig = vec![0; rsa.public_modulus_len()];
+    rsa.sign(&signature::RSA_PKCS1_SHA256, &rng, &subject_input, &mut rsa_sig).expect("RSA sign");
+    let rsa_pub =
+        ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, rsa.public_key().as_ref()).expect("RSA public");
+    let ec = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).expect("P-256 key");
+    let cold_svc = AuthzService::new(engine(false), metrics.clone());
+    let minted_input = {
+        let resp = rt.block_on(cold_svc.decide(check.clone()));
+        assert!(allowed(&resp), "cold Check allowed: {resp:?}");
+        let minted = minted_token(&resp).expect("the answer carries the minted token");
+        minted.rsplit_once('.').expect("three parts").0.as_bytes().to_vec()
+    };
+
+    let mut run: Box<dyn FnMut()> = match op.as_str() {
+        // The requests are cloned and the answers dropped outside `measured`,
+        // as criterion's `iter_batched` does.
+        "cold" => {
+            let (mut reqs, mut answers) = (vec![check; WARM_UP + n], Vec::with_capacity(WARM_UP + n));
+            Box::new(move || answers.push(rt.block_on(cold_svc.decide(reqs.pop().expect("one per run")))))
+        }
+        "cached" => {
+            let svc = AuthzService::new(engine(true), metrics);
+            assert!(allowed(&rt.block_on(svc.decide(check.clone()))), "cached Check allowed");
+            let (mut reqs, mut answers) = (vec![check; WARM_UP + n], Vec::with_capacity(WARM_UP + n));
+            Box::new(move || answers.push(rt.block_on(svc.decide(reqs.pop().expect("one per run")))))
+        }
+        "verify" => Box::new(move || rsa_pub.verify_sig(black_box(&subject_input), black_box(&rsa_sig)).unwrap()),
+        "sign" => Box::new(move || {
+            black_box(ec.sign(&rng, black_box(&minted_input)).unwrap());
+        }),
+        other => panic!("unknown operation {other:?}: cold, cached, verify or sign"),
+    };
+
+    let go = |run: &mut Box<dyn FnMut()>| {
+        // Warm-up outside `measured`: lazy statics, callsite registration, the
+        // allocator's first pages.
+        for _ in 0..WARM_UP {
+            run();
+        }
+        let started = Instant::now();
+        for _ in 0..n {
+            measured(&mut **run);
+        }
+        let took = started.elapsed();
+        eprintln!("{op}: {n} runs, {:.2} µs each", took.as_secs_f64() * 1e6 / n.max(1) as f64);
+    };
+    if logged {
+        let subscriber = telemetry::subscriber(false, tracing_subscriber::EnvFilter::new("info"), std::io::sink, None);
+        tracing::subscriber::with_default(subscriber, || go(&mut run));
+    } else {
+        go(&mut run);
+    }
+}
+
+/// The value of the header the minted token is written to.
+fn minted_token(resp: &stsgate::pb::envoy::service::auth::v3::CheckResponse) -> Option<String> {
+    use stsgate::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    let Some(HttpResponse::OkResponse(ok)) = &resp.http_response else { return None };
+    let header = ok.headers.iter().filter_map(|h| h.header.as_ref()).find(|h| h.key == "authorization")?;
+    Some(header.value.strip_prefix("Bearer ").unwrap_or(&header.value).to_owned())
+}

@@ -1,0 +1,407 @@
+//! CEL expressions in rules (`match.condition`, `grant.computed_claims`),
+//! compiled when the configuration loads: syntax, size, unknown variables,
+//! what a condition can be seen to return without types, and which request
+//! attributes each one can read (the Check path keys its cache on them).
+//! Evaluation lives in `rules::cel`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, operators};
+use cel::common::value::CelVal;
+use serde::{Deserialize, Deserializer};
+
+/// Longest expression source accepted, in bytes.
+pub const MAX_EXPRESSION_BYTES: usize = 4096;
+/// Deepest nesting the parser accepts (the crate's default is 96).
+const MAX_DEPTH: u16 = 32;
+
+/// The variables an expression may name.
+pub const VARIABLES: [&str; 6] = ["subject", "actor", "client", "audience", "scopes", "request"];
+
+/// The functions an expression may call besides the operators and macros:
+/// the crate's standard ones and the string extensions `rules::cel` adds.
+const FUNCTIONS: &[&str] = &[
+    "contains",
+    "size",
+    "max",
+    "min",
+    "startsWith",
+    "endsWith",
+    "string",
+    "bytes",
+    "double",
+    "int",
+    "uint",
+    "matches",
+    "split",
+    "lowerAscii",
+    "upperAscii",
+];
+
+/// Which keys of a request map (`request.headers`, `request.context`) an
+/// expression can read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Keys {
+    #[default]
+    None,
+    Some(BTreeSet<String>),
+    /// The whole map (iterated, passed on, or indexed by a computed key).
+    All,
+}
+
+impl Keys {
+    fn add(&mut self, key: &str) {
+        match self {
+            Keys::None => *self = Keys::Some(BTreeSet::from([key.to_owned()])),
+            Keys::Some(keys) => {
+                keys.insert(key.to_owned());
+            }
+            Keys::All => {}
+        }
+    }
+
+    fn union(&mut self, other: &Keys) {
+        match other {
+            Keys::None => {}
+            Keys::All => *self = Keys::All,
+            Keys::Some(keys) => keys.iter().for_each(|k| self.add(k)),
+        }
+    }
+}
+
+/// The request attributes (`request.*`) an expression can read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestReads {
+    pub method: bool,
+    pub host: bool,
+    pub path: bool,
+    pub query: bool,
+    pub source_principal: bool,
+    pub destination_principal: bool,
+    pub headers: Keys,
+    pub context: Keys,
+}
+
+impl RequestReads {
+    pub fn is_empty(&self) -> bool {
+        *self == RequestReads::default()
+    }
+
+    pub fn union(&mut self, other: &RequestReads) {
+        self.method |= other.method;
+        self.host |= other.host;
+        self.path |= other.path;
+        self.query |= other.query;
+        self.source_principal |= other.source_principal;
+        self.destination_principal |= other.destination_principal;
+        self.headers.union(&other.headers);
+        self.context.union(&other.context);
+    }
+
+    fn all() -> RequestReads {
+        RequestReads {
+            method: true,
+            host: true,
+            path: true,
+            query: true,
+            source_principal: true,
+            destination_principal: true,
+            headers: Keys::All,
+            context: Keys::All,
+        }
+    }
+
+    /// A field of `request` read as a whole; `false` for no such field.
+    fn field(&mut self, name: &str) -> bool {
+        match name {
+            "method" => self.method = true,
+            "host" => self.host = true,
+            "path" => self.path = true,
+            "query" => self.query = true,
+            "source_principal" => self.source_principal = true,
+            "destination_principal" => self.destination_principal = true,
+            "headers" => self.headers = Keys::All,
+            "context" => self.context = Keys::All,
+            _ => return false,
+        }
+        true
+    }
+}
+
+impl fmt::Display for RequestReads {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out: Vec<String> = [
+            ("method", self.method),
+            ("host", self.host),
+            ("path", self.path),
+            ("query", self.query),
+            ("source_principal", self.source_principal),
+            ("destination_principal", self.destination_principal),
+        ]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(n, _)| format!("request.{n}"))
+        .collect();
+        for (map, keys) in [("headers", &self.headers), ("context", &self.context)] {
+            match keys {
+                Keys::None => {}
+                Keys::All => out.push(format!("request.{map}")),
+                Keys::Some(keys) => out.extend(keys.iter().map(|k| format!("request.{map}[{k:?}]"))),
+            }
+        }
+        f.write_str(&out.join(", "))
+    }
+}
+
+/// One compiled expression.
+#[derive(Debug)]
+pub struct Compiled {
+    pub ast: IdedExpr,
+    /// The variables it names (`VARIABLES` order), so that only those are built.
+    pub variables: Vec<&'static str>,
+    pub reads: RequestReads,
+}
+
+/// A CEL expression as written, with its compiled form or why it has none
+/// (reported by `check` with the key path).
+#[derive(Clone)]
+pub struct CelExpr {
+    source: String,
+    compiled: Result<Arc<Compiled>, String>,
+}
+
+impl CelExpr {
+    pub fn new(source: impl Into<String>) -> CelExpr {
+        let source = source.into();
+        let compiled = compile(&source).map(Arc::new);
+        CelExpr { source, compiled }
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The compiled form; `None` for an expression `check` refuses.
+    pub fn compiled(&self) -> Option<&Compiled> {
+        self.compiled.as_deref().ok()
+    }
+
+    /// Why the expression does not compile.
+    pub fn error(&self) -> Option<&str> {
+        self.compiled.as_ref().err().map(String::as_str)
+    }
+
+    /// The request attributes it can read (none when it does not compile).
+    pub fn reads(&self) -> RequestReads {
+        self.compiled().map(|c| c.reads.clone()).unwrap_or_default()
+    }
+
+    /// Whether the result is, as far as can be seen without types, never a
+    /// boolean (a condition must be one).
+    pub fn surely_not_bool(&self) -> Option<&'static str> {
+        self.compiled().and_then(|c| not_bool(&c.ast))
+    }
+}
+
+impl fmt::Debug for CelExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.source)
+    }
+}
+
+impl<'de> Deserialize<'de> for CelExpr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(CelExpr::new(String::deserialize(d)?))
+    }
+}
+
+fn compile(source: &str) -> Result<Compiled, String> {
+    if source.len() > MAX_EXPRESSION_BYTES {
+        return Err(format!("expression is {} bytes, more than the {MAX_EXPRESSION_BYTES} allowed", source.len()));
+    }
+    if source.trim().is_empty() {
+        return Err("expression is empty".into());
+    }
+    let ast = cel::parser::Parser::new()
+        .max_recursion_depth(MAX_DEPTH)
+        .parse(source)
+        .map_err(|e| format!("syntax error: {}", e.to_string().replace('\n', " ")))?;
+    let mut walk = Walk::default();
+    walk.expr(&ast);
+    if let Some(e) = walk.errors.into_iter().next() {
+        return Err(e);
+    }
+    let variables = VARIABLES.into_iter().filter(|v| walk.used.contains(v)).collect();
+    Ok(Compiled { ast, variables, reads: walk.reads })
+}
+
+#[derive(Default)]
+struct Walk {
+    /// Comprehension variables in scope.
+    bound: Vec<String>,
+    used: BTreeSet<&'static str>,
+    reads: RequestReads,
+    errors: Vec<String>,
+}
+
+impl Walk {
+    fn free(&self, e: &IdedExpr, name: &str) -> bool {
+        matches!(&e.expr, Expr::Ident(n) if n == name && !self.bound.iter().any(|b| b == n))
+    }
+
+    /// `request.headers` or `request.context`: which map.
+    fn request_map(&self, e: &IdedExpr) -> Option<&'static str> {
+        match &e.expr {
+            Expr::Select(s) if !s.test && self.free(&s.operand, "request") => match s.field.as_str() {
+                "headers" => Some("headers"),
+                "context" => Some("context"),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn key(&mut self, map: &str, key: &str) {
+        if map == "headers" {
+            if key.chars().any(|c| c.is_ascii_uppercase()) {
+                self.errors.push(format!("request.headers[{key:?}]: header names are lower-case"));
+            }
+            self.reads.headers.add(key);
+        } else {
+            self.reads.context.add(key);
+        }
+        self.used.insert("request");
+    }
+
+    fn expr(&mut self, e: &IdedExpr) {
+        match &e.expr {
+            Expr::Ident(name) => {
+                if self.bound.iter().any(|b| b == name) {
+                    return;
+                }
+                match VARIABLES.iter().find(|v| **v == name) {
+                    Some(v) => {
+                        self.used.insert(v);
+                        if *v == "request" {
+                            self.reads = RequestReads::all();
+                        }
+                    }
+                    None => self
+                        .errors
+                        .push(format!("unknown variable {name:?} (the variables are {})", VARIABLES.join(", "))),
+                }
+            }
+            Expr::Select(s) => {
+                if let Some(map) = self.request_map(&s.operand) {
+                    return self.key(map, &s.field);
+                }
+                if self.free(&s.operand, "request") {
+                    self.used.insert("request");
+                    if !self.reads.field(&s.field) {
+                        self.errors.push(format!("request has no field {:?}", s.field));
+                    }
+                    return;
+                }
+                self.expr(&s.operand);
+            }
+            Expr::Call(c) => {
+                if c.func_name == operators::INDEX && c.args.len() == 2 && c.target.is_none() {
+                    if let Expr::Literal(CelVal::String(key)) = &c.args[1].expr {
+                        if let Some(map) = self.request_map(&c.args[0]) {
+                            return self.key(map, key);
+                        }
+                        if self.free(&c.args[0], "request") {
+                            self.used.insert("request");
+                            if !self.reads.field(key) {
+                                self.errors.push(format!("request has no field {key:?}"));
+                            }
+                            return;
+                        }
+                    }
+                }
+                let operator = c.func_name.starts_with(['_', '@', '!', '-']);
+                if !operator && !FUNCTIONS.contains(&c.func_name.as_str()) {
+                    self.errors.push(format!("unknown function {:?}", c.func_name));
+                }
+                if let Some(t) = &c.target {
+                    self.expr(t);
+                }
+                c.args.iter().for_each(|a| self.expr(a));
+            }
+            Expr::Comprehension(c) => {
+                self.expr(&c.iter_range);
+                self.expr(&c.accu_init);
+                let names: Vec<&String> =
+                    [Some(&c.iter_var), c.iter_var2.as_ref(), Some(&c.accu_var)].into_iter().flatten().collect();
+                for n in &names {
+                    if VARIABLES.contains(&n.as_str()) {
+                        self.errors.push(format!("{n:?} is a variable and may not be rebound"));
+                    }
+                }
+                let depth = self.bound.len();
+                self.bound.extend(names.into_iter().cloned());
+                self.expr(&c.loop_cond);
+                self.expr(&c.loop_step);
+                self.expr(&c.result);
+                self.bound.truncate(depth);
+            }
+            Expr::List(l) => l.elements.iter().for_each(|x| self.expr(x)),
+            Expr::Map(m) => {
+                for entry in &m.entries {
+                    match &entry.expr {
+                        EntryExpr::MapEntry(me) => {
+                            self.expr(&me.key);
+                            self.expr(&me.value);
+                        }
+                        EntryExpr::StructField(f) => self.expr(&f.value),
+                    }
+                }
+            }
+            Expr::Struct(s) => self.errors.push(format!("message construction ({}) is not supported", s.type_name)),
+            Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+}
+
+/// What a condition's root surely returns when that is not a boolean.
+fn not_bool(e: &IdedExpr) -> Option<&'static str> {
+    match &e.expr {
+        Expr::Literal(CelVal::Boolean(_)) => None,
+        Expr::Literal(CelVal::String(_)) => Some("a string"),
+        Expr::Literal(CelVal::Null) => Some("null"),
+        Expr::Literal(_) => Some("a literal that is no boolean"),
+        Expr::List(_) => Some("a list"),
+        Expr::Map(_) => Some("a map"),
+        Expr::Call(c) => match c.func_name.as_str() {
+            operators::ADD
+            | operators::SUBSTRACT
+            | operators::MULTIPLY
+            | operators::DIVIDE
+            | operators::MODULO
+            | operators::NEGATE => Some("the result of arithmetic"),
+            "size" | "int" | "uint" | "double" | "string" | "bytes" | "max" | "min" => {
+                Some("a value that is no boolean")
+            }
+            operators::CONDITIONAL if c.args.len() == 3 => not_bool(&c.args[1]).and(not_bool(&c.args[2])),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod probe {
+    #[test]
+    fn probe_depth() {
+        for stack in [2usize, 8] {
+            for d in [0usize, 1, 2, 4, 8, 16, 32] {
+                let src = format!("{}true{}", "(".repeat(d), ")".repeat(d));
+                eprintln!("stack {stack} MiB depth {d} ...");
+                let h = std::thread::Builder::new().stack_size(stack << 20).spawn(move || super::compile(&src).is_ok()).unwrap();
+                eprintln!("ok {:?}", h.join().is_ok());
+            }
+        }
+    }
+}

@@ -1,0 +1,644 @@
+//! The audit event stream: one JSON object a line for every token minted and
+//! every policy refusal, on a destination of its own (standard output and/or
+//! a file, `config::AuditConfig`), whatever `RUST_LOG` says. The schema is
+//! documented in the README ("Audit events") and versioned (`version`).
+//!
+//! Events are serialized on the request's thread and written by one thread of
+//! their own, fed by a bounded queue: a request never waits for a disk. When
+//! the queue is full a plain exchange's event is dropped and counted; any
+//! other event (delegation, impersonation, re-exchange, refusal) waits for
+//! room instead, so that who acted as whom is never lost.
+//!
+//! A token answered from the minted-token cache writes nothing: it is the
+//! same token (same `jti`) whose minting was written. Impersonation is never
+//! cached, so each one is written.
+//!
+//! Never token material: no token, signature, secret or assertion; only
+//! names (subjects, issuers, clients, rules) and the minted `jti`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::ExchangeRequest;
+use super::mint::Exchanged;
+use crate::config::{AuditConfig, Outcome};
+use crate::metrics::AuditMetrics;
+use crate::rules::{Actor, Denied};
+use crate::trust::validator::Validated;
+
+/// The schema's version: a field removed or changed in meaning raises it;
+/// fields may be added without.
+pub const VERSION: u32 = 1;
+
+/// Events written in one go, at most.
+const BATCH: usize = 256;
+/// How often the writer looks whether the file was moved away, and retries a
+/// file it could not open.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Write errors are logged at most this often (each is counted).
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The front door a request came in by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    ExtAuthz,
+    Token,
+}
+
+impl Door {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Door::ExtAuthz => "ext_authz",
+            Door::Token => "token",
+        }
+    }
+}
+
+/// Who asked, as the front door knows it: written into the events.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin<'a> {
+    /// `None`: not a front door (a test, a bench).
+    pub door: Option<Door>,
+    /// The ext_authz Check caller's identity, when it proved one.
+    pub caller: Option<&'a str>,
+}
+
+/// A refusal a front door made itself (a Check caller not allowed, a
+/// client's grant, conflicting actors): the engine never saw a subject.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DoorRefusal<'a> {
+    pub(crate) door: Door,
+    pub(crate) caller: Option<&'a str>,
+    pub(crate) client: Option<&'a str>,
+    pub(crate) audience: Option<&'a str>,
+    pub(crate) actor: Option<&'a str>,
+    pub(crate) reason: &'static str,
+    pub(crate) description: &'a str,
+}
+
+/// One line of the stream (see the README for each field).
+#[derive(Debug, Serialize)]
+struct Event<'a> {
+    /// Always 1: lets a log shipper tell audit lines from anything else on stdout.
+    stsgate_audit: u8,
+    version: u32,
+    time: String,
+    event: &'static str,
+    decision: Option<&'static str>,
+    outcome: Option<&'static str>,
+    door: Option<&'static str>,
+    rule: Option<&'a str>,
+    subject: Option<Value>,
+    sub_id: Option<Value>,
+    actor_chain: Vec<Value>,
+    requested_subject: Option<&'a str>,
+    client: Option<&'a str>,
+    client_id: Option<Value>,
+    caller: Option<&'a str>,
+    audience: Option<&'a str>,
+    scopes: Option<Vec<&'a str>>,
+    jti: Option<Value>,
+    exp: Option<i64>,
+    reason: Option<&'static str>,
+    description: Option<&'a str>,
+}
+
+impl Event<'_> {
+    fn new(event: &'static str) -> Self {
+        Event {
+            stsgate_audit: 1,
+            version: VERSION,
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            event,
+            decision: None,
+            outcome: None,
+            door: None,
+            rule: None,
+            subject: None,
+            sub_id: None,
+            actor_chain: Vec::new(),
+            requested_subject: None,
+            client: None,
+            client_id: None,
+            caller: None,
+            audience: None,
+            scopes: None,
+            jti: None,
+            exp: None,
+            reason: None,
+            description: None,
+        }
+    }
+}
+
+/// `{sub, iss}` of one party; only these two, whatever else a claim holds.
+fn party(sub: Option<&Value>, iss: Option<&Value>) -> Option<Value> {
+    let sub = sub?.as_str()?;
+    Some(match iss.and_then(Value::as_str) {
+        Some(iss) => json!({ "sub": sub, "iss": iss }),
+        None => json!({ "sub": sub }),
+    })
+}
+
+fn actor_party(a: &Actor) -> Value {
+    match &a.iss {
+        Some(iss) => json!({ "sub": a.sub, "iss": iss }),
+        None => json!({ "sub": a.sub }),
+    }
+}
+
+fn subject_party(v: &Validated) -> Value {
+    json!({ "sub": v.sub, "iss": v.issuer })
+}
+
+/// The actors an `act` claim nests, current first (RFC 8693 §4.1).
+fn act_chain(mut act: Option<&Value>, out: &mut Vec<Value>) {
+    // The depth is bounded by the rules (`max_chain_depth`); this bound only
+    // keeps a malformed claim from looping.
+    for _ in 0..64 {
+        let Some(level) = act.filter(|a| a.is_object()) else { return };
+        out.extend(party(level.get("sub"), level.get("iss")));
+        act = level.get("act");
+    }
+}
+
+/// Keeps exactly ⌊n·rate⌋ of the first n plain exchanges, spread evenly,
+/// without a random number per request.
+#[derive(Debug)]
+struct Sampler {
+    rate: f64,
+    seen: AtomicU64,
+}
+
+impl Sampler {
+    fn keep(&self) -> bool {
+        if self.rate >= 1.0 {
+            return true;
+        }
+        if self.rate <= 0.0 {
+            return false;
+        }
+        let n = self.seen.fetch_add(1, Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.rate).floor() > (n * self.rate).floor()
+    }
+}
+
+enum Msg {
+    Line(String),
+    /// Answered once every line queued before it was written.
+    Flush(Sender<()>),
+}
+
+/// Why a stream cannot start, with the configuration key it concerns.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct StartError {
+    pub path: &'static str,
+    pub message: String,
+}
+
+/// The stream of one configuration: kept across reloads while `audit:` does
+/// not change.
+pub struct Audit {
+    cfg: AuditConfig,
+    tx: SyncSender<Msg>,
+    reopen: Arc<AtomicBool>,
+    sampler: Sampler,
+    metrics: AuditMetrics,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+impl Audit {
+    /// The running stream when the settings are the same, else a new one
+    /// (its file opened now: an audit file that cannot be opened fails the
+    /// start or the reload). The metrics carry on either way.
+    pub(crate) fn for_config(cfg: &AuditConfig, running: Option<&Arc<Audit>>) -> Result<Arc<Audit>, StartError> {
+        if let Some(running) = running.filter(|r| r.cfg == *cfg) {
+            return Ok(running.clone());
+        }
+        let metrics = running.map(|r| r.metrics.clone()).unwrap_or_default();
+        Audit::start(cfg, metrics).map(Arc::new)
+    }
+
+    fn start(cfg: &AuditConfig, metrics: AuditMetrics) -> Result<Audit, StartError> {
+        let file = match &cfg.file {
+            Some(path) => Some(FileDest::open(path).map_err(|e| StartError {
+                path: "audit.file",
+                message: format!("cannot open {} for appending: {e}", path.display()),
+            })?),
+            None => None,
+        };
+        let (tx, rx) = sync_channel(cfg.queue);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            stdout: cfg.stdout(),
+            file,
+            reopen: reopen.clone(),
+            metrics: metrics.clone(),
+            last_error_log: None,
+            unlogged_errors: 0,
+        };
+        std::thread::Builder::new()
+            .name("stsgate-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StartError { path: "audit", message: format!("cannot start the audit writer: {e}") })?;
+        let sampler = Sampler { rate: cfg.sample_exchanges, seen: AtomicU64::new(0) };
+        Ok(Audit { cfg: cfg.clone(), tx, reopen, sampler, metrics })
+    }
+
+    pub fn metrics(&self) -> &AuditMetrics {
+        &self.metrics
+    }
+
+    /// Reopens the file before the next write (SIGHUP: the file was rotated).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+
+    /// Waits until every event queued so far is written, at most `within`;
+    /// says whether they were.
+    pub fn flush(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let (done, wait) = std::sync::mpsc::channel();
+        let mut msg = Msg::Flush(done);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        wait.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok()
+    }
+
+    /// A token was minted for `req` from `subject`.
+    pub(crate) fn minted(&self, subject: &Validated, req: &ExchangeRequest<'_>, done: &Exchanged<'_>) {
+        let outcome = done.outcome();
+        // A token of stsgate's own passed on (always by a workload, the rules
+        // see to it) is a re-exchange; `outcome` still says what the rule granted.
+        let decision = match outcome {
+            Outcome::Impersonation => "impersonation",
+            _ if subject.is_own() => "re-exchange",
+            o => o.as_str(),
+        };
+        let claims = done.claims_json();
+        let mut chain = Vec::new();
+        if outcome == Outcome::Impersonation {
+            // Nothing in the token names the actor: the stream does.
+            chain.extend(req.actor.as_ref().map(actor_party));
+        } else if let Some(act_as) = claims.get("act_as") {
+            // `delegation_shape: act_as`: the actor is `sub`, the subject in `act_as`.
+            chain.extend(party(claims.get("sub"), claims.get("sub_id").and_then(|s| s.get("iss"))));
+            act_chain(act_as.get("act"), &mut chain);
+        } else {
+            act_chain(claims.get("act"), &mut chain);
+        }
+        // Only a plain exchange is sampled: one that carries an actor chain
+        // along says who acted, like a delegation.
+        let plain = decision == "exchange" && chain.is_empty();
+        if plain && !self.sampler.keep() {
+            return;
+        }
+        let scope = claims.get("scope").and_then(Value::as_str);
+        let mut e = Event::new("minted");
+        e.decision = Some(decision);
+        e.outcome = Some(outcome.as_str());
+        e.door = req.origin.door.map(Door::as_str);
+        e.rule = Some(done.rule());
+        e.subject = Some(subject_party(subject));
+        e.sub_id = claims.get("sub_id").cloned();
+        e.actor_chain = chain;
+        e.requested_subject = req.requested_subject;
+        e.client = req.client;
+        e.client_id = claims.get("client_id").cloned();
+        e.caller = req.origin.caller;
+        e.audience = Some(req.audience);
+        e.scopes = Some(scope.map(|s| s.split(' ').filter(|s| !s.is_empty()).collect()).unwrap_or_default());
+        e.jti = claims.get("jti").cloned();
+        e.exp = Some(done.exp());
+        self.send(&e, plain);
+    }
+
+    /// The rules refused `req` for the validated `subject`.
+    pub(crate) fn refused_by_rules(&self, subject: &Validated, req: &ExchangeRequest<'_>, denied: &Denied) {
+        let description = denied.to_string();
+        let mut e = Event::new("refused");
+        e.door = req.origin.door.map(Door::as_str);
+        e.subject = Some(subject_party(subject));
+        e.actor_chain.extend(req.actor.as_ref().map(actor_party));
+        e.requested_subject = req.requested_subject;
+        e.client = req.client;
+        e.caller = req.origin.caller;
+        e.audience = Some(req.audience).filter(|a| !a.is_empty());
+        e.reason = Some(denied.label());
+        e.description = Some(&description);
+        self.send(&e, false);
+    }
+
+    /// A front door refused the request by policy before the engine decided.
+    pub(crate) fn refused_at_door(&self, r: &DoorRefusal<'_>) {
+        let mut e = Event::new("refused");
+        e.door = Some(r.door.as_str());
+        e.actor_chain.extend(r.actor.map(|a| json!({ "sub": a })));
+        e.client = r.client;
+        e.caller = r.caller;
+        e.audience = r.audience;
+        e.reason = Some(r.reason);
+        e.description = Some(r.description);
+        self.send(&e, false);
+    }
+
+    /// Queues one event: a droppable one only when there is room.
+    fn send(&self, e: &Event<'_>, droppable: bool) {
+        let line = match serde_json::to_string(e) {
+            Ok(line) => line,
+            Err(err) => {
+                // Strings and numbers only: not expected, but never a panic.
+                self.metrics.write_errors(1);
+                tracing::error!("cannot encode an audit event: {err}");
+                return;
+            }
+        };
+        tracing::debug!(target: "stsgate::audit", "{line}");
+        let sent = if droppable {
+            match self.tx.try_send(Msg::Line(line)) {
+                Err(TrySendError::Full(_)) => {
+                    self.metrics.dropped();
+                    return;
+                }
+                other => other.is_ok(),
+            }
+        } else {
+            // Backpressure: waits while the writer catches up.
+            self.tx.send(Msg::Line(line)).is_ok()
+        };
+        if sent {
+            self.metrics.queued(e.event);
+        } else {
+            self.metrics.write_errors(1);
+            tracing::error!("the audit writer is gone: an audit event was lost");
+        }
+    }
+}
+
+/// The audit file, reopened when asked (SIGHUP) or when its path no longer
+/// names the file held open (rotated away).
+struct FileDest {
+    path: PathBuf,
+    file: Option<File>,
+    /// (device, inode) of the open file.
+    id: Option<(u64, u64)>,
+    checked: Instant,
+}
+
+impl FileDest {
+    fn open(path: &Path) -> std::io::Result<FileDest> {
+        let mut dest = FileDest { path: path.to_owned(), file: None, id: None, checked: Instant::now() };
+        dest.reopen()?;
+        Ok(dest)
+    }
+
+    /// On failure the file held stays in use: events go on to the moved
+    /// file rather than nowhere.
+    fn reopen(&mut self) -> std::io::Result<()> {
+        self.checked = Instant::now();
+        let mut opts = OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Who acted as whom is for operators, not for every local user.
+            opts.mode(0o640);
+        }
+        let file = opts.open(&self.path)?;
+        self.id = file_id(&file.metadata()?);
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Whether the path now names another file, or none.
+    fn moved(&self) -> bool {
+        match std::fs::metadata(&self.path) {
+            Ok(m) => file_id(&m) != self.id,
+            Err(_) => true,
+        }
+    }
+}
+
+#[cfg(unix)]
+fn file_id(m: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
+}
+
+struct Writer {
+    stdout: bool,
+    file: Option<FileDest>,
+    reopen: Arc<AtomicBool>,
+    metrics: AuditMetrics,
+    last_error_log: Option<Instant>,
+    unlogged_errors: u64,
+}
+
+impl Writer {
+    /// Until every `Audit` holding the queue is gone and the queue is empty.
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut buf = String::new();
+        let mut flushed = Vec::new();
+        loop {
+            let mut next = match rx.recv_timeout(CHECK_EVERY) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maintain(false);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut lines = 0;
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Line(line) => {
+                        buf.push_str(&line);
+                        buf.push('\n');
+                        lines += 1;
+                    }
+                    Msg::Flush(done) => flushed.push(done),
+                }
+                if lines < BATCH {
+                    next = match rx.try_recv() {
+                        Ok(msg) => Some(msg),
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
+                    };
+                }
+            }
+            self.maintain(lines > 0);
+            self.write(&buf, lines);
+            buf.clear();
+            for done in flushed.drain(..) {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Reopens the file when asked to (SIGHUP), when it could not be opened
+    /// before, or, about to `write`, when it was moved away: a rotation
+    /// without the signal loses nothing either (what was written between the
+    /// move and the next check went to the moved file).
+    fn maintain(&mut self, write: bool) {
+        let asked = self.reopen.swap(false, Ordering::AcqRel);
+        let Some(dest) = self.file.as_mut() else { return };
+        let due = dest.checked.elapsed() >= CHECK_EVERY;
+        let why = if asked {
+            "SIGHUP"
+        } else if due && dest.file.is_none() {
+            "retry"
+        } else if due && write && dest.moved() {
+            "moved away"
+        } else {
+            if due && write {
+                dest.checked = Instant::now();
+            }
+            return;
+        };
+        match dest.reopen() {
+            Ok(()) => tracing::info!(file = %dest.path.display(), why, "audit file reopened"),
+            Err(e) => {
+                let why = format!("cannot reopen the audit file {}: {e}", dest.path.display());
+                self.error(0, &why);
+            }
+        }
+    }
+
+    fn write(&mut self, buf: &str, lines: usize) {
+        if lines == 0 {
+            return;
+        }
+        if self.stdout {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = out.write_all(buf.as_bytes()).and_then(|()| out.flush()) {
+                self.error(lines as u64, &format!("cannot write audit events to stdout: {e}"));
+            }
+        }
+        let Some(dest) = self.file.as_mut() else { return };
+        let result = match dest.file.as_mut() {
+            Some(f) => f.write_all(buf.as_bytes()),
+            None => Err(std::io::Error::other("the file is not open")),
+        };
+        if let Err(e) = result {
+            // Retried (reopened) with the next batch.
+            dest.file = None;
+            let why = format!("cannot write audit events to {}: {e}", dest.path.display());
+            self.error(lines as u64, &why);
+        }
+    }
+
+    /// Counts `lost` events and logs, at most every `ERROR_LOG_EVERY`.
+    fn error(&mut self, lost: u64, why: &str) {
+        self.metrics.write_errors(lost);
+        self.unlogged_errors += 1;
+        if self.last_error_log.is_some_and(|at| at.elapsed() < ERROR_LOG_EVERY) {
+            return;
+        }
+        self.last_error_log = Some(Instant::now());
+        let errors = std::mem::take(&mut self.unlogged_errors);
+        tracing::error!(errors, lost, "{why}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_keeps_the_configured_share_evenly() {
+        let kept = |rate: f64, n: usize| {
+            let s = Sampler { rate, seen: AtomicU64::new(0) };
+            (0..n).filter(|_| s.keep()).count()
+        };
+        assert_eq!(kept(1.0, 1000), 1000);
+        assert_eq!(kept(0.0, 1000), 0);
+        assert_eq!(kept(0.25, 1000), 250);
+        assert_eq!(kept(0.1, 1000), 100);
+        assert_eq!(kept(0.5, 3), 1);
+    }
+
+    /// A full queue drops a plain exchange's event (counted); any other
+    /// event waits until the writer makes room.
+    #[test]
+    fn a_full_queue_drops_only_droppable_events_and_makes_the_others_wait() {
+        let (tx, rx) = sync_channel(1);
+        let metrics = AuditMetrics::default();
+        let audit = Audit {
+            cfg: AuditConfig::default(),
+            tx,
+            reopen: Arc::new(AtomicBool::new(false)),
+            sampler: Sampler { rate: 1.0, seen: AtomicU64::new(0) },
+            metrics: metrics.clone(),
+        };
+        let mut reg = prometheus_client::registry::Registry::default();
+        metrics.register(&mut reg);
+        let scrape = || crate::metrics::render(&reg);
+        audit.send(&Event::new("minted"), true);
+        audit.send(&Event::new("minted"), true);
+        assert!(scrape().contains("stsgate_audit_events_dropped_total 1\n"), "{}", scrape());
+        // The writer takes one line 200ms from now: the refusal waits for it.
+        let drain = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let first = rx.recv().unwrap();
+            (first, rx.recv().unwrap())
+        });
+        let started = Instant::now();
+        audit.send(&Event::new("refused"), false);
+        assert!(started.elapsed() >= Duration::from_millis(150), "it waited for room");
+        let lines = match drain.join().unwrap() {
+            (Msg::Line(a), Msg::Line(b)) => [a, b],
+            _ => panic!("two lines"),
+        };
+        assert!(lines[1].contains("\"event\":\"refused\""), "{lines:?}");
+        assert!(scrape().contains("stsgate_audit_events_dropped_total 1\n"), "nothing else dropped");
+        assert!(scrape().contains("stsgate_audit_events_total{event=\"refused\"} 1\n"), "{}", scrape());
+    }
+
+    #[test]
+    fn act_chains_are_read_current_actor_first_and_names_only() {
+        let act = json!({"sub": "b", "iss": "https://i", "client_id": "x", "act": {"sub": "a", "act": "junk"}});
+        let mut chain = Vec::new();
+        act_chain(Some(&act), &mut chain);
+        assert_eq!(chain, [json!({"sub": "b", "iss": "https://i"}), json!({"sub": "a"})]);
+    }
+
+    #[test]
+    fn a_file_moved_away_is_noticed_and_reopened() {
+        let dir = std::env::temp_dir().join(format!("stsgate-audit-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        let mut dest = FileDest::open(&path).unwrap();
+        assert!(!dest.moved());
+        std::fs::rename(&path, dir.join("audit.jsonl.1")).unwrap();
+        assert!(dest.moved());
+        dest.reopen().unwrap();
+        assert!(!dest.moved() && path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
