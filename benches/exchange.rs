@@ -45,8 +45,8 @@ use stsgate::engine::{Engine, ExchangeRequest};
 use stsgate::metrics::Metrics;
 use stsgate::pb::envoy::service::auth::v3::CheckRequest;
 use stsgate::rules::SubId;
-use stsgate::runtime::telemetry;
 use stsgate::rules::{self, RuleInput};
+use stsgate::runtime::telemetry;
 use stsgate::signing::Signer;
 use stsgate::testkit::CheckRequestBuilder;
 use stsgate::trust::issuer::http_client;
@@ -100,6 +100,10 @@ impl Drop for TempDir {
     }
 }
 
+/// Audit events are written (their cost is part of a cold exchange), but to
+/// nowhere: stdout must stay criterion's, and a file would grow by gigabytes.
+const AUDIT: &str = "audit: { file: /dev/null }";
+
 fn config(jwks: &std::path::Path, cache: &str) -> Config {
     let yaml = format!(
         r#"
@@ -115,6 +119,7 @@ trusted_issuers:
 ext_authz:
   actor: {{ mode: none }}
 cache: {cache}
+{AUDIT}
 {RULES}"#,
         jwks.display()
     );
@@ -352,5 +357,92 @@ fn short() -> Criterion {
         .without_plots()
 }
 
+// ---------------------------------------------------------------------------
+// CEL conditions (issue #15): the same Checks with `r10-bench` carrying a
+// typical `match.condition`, against `check_cold` / `check_cached` above.
+// - `check_cold_cel`: caches off; the condition reads the subject's claims
+//   and the request (so the Check also builds the request's attributes).
+// - `check_cached_cel`: caches on; a condition without request reads (the
+//   cache key is the usual one).
+// - `check_cached_cel_request`: caches on; the condition reads the request
+//   (its method and a header are in the cache key).
+// ---------------------------------------------------------------------------
+
+/// `config` with `condition` on `r10-bench`.
+fn cel_config(jwks: &std::path::Path, cache: &str, condition: &str) -> Config {
+    let matcher = "subject: { groups: [customers] } }\n    grant: { scopes: [\"orders.*\"";
+    assert!(RULES.contains(matcher), "r10-bench as the CEL benches expect");
+    let rules = RULES.replacen(
+        matcher,
+        &format!(
+            "subject: {{ groups: [customers] }}, condition: {} }}\n    grant: {{ scopes: [\"orders.*\"",
+            json!(condition)
+        ),
+        1,
+    );
+    let yaml = format!(
+        "issuer: https://sts.bench.example\nsigning:\n  keys: [{{ kid: bench-es256, alg: ES256, ephemeral: true }}]\n\
+         tokens: {{ lifetime: 5m }}\ntrusted_issuers:\n  - issuer: {IDP}\n    jwks_file: {}\n    algorithms: [RS256]\n    \
+         audiences: [mesh-gateway]\next_authz:\n  actor: {{ mode: none }}\ncache: {cache}\n{AUDIT}\n{rules}",
+        jwks.display()
+    );
+    Config::from_yaml_validated(&yaml).expect("CEL bench config")
+}
+
+fn cel_benches(c: &mut Criterion) {
+    const CLAIMS_ONLY: &str = "subject.email.endsWith('@bench.example') && 'orders.read' in scopes";
+    const WITH_REQUEST: &str = "subject.email.endsWith('@bench.example') && request.method in ['GET', 'HEAD'] && request.headers['user-agent'] != 'curl'";
+    let f = fixture();
+    let jwks = f._dir.0.join("idp-jwks.json");
+    let service = |condition: &str, cache: &str| {
+        let engine = f.rt.block_on(engine(cel_config(&jwks, cache, condition)));
+        AuthzService::new(engine, Metrics::register(&mut Registry::default()))
+    };
+    let cold = service(WITH_REQUEST, "{ enabled: false }");
+    let cached = service(CLAIMS_ONLY, "{ enabled: true }");
+    let cached_request = service(WITH_REQUEST, "{ enabled: true }");
+    let ok = |r: &stsgate::pb::envoy::service::auth::v3::CheckResponse| r.status.as_ref().is_some_and(|s| s.code == 0);
+    for svc in [&cold, &cached, &cached_request] {
+        let answer = f.rt.block_on(svc.decide(f.check.clone()));
+        assert!(ok(&answer), "CEL Check allowed: {answer:?}");
+    }
+    // The rules alone, as `rules` above, with the condition on r10-bench
+    // (the one that matches) and the request it reads.
+    let cel_engine = f.rt.block_on(engine(cel_config(&jwks, "{ enabled: false }", WITH_REQUEST)));
+    let validated = f.rt.block_on(cel_engine.validator().validate_at(&f.token, now_unix())).expect("validates");
+    let input = RuleInput {
+        subject: &validated,
+        actor: None,
+        audience: AUDIENCE,
+        requested_scopes: None,
+        requested_subject: None,
+        workloads: &cel_engine.cfg.workloads,
+    };
+    let request = rules::RequestAttrs {
+        method: "GET".into(),
+        headers: [("user-agent".to_owned(), "wrk".to_owned())].into(),
+        ..Default::default()
+    };
+    let requester = rules::Requester { request: Some(&request), ..Default::default() };
+    // Only r10-bench can match, and only by its condition.
+    assert!(rules::evaluate_as(&cel_engine.cfg.rules, &input, requester).is_ok());
+    let post = rules::RequestAttrs { method: "POST".into(), ..Default::default() };
+    let by_post = rules::Requester { request: Some(&post), ..Default::default() };
+    assert!(rules::evaluate_as(&cel_engine.cfg.rules, &input, by_post).is_err());
+    c.bench_function("rules_cel", |b| {
+        b.iter(|| rules::evaluate_as(black_box(&cel_engine.cfg.rules), black_box(&input), requester).unwrap())
+    });
+    c.bench_function("check_cold_cel", |b| {
+        b.iter_batched(|| f.check.clone(), |r| f.rt.block_on(cold.decide(r)), BatchSize::SmallInput)
+    });
+    c.bench_function("check_cached_cel", |b| {
+        b.iter_batched(|| f.check.clone(), |r| f.rt.block_on(cached.decide(r)), BatchSize::SmallInput)
+    });
+    c.bench_function("check_cached_cel_request", |b| {
+        b.iter_batched(|| f.check.clone(), |r| f.rt.block_on(cached_request.decide(r)), BatchSize::SmallInput)
+    });
+}
+
 criterion_group! { name = exchange; config = short(); targets = benches }
-criterion_main!(exchange);
+criterion_group! { name = cel; config = short(); targets = cel_benches }
+criterion_main!(exchange, cel);

@@ -8,7 +8,7 @@
 //! ```sh
 //! cargo build --release --example profile_cold
 //! valgrind --tool=callgrind --toggle-collect='profile_cold::measured' \
-//!   --callgrind-out-file=/tmp/cg.cold target/release/examples/profile_cold cold 2000
+//!   --callgrind-out-file=/tmp/cg.cold target/release/examples/profile_cold cold 200 >/dev/null
 //! callgrind_annotate --inclusive=yes /tmp/cg.cold | head -60
 //! ```
 //!
@@ -16,9 +16,10 @@
 //! rules + ES256 sign + the answer), `cached` (the same answered from the
 //! minted-token cache), `verify` and `sign` (the crypto ceiling: aws-lc-rs
 //! with keys parsed once, messages the size of the real signing inputs, as
-//! `ceiling/*` in the bench). `--logged` runs under the binary's subscriber
-//! at `info` (writing to a sink). Without valgrind it prints the mean time
-//! per operation, as a sanity check.
+//! `ceiling/*` in the bench); `sizes` prints the size of the Check's future.
+//! `--logged` runs under the binary's subscriber at `info` (writing to a
+//! sink). Audit events are written to /dev/null (their cost is counted).
+//! Without valgrind it prints the mean time per operation, as a sanity check.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -86,6 +87,7 @@ trusted_issuers:
 ext_authz:
   actor: {{ mode: none }}
 cache: {{ enabled: {cache} }}
+audit: {{ file: /dev/null }}
 {RULES}"#,
         jwks.display()
     );
@@ -167,6 +169,11 @@ fn main() {
         minted.rsplit_once('.').expect("three parts").0.as_bytes().to_vec()
     };
 
+    if op == "sizes" {
+        // What a Check moves around: `block_on` (and tonic's boxing) copy its future by value.
+        eprintln!("AuthzService::decide future: {} bytes", std::mem::size_of_val(&cold_svc.decide(check.clone())));
+        return;
+    }
     let mut run: Box<dyn FnMut()> = match op.as_str() {
         // The requests are cloned and the answers dropped outside `measured`,
         // as criterion's `iter_batched` does.
@@ -184,7 +191,7 @@ fn main() {
         "sign" => Box::new(move || {
             black_box(ec.sign(&rng, black_box(&minted_input)).unwrap());
         }),
-        other => panic!("unknown operation {other:?}: cold, cached, verify or sign"),
+        other => panic!("unknown operation {other:?}: cold, cached, verify, sign or sizes"),
     };
 
     let go = |run: &mut Box<dyn FnMut()>| {

@@ -91,7 +91,7 @@ scrape_configs:
     static_configs: [{ targets: ["127.0.0.1:$HTTP"] }]
 YAML
 
-RUST_LOG=warn "$STSGATE" serve --config "$WORK/stsgate.yaml" 2>"$WORK/stsgate.log" &
+RUST_LOG=warn "$STSGATE" serve --config "$WORK/stsgate.yaml" >"$WORK/stsgate.out" 2>"$WORK/stsgate.log" &
 STS_PID=$!
 PIDS+=("$STS_PID")
 prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \

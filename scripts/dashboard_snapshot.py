@@ -45,8 +45,8 @@ def main():
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     fig = plt.figure(figsize=(18, rows * 0.42), dpi=80)
     fig.suptitle(f"{dash['title']}: a scripted run (cached load, 10% hostile tokens with cold exchanges, "
-                 "a good and a failed reload)", fontsize=12)
-    grid = fig.add_gridspec(rows, 24, hspace=2.6, wspace=1.2)
+                 "a good and a failed reload)", fontsize=12, y=0.91)
+    grid = fig.add_gridspec(rows, 24, hspace=2.6, wspace=1.2, top=0.88)
     for p in panels:
         g = p["gridPos"]
         ax = fig.add_subplot(grid[g["y"]:g["y"] + g["h"] - 1, g["x"]:g["x"] + g["w"]])

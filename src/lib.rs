@@ -20,6 +20,7 @@ pub mod backoff;
 pub mod clock;
 pub mod digest;
 pub mod glob;
+pub mod json_shape;
 pub mod metrics;
 // The exported spans' target and W3C trace context (OpenTelemetry).
 pub mod trace;

@@ -511,7 +511,7 @@ async fn run_sequence(dir: &Path, specs: &[TokenSpec], steps: &[Step], seen: &Se
                     allowed_before.insert(this);
                     seen.allowed.fetch_add(1, Ordering::Relaxed);
                     let main = &a["ok"][0]["claims"];
-                    if main.get("act").is_some() && !specs[subject].act.is_some() {
+                    if main.get("act").is_some() && specs[subject].act.is_none() {
                         seen.delegated.fetch_add(1, Ordering::Relaxed);
                     }
                     if AUDIENCES[c.audience] == "admin" {

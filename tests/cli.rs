@@ -440,15 +440,8 @@ async fn inspect_decodes_a_token_names_its_issuer_and_says_whether_it_is_valid_n
         ("subject_token_type", "urn:ietf:params:oauth:token-type:access_token"),
         ("audience", "orders"),
     ];
-    let minted: serde_json::Value = http
-        .post(format!("http://{}/token", dev.http))
-        .form(&exchange)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let minted: serde_json::Value =
+        http.post(format!("http://{}/token", dev.http)).form(&exchange).send().await.unwrap().json().await.unwrap();
     let minted = minted["access_token"].as_str().unwrap_or_else(|| panic!("{minted}"));
     let (stdout, _) = assert_exit(&inspect(&["--config", config, minted], None), 2);
     assert!(stdout.contains("issuer: stsgate itself"), "{stdout}");

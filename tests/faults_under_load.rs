@@ -468,7 +468,10 @@ async fn sigterm_mid_load_drains_cleanly() {
         tokio::spawn(async move {
             let mut seen = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                seen.push((Instant::now(), probe(grpc_addr).await));
+                // Stamped when answered: a probe sent just before SIGTERM
+                // may see NOT_SERVING, and that is right.
+                let answer = probe(grpc_addr).await;
+                seen.push((Instant::now(), answer));
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             seen

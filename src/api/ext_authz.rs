@@ -160,8 +160,7 @@ impl AuthzService {
             origin: Origin { door: Some(AuditDoor::ExtAuthz), caller: caller.identity() },
         };
         // Built only when a rule's CEL expression reads it (`request.*`).
-        let cel_request =
-            engine.reads_request().then(|| cel_request(attrs, http, caller.believes_source_principal()));
+        let cel_request = engine.reads_request().then(|| cel_request(attrs, http, caller.believes_source_principal()));
         match engine.exchange_on(&request, cel_request.as_ref()).await {
             Ok(done) => {
                 self.metrics.allow();

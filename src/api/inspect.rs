@@ -38,8 +38,11 @@ pub(crate) enum IssuerMatch {
     Unknown,
 }
 
+/// A JWT's JOSE header and claims, as decoded.
+type HeaderAndClaims = (Map<String, Value>, Map<String, Value>);
+
 /// Decodes a compact JWS without verifying anything.
-pub(crate) fn decode(token: &str) -> Result<(Map<String, Value>, Map<String, Value>), String> {
+pub(crate) fn decode(token: &str) -> Result<HeaderAndClaims, String> {
     let token = token.trim();
     let parts: Vec<&str> = token.split('.').collect();
     match parts.len() {
@@ -76,10 +79,14 @@ pub(crate) async fn inspect(token: &str, cfg: Option<Config>) -> Result<Inspecti
     let iss = claims.get("iss").and_then(Value::as_str);
     let issuer = Some(match iss {
         Some(i) if i == cfg.issuer => IssuerMatch::Own,
-        Some(i) => cfg.trusted_issuers.iter().position(|t| t.issuer == i).map_or(IssuerMatch::Unknown, IssuerMatch::Trusted),
+        Some(i) => {
+            cfg.trusted_issuers.iter().position(|t| t.issuer == i).map_or(IssuerMatch::Unknown, IssuerMatch::Trusted)
+        }
         None => IssuerMatch::Unknown,
     });
     let http = http_client().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    // Inspecting writes no audit event: the configured audit file is not opened.
+    let cfg = Config { audit: Default::default(), ..cfg };
     let engine = Engine::load(Arc::new(cfg), http, None).map_err(|e| e.to_string())?;
     let verified = if issuer == Some(IssuerMatch::Unknown) {
         Err(format!("{} is not a trusted issuer", iss.map_or("a token without iss".to_owned(), |i| format!("{i:?}"))))

@@ -168,10 +168,12 @@ pub(crate) struct Refusal {
     /// The actor refused, once known: access logs show who, not only why.
     pub(crate) actor: Option<String>,
     /// Seconds a rate-limited client waits (`Retry-After`).
-    pub(crate) retry_after: Option<u64>,
+    /// (u32: keeps `Refusal` small, it travels in `Result`s.)
+    pub(crate) retry_after: Option<u32>,
     log: Cow<'static, str>,
-    /// What the door knew when it refused, for the audit event.
-    seen: Seen,
+    /// What the door knew when it refused, for the audit event (boxed:
+    /// refusals travel in `Result`s).
+    seen: Option<Box<Seen>>,
 }
 
 /// Who asked and for what, as far as the door got: the audit event of a
@@ -203,16 +205,17 @@ impl Refusal {
             level: Level::DEBUG,
             actor: None,
             retry_after: None,
-            seen: Seen::default(),
+            seen: None,
         }
     }
 
     /// What the door knew of the request: the Check caller, the token
     /// endpoint client, the audience.
     pub(crate) fn seen(mut self, caller: Option<&str>, client: Option<&str>, audience: Option<&str>) -> Refusal {
-        self.seen.caller = caller.map(str::to_owned).or(self.seen.caller);
-        self.seen.client = client.map(str::to_owned).or(self.seen.client);
-        self.seen.audience = audience.map(str::to_owned).or(self.seen.audience);
+        let seen = self.seen.get_or_insert_default();
+        seen.caller = caller.map(str::to_owned).or(seen.caller.take());
+        seen.client = client.map(str::to_owned).or(seen.client.take());
+        seen.audience = audience.map(str::to_owned).or(seen.audience.take());
         self
     }
 
@@ -220,7 +223,7 @@ impl Refusal {
     /// which wrote the audit event of a refusal by the rules itself.
     pub(crate) fn from_decision(e: &ExchangeError, door: Door) -> Refusal {
         let mut r = Refusal::from_exchange(e, door);
-        r.seen.by_engine = matches!(e, ExchangeError::Denied(_));
+        r.seen.get_or_insert_default().by_engine = matches!(e, ExchangeError::Denied(_));
         r
     }
 
@@ -337,7 +340,7 @@ impl Refusal {
         let why = format!("too many failed client authentications; retry after {wait_secs} s");
         let mut r = Refusal::new(Class::Unauthenticated, Condition::ClientRateLimited, "client_rate_limited", why)
             .logged(Level::INFO, format!("client {client_id:?} is rate limited after failed authentications"));
-        r.retry_after = Some(wait_secs);
+        r.retry_after = Some(u32::try_from(wait_secs).unwrap_or(u32::MAX));
         r
     }
 
@@ -375,7 +378,8 @@ impl Refusal {
     /// unless the engine did; other refusals (bad tokens, bad requests,
     /// stsgate's own trouble) are not audit events.
     pub(crate) fn audit(&self, audit: &Audit, door: Door) {
-        if self.class != Class::Forbidden || self.seen.by_engine {
+        let seen = self.seen.as_deref().cloned().unwrap_or_default();
+        if self.class != Class::Forbidden || seen.by_engine {
             return;
         }
         audit.refused_at_door(&DoorRefusal {
@@ -383,9 +387,9 @@ impl Refusal {
                 Door::Check => AuditDoor::ExtAuthz,
                 Door::Token => AuditDoor::Token,
             },
-            caller: self.seen.caller.as_deref(),
-            client: self.seen.client.as_deref(),
-            audience: self.seen.audience.as_deref(),
+            caller: seen.caller.as_deref(),
+            client: seen.client.as_deref(),
+            audience: seen.audience.as_deref(),
             actor: self.actor.as_deref(),
             reason: self.label,
             description: &self.description,

@@ -36,11 +36,11 @@ pub use clients::{Client, ClientAuthMethod, GrantType};
 pub use dev_idp::DevIdp;
 pub use ext_authz::{ActorMode, ActorSource, CallerIdentity, CheckCaller, ExtAuthz, MetadataField, PeerNet, Route};
 pub use listen::{ClientCertPolicy, ClientCertSource, GrpcTls, HttpClientCert, HttpTls, Listen};
+pub use rules::cel::{CelExpr, Keys, RequestReads};
 pub use rules::{
     ActorMatch, CLIENT_ISSUER, DelegationShape, DownstreamToken, Grant, Outcome, Presenter, Rule, RuleMatch,
     SELF_ISSUER,
 };
-pub use rules::cel::{CelExpr, Keys, RequestReads};
 pub use signing::{Signing, SigningKey};
 pub use telemetry::{OtlpProtocol, TelemetryConfig};
 pub use token_endpoint::{RedisReplayStore, RedisUrl, ReplayStoreConfig, TokenEndpoint, check_redis_url, redact_url};

@@ -681,7 +681,10 @@ mod tests {
     #[test]
     fn cel_expressions_are_checked_at_load_with_key_paths() {
         let rule = |name: &str, cond: &str| {
-            format!("  - name: {name}\n    match: {{ condition: {} }}\n    grant: {{ scopes: [x] }}\n", serde_json::json!(cond))
+            format!(
+                "  - name: {name}\n    match: {{ condition: {} }}\n    grant: {{ scopes: [x] }}\n",
+                serde_json::json!(cond)
+            )
         };
         let long = format!("subject.a == '{}'", "x".repeat(cel::MAX_EXPRESSION_BYTES));
         let rules = [
@@ -714,7 +717,7 @@ mod tests {
             ("rules[7].match.condition", "header names are lower-case"),
             ("rules[8].match.condition", "unknown function \"lowercase\""),
             ("rules[9].match.condition", "may not be rebound"),
-            ("rules[10].match.condition", "syntax error"),
+            ("rules[10].match.condition", "nest deeper than 12"),
             ("rules[11].grant.computed_claims.bad", "syntax error"),
             ("rules[11].grant.computed_claims.client_id", "is a claim stsgate sets itself"),
             ("rules[11].grant.computed_claims.sub", "is a claim stsgate sets itself"),

@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -486,10 +486,7 @@ impl Writer {
                     Msg::Flush(done) => flushed.push(done),
                 }
                 if lines < BATCH {
-                    next = match rx.try_recv() {
-                        Ok(msg) => Some(msg),
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-                    };
+                    next = rx.try_recv().ok();
                 }
             }
             self.maintain(lines > 0);

@@ -317,7 +317,7 @@ impl Clients {
     /// which client's failures to count.
     pub fn assertion_issuer(assertion: &str) -> Option<String> {
         let payload = assertion.split('.').nth(1)?;
-        let claims: serde_json::Value = serde_json::from_slice(&b64url(payload)?).ok()?;
+        let claims: serde_json::Value = bounded_json(&b64url(payload)?)?;
         claims.get("iss")?.as_str().map(str::to_owned)
     }
 
@@ -333,9 +333,9 @@ impl Clients {
             return Err(Bad("not a compact JWS"));
         };
         let header: serde_json::Value =
-            b64url(h).and_then(|b| serde_json::from_slice(&b).ok()).ok_or(Bad("unreadable header"))?;
+            b64url(h).and_then(|b| bounded_json(&b)).ok_or(Bad("unreadable or oversized header"))?;
         let claims: serde_json::Value =
-            b64url(p).and_then(|b| serde_json::from_slice(&b).ok()).ok_or(Bad("unreadable claims"))?;
+            b64url(p).and_then(|b| bounded_json(&b)).ok_or(Bad("unreadable or oversized claims"))?;
         let signature = b64url(sig).ok_or(Bad("unreadable signature"))?;
         let iss = claims.get("iss").and_then(|v| v.as_str()).ok_or(Bad("no iss"))?;
         let known = self.by_id.get(iss).ok_or(ClientAuthError::Unknown)?;
@@ -497,6 +497,13 @@ impl Clients {
     }
 }
 
+/// JSON within the bounds of a token's claims (`json_shape`): an assertion
+/// is parsed before its signature is checked, so its cost must be bounded.
+fn bounded_json(bytes: &[u8]) -> Option<serde_json::Value> {
+    crate::trust::validator::json_shape::check(bytes).ok()?;
+    serde_json::from_slice(bytes).ok()
+}
+
 fn b64url(s: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()
@@ -516,5 +523,23 @@ impl Clients {
     ) -> Option<Arc<crate::trust::jwks::VerifyKey>> {
         let keys = self.by_id.get(client_id)?.keys.as_ref()?.current();
         key_in(keys.as_deref(), kid, alg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    #[test]
+    fn an_assertion_of_tiny_values_is_refused_before_its_signature_is_checked() {
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let header = enc(r#"{"alg":"ES256"}"#);
+        let flood = enc(&format!(r#"{{"iss":"c","pad":[{}0]}}"#, "0,".repeat(24_000)));
+        let plain = enc(r#"{"iss":"c","pad":[0,0]}"#);
+        assert_eq!(Clients::assertion_issuer(&format!("{header}.{plain}.sig")).as_deref(), Some("c"));
+        assert_eq!(Clients::assertion_issuer(&format!("{header}.{flood}.sig")), None);
+        assert!(bounded_json(br#"{"a":[0,0]}"#).is_some());
+        assert!(bounded_json(format!("[{}0]", "[".repeat(40) + &"]".repeat(40) + ",").as_bytes()).is_none());
     }
 }

@@ -441,6 +441,37 @@ mod tests {
         );
     }
 
+    /// `mint` writes `ClaimsOut`; the layout test above and the bench use
+    /// `AccessClaims`: both must give the same bytes, with and without the
+    /// optional claims and with extra claims sorted around `act_as`.
+    #[test]
+    fn borrowed_claims_serialise_like_access_claims() {
+        let plain = claims(SubId::IssSub { iss: "https://idp.example".into(), sub: "alice".into() });
+        let mut full = claims(SubId::Uri { uri: "spiffe://x/ns/a/sa/b".into() });
+        full.scope = Some("orders.read profile".into());
+        full.act = Some(serde_json::json!({"sub": "svc", "act": {"sub": "edge"}}));
+        full.extra.insert("act_as".into(), serde_json::json!({"sub": "bob"}));
+        full.extra.insert("aaa".into(), serde_json::json!(1));
+        full.extra.insert("zzz".into(), serde_json::json!(["x"]));
+        for owned in [plain, full] {
+            let borrowed = ClaimsOut {
+                iss: &owned.iss,
+                sub_id: &owned.sub_id,
+                sub: &owned.sub,
+                aud: &owned.aud,
+                exp: owned.exp,
+                iat: owned.iat,
+                jti: &owned.jti,
+                client_id: &owned.client_id,
+                scope: owned.scope.as_deref(),
+                act: owned.act.as_ref(),
+                extra: std::borrow::Cow::Borrowed(&owned.extra),
+            };
+            let (b, o) = (serde_json::to_string(&borrowed).unwrap(), serde_json::to_string(&owned).unwrap());
+            assert_eq!(b, o);
+        }
+    }
+
     #[test]
     fn jtis_are_distinct() {
         assert_ne!(new_jti().unwrap(), new_jti().unwrap());

@@ -13,8 +13,8 @@ pub mod audit;
 pub(crate) mod cache;
 pub mod client_certs;
 pub mod clients;
-pub mod replay;
 pub mod mint;
+pub mod replay;
 
 pub(crate) use self::mint::{ClaimsView, Exchanged, MintError, Minted};
 
@@ -22,11 +22,11 @@ use self::cache::Caches;
 use self::mint::{MintRequest, PayloadPrefix};
 use crate::clock::now_unix;
 use crate::config::{Config, Outcome};
+use crate::metrics::IntrospectionMetrics;
 use crate::rules::{self, Actor, Denied, RequestAttrs, RuleInput};
 use crate::signing::{KeyError, KeyRing};
-use crate::trust::issuer::{FetchError, Issuers};
-use crate::metrics::IntrospectionMetrics;
 use crate::trust::introspection::{IntrospectionError, Introspectors, SetupError, looks_like_jwt};
+use crate::trust::issuer::{FetchError, Issuers};
 use crate::trust::own::OwnIssuer;
 use crate::trust::validator::{TokenError, Validated, Validator};
 
@@ -338,13 +338,15 @@ impl Engine {
     ) -> Result<(Arc<Validated>, Option<i64>), Invalid> {
         if let Some(intro) = self.introspectors.opaque().filter(|_| !looks_like_jwt(token)) {
             check_opaque(token, self.cfg.tokens.max_token_bytes).map_err(Invalid::Token)?;
-            let (v, until) = intro.introspect(token, now).instrument(introspect_span()).await.map_err(Invalid::Introspection)?;
+            let (v, until) =
+                intro.introspect(token, now).instrument(introspect_span()).await.map_err(Invalid::Introspection)?;
             return Ok((v, Some(until)));
         }
         let v = self.validate(token, now, epoch).await.map_err(Invalid::Token)?;
         if let Some(intro) = self.introspectors.for_jwts_of(&v.issuer).filter(|_| !v.is_own()) {
             // The signature and claims were checked; the IdP says whether it still stands.
-            let (_, until) = intro.introspect(token, now).instrument(introspect_span()).await.map_err(Invalid::Introspection)?;
+            let (_, until) =
+                intro.introspect(token, now).instrument(introspect_span()).await.map_err(Invalid::Introspection)?;
             return Ok((v, Some(until)));
         }
         Ok((v, None))
@@ -465,7 +467,8 @@ impl Engine {
             workloads: &self.cfg.workloads,
         };
         let requester = rules::Requester { client: req.client, client_asserted, request };
-        let span = info_span!(target: TRACE, "rules", audience = req.audience, rule = Empty, outcome = Empty, error = Empty);
+        let span =
+            info_span!(target: TRACE, "rules", audience = req.audience, rule = Empty, outcome = Empty, error = Empty);
         let evaluated = span.in_scope(|| rules::evaluate_as(&self.cfg.rules, &input, requester));
         if !span.is_disabled() {
             match &evaluated {

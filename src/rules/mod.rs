@@ -363,12 +363,7 @@ pub(crate) fn split_scopes(scope: &str) -> Vec<String> {
 /// The first condition of `rule` that `input` fails, in words, leaving
 /// `match.clients` aside. `client_asserted`: the subject token is an
 /// assertion the request's client signed itself.
-fn why_not_but_clients(
-    rule: &Rule,
-    input: &RuleInput<'_>,
-    client_asserted: bool,
-    vars: &Vars<'_>,
-) -> Option<String> {
+fn why_not_but_clients(rule: &Rule, input: &RuleInput<'_>, client_asserted: bool, vars: &Vars<'_>) -> Option<String> {
     let m = &rule.when;
     let own = input.subject.is_own();
     if own && m.issuers.is_empty() {

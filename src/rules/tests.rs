@@ -1103,8 +1103,9 @@ fn cel_computed_claims() {
       broken: "subject.department + '!'"
 "#,
     );
-    let alice =
-        subject(json!({"scope": "a", "email": "alice@acme.example", "groups": ["dev", "admin-db", "admin-net"], "level": 2}));
+    let alice = subject(
+        json!({"scope": "a", "email": "alice@acme.example", "groups": ["dev", "admin-db", "admin-net"], "level": 2}),
+    );
     let d = evaluate(&rs, &input(&alice, None, "orders")).unwrap();
     assert_eq!(d.claims.get("tenant"), Some(&json!("acme.example")));
     assert_eq!(d.claims.get("admin_groups"), Some(&json!(["admin-db", "admin-net"])));
@@ -1133,6 +1134,9 @@ fn cel_request_reads_are_worked_out_at_compile_time() {
     let all = reads("size(request) > 0");
     assert!(all.method && all.path && all.headers == Keys::All && all.context == Keys::All);
     assert!(reads("has(request.headers.x_a)").headers == Keys::Some(["x_a".to_string()].into()));
+    // `request == null` reads only which door asks.
+    let presence = reads("request == null && subject.a == 'x'");
+    assert!(presence.named && !presence.method && presence.headers == Keys::None && !presence.is_empty());
     // A comprehension variable is not the request.
     assert!(reads("subject.groups.exists(request_x, request_x == 'a')").is_empty());
     // Different values of a read attribute give different cache keys; others do not.

@@ -504,7 +504,10 @@ mod tests {
         }
         let http_tls = cfg("listen: { http_tls: { cert: /c, key: /k, client_auth: optional } }\n");
         let changed = restart_required(&cfg(""), &http_tls);
-        assert!(changed.len() == 1 && changed[0].starts_with("listen.http_tls changed: restart stsgate"), "{changed:?}");
+        assert!(
+            changed.len() == 1 && changed[0].starts_with("listen.http_tls changed: restart stsgate"),
+            "{changed:?}"
+        );
         // Where client certificates come from is read per request: a reload applies it.
         let xfcc = cfg("listen: { http_client_cert: { source: xfcc, xfcc_trusted_peers: [127.0.0.6] } }\n");
         assert!(restart_required(&cfg(""), &xfcc).is_empty());

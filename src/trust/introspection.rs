@@ -33,7 +33,8 @@ use crate::config::{Introspection, IntrospectionAuth, KeySource, TrustedIssuer, 
 use crate::digest::{Digest, KeyBuilder};
 use crate::metrics::IntrospectionMetrics;
 use crate::signing::{KeyRing, Signer};
-use crate::trust::validator::{Claims, TokenError, Validated};
+use crate::trust::issuer::error_chain;
+use crate::trust::validator::{Claims, TokenError, Validated, numeric_date, scopes_of};
 
 /// RFC 7523 §2.2.
 const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -596,46 +597,6 @@ async fn read_limited(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-/// NumericDate: seconds, possibly fractional; rounded down.
-fn numeric_date(n: &Option<serde_json::Number>) -> Option<i64> {
-    let n = n.as_ref()?;
-    if let Some(i) = n.as_i64() {
-        return Some(i);
-    }
-    n.as_f64().filter(|f| f.is_finite() && f.abs() < 1e15).map(|f| f.floor() as i64)
-}
-
-/// `scope` (RFC 7662: space-separated), or `scp` as some IdPs send it.
-fn scopes_of(claims: &Claims) -> Result<Vec<String>, TokenError> {
-    let mut out = Vec::new();
-    for (name, value) in [("scope", &claims.scope), ("scp", &claims.scp)] {
-        match value {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => out.extend(s.split_whitespace().map(str::to_owned)),
-            Some(Value::Array(items)) => {
-                for item in items {
-                    out.extend(item.as_str().ok_or(TokenError::Claim(name))?.split_whitespace().map(str::to_owned));
-                }
-            }
-            Some(_) => return Err(TokenError::Claim(name)),
-        }
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
 }
 
 /// Whether a token is a JWS compact serialization's shape (three

@@ -416,7 +416,11 @@ impl Issuers {
 /// GETs a JSON document (discovery, a JWKS) of at most `MAX_DOCUMENT_BYTES`
 /// within `timeout`: the trusted issuers' keys and the token endpoint
 /// clients' `jwks_url` (`engine::clients`).
-pub(crate) async fn fetch_document(http: &reqwest::Client, url: &str, timeout: Duration) -> Result<Vec<u8>, FetchError> {
+pub(crate) async fn fetch_document(
+    http: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, FetchError> {
     let http_err = |e: reqwest::Error| FetchError::Http { url: url.to_owned(), reason: error_chain(&e) };
     let mut resp =
         http.get(url).timeout(timeout).header("accept", "application/json").send().await.map_err(http_err)?;
@@ -445,7 +449,8 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         .build()
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources on one line (reqwest hides the cause in them).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

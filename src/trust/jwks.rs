@@ -207,6 +207,12 @@ pub enum JwksError {
     NotJwks(String),
 }
 
+/// Bounds of a JWKS document (`json_shape`): room for 200 keys with
+/// certificate chains, where IdPs publish a handful.
+const MAX_JWKS_VALUES: usize = 16_384;
+const MAX_JWKS_CONTAINERS: usize = 1_024;
+const MAX_JWKS_DEPTH: usize = 8;
+
 #[derive(Deserialize)]
 struct RawSet {
     keys: Vec<serde_json::Value>,
@@ -216,6 +222,15 @@ struct RawSet {
 /// with no usable key is a valid answer: the IdP withdrew every key, and
 /// tokens of that issuer must be refused, not checked against older keys.
 pub(crate) fn parse(json: &[u8]) -> Result<KeySet, JwksError> {
+    // Bounded before parsing: a document of tiny entries would otherwise
+    // cost far more memory (and skipped-entry log lines) than its size.
+    let shape = crate::json_shape::measure(json);
+    if shape.values > MAX_JWKS_VALUES || shape.containers > MAX_JWKS_CONTAINERS || shape.depth > MAX_JWKS_DEPTH {
+        return Err(JwksError::NotJwks(format!(
+            "too large to be a key set: at most {MAX_JWKS_CONTAINERS} objects and arrays, \
+             {MAX_JWKS_VALUES} JSON values, {MAX_JWKS_DEPTH} levels"
+        )));
+    }
     let raw: RawSet = serde_json::from_slice(json).map_err(|e| JwksError::NotJwks(e.to_string()))?;
     let mut set = KeySet::default();
     // A kid two signature keys share is ambiguous for the whole document:
@@ -308,6 +323,19 @@ fn verify_alg_of(ka: KeyAlgorithm) -> Option<VerifyAlg> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_document_of_tiny_entries_is_refused_before_it_is_parsed() {
+        // 512 KiB of `{"a":0},` would be ~65,000 values: refused by its
+        // shape, so a broken refresh keeps the old keys instead.
+        let tiny = format!("{{\"keys\":[{}{{}}]}}", "{\"a\":0},".repeat(60_000));
+        let err = parse(tiny.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("too large to be a key set"), "{err}");
+        // 200 keys with a certificate chain each still fit.
+        let key = r#"{"kty":"EC","crv":"P-256","x":"AA","y":"AA","x5c":["a","b","c"],"use":"enc"}"#;
+        let many = format!("{{\"keys\":[{}]}}", vec![key; 200].join(","));
+        assert!(parse(many.as_bytes()).is_ok());
+    }
 
     const EC_KEY: &str = r#"{"kty":"EC","crv":"P-256","kid":"ec1","use":"sig","alg":"ES256",
         "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;

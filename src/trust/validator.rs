@@ -603,58 +603,7 @@ pub(crate) mod json_shape {
     /// Nesting of objects and arrays.
     pub(crate) const MAX_DEPTH: usize = 32;
 
-    /// What the values parsed from a JSON text would be, counted on its
-    /// bytes: never less than the real counts (see the property test).
-    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-    pub(crate) struct Shape {
-        /// Every value: the root, array elements, member values; a member
-        /// counts twice (`:` and `,`), which only over-estimates.
-        pub(crate) values: usize,
-        pub(crate) members: usize,
-        /// Objects and arrays that hold something.
-        pub(crate) containers: usize,
-        pub(crate) depth: usize,
-    }
-
-    /// One pass over `json`'s bytes, outside strings.
-    pub(crate) fn measure(json: &[u8]) -> Shape {
-        let mut shape = Shape { values: 1, ..Shape::default() };
-        let mut depth = 0usize;
-        let mut in_string = false;
-        let mut escaped = false;
-        for (i, &b) in json.iter().enumerate() {
-            if in_string {
-                match b {
-                    _ if escaped => escaped = false,
-                    b'\\' => escaped = true,
-                    b'"' => in_string = false,
-                    _ => {}
-                }
-                continue;
-            }
-            match b {
-                b'"' => in_string = true,
-                b'[' | b'{' => {
-                    depth += 1;
-                    shape.depth = shape.depth.max(depth);
-                    // An empty `[]` or `{}` allocates nothing.
-                    let next = json[i + 1..].iter().find(|c| !c.is_ascii_whitespace());
-                    if !matches!(next, Some(b']' | b'}')) {
-                        shape.containers += 1;
-                        shape.values += 1;
-                    }
-                }
-                b']' | b'}' => depth = depth.saturating_sub(1),
-                b',' => shape.values += 1,
-                b':' => {
-                    shape.values += 1;
-                    shape.members += 1;
-                }
-                _ => {}
-            }
-        }
-        shape
-    }
+    pub(crate) use crate::json_shape::measure;
 
     /// Checks `json` against the bounds above; the error names the one
     /// exceeded. Text that is not JSON passes here and fails in the parser.
@@ -677,7 +626,7 @@ pub(crate) mod json_shape {
 }
 
 /// NumericDate (RFC 7519 §2): seconds, possibly fractional; rounded down.
-fn numeric_date(n: &Option<serde_json::Number>) -> Option<i64> {
+pub(crate) fn numeric_date(n: &Option<serde_json::Number>) -> Option<i64> {
     let n = n.as_ref()?;
     if let Some(i) = n.as_i64() {
         return Some(i);
@@ -685,9 +634,10 @@ fn numeric_date(n: &Option<serde_json::Number>) -> Option<i64> {
     n.as_f64().filter(|f| f.is_finite() && f.abs() < 1e15).map(|f| f.floor() as i64)
 }
 
-/// Scopes from `scope` (RFC 8693 §4.2, space-separated) or `scp` (string or
-/// array, as Azure AD and Okta send).
-fn scopes_of(claims: &Claims) -> Result<Vec<String>, TokenError> {
+/// Scopes from `scope` (RFC 8693 §4.2, RFC 7662, space-separated) or `scp`
+/// (string or array, as Azure AD and Okta send): subject tokens,
+/// introspection answers and JWT bearer assertions alike.
+pub(crate) fn scopes_of(claims: &Claims) -> Result<Vec<String>, TokenError> {
     let mut out = Vec::new();
     for (name, value) in [("scope", &claims.scope), ("scp", &claims.scp)] {
         match value {

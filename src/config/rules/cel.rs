@@ -16,6 +16,15 @@ use serde::{Deserialize, Deserializer};
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
 /// Deepest nesting the parser accepts (the crate's default is 96).
 const MAX_DEPTH: u16 = 32;
+/// Deepest bracket (and `?:`) nesting in the source: the generated parser
+/// recurses deeply for each level, so this is checked before it runs.
+const MAX_NESTING: usize = 12;
+/// Deepest expression tree accepted: evaluation recurses once per level,
+/// on whatever thread serves the request.
+const MAX_TREE_DEPTH: usize = 48;
+/// The parser's stack: its recursion per nesting level is large (over
+/// 100 KiB in a debug build), more than a request thread's 2 MiB allows.
+const PARSER_STACK: usize = 256 << 20;
 
 /// The variables an expression may name.
 pub const VARIABLES: [&str; 6] = ["subject", "actor", "client", "audience", "scopes", "request"];
@@ -74,6 +83,9 @@ impl Keys {
 /// The request attributes (`request.*`) an expression can read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestReads {
+    /// `request` is named at all: at least whether there is one (the Check
+    /// path) or not (the token endpoint) is read.
+    pub named: bool,
     pub method: bool,
     pub host: bool,
     pub path: bool,
@@ -90,6 +102,7 @@ impl RequestReads {
     }
 
     pub fn union(&mut self, other: &RequestReads) {
+        self.named |= other.named;
         self.method |= other.method;
         self.host |= other.host;
         self.path |= other.path;
@@ -102,6 +115,7 @@ impl RequestReads {
 
     fn all() -> RequestReads {
         RequestReads {
+            named: true,
             method: true,
             host: true,
             path: true,
@@ -150,6 +164,9 @@ impl fmt::Display for RequestReads {
                 Keys::All => out.push(format!("request.{map}")),
                 Keys::Some(keys) => out.extend(keys.iter().map(|k| format!("request.{map}[{k:?}]"))),
             }
+        }
+        if out.is_empty() && self.named {
+            out.push("whether there is a request".into());
         }
         f.write_str(&out.join(", "))
     }
@@ -224,10 +241,25 @@ fn compile(source: &str) -> Result<Compiled, String> {
     if source.trim().is_empty() {
         return Err("expression is empty".into());
     }
-    let ast = cel::parser::Parser::new()
-        .max_recursion_depth(MAX_DEPTH)
-        .parse(source)
-        .map_err(|e| format!("syntax error: {}", e.to_string().replace('\n', " ")))?;
+    if nesting(source) > MAX_NESTING {
+        return Err(format!("brackets and conditionals nest deeper than {MAX_NESTING} levels"));
+    }
+    // On a thread of its own with a stack the parser cannot exhaust.
+    let owned = source.to_owned();
+    let parsed = std::thread::Builder::new()
+        .name("cel-parse".into())
+        .stack_size(PARSER_STACK)
+        .spawn(move || {
+            let parsed = cel::parser::Parser::new().max_recursion_depth(MAX_DEPTH).parse(&owned);
+            parsed.map_err(|e| format!("syntax error: {}", e.to_string().replace('\n', " ")))
+        })
+        .map_err(|e| format!("cannot start the expression parser: {e}"))?
+        .join()
+        .map_err(|_| "the expression parser failed".to_owned())?;
+    let ast = parsed?;
+    if tree_depth(&ast) > MAX_TREE_DEPTH {
+        return Err(format!("the expression nests deeper than {MAX_TREE_DEPTH} levels"));
+    }
     let mut walk = Walk::default();
     walk.expr(&ast);
     if let Some(e) = walk.errors.into_iter().next() {
@@ -235,6 +267,62 @@ fn compile(source: &str) -> Result<Compiled, String> {
     }
     let variables = VARIABLES.into_iter().filter(|v| walk.used.contains(v)).collect();
     Ok(Compiled { ast, variables, reads: walk.reads })
+}
+
+/// Deepest nesting of brackets and `?` outside string literals.
+fn nesting(source: &str) -> usize {
+    let (mut depth, mut max, mut quote, mut escaped) = (0usize, 0usize, None::<char>, false);
+    for c in source.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '(' | '[' | '{' | '?' => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                ')' | ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+    }
+    max
+}
+
+/// The depth of the expression tree.
+fn tree_depth(e: &IdedExpr) -> usize {
+    let children: Vec<&IdedExpr> = match &e.expr {
+        Expr::Call(c) => c.target.iter().map(|t| &**t).chain(&c.args).collect(),
+        Expr::Comprehension(c) => vec![&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result],
+        Expr::List(l) => l.elements.iter().collect(),
+        Expr::Map(m) => m
+            .entries
+            .iter()
+            .flat_map(|en| match &en.expr {
+                EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            })
+            .collect(),
+        Expr::Select(s) => vec![&*s.operand],
+        Expr::Struct(s) => s
+            .entries
+            .iter()
+            .filter_map(|en| match &en.expr {
+                EntryExpr::StructField(f) => Some(&f.value),
+                EntryExpr::MapEntry(_) => None,
+            })
+            .collect(),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+    };
+    1 + children.into_iter().map(tree_depth).max().unwrap_or(0)
 }
 
 #[derive(Default)]
@@ -273,6 +361,7 @@ impl Walk {
             self.reads.context.add(key);
         }
         self.used.insert("request");
+        self.reads.named = true;
     }
 
     fn expr(&mut self, e: &IdedExpr) {
@@ -299,6 +388,7 @@ impl Walk {
                 }
                 if self.free(&s.operand, "request") {
                     self.used.insert("request");
+                    self.reads.named = true;
                     if !self.reads.field(&s.field) {
                         self.errors.push(format!("request has no field {:?}", s.field));
                     }
@@ -307,6 +397,17 @@ impl Walk {
                 self.expr(&s.operand);
             }
             Expr::Call(c) => {
+                // `request == null` (`!=`) tells the doors apart and reads nothing else.
+                let is_null = |e: &IdedExpr| matches!(e.expr, Expr::Literal(CelVal::Null));
+                if matches!(c.func_name.as_str(), operators::EQUALS | operators::NOT_EQUALS)
+                    && c.args.len() == 2
+                    && ((self.free(&c.args[0], "request") && is_null(&c.args[1]))
+                        || (is_null(&c.args[0]) && self.free(&c.args[1], "request")))
+                {
+                    self.used.insert("request");
+                    self.reads.named = true;
+                    return;
+                }
                 if c.func_name == operators::INDEX && c.args.len() == 2 && c.target.is_none() {
                     if let Expr::Literal(CelVal::String(key)) = &c.args[1].expr {
                         if let Some(map) = self.request_map(&c.args[0]) {
@@ -314,6 +415,7 @@ impl Walk {
                         }
                         if self.free(&c.args[0], "request") {
                             self.used.insert("request");
+                            self.reads.named = true;
                             if !self.reads.field(key) {
                                 self.errors.push(format!("request has no field {key:?}"));
                             }
@@ -392,16 +494,42 @@ fn not_bool(e: &IdedExpr) -> Option<&'static str> {
 }
 
 #[cfg(test)]
-mod probe {
+mod tests {
+    use super::*;
+
+    /// Bad sizes and shapes get an error, never a stack overflow: compiled
+    /// on a 2 MiB thread (a request thread's stack) and evaluated there.
     #[test]
-    fn probe_depth() {
-        for stack in [2usize, 8] {
-            for d in [0usize, 1, 2, 4, 8, 16, 32] {
-                let src = format!("{}true{}", "(".repeat(d), ")".repeat(d));
-                eprintln!("stack {stack} MiB depth {d} ...");
-                let h = std::thread::Builder::new().stack_size(stack << 20).spawn(move || super::compile(&src).is_ok()).unwrap();
-                eprintln!("ok {:?}", h.join().is_ok());
-            }
+    fn size_and_nesting_are_bounded() {
+        let cases = [
+            ("true && ".repeat(500) + "true", None),
+            (format!("[{}1] != []", "1, ".repeat(900)), None),
+            ("!".repeat(3000) + "true", None),
+            (format!("{}true{}", "(".repeat(12), ")".repeat(12)), None),
+            (format!("{}true{}", "(".repeat(13), ")".repeat(13)), Some("nest deeper than 12")),
+            (format!("{}1{} == 1", "[".repeat(40), "]".repeat(40)), Some("nest deeper than 12")),
+            ("true ? ".repeat(13) + "true" + &" : false".repeat(13), Some("nest deeper than 12")),
+            ("1 + ".repeat(900) + "1 == 1", Some("nests deeper than 48")),
+            (format!("'{}' == ''", "(".repeat(100)), None),
+            ("a".repeat(MAX_EXPRESSION_BYTES + 1), Some("more than the 4096 allowed")),
+        ];
+        for (src, want) in cases {
+            let shown: String = src.chars().take(40).collect();
+            let ok = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || {
+                    let e = CelExpr::new(src);
+                    match (e.compiled(), want) {
+                        (Some(c), None) => {
+                            cel::Value::resolve(&c.ast, &cel::Context::default()).expect("evaluates");
+                        }
+                        (None, Some(want)) => assert!(e.error().unwrap().contains(want), "{:?}", e.error()),
+                        (c, want) => panic!("{:?} {want:?}", c.map(|_| ()).ok_or(e.error())),
+                    }
+                })
+                .unwrap()
+                .join();
+            assert!(ok.is_ok(), "{shown}");
         }
     }
 }

@@ -465,7 +465,7 @@ fn validator_bounds_size_and_nesting() {
 /// parsing builds, however the text is laid out (compact, pretty, strings
 /// full of brackets, quotes and escapes): the validator's bounds on values,
 /// members, containers and depth hold for what is actually allocated.
-fn true_shape(v: &Value, depth: usize, s: &mut json_shape::Shape) {
+fn true_shape(v: &Value, depth: usize, s: &mut crate::json_shape::Shape) {
     s.values += 1;
     match v {
         Value::Array(a) => {
@@ -507,7 +507,7 @@ proptest! {
     fn json_shape_never_undercounts(v in prop_oneof![json_value(), tricky_json()], pretty in any::<bool>()) {
         let text = if pretty { serde_json::to_string_pretty(&v).unwrap() } else { v.to_string() };
         let measured = json_shape::measure(text.as_bytes());
-        let mut real = json_shape::Shape::default();
+        let mut real = crate::json_shape::Shape::default();
         true_shape(&v, 0, &mut real);
         prop_assert!(measured.values >= real.values, "values {} < {} in {}", measured.values, real.values, text);
         prop_assert_eq!(measured.members, real.members, "members in {}", text);
@@ -521,7 +521,7 @@ proptest! {
     fn json_shape_check_bounds_what_parses(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         if json_shape::check(&bytes).is_ok() {
             if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                let mut real = json_shape::Shape::default();
+                let mut real = crate::json_shape::Shape::default();
                 true_shape(&v, 0, &mut real);
                 prop_assert!(real.values <= json_shape::MAX_VALUES && real.depth <= json_shape::MAX_DEPTH);
             }
