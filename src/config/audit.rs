@@ -61,11 +61,10 @@ impl AuditConfig {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::config::tests::MINIMAL;
+    use crate::config::tests::{MINIMAL, issues_in};
 
     fn issues(audit: &str) -> Vec<String> {
-        let cfg = Config::from_yaml_str(&format!("audit: {audit}\n{MINIMAL}")).unwrap();
-        cfg.check().err().unwrap_or_default().iter().map(|i| i.to_string()).collect()
+        issues_in(&format!("audit: {audit}\n{MINIMAL}"))
     }
 
     #[test]

@@ -242,15 +242,7 @@ mod tests {
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$1nEzoCk0F1bUc7gOX0dKLMRS+m+rZwFlgtNvgUGugAg";
 
     fn issues(extra: &str) -> Vec<String> {
-        let text = format!("{MINIMAL}{extra}");
-        Config::from_yaml_str(&text)
-            .unwrap()
-            .check()
-            .err()
-            .unwrap_or_default()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        crate::config::tests::issues_in(&format!("{MINIMAL}{extra}"))
     }
 
     #[test]

@@ -105,11 +105,10 @@ impl TelemetryConfig {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::config::tests::MINIMAL;
+    use crate::config::tests::{MINIMAL, issues_in};
 
     fn issues(telemetry: &str) -> Vec<String> {
-        let cfg = Config::from_yaml_str(&format!("telemetry: {telemetry}\n{MINIMAL}")).unwrap();
-        cfg.check().err().unwrap_or_default().iter().map(|i| i.to_string()).collect()
+        issues_in(&format!("telemetry: {telemetry}\n{MINIMAL}"))
     }
 
     #[test]

@@ -19,6 +19,11 @@ rules:
     grant: { scopes: ["*"] }
 "#;
 
+/// Every problem `check` finds in a configuration text, as printed.
+pub(super) fn issues_in(text: &str) -> Vec<String> {
+    Config::from_yaml_str(text).unwrap().check().err().unwrap_or_default().iter().map(ToString::to_string).collect()
+}
+
 #[test]
 fn minimal_config_is_valid_with_defaults() {
     let cfg = Config::from_yaml_validated(MINIMAL).unwrap();

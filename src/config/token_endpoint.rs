@@ -232,11 +232,7 @@ mod tests {
     }
 
     fn issues(token_endpoint: &str) -> Vec<String> {
-        let text = format!("{BASE}token_endpoint: {token_endpoint}\n");
-        match Config::from_yaml_str(&text).unwrap().check() {
-            Ok(()) => Vec::new(),
-            Err(issues) => issues.iter().map(ToString::to_string).collect(),
-        }
+        crate::config::tests::issues_in(&format!("{BASE}token_endpoint: {token_endpoint}\n"))
     }
 
     #[test]

@@ -55,15 +55,7 @@ mod tests {
     use crate::config::tests::MINIMAL;
 
     fn issues(workloads: &str) -> Vec<String> {
-        let text = format!("{MINIMAL}workloads:\n{workloads}");
-        Config::from_yaml_str(&text)
-            .unwrap()
-            .check()
-            .err()
-            .unwrap_or_default()
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        crate::config::tests::issues_in(&format!("{MINIMAL}workloads:\n{workloads}"))
     }
 
     #[test]
