@@ -262,3 +262,52 @@ async fn explain_shows_each_expression_and_takes_request_attributes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected `name: value`"));
 }
+
+/// `actor.claims`: an actor token's claims decide, and two actor tokens of
+/// the same party that differ in a claim an expression reads never share a
+/// cached answer (the cache key holds what is read, not only who acts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_token_claims_decide_and_split_the_cache() {
+    let idp = MockIdp::start().await;
+    let rules = r#"
+- name: by-env
+  match:
+    audiences: [orders]
+    actor: { sub: [svc-web] }
+    condition: "actor.kind == 'token' && actor.claims.env == 'prod' && has(actor.claims.team)"
+  grant:
+    outcome: delegation
+    scopes: ["orders.*"]
+    computed_claims:
+      team: "actor.claims.team"
+"#;
+    let h = Harness::builder(&idp)
+        .ext_authz("actor: { token_header: x-actor-token }")
+        .rules(rules)
+        .start()
+        .await;
+    let token = alice(&idp);
+    let actor = |env: &str, team: Option<&str>| {
+        let mut c = idp.claims("svc-web", "");
+        c["env"] = json!(env);
+        if let Some(t) = team {
+            c["team"] = json!(t);
+        }
+        idp.token(&c)
+    };
+    let (prod, staging, anonymous) = (actor("prod", Some("web")), actor("staging", Some("web")), actor("prod", None));
+    let with = |a: &str| {
+        let req = request_to("orders.shop", "/orders").bearer(&token).header("x-actor-token", a).context("audience", "orders").build();
+        h.check_request(req)
+    };
+    let minted = allowed(&with(&prod).await).bearer();
+    let (_, claims) = h.verify_minted(&minted, "orders").await;
+    assert_eq!((&claims["team"], &claims["act"]["sub"]), (&json!("web"), &json!("svc-web")), "{claims}");
+    // Same actor `sub`, issuer and client: only the read claim differs.
+    let d = denial(&with(&staging).await);
+    assert!(d.description().contains("no rule allows"), "{}", d.description());
+    denial(&with(&anonymous).await);
+    // The same actor token again is answered from cache.
+    assert_eq!(allowed(&with(&prod).await).bearer(), minted);
+    h.shutdown().await;
+}

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -16,7 +16,7 @@ use tracing::{Instrument as _, Level, Span, debug};
 
 use crate::api::callers::{self, ConnInfo};
 use crate::api::refusal::{Class, Condition, Door, Refusal};
-use crate::config::{ActorMode, ExtAuthz, MetadataField};
+use crate::config::{ActorMode, ExtAuthz, Keys, MetadataField, RequestReads};
 use crate::engine::audit::{Door as AuditDoor, Origin};
 use crate::engine::{Engine, ExchangeRequest, Exchanged};
 use crate::metrics::Metrics;
@@ -65,39 +65,54 @@ impl AuthzService {
 
     /// The whole decision for one CheckRequest, made in process: no
     /// connection, so no Check caller is identified (see `api::callers`).
-    pub async fn decide(&self, req: CheckRequest) -> CheckResponse {
-        self.decide_from(None, &MetadataMap::new(), req).await
+    pub fn decide(&self, req: CheckRequest) -> impl Future<Output = CheckResponse> + Send + '_ {
+        static NO_METADATA: LazyLock<MetadataMap> = LazyLock::new(MetadataMap::new);
+        self.decide_from(None, &NO_METADATA, req)
     }
 
     /// The whole decision for one CheckRequest that came on `conn` with
-    /// these gRPC `metadata`.
-    async fn decide_from(&self, conn: Option<&ConnInfo>, metadata: &MetadataMap, req: CheckRequest) -> CheckResponse {
-        let started = Instant::now();
-        let span = tracing::info_span!(
-            target: crate::trace::TARGET, "check", otel.kind = "server", decision = tracing::field::Empty,
-            error = tracing::field::Empty,
-        );
-        if !span.is_disabled() {
-            continue_trace(&span, metadata, &req);
+    /// these gRPC `metadata`. Not an `async fn`, nor is `decide`: each of
+    /// those would keep the 1 KB request twice in its future (argument and
+    /// local), and a future is moved by value (issue 17); this block keeps
+    /// it once, and the layers below borrow it.
+    fn decide_from<'a>(
+        &'a self,
+        conn: Option<&'a ConnInfo>,
+        metadata: &'a MetadataMap,
+        req: CheckRequest,
+    ) -> impl Future<Output = CheckResponse> + Send + 'a {
+        async move {
+            let started = Instant::now();
+            let span = tracing::info_span!(
+                target: crate::trace::TARGET, "check", otel.kind = "server", decision = tracing::field::Empty,
+                error = tracing::field::Empty,
+            );
+            if !span.is_disabled() {
+                continue_trace(&span, metadata, &req);
+            }
+            let resp = self.decide_inner(conn, metadata, &req, &span).instrument(span.clone()).await;
+            self.metrics.observe("ext_authz", started.elapsed());
+            resp
         }
-        let resp = self.decide_inner(conn, metadata, req, &span).instrument(span.clone()).await;
-        self.metrics.observe("ext_authz", started.elapsed());
-        resp
     }
 
     async fn decide_inner(
         &self,
         conn: Option<&ConnInfo>,
         metadata: &MetadataMap,
-        req: CheckRequest,
+        req: &CheckRequest,
         span: &Span,
     ) -> CheckResponse {
+        static NO_ATTRIBUTES: LazyLock<AttributeContext> = LazyLock::new(AttributeContext::default);
         // One lock-free load per Check: the whole request is decided by the
         // engine it started with, even if a reload swaps another in meanwhile.
         let current = self.engine.load();
         let engine: &Engine = &current;
-        let attrs = req.attributes.unwrap_or_default();
-        match self.exchange(engine, conn, metadata, &attrs).await {
+        let attrs = req.attributes.as_ref().unwrap_or(&NO_ATTRIBUTES);
+        // Boxed: the exchange's future (validation, introspection, the
+        // actor) is ~2.5 KB, and the Check's own future, kept small, is
+        // moved by value on its way to the executor.
+        match Box::pin(self.exchange(engine, conn, metadata, attrs)).await {
             Ok(resp) => {
                 if !span.is_disabled() {
                     span.record("decision", "allow");
@@ -160,7 +175,9 @@ impl AuthzService {
             origin: Origin { door: Some(AuditDoor::ExtAuthz), caller: caller.identity() },
         };
         // Built only when a rule's CEL expression reads it (`request.*`).
-        let cel_request = engine.reads_request().then(|| cel_request(attrs, http, caller.believes_source_principal()));
+        let cel_request = engine
+            .reads_request()
+            .then(|| cel_request(attrs, http, caller.believes_source_principal(), engine.request_reads()));
         match engine.exchange_on(&request, cel_request.as_ref()).await {
             Ok(done) => {
                 self.metrics.allow();
@@ -216,30 +233,64 @@ fn requested_subject(
 
 /// The request as the rules' CEL expressions see it (`request`): header
 /// names lower-cased, and the source principal only from a caller believed
-/// about it (as for the actor).
+/// about it (as for the actor). Only what `reads` names is copied: the
+/// expressions can read nothing else, and the cache key holds only that.
 pub(crate) fn cel_request(
     attrs: &AttributeContext,
     http: Option<&AttributeContext_HttpRequest>,
     believed: bool,
+    reads: &RequestReads,
 ) -> RequestAttrs {
     let mut r = RequestAttrs::default();
+    let copy = |on: bool, v: &String| if on { v.clone() } else { String::new() };
     if let Some(h) = http {
-        (r.method, r.host, r.path, r.query) = (h.method.clone(), h.host.clone(), h.path.clone(), h.query.clone());
-        for (k, v) in &h.headers {
-            r.headers.insert(k.to_ascii_lowercase(), v.clone());
-        }
-        for k in h.header_map.iter().flat_map(|m| &m.headers).map(|h| h.key.to_ascii_lowercase()) {
-            if let Some(v) = header(h, &k) {
-                r.headers.entry(k).or_insert_with(|| v.into_owned());
+        r.method = copy(reads.method, &h.method);
+        r.host = copy(reads.host, &h.host);
+        r.path = copy(reads.path, &h.path);
+        r.query = copy(reads.query, &h.query);
+        match &reads.headers {
+            Keys::None => {}
+            Keys::Some(names) => {
+                for name in names {
+                    if let Some(v) = header_any_case(h, name) {
+                        r.headers.insert(name.clone(), v.into_owned());
+                    }
+                }
+            }
+            Keys::All => {
+                for (k, v) in &h.headers {
+                    r.headers.insert(k.to_ascii_lowercase(), v.clone());
+                }
+                for k in h.header_map.iter().flat_map(|m| &m.headers).map(|h| h.key.to_ascii_lowercase()) {
+                    if let Some(v) = header(h, &k) {
+                        r.headers.entry(k).or_insert_with(|| v.into_owned());
+                    }
+                }
             }
         }
     }
-    r.context = attrs.context_extensions.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    if believed {
+    r.context = match &reads.context {
+        Keys::None => Default::default(),
+        Keys::Some(names) => {
+            names.iter().filter_map(|k| attrs.context_extensions.get(k).map(|v| (k.clone(), v.clone()))).collect()
+        }
+        Keys::All => attrs.context_extensions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    if believed && reads.source_principal {
         r.source_principal = attrs.source.as_ref().map(|s| s.principal.clone()).unwrap_or_default();
     }
-    r.destination_principal = attrs.destination.as_ref().map(|d| d.principal.clone()).unwrap_or_default();
+    if reads.destination_principal {
+        r.destination_principal = attrs.destination.as_ref().map(|d| d.principal.clone()).unwrap_or_default();
+    }
     r
+}
+
+/// A header by its lower-case name, whatever case the caller sent it in.
+fn header_any_case<'a>(http: &'a AttributeContext_HttpRequest, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    header(http, name).or_else(|| {
+        let (_, v) = http.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name))?;
+        Some(std::borrow::Cow::Borrowed(v.as_str()))
+    })
 }
 
 /// Whether a requested subject (the ext_authz header, the token endpoint's

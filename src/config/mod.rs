@@ -36,7 +36,8 @@ pub use clients::{Client, ClientAuthMethod, GrantType};
 pub use dev_idp::DevIdp;
 pub use ext_authz::{ActorMode, ActorSource, CallerIdentity, CheckCaller, ExtAuthz, MetadataField, PeerNet, Route};
 pub use listen::{ClientCertPolicy, ClientCertSource, GrpcTls, HttpClientCert, HttpTls, Listen};
-pub use rules::cel::{CelExpr, Keys, RequestReads};
+pub use rules::cel::{CelExpr, Compiled, Keys, RequestReads, VARIABLES};
+pub use rules::cel_paths::CelPath;
 pub use rules::{
     ActorMatch, CLIENT_ISSUER, DelegationShape, DownstreamToken, Grant, Outcome, Presenter, Rule, RuleMatch,
     SELF_ISSUER,

@@ -13,6 +13,8 @@ use super::values::Dur;
 use crate::glob::Glob;
 
 pub mod cel;
+pub mod cel_paths;
+pub mod cel_types;
 use cel::CelExpr;
 
 /// The `match.issuers` entry that names stsgate's own tokens (re-exchange
@@ -447,6 +449,8 @@ impl Rule {
                 issues.add(at, format!("{claim:?} is a claim stsgate sets itself"));
             } else if let Some(why) = expr.error() {
                 issues.add(at, why);
+            } else if let Some(what) = expr.surely_not_json() {
+                issues.add(at, format!("must be a JSON value, and this expression is {what}"));
             }
         }
         if g.max_chain_depth == 0 && g.outcome == Outcome::Delegation {
@@ -699,12 +703,14 @@ mod tests {
             rule("function", "subject.email.lowercase() == 'a'"),
             rule("rebind", "subject.groups.exists(subject, subject == 'a')"),
             rule("deep", &format!("{}true{}", "(".repeat(40), ")".repeat(40))),
+            rule("types", "request.method + 1 == 2"),
         ]
         .concat();
         let issues = rule_issues(&format!(
             "{rules}  - name: claims\n    grant:\n      scopes: [x]\n      computed_claims:\n        \
              tenant: \"subject.email.split('@')[1]\"\n        sub: \"subject.email\"\n        \
-             client_id: \"'x'\"\n        bad: \"subject.(\"\n"
+             client_id: \"'x'\"\n        bad: \"subject.(\"\n        raw: \"b'x'\"\n        \
+             keys: \"{{1: 'a'}}\"\n        ok: \"{{'a': subject.b}}\"\n"
         ));
         let found: Vec<(&str, &str)> = issues.iter().map(|i| (i.path.as_str(), i.message.as_str())).collect();
         let want: &[(&str, &str)] = &[
@@ -718,9 +724,12 @@ mod tests {
             ("rules[8].match.condition", "unknown function \"lowercase\""),
             ("rules[9].match.condition", "may not be rebound"),
             ("rules[10].match.condition", "nest deeper than 12"),
-            ("rules[11].grant.computed_claims.bad", "syntax error"),
-            ("rules[11].grant.computed_claims.client_id", "is a claim stsgate sets itself"),
-            ("rules[11].grant.computed_claims.sub", "is a claim stsgate sets itself"),
+            ("rules[11].match.condition", "`+` cannot apply to a string and an integer"),
+            ("rules[12].grant.computed_claims.bad", "syntax error"),
+            ("rules[12].grant.computed_claims.client_id", "is a claim stsgate sets itself"),
+            ("rules[12].grant.computed_claims.keys", "must be a JSON value, and this expression is a map with keys"),
+            ("rules[12].grant.computed_claims.raw", "must be a JSON value, and this expression is bytes"),
+            ("rules[12].grant.computed_claims.sub", "is a claim stsgate sets itself"),
         ];
         assert_eq!(found.len(), want.len(), "{found:#?}");
         for ((path, msg), (wp, wm)) in found.iter().zip(want) {

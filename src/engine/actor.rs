@@ -6,7 +6,7 @@
 
 use super::{Engine, ExchangeError};
 use crate::clock::now_unix;
-use crate::rules::{Actor, ActorKind};
+use crate::rules::{Actor, ActorKind, ActorToken};
 use crate::trust::validator::TokenError;
 
 /// The one actor of a request, if any, and the `exp` of the actor token
@@ -28,7 +28,8 @@ impl Engine {
         peer: Option<&str>,
         token: Option<&str>,
     ) -> Result<ResolvedActor, ExchangeError> {
-        let peer = peer.map(|p| Actor { kind: ActorKind::Peer, sub: p.to_owned(), iss: None, client_id: None });
+        let peer =
+            peer.map(|p| Actor { kind: ActorKind::Peer, sub: p.to_owned(), iss: None, client_id: None, token: None });
         let (token_actor, exp) = match token {
             Some(token) => {
                 let (actor, exp) = self.actor_from_token(token).await?;
@@ -56,8 +57,8 @@ impl Engine {
         if v.is_own() {
             return Err(ExchangeError::ActorToken(TokenError::OwnActorToken));
         }
-        let (sub, iss, client_id) = (v.sub.clone(), Some(v.issuer.clone()), v.client_id.clone());
-        let actor = Actor { kind: ActorKind::Token, sub, iss, client_id };
-        Ok((actor, v.exp))
+        let (sub, iss, client_id, exp) = (v.sub.clone(), Some(v.issuer.clone()), v.client_id.clone(), v.exp);
+        let actor = Actor { kind: ActorKind::Token, sub, iss, client_id, token: Some(ActorToken(v)) };
+        Ok((actor, exp))
     }
 }

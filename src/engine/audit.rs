@@ -24,14 +24,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
 
 use super::ExchangeRequest;
 use super::mint::Exchanged;
 use crate::config::{AuditConfig, Outcome};
 use crate::metrics::AuditMetrics;
-use crate::rules::{Actor, Denied};
+use crate::rules::{Actor, Denied, SubId};
 use crate::trust::validator::Validated;
 
 /// The schema's version: a field removed or changed in meaning raises it;
@@ -90,31 +90,62 @@ pub(crate) struct DoorRefusal<'a> {
     pub(crate) description: &'a str,
 }
 
-/// One line of the stream (see the README for each field).
+/// One line of the stream (see the README for each field). Everything is
+/// borrowed and written straight into the line: no JSON values are built.
 #[derive(Debug, Serialize)]
 struct Event<'a> {
     /// Always 1: lets a log shipper tell audit lines from anything else on stdout.
     stsgate_audit: u8,
     version: u32,
-    time: String,
+    time: Time,
     event: &'static str,
     decision: Option<&'static str>,
     outcome: Option<&'static str>,
     door: Option<&'static str>,
     rule: Option<&'a str>,
-    subject: Option<Value>,
-    sub_id: Option<Value>,
-    actor_chain: Vec<Value>,
+    subject: Option<Party<'a>>,
+    sub_id: Option<&'a SubId>,
+    actor_chain: Vec<Party<'a>>,
     requested_subject: Option<&'a str>,
     client: Option<&'a str>,
-    client_id: Option<Value>,
+    client_id: Option<&'a str>,
     caller: Option<&'a str>,
     audience: Option<&'a str>,
-    scopes: Option<Vec<&'a str>>,
-    jti: Option<Value>,
+    scopes: Option<Scopes<'a>>,
+    jti: Option<&'a str>,
     exp: Option<i64>,
     reason: Option<&'static str>,
     description: Option<&'a str>,
+}
+
+/// `time`: RFC 3339, UTC, milliseconds, formatted straight into the line.
+#[derive(Debug)]
+struct Time(SystemTime);
+
+impl Serialize for Time {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+/// `scopes`: the minted `scope` claim as a list, split while written.
+#[derive(Debug)]
+struct Scopes<'a>(&'a str);
+
+impl Serialize for Scopes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.split(' ').filter(|s| !s.is_empty()))
+    }
+}
+
+/// `{iss, sub}` of one party; only these two, whatever else a claim holds.
+/// The keys in this order (sorted, as the schema has always written them),
+/// `iss` only when known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+struct Party<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    sub: &'a str,
 }
 
 impl Event<'_> {
@@ -122,7 +153,7 @@ impl Event<'_> {
         Event {
             stsgate_audit: 1,
             version: VERSION,
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            time: Time(SystemTime::now()),
             event,
             decision: None,
             outcome: None,
@@ -145,28 +176,21 @@ impl Event<'_> {
     }
 }
 
-/// `{sub, iss}` of one party; only these two, whatever else a claim holds.
-fn party(sub: Option<&Value>, iss: Option<&Value>) -> Option<Value> {
-    let sub = sub?.as_str()?;
-    Some(match iss.and_then(Value::as_str) {
-        Some(iss) => json!({ "sub": sub, "iss": iss }),
-        None => json!({ "sub": sub }),
-    })
+/// A party of a claim (`act`): its `sub` must be a string.
+fn party<'a>(sub: Option<&'a Value>, iss: Option<&'a Value>) -> Option<Party<'a>> {
+    Some(Party { sub: sub?.as_str()?, iss: iss.and_then(Value::as_str) })
 }
 
-fn actor_party(a: &Actor) -> Value {
-    match &a.iss {
-        Some(iss) => json!({ "sub": a.sub, "iss": iss }),
-        None => json!({ "sub": a.sub }),
-    }
+fn actor_party(a: &Actor) -> Party<'_> {
+    Party { sub: &a.sub, iss: a.iss.as_deref() }
 }
 
-fn subject_party(v: &Validated) -> Value {
-    json!({ "sub": v.sub, "iss": v.issuer })
+fn subject_party(v: &Validated) -> Party<'_> {
+    Party { sub: &v.sub, iss: Some(&v.issuer) }
 }
 
 /// The actors an `act` claim nests, current first (RFC 8693 §4.1).
-fn act_chain(mut act: Option<&Value>, out: &mut Vec<Value>) {
+fn act_chain<'a>(mut act: Option<&'a Value>, out: &mut Vec<Party<'a>>) {
     // The depth is bounded by the rules (`max_chain_depth`); this bound only
     // keeps a malformed claim from looping.
     for _ in 0..64 {
@@ -303,17 +327,23 @@ impl Audit {
             _ if subject.is_own() => "re-exchange",
             o => o.as_str(),
         };
-        let claims = done.claims_json();
+        // The claims as minting had them (not the payload parsed back).
+        let claims = done.claims();
+        let claims = claims.as_deref();
         let mut chain = Vec::new();
         if outcome == Outcome::Impersonation {
             // Nothing in the token names the actor: the stream does.
             chain.extend(req.actor.as_ref().map(actor_party));
-        } else if let Some(act_as) = claims.get("act_as") {
+        } else if let Some((c, act_as)) = claims.and_then(|c| Some((c, c.act_as.as_ref()?))) {
             // `delegation_shape: act_as`: the actor is `sub`, the subject in `act_as`.
-            chain.extend(party(claims.get("sub"), claims.get("sub_id").and_then(|s| s.get("iss"))));
+            let iss = match &c.sub_id {
+                SubId::IssSub { iss, .. } => Some(iss.as_str()),
+                SubId::Uri { .. } | SubId::Opaque { .. } => None,
+            };
+            chain.push(Party { sub: &c.sub, iss });
             act_chain(act_as.get("act"), &mut chain);
         } else {
-            act_chain(claims.get("act"), &mut chain);
+            act_chain(claims.and_then(|c| c.act.as_ref()), &mut chain);
         }
         // Only a plain exchange is sampled: one that carries an actor chain
         // along says who acted, like a delegation.
@@ -321,22 +351,21 @@ impl Audit {
         if plain && !self.sampler.keep() {
             return;
         }
-        let scope = claims.get("scope").and_then(Value::as_str);
         let mut e = Event::new("minted");
         e.decision = Some(decision);
         e.outcome = Some(outcome.as_str());
         e.door = req.origin.door.map(Door::as_str);
         e.rule = Some(done.rule());
         e.subject = Some(subject_party(subject));
-        e.sub_id = claims.get("sub_id").cloned();
+        e.sub_id = claims.map(|c| &c.sub_id);
         e.actor_chain = chain;
         e.requested_subject = req.requested_subject;
         e.client = req.client;
-        e.client_id = claims.get("client_id").cloned();
+        e.client_id = claims.map(|c| c.client_id.as_str());
         e.caller = req.origin.caller;
         e.audience = Some(req.audience);
-        e.scopes = Some(scope.map(|s| s.split(' ').filter(|s| !s.is_empty()).collect()).unwrap_or_default());
-        e.jti = claims.get("jti").cloned();
+        e.scopes = Some(Scopes(claims.and_then(|c| c.scope.as_deref()).unwrap_or("")));
+        e.jti = claims.map(|c| c.jti.as_str());
         e.exp = Some(done.exp());
         self.send(&e, plain);
     }
@@ -361,7 +390,7 @@ impl Audit {
     pub(crate) fn refused_at_door(&self, r: &DoorRefusal<'_>) {
         let mut e = Event::new("refused");
         e.door = Some(r.door.as_str());
-        e.actor_chain.extend(r.actor.map(|a| json!({ "sub": a })));
+        e.actor_chain.extend(r.actor.map(|sub| Party { sub, iss: None }));
         e.client = r.client;
         e.caller = r.caller;
         e.audience = r.audience;
@@ -372,7 +401,7 @@ impl Audit {
 
     /// Queues one event: a droppable one only when there is room.
     fn send(&self, e: &Event<'_>, droppable: bool) {
-        let line = match serde_json::to_string(e) {
+        let line = match encode(e) {
             Ok(line) => line,
             Err(err) => {
                 // Strings and numbers only: not expected, but never a panic.
@@ -401,6 +430,29 @@ impl Audit {
             tracing::error!("the audit writer is gone: an audit event was lost");
         }
     }
+}
+
+/// The JSON line of an event, in an allocation of its exact size: written
+/// into a buffer each thread reuses (a fresh `String` would be regrown
+/// several times over an event's ~500 bytes), then copied once.
+fn encode(e: &Event<'_>) -> Result<String, String> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|buf| {
+        // A nested `send` (never expected) gets a buffer of its own.
+        let mut own = Vec::new();
+        let mut borrowed = buf.try_borrow_mut();
+        let buf = borrowed.as_deref_mut().unwrap_or(&mut own);
+        buf.clear();
+        serde_json::to_writer(&mut *buf, e).map_err(|err| err.to_string())?;
+        let line = std::str::from_utf8(buf).map(str::to_owned).map_err(|err| err.to_string());
+        // A rare huge event (a long refusal text) does not keep its buffer.
+        if buf.capacity() > 16 * 1024 {
+            *buf = Vec::new();
+        }
+        line
+    })
 }
 
 /// The audit file, reopened when asked (SIGHUP) or when its path no longer
@@ -589,6 +641,8 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -646,7 +700,53 @@ mod tests {
         let act = json!({"sub": "b", "iss": "https://i", "client_id": "x", "act": {"sub": "a", "act": "junk"}});
         let mut chain = Vec::new();
         act_chain(Some(&act), &mut chain);
-        assert_eq!(chain, [json!({"sub": "b", "iss": "https://i"}), json!({"sub": "a"})]);
+        assert_eq!(chain, [Party { sub: "b", iss: Some("https://i") }, Party { sub: "a", iss: None }]);
+    }
+
+    /// The line is written from borrowed fields, not from JSON values: the
+    /// bytes must stay what schema version 1 has always written (keys in
+    /// this order, a party's `iss` before its `sub`, `sub_id` with its
+    /// `format` first, escapes as serde_json writes them).
+    #[test]
+    fn a_minted_event_is_written_byte_for_byte_as_schema_1() {
+        let sub_id = SubId::IssSub { iss: "https://idp.example".into(), sub: "alice".into() };
+        let mut e = Event::new("minted");
+        e.time = Time(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_495_249_123));
+        e.decision = Some("delegation");
+        e.outcome = Some("delegation");
+        e.door = Some("ext_authz");
+        e.rule = Some("r\"1");
+        e.subject = Some(Party { sub: "alice", iss: Some("https://idp.example") });
+        e.sub_id = Some(&sub_id);
+        e.actor_chain = vec![Party { sub: "svc", iss: Some("https://idp.example") }, Party { sub: "edge", iss: None }];
+        e.client_id = Some("web");
+        e.caller = Some("spiffe://c/envoy");
+        e.audience = Some("orders");
+        e.scopes = Some(Scopes(" orders.read  profile"));
+        e.jti = Some("abc");
+        e.exp = Some(1_764_495_549);
+        let line = encode(&e).unwrap();
+        assert_eq!(
+            line,
+            concat!(
+                r#"{"stsgate_audit":1,"version":1,"time":"2025-11-30T09:34:09.123Z","event":"minted","#,
+                r#""decision":"delegation","outcome":"delegation","door":"ext_authz","rule":"r\"1","#,
+                r#""subject":{"iss":"https://idp.example","sub":"alice"},"#,
+                r#""sub_id":{"format":"iss_sub","iss":"https://idp.example","sub":"alice"},"#,
+                r#""actor_chain":[{"iss":"https://idp.example","sub":"svc"},{"sub":"edge"}],"#,
+                r#""requested_subject":null,"client":null,"client_id":"web","caller":"spiffe://c/envoy","#,
+                r#""audience":"orders","scopes":["orders.read","profile"],"jti":"abc","exp":1764495549,"#,
+                r#""reason":null,"description":null}"#
+            )
+        );
+        // A refusal: no scopes (null, not []), an empty chain.
+        let mut e = Event::new("refused");
+        e.actor_chain.push(Party { sub: "x", iss: None });
+        e.description = Some("no rule");
+        let line: Value = serde_json::from_str(&encode(&e).unwrap()).unwrap();
+        assert_eq!((&line["scopes"], &line["actor_chain"]), (&Value::Null, &json!([{"sub": "x"}])));
+        // And the same again in the same buffer, reused.
+        assert_eq!(encode(&e).unwrap(), encode(&e).unwrap());
     }
 
     #[test]

@@ -288,8 +288,8 @@ mod tests {
 
     #[test]
     fn keys_separate_every_deciding_field() {
-        let peer = Actor { kind: ActorKind::Peer, sub: "spiffe://a".into(), iss: None, client_id: None };
-        let token = Actor { kind: ActorKind::Token, sub: "spiffe://a".into(), iss: None, client_id: None };
+        let peer = Actor { kind: ActorKind::Peer, sub: "spiffe://a".into(), iss: None, client_id: None, token: None };
+        let token = Actor { kind: ActorKind::Token, sub: "spiffe://a".into(), iss: None, client_id: None, token: None };
         let scopes = vec!["a".to_string(), "b".to_string()];
         let joined = vec!["a b".to_string()];
         let base = exchange_key("t", None, "aud", None, None, "c", None, None);

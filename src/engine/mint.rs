@@ -130,6 +130,28 @@ pub struct Exchanged<'e> {
     /// The audit record of an impersonation, complete with the minted `jti`:
     /// only a token that was actually minted is audited (never cached).
     audit: Option<Box<str>>,
+    /// The claims of a token minted just now, as minting had them; `None`
+    /// for a cache hit. Boxed: an `Exchanged` is moved through the Check's
+    /// futures.
+    fresh: Option<Box<Fresh>>,
+}
+
+/// The claims a token was minted with, kept for the audit event and the
+/// answer's metadata so that neither parses the signed payload back: the
+/// same values `ClaimsOut` serialised (moved out of the decision, not copied).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub(crate) struct Fresh {
+    pub(crate) sub: String,
+    pub(crate) sub_id: SubId,
+    pub(crate) aud: String,
+    pub(crate) client_id: String,
+    #[serde(default)]
+    pub(crate) scope: Option<String>,
+    pub(crate) jti: String,
+    #[serde(default)]
+    pub(crate) act: Option<Value>,
+    #[serde(default)]
+    pub(crate) act_as: Option<Value>,
 }
 
 /// The claims front doors show in metadata and logs, read from the payload.
@@ -148,7 +170,17 @@ pub(crate) struct ClaimsView<'a> {
 impl<'e> Exchanged<'e> {
     /// A token answered from the minted-token cache (never audited).
     pub(super) fn cached(engine: &'e Engine, minted: Arc<Minted>) -> Exchanged<'e> {
-        Exchanged { engine, minted, audit: None }
+        Exchanged { engine, minted, audit: None, fresh: None }
+    }
+
+    /// The claims this token was minted with: as minting kept them, or (for
+    /// a cache hit) read back from the payload; `None` only if the payload
+    /// were not the JSON stsgate wrote itself.
+    pub(crate) fn claims(&self) -> Option<std::borrow::Cow<'_, Fresh>> {
+        match &self.fresh {
+            Some(f) => Some(std::borrow::Cow::Borrowed(&**f)),
+            None => serde_json::from_value(self.claims_json()).ok().map(std::borrow::Cow::Owned),
+        }
     }
 
     /// The cache entry: shared, not copied.
@@ -174,6 +206,12 @@ impl<'e> Exchanged<'e> {
     /// `sub`, `aud`, `scope` and `jti`; `None` only if the payload were not
     /// the JSON stsgate wrote itself.
     pub(crate) fn view(&self) -> Option<ClaimsView<'_>> {
+        use std::borrow::Cow::Borrowed;
+        if let Some(f) = &self.fresh {
+            // Minted just now: what minting had, not a parse of what it wrote.
+            let (sub, aud, jti) = (Borrowed(f.sub.as_str()), Borrowed(f.aud.as_str()), Borrowed(f.jti.as_str()));
+            return Some(ClaimsView { sub, aud, scope: f.scope.as_deref().map(Borrowed), jti });
+        }
         serde_json::from_slice(&self.minted.signed[..self.minted.rest_len as usize]).ok()
     }
 
@@ -301,7 +339,7 @@ pub(super) struct MintRequest<'a> {
 impl Engine {
     /// Mints the token a decision grants, and its downstream tokens, with the
     /// active key.
-    pub(super) fn mint(&self, decision: &Decision, req: &MintRequest<'_>) -> Result<Exchanged<'_>, MintError> {
+    pub(super) fn mint(&self, decision: Decision, req: &MintRequest<'_>) -> Result<Exchanged<'_>, MintError> {
         let rule = *self.rule_index.get(&decision.rule).ok_or_else(|| MintError::UnknownRule(decision.rule.clone()))?;
         // RFC 9068 client_id: the client that asked, as the rules chose it (an
         // actor token's from an admitted issuer, else the subject token's),
@@ -384,7 +422,18 @@ impl Engine {
             signer: signer_index as u16,
             downstream: (!downstream.is_empty()).then(|| downstream.into_boxed_slice()),
         };
-        Ok(Exchanged { engine: self, minted: Arc::new(minted), audit })
+        // The claims move on for the audit event and the answer.
+        let fresh = Fresh {
+            client_id: decision.client_id.unwrap_or_else(|| req.default_client_id.to_owned()),
+            sub: decision.sub,
+            sub_id: decision.sub_id,
+            aud: req.audience.to_owned(),
+            scope,
+            jti,
+            act: decision.act,
+            act_as: decision.act_as,
+        };
+        Ok(Exchanged { engine: self, minted: Arc::new(minted), audit, fresh: Some(Box::new(fresh)) })
     }
 }
 
@@ -469,6 +518,66 @@ mod tests {
             };
             let (b, o) = (serde_json::to_string(&borrowed).unwrap(), serde_json::to_string(&owned).unwrap());
             assert_eq!(b, o);
+        }
+    }
+
+    /// The audit event and the answer's metadata read the claims minting
+    /// kept instead of the payload: they must be the claims signed, for
+    /// each shape of token (plain, `act` chain, `act_as`, default client).
+    #[test]
+    fn the_claims_kept_are_the_claims_signed() {
+        crate::install_crypto_provider();
+        let yaml = r#"
+issuer: https://sts.test
+signing: { keys: [{ kid: sts, ephemeral: true }] }
+trusted_issuers: [{ issuer: "https://idp.test", jwks_url: "https://idp.test/jwks", algorithms: [ES256] }]
+audit: { stdout: true }
+rules:
+  - { name: r, match: { audiences: [orders] }, grant: { scopes: ["*"] } }
+"#;
+        let cfg = Arc::new(crate::config::Config::from_yaml_validated(yaml).unwrap());
+        let engine = Engine::load(cfg, crate::trust::issuer::http_client().unwrap(), None).unwrap();
+        let plain = Decision {
+            rule: "r".into(),
+            outcome: Outcome::Exchange,
+            sub: "alice".into(),
+            act: None,
+            act_as: None,
+            scopes: vec!["orders.read".into(), "profile".into()],
+            max_lifetime: None,
+            sub_id: SubId::IssSub { iss: "https://idp.test".into(), sub: "alice".into() },
+            client_id: Some("web".into()),
+            claims: Map::new(),
+            downstream: Vec::new(),
+            audit: None,
+        };
+        let chain = Decision {
+            outcome: Outcome::Delegation,
+            act: Some(serde_json::json!({"sub": "svc", "iss": "https://idp.test", "act": {"sub": "edge"}})),
+            scopes: Vec::new(),
+            client_id: None,
+            ..plain.clone()
+        };
+        let act_as = Decision {
+            outcome: Outcome::Delegation,
+            sub: "spiffe://x/ns/a/sa/b".into(),
+            sub_id: SubId::Uri { uri: "spiffe://x/ns/a/sa/b".into() },
+            act_as: Some(serde_json::json!({"sub": "alice", "iss": "https://idp.test"})),
+            claims: [("email".to_owned(), serde_json::json!("a@x"))].into_iter().collect(),
+            ..plain.clone()
+        };
+        let req = MintRequest { subject_issuer: "https://idp.test", audience: "orders", default_client_id: "sts", exp: 2, now: 1 };
+        for decision in [plain, chain, act_as] {
+            let done = engine.mint(decision.clone(), &req).unwrap();
+            let kept = done.claims().unwrap().into_owned();
+            // What `claims()` reads back from the payload for a cache hit.
+            let read: Fresh = serde_json::from_value(done.claims_json()).unwrap();
+            assert_eq!(format!("{kept:?}"), format!("{read:?}"), "{decision:?}");
+            assert_eq!((kept.aud.as_str(), kept.client_id.as_str()), ("orders", decision.client_id.as_deref().unwrap_or("sts")));
+            let view = done.view().unwrap();
+            let cached = Exchanged::cached(&engine, done.minted().clone());
+            let read = cached.view().unwrap();
+            assert_eq!((&view.sub, &view.aud, &view.scope, &view.jti), (&read.sub, &read.aud, &read.scope, &read.jti));
         }
     }
 

@@ -134,6 +134,9 @@ pub struct Engine {
     /// Every request attribute any rule's CEL expression can read: part of
     /// the minted-token cache key on the Check path (`exchange_on`).
     request_reads: crate::config::RequestReads,
+    /// Every actor-token claim any rule's CEL expression can read
+    /// (`actor.claims.*`): part of the minted-token cache key too.
+    actor_claim_reads: crate::config::Keys,
 }
 
 impl std::fmt::Debug for Engine {
@@ -201,9 +204,12 @@ impl Engine {
         let prefixes = PayloadPrefix::all(&cfg.issuer, cfg.trusted_issuers.iter().map(|i| i.issuer.as_str()));
         let (introspectors, introspection_metrics) = Default::default();
         let mut request_reads = crate::config::RequestReads::default();
+        let mut actor_claim_reads = crate::config::Keys::None;
         for r in &cfg.rules {
-            let exprs = r.when.condition.iter().chain(r.grant.computed_claims.values());
-            exprs.for_each(|e| request_reads.union(&e.reads()));
+            for e in r.when.condition.iter().chain(r.grant.computed_claims.values()) {
+                request_reads.union(&e.reads());
+                actor_claim_reads.union(e.actor_claims());
+            }
         }
         Engine {
             cfg,
@@ -220,6 +226,7 @@ impl Engine {
             rule_index,
             issuer_index,
             request_reads,
+            actor_claim_reads,
         }
     }
 
@@ -263,6 +270,27 @@ impl Engine {
         &self.request_reads
     }
 
+    /// What the rules' CEL expressions read beyond the cache key's other
+    /// fields, for the minted-token cache key: the request's attributes they
+    /// can read and the actor token's claims. `None` when they read neither.
+    fn cel_key_bytes(&self, request: Option<&RequestAttrs>, actor: Option<&Actor>) -> Option<Vec<u8>> {
+        let request = request.filter(|_| self.reads_request()).map(|r| r.key_bytes(&self.request_reads));
+        if matches!(self.actor_claim_reads, crate::config::Keys::None) {
+            return request;
+        }
+        let mut out = Vec::new();
+        match request {
+            Some(r) => {
+                out.extend_from_slice(&(r.len() as u64).to_le_bytes());
+                out.extend_from_slice(&r);
+            }
+            None => out.extend_from_slice(&u64::MAX.to_le_bytes()),
+        }
+        let token = actor.and_then(|a| a.token.as_ref()).map(|t| &*t.0);
+        rules::actor_claims_key_bytes(token, &self.actor_claim_reads, &mut out);
+        Some(out)
+    }
+
     /// `exchange` of a Check about `request`: the rules' expressions see it,
     /// and the attributes they can read are part of the cache key.
     pub(crate) async fn exchange_on(
@@ -295,7 +323,7 @@ impl Engine {
                 req.client,
                 // Two requests that differ in an attribute some expression
                 // reads never share an answer (whichever rule decides).
-                request.filter(|_| self.reads_request()).map(|r| r.key_bytes(&self.request_reads)).as_deref(),
+                self.cel_key_bytes(request, req.actor.as_ref()).as_deref(),
             )
         });
         if let Some(hit) = key.as_ref().and_then(|k| self.caches.get_minted(k, now, epoch)) {
@@ -517,7 +545,7 @@ impl Engine {
             exp,
             now,
         };
-        Ok(info_span!(target: TRACE, "mint").in_scope(|| self.mint(&decision, &mint))?)
+        Ok(info_span!(target: TRACE, "mint").in_scope(|| self.mint(decision, &mint))?)
     }
 }
 

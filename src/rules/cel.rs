@@ -2,24 +2,25 @@
 //! `grant.computed_claims`; compiled by `config::rules::cel`).
 //!
 //! Variables: `subject` (the subject token's claims), `actor` (`{kind, id,
-//! issuer, client_id}` or null), `client` (the authenticated token endpoint
+//! issuer, client_id, claims}` or null; `claims` are the actor token's), `client` (the authenticated token endpoint
 //! client or null), `audience`, `scopes` (the requested scopes, else the
 //! subject token's), and `request` on the Check path (`{method, host, path,
 //! query, headers, context, source_principal, destination_principal}`; null
 //! at the token endpoint, so reading a field of it there is an error and the
 //! rule does not match).
 
-use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use cel::extractors::This;
 use cel::objects::{Key, Map as CelMap};
-use cel::{Context, ResolveResult, Value as CelValue};
+use cel::context::VariableResolver;
+use cel::{Context, ExecutionError, ResolveResult, Value as CelValue};
 use serde_json::{Map, Value};
 
 use super::{ActorKind, RuleInput};
-use crate::config::{CelExpr, Keys, RequestReads};
+use crate::config::{CelExpr, Compiled, Keys, CelPath, RequestReads, VARIABLES};
+use crate::trust::validator::Validated;
 
 /// The standard functions and macros, and three of CEL's string
 /// extensions (`split`, `lowerAscii`, `upperAscii`: a tenant from an email
@@ -107,75 +108,99 @@ impl RequestAttrs {
         out
     }
 
-    fn to_cel(&self) -> CelValue {
-        let strings = |m: &BTreeMap<String, String>| {
-            let map: HashMap<Key, CelValue> =
-                m.iter().map(|(k, v)| (Key::from(k.as_str()), CelValue::from(v.as_str()))).collect();
-            CelValue::Map(CelMap { map: Arc::new(map) })
-        };
+    /// The fields `reads` names, as a CEL map: only what the expression can
+    /// read is converted.
+    fn to_cel(&self, reads: &RequestReads) -> CelValue {
         let mut map: HashMap<Key, CelValue> = HashMap::new();
-        for (k, v) in [
-            ("method", &self.method),
-            ("host", &self.host),
-            ("path", &self.path),
-            ("query", &self.query),
-            ("source_principal", &self.source_principal),
-            ("destination_principal", &self.destination_principal),
+        for (k, on, v) in [
+            ("method", reads.method, &self.method),
+            ("host", reads.host, &self.host),
+            ("path", reads.path, &self.path),
+            ("query", reads.query, &self.query),
+            ("source_principal", reads.source_principal, &self.source_principal),
+            ("destination_principal", reads.destination_principal, &self.destination_principal),
         ] {
-            map.insert(k.into(), v.as_str().into());
+            if on {
+                map.insert(k.into(), v.as_str().into());
+            }
         }
-        map.insert("headers".into(), strings(&self.headers));
-        map.insert("context".into(), strings(&self.context));
+        for (k, keys, m) in [("headers", &reads.headers, &self.headers), ("context", &reads.context, &self.context)] {
+            let strings: HashMap<Key, CelValue> = match keys {
+                Keys::None => continue,
+                Keys::All => m.iter().map(|(k, v)| (Key::from(k.as_str()), CelValue::from(v.as_str()))).collect(),
+                Keys::Some(names) => names
+                    .iter()
+                    .filter_map(|n| m.get(n).map(|v| (Key::from(n.as_str()), CelValue::from(v.as_str()))))
+                    .collect(),
+            };
+            map.insert(k.into(), CelValue::Map(CelMap { map: Arc::new(strings) }));
+        }
         CelValue::Map(CelMap { map: Arc::new(map) })
     }
 }
 
-/// The variables of one decision, each built at most once and only when an
-/// expression names it.
+/// The variables of one decision. Each is built for an expression only
+/// when it names it whole; what is built whole (the subject's claims, the
+/// scopes) is built once per decision. What an expression reads by a
+/// constant path (`subject.email`) is read straight from the token or the
+/// request (`CelPath`).
 pub(crate) struct Vars<'a> {
     input: &'a RuleInput<'a>,
     client: Option<&'a str>,
     request: Option<&'a RequestAttrs>,
-    subject: OnceCell<CelValue>,
-    actor: OnceCell<CelValue>,
-    scopes: OnceCell<CelValue>,
-    request_value: OnceCell<CelValue>,
+    subject: OnceLock<CelValue>,
+    scopes: OnceLock<CelValue>,
+}
+
+/// An expression's variables, handed to the evaluator without a map of
+/// their own.
+struct Bound<'v, 'a> {
+    vars: &'v Vars<'a>,
+    whole: &'v [(&'static str, CelValue)],
+}
+
+impl VariableResolver for Bound<'_, '_> {
+    fn resolve(&self, name: &str) -> Option<CelValue> {
+        match CelPath::parse(name) {
+            Some(path) => self.vars.path(path),
+            None => self.whole.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()),
+        }
+    }
 }
 
 impl<'a> Vars<'a> {
     pub(crate) fn new(input: &'a RuleInput<'a>, client: Option<&'a str>, request: Option<&'a RequestAttrs>) -> Self {
-        Vars {
-            input,
-            client,
-            request,
-            subject: OnceCell::new(),
-            actor: OnceCell::new(),
-            scopes: OnceCell::new(),
-            request_value: OnceCell::new(),
-        }
+        Vars { input, client, request, subject: OnceLock::new(), scopes: OnceLock::new() }
     }
 
-    fn variable(&self, name: &str) -> CelValue {
+    /// A variable named whole.
+    fn variable(&self, name: &str, c: &Compiled) -> CelValue {
         let input = self.input;
         match name {
-            "subject" => self.subject.get_or_init(|| subject_value(input)).clone(),
-            "actor" => self
-                .actor
-                .get_or_init(|| {
-                    let Some(a) = input.actor else { return CelValue::Null };
-                    let kind = match a.kind {
-                        ActorKind::Peer => "peer",
-                        ActorKind::Token => "token",
-                        ActorKind::PeerAndToken => "peer_and_token",
-                    };
-                    let mut m: HashMap<Key, CelValue> = HashMap::new();
-                    m.insert("kind".into(), kind.into());
-                    m.insert("id".into(), a.sub.as_str().into());
-                    m.insert("issuer".into(), a.iss.as_deref().into());
-                    m.insert("client_id".into(), a.client_id.as_deref().into());
-                    CelValue::Map(CelMap { map: Arc::new(m) })
-                })
-                .clone(),
+            "subject" => self.subject.get_or_init(|| claims_map(input.subject)).clone(),
+            "actor" => {
+                let Some(a) = input.actor else { return CelValue::Null };
+                let kind = match a.kind {
+                    ActorKind::Peer => "peer",
+                    ActorKind::Token => "token",
+                    ActorKind::PeerAndToken => "peer_and_token",
+                };
+                let mut m: HashMap<Key, CelValue> = HashMap::with_capacity(5);
+                m.insert("kind".into(), kind.into());
+                m.insert("id".into(), a.sub.as_str().into());
+                m.insert("issuer".into(), a.iss.as_deref().into());
+                m.insert("client_id".into(), a.client_id.as_deref().into());
+                // Claims read by name are paths; only a whole read needs the map.
+                if c.actor_claims == Keys::All {
+                    // A peer proves no claims: an empty map, so that `has()` works.
+                    let claims = a.token.as_ref().map_or_else(
+                        || CelValue::Map(CelMap { map: Arc::new(HashMap::new()) }),
+                        |t| claims_map(&t.0),
+                    );
+                    m.insert("claims".into(), claims);
+                }
+                CelValue::Map(CelMap { map: Arc::new(m) })
+            }
             "client" => self.client.into(),
             "audience" => input.audience.into(),
             "scopes" => self
@@ -185,10 +210,43 @@ impl<'a> Vars<'a> {
                     CelValue::List(Arc::new(s.iter().map(|s| s.as_str().into()).collect()))
                 })
                 .clone(),
-            "request" => {
-                self.request_value.get_or_init(|| self.request.map_or(CelValue::Null, RequestAttrs::to_cel)).clone()
-            }
+            "request" => self.request.map_or(CelValue::Null, |r| r.to_cel(&c.reads)),
             _ => CelValue::Null,
+        }
+    }
+
+    /// The value at a constant path; `None` when there is none (an error
+    /// for the expression, `why_missing` says which).
+    fn path(&self, path: CelPath<'_>) -> Option<CelValue> {
+        let actor_token = || self.input.actor.and_then(|a| a.token.as_ref()).map(|t| &*t.0);
+        match path {
+            CelPath::Subject { key, has } => present(claim(self.input.subject, key), has),
+            CelPath::ActorClaim { key, has } => {
+                // No actor at all: an error, as reading a field of null is.
+                self.input.actor?;
+                present(actor_token().and_then(|v| claim(v, key)), has)
+            }
+            CelPath::Request { key } => {
+                let r = self.request?;
+                let v = match key {
+                    "method" => &r.method,
+                    "host" => &r.host,
+                    "path" => &r.path,
+                    "query" => &r.query,
+                    "source_principal" => &r.source_principal,
+                    "destination_principal" => &r.destination_principal,
+                    _ => return None,
+                };
+                Some(v.as_str().into())
+            }
+            CelPath::Header { key, has } | CelPath::Context { key, has } => {
+                let Some(r) = self.request else {
+                    // `has()` of a field of null is false; reading it an error.
+                    return has.then_some(CelValue::Bool(false));
+                };
+                let map = if matches!(path, CelPath::Header { .. }) { &r.headers } else { &r.context };
+                present(map.get(key).map(|v| v.as_str().into()), has)
+            }
         }
     }
 
@@ -198,11 +256,32 @@ impl<'a> Vars<'a> {
             // check-config refuses these; never a match.
             return Err(expr.error().unwrap_or("does not compile").to_owned());
         };
-        let mut ctx = ROOT.new_inner_scope();
-        for v in &c.variables {
-            ctx.add_variable_from_value(*v, self.variable(v));
+        let mut whole: [(&'static str, CelValue); VARIABLES.len()] = std::array::from_fn(|_| ("", CelValue::Null));
+        for (slot, v) in whole.iter_mut().zip(&c.variables) {
+            *slot = (v, self.variable(v, c));
         }
-        CelValue::resolve(&c.ast, &ctx).map_err(|e| e.to_string())
+        let bound = Bound { vars: self, whole: &whole[..c.variables.len()] };
+        let mut ctx = ROOT.new_inner_scope();
+        ctx.set_variable_resolver(&bound);
+        CelValue::resolve(&c.ast, &ctx).map_err(|e| match &e {
+            ExecutionError::UndeclaredReference(name) if CelPath::parse(name).is_some() => {
+                CelPath::parse(name).map(|p| self.why_missing(p)).unwrap_or_default()
+            }
+            _ => e.to_string(),
+        })
+    }
+
+    /// Why a constant path has no value.
+    fn why_missing(&self, path: CelPath<'_>) -> String {
+        match path {
+            CelPath::Subject { key, .. } => format!("No such key: {key} (the subject token has no claim {key:?})"),
+            CelPath::ActorClaim { .. } if self.input.actor.is_none() => "there is no actor".into(),
+            CelPath::ActorClaim { key, .. } => format!("No such key: {key} (the actor token has no claim {key:?})"),
+            _ if self.request.is_none() => "there is no request (only the Check path has one)".into(),
+            CelPath::Header { key, .. } => format!("No such key: {key} (the request has no header {key:?})"),
+            CelPath::Context { key, .. } => format!("No such key: {key} (the route has no context extension {key:?})"),
+            CelPath::Request { key } => format!("request has no field {key:?}"),
+        }
     }
 
     /// A condition: `Ok(true)` only for the boolean true.
@@ -249,34 +328,68 @@ fn type_name(v: &CelValue) -> &'static str {
     }
 }
 
-/// The subject token's claims: every claim it carries, as issued.
-fn subject_value(input: &RuleInput<'_>) -> CelValue {
-    let v = input.subject;
-    let c = &v.claims;
-    let mut m: HashMap<Key, CelValue> = c.other.iter().map(|(k, v)| (Key::from(k.as_str()), from_json(v))).collect();
-    let mut put = |k: &str, val: CelValue| {
-        m.insert(k.into(), val);
+/// Every claim the token carries, as issued, as a CEL map.
+fn claims_map(v: &Validated) -> CelValue {
+    let names = STANDARD.iter().copied().chain(v.claims.other.keys().map(String::as_str));
+    let map: HashMap<Key, CelValue> = names.filter_map(|n| claim(v, n).map(|c| (Key::from(n), c))).collect();
+    CelValue::Map(CelMap { map: Arc::new(map) })
+}
+
+/// A value found (`has`: whether it was found).
+fn present(v: Option<CelValue>, has: bool) -> Option<CelValue> {
+    if has { Some(CelValue::Bool(v.is_some())) } else { v }
+}
+
+/// The values of the actor token's claims `keys` names (`None`: no actor
+/// token), appended to `out` for the minted-token cache key.
+pub(crate) fn actor_claims_key_bytes(token: Option<&Validated>, keys: &Keys, out: &mut Vec<u8>) {
+    let Some(v) = token else {
+        out.push(0);
+        return;
     };
-    put("iss", v.issuer.as_str().into());
-    put("sub", v.sub.as_str().into());
-    put("aud", CelValue::List(Arc::new(c.aud.iter().map(|a| a.as_str().into()).collect())));
-    put("exp", CelValue::Int(v.exp));
-    for (k, n) in [("nbf", &c.nbf), ("iat", &c.iat)] {
-        if let Some(n) = n {
-            put(k, from_json(&Value::Number(n.clone())));
-        }
+    out.push(1);
+    let mut put = |name: &str| {
+        let value = claim(v, name).and_then(|c| to_json(&c).ok()).map(|j| j.to_string());
+        // Absent and null differ: `has()` tells them apart.
+        let bytes = value.as_deref().map_or(&b"\xff"[..], str::as_bytes);
+        out.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(bytes);
+    };
+    match keys {
+        Keys::None => {}
+        Keys::Some(names) => names.iter().for_each(|n| put(n)),
+        Keys::All => STANDARD.iter().copied().chain(v.claims.other.keys().map(String::as_str)).for_each(put),
     }
-    for (k, s) in [("jti", &c.jti), ("client_id", &v.client_id), ("azp", &c.azp)] {
-        if let Some(s) = s {
-            put(k, s.as_str().into());
-        }
+}
+
+/// The claims `Validated` keeps outside `claims.other`.
+const STANDARD: [&str; 13] =
+    ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "client_id", "azp", "scope", "scp", "act", "may_act"];
+
+/// One claim of a validated token, if it carries it.
+fn claim(v: &Validated, name: &str) -> Option<CelValue> {
+    let c = &v.claims;
+    let string = |s: &Option<String>| s.as_deref().map(CelValue::from);
+    let json = |j: &Option<Value>| j.as_ref().map(from_json);
+    let number = |n: &Option<serde_json::Number>| n.as_ref().map(|n| from_json(&Value::Number(n.clone())));
+    match name {
+        "iss" => Some(v.issuer.as_str().into()),
+        "sub" => Some(v.sub.as_str().into()),
+        "aud" => Some(CelValue::List(Arc::new(c.aud.iter().map(|a| a.as_str().into()).collect()))),
+        "exp" => Some(CelValue::Int(v.exp)),
+        "nbf" => number(&c.nbf),
+        "iat" => number(&c.iat),
+        "jti" => string(&c.jti),
+        "client_id" => string(&v.client_id),
+        "azp" => string(&c.azp),
+        "scope" => json(&c.scope),
+        "scp" => json(&c.scp),
+        "act" => json(&c.act),
+        "may_act" => json(&c.may_act),
+        other => c.other.get(other).map(from_json),
     }
-    for (k, j) in [("scope", &c.scope), ("scp", &c.scp), ("act", &c.act), ("may_act", &c.may_act)] {
-        if let Some(j) = j {
-            put(k, from_json(j));
-        }
-    }
-    CelValue::Map(CelMap { map: Arc::new(m) })
 }
 
 fn from_json(v: &Value) -> CelValue {

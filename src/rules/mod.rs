@@ -19,12 +19,14 @@
 //! Decisions look only at top-level claims and the current actor; nested
 //! `act` entries are carried along, never trusted (§4.1).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 pub(crate) mod cel;
 pub use cel::RequestAttrs;
+pub(crate) use cel::actor_claims_key_bytes;
 use cel::Vars;
 
 use crate::config::{CLIENT_ISSUER, DelegationShape, Outcome, Presenter, Rule, SELF_ISSUER, Workload};
@@ -42,7 +44,23 @@ pub struct Actor {
     pub(crate) iss: Option<String>,
     /// `client_id`/`azp` of an actor token.
     pub(crate) client_id: Option<String>,
+    /// The validated actor token, for expressions that read its claims
+    /// (`actor.claims`); none for a peer.
+    pub(crate) token: Option<ActorToken>,
 }
+
+/// An actor token's validated claims. Two are equal when they are the same
+/// validation: its values are already in `Actor`'s other fields.
+#[derive(Debug, Clone)]
+pub(crate) struct ActorToken(pub(crate) Arc<Validated>);
+
+impl PartialEq for ActorToken {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ActorToken {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ActorKind {

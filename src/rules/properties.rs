@@ -83,13 +83,14 @@ fn subject() -> impl Strategy<Value = Validated> {
 fn actor() -> impl Strategy<Value = Option<Actor>> {
     prop_oneof![
         1 => Just(None),
-        1 => one(ACTORS).prop_map(|sub| Some(Actor { kind: ActorKind::Peer, sub, iss: None, client_id: None })),
+        1 => one(ACTORS).prop_map(|sub| Some(Actor { kind: ActorKind::Peer, sub, iss: None, client_id: None, token: None })),
         2 => (one(ACTORS), one(ISSUERS), proptest::option::of(one(CLIENTS)), any::<bool>()).prop_map(
             |(sub, iss, client_id, both)| Some(Actor {
                 kind: if both { ActorKind::PeerAndToken } else { ActorKind::Token },
                 sub,
                 iss: Some(iss),
                 client_id,
+                token: None,
             })
         ),
     ]

@@ -42,11 +42,11 @@ pub(super) fn subject(claims: Value) -> Validated {
 }
 
 fn peer(id: &str) -> Actor {
-    Actor { kind: ActorKind::Peer, sub: id.into(), iss: None, client_id: None }
+    Actor { kind: ActorKind::Peer, sub: id.into(), iss: None, client_id: None, token: None }
 }
 
 fn token_actor(sub: &str, iss: &str, client_id: Option<&str>) -> Actor {
-    Actor { kind: ActorKind::Token, sub: sub.into(), iss: Some(iss.into()), client_id: client_id.map(Into::into) }
+    Actor { kind: ActorKind::Token, sub: sub.into(), iss: Some(iss.into()), client_id: client_id.map(Into::into), token: None }
 }
 
 fn input<'a>(subject: &'a Validated, actor: Option<&'a Actor>, audience: &'a str) -> RuleInput<'a> {
@@ -1153,4 +1153,53 @@ fn cel_request_reads_are_worked_out_at_compile_time() {
             assert_ne!(ka, kb);
         }
     }
+}
+
+#[test]
+fn cel_actor_claims_and_reads_of_the_subject() {
+    let alice = subject(json!({"scope": "orders.read", "tenant": "acme", "groups": ["dev"]}));
+    let svc = subject(json!({"sub": "svc-web", "env": "prod", "team": "web"}));
+    let token = Actor { token: Some(ActorToken(std::sync::Arc::new(svc))), ..token_actor("svc-web", IDP, None) };
+    let web = peer(WEB);
+    let table: &[(&str, &Actor, Result<bool, &str>)] = &[
+        ("actor.claims.env == 'prod' && actor.claims.team == 'web'", &token, Ok(true)),
+        ("actor.claims['env'] == 'staging'", &token, Ok(false)),
+        ("has(actor.claims.team) && !has(actor.claims.tenant)", &token, Ok(true)),
+        ("actor.claims.sub == actor.id", &token, Ok(true)),
+        // A whole map read: every claim is there.
+        ("actor.claims.exists(k, k == 'team') && size(subject) > 3", &token, Ok(true)),
+        // A peer proves no claims: an empty map.
+        ("has(actor.claims.env)", &web, Ok(false)),
+        ("actor.claims.env == 'prod'", &web, Err("No such key")),
+    ];
+    for (expr, actor, want) in table {
+        let rs = rules(&format!(
+            "- name: c\n  match: {{ condition: {} }}\n  grant: {{ outcome: delegation, scopes: [\"orders.*\"] }}\n",
+            json!(expr)
+        ));
+        let i = input(&alice, Some(actor), "orders");
+        let got = evaluate(&rs, &i);
+        let why = verdicts(&rs, &i)[0].1.clone().unwrap_or_default();
+        match want {
+            Ok(true) => assert!(got.is_ok(), "{expr}: {got:?} {why}"),
+            Ok(false) => assert_eq!(why, "match.condition is false", "{expr}"),
+            Err(part) => assert!(why.starts_with("match.condition failed") && why.contains(part), "{expr}: {why}"),
+        }
+    }
+    // Which variables each expression still builds whole, and which actor
+    // claims it can read (the cache key holds their values).
+    use crate::config::{CelExpr, Keys};
+    let some = |names: &[&str]| Keys::Some(names.iter().map(|n| n.to_string()).collect());
+    let compiled = |e: &str| {
+        let c = CelExpr::new(e);
+        let c = c.compiled().unwrap_or_else(|| panic!("{e}: {:?}", CelExpr::new(e).error()));
+        (c.variables.clone(), c.actor_claims.clone())
+    };
+    assert_eq!(compiled("subject.email.endsWith('@a') && has(subject.tenant)"), (vec![], Keys::None));
+    assert_eq!(compiled("subject['x-y'] == 'a' && actor.claims.env == 'p'"), (vec![], some(&["env"])));
+    assert_eq!(compiled("size(subject) > 1 && actor.kind == 'peer'"), (vec!["subject", "actor"], Keys::None));
+    assert_eq!(compiled("actor != null && actor.claims.exists(k, true)"), (vec!["actor"], Keys::All));
+    assert_eq!(compiled("[actor].size() == 1").1, Keys::All);
+    let err = CelExpr::new("actor.name == 'x'").error().map(str::to_owned);
+    assert!(err.as_deref().is_some_and(|e| e.contains("actor has no field \"name\"")), "{err:?}");
 }

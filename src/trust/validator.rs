@@ -108,13 +108,15 @@ impl TokenError {
 }
 
 /// The JOSE header fields we read; the key-bearing ones only to refuse them.
+/// Borrowed from the decoded header (which is on the stack, see `read_header`).
 #[derive(Deserialize)]
-struct Header {
-    alg: String,
-    #[serde(default)]
-    kid: Option<String>,
-    #[serde(default)]
-    typ: Option<String>,
+struct Header<'a> {
+    #[serde(borrow)]
+    alg: Text<'a>,
+    #[serde(default, borrow)]
+    kid: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    typ: Option<Text<'a>>,
     // Present at all, whatever the value: `"jku": null` is refused like any
     // other `jku` (an `Option` would read null as absent).
     #[serde(default, deserialize_with = "present")]
@@ -129,6 +131,63 @@ struct Header {
     x5c: bool,
     #[serde(default, deserialize_with = "present")]
     enc: bool,
+}
+
+/// A JSON string, borrowed from the input when it has no escapes.
+struct Text<'a>(std::borrow::Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Text<'a>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// What validation keeps of the JOSE header: the algorithm, checked, and
+/// what the key lookup and the `typ` rules read.
+struct HeaderInfo {
+    alg: VerifyAlg,
+    kid: Option<String>,
+    at_jwt: bool,
+}
+
+/// Decodes and checks the JOSE header. A header is a few dozen bytes:
+/// decoded on the stack and read in place, one allocation (`kid`) in all.
+fn read_header(h64: &str) -> Result<HeaderInfo, TokenError> {
+    const MALFORMED: TokenError = TokenError::Malformed("header is not base64url JSON");
+    let mut buf = [0u8; 512];
+    let heap: Vec<u8>;
+    let json: &[u8] = match URL_SAFE_NO_PAD.decode_slice(h64, &mut buf) {
+        Ok(n) => &buf[..n],
+        Err(base64::DecodeSliceError::OutputSliceTooSmall) => {
+            heap = URL_SAFE_NO_PAD.decode(h64).map_err(|_| MALFORMED)?;
+            &heap
+        }
+        Err(base64::DecodeSliceError::DecodeError(_)) => return Err(MALFORMED),
+    };
+    let header: Header<'_> = serde_json::from_slice(json).map_err(|_| MALFORMED)?;
+    let alg = check_header(&header)?;
+    let at_jwt = header.typ.as_deref().is_some_and(is_at_jwt);
+    Ok(HeaderInfo { alg, kid: header.kid.map(|k| k.0.into_owned()), at_jwt })
 }
 
 /// For a header member: it is there (serde calls this only when it is).
@@ -453,8 +512,8 @@ impl Validator {
             return Err(TokenError::AlgNone);
         }
 
-        let header: Header = decode_json(h64).ok_or(TokenError::Malformed("header is not base64url JSON"))?;
-        let alg = check_header(&header)?;
+        let header = read_header(h64)?;
+        let alg = header.alg;
 
         let payload = URL_SAFE_NO_PAD.decode(p64).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
         // Before any value is built: the claims are not yet known to come from
@@ -469,7 +528,7 @@ impl Validator {
         let (key, leeway, audiences): (Arc<VerifyKey>, i64, &[String]) = match own {
             Some(own) => {
                 // stsgate signs every token it mints as an RFC 9068 access token.
-                if !header.typ.as_deref().is_some_and(is_at_jwt) {
+                if !header.at_jwt {
                     return Err(TokenError::NotAtJwt);
                 }
                 let key = own.key_for(header.kid.as_deref(), alg).map_err(TokenError::Key)?;
@@ -481,7 +540,7 @@ impl Validator {
                 if !cfg.algorithms.contains(&alg) {
                     return Err(TokenError::AlgNotAllowed { alg: alg.as_str() });
                 }
-                if cfg.require_at_jwt && !header.typ.as_deref().is_some_and(is_at_jwt) {
+                if cfg.require_at_jwt && !header.at_jwt {
                     return Err(TokenError::NotAtJwt);
                 }
                 let key = issuer.key_for(header.kid.as_deref(), alg).await.map_err(|e| match e {
@@ -542,7 +601,7 @@ impl Validator {
 }
 
 /// Header checks that need no issuer: returns the (asymmetric) algorithm.
-fn check_header(header: &Header) -> Result<VerifyAlg, TokenError> {
+fn check_header(header: &Header<'_>) -> Result<VerifyAlg, TokenError> {
     if header.enc {
         return Err(TokenError::Encrypted);
     }
@@ -577,11 +636,6 @@ fn is_at_jwt(typ: &str) -> bool {
     typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(b64: &str) -> Option<T> {
-    let bytes = URL_SAFE_NO_PAD.decode(b64).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 /// Bounds on the shape of a JSON text, checked in one pass over its bytes
 /// before anything is parsed. Parsed into values, a tiny JSON value costs far
 /// more than its text: `0,` (2 bytes) becomes a 32-byte array slot, `{"a":0}`
@@ -608,6 +662,9 @@ pub(crate) mod json_shape {
     /// Checks `json` against the bounds above; the error names the one
     /// exceeded. Text that is not JSON passes here and fails in the parser.
     pub(crate) fn check(json: &[u8]) -> Result<(), &'static str> {
+        if surely_within(json) {
+            return Ok(());
+        }
         let shape = measure(json);
         if shape.depth > MAX_DEPTH {
             return Err("claims nest deeper than 32 levels");
@@ -622,6 +679,26 @@ pub(crate) mod json_shape {
             return Err("claims hold more than 128 objects and arrays");
         }
         Ok(())
+    }
+
+    /// Whether the bounds hold, counted without telling strings apart: every
+    /// `,` `:` `[` `{` anywhere, each one at most a value (`measure` counts
+    /// only those outside strings), each `:` at most a member, each `[` `{`
+    /// at most a container and a level of nesting. These counts are never
+    /// below `measure`'s, so within them the text is within the bounds; a
+    /// typical token is, and this loop (vectorised) costs a small part of
+    /// `measure`'s, which decides only when it is not.
+    pub(super) fn surely_within(json: &[u8]) -> bool {
+        let (mut separators, mut colons, mut opens) = (0usize, 0usize, 0usize);
+        for &b in json {
+            separators += usize::from(b == b',');
+            colons += usize::from(b == b':');
+            opens += usize::from(b == b'[' || b == b'{');
+        }
+        1 + separators + colons + opens <= MAX_VALUES
+            && colons <= MAX_MEMBERS
+            && opens <= MAX_CONTAINERS
+            && opens <= MAX_DEPTH
     }
 }
 
@@ -662,7 +739,7 @@ mod tests {
     use super::*;
 
     fn header(json: &str) -> Result<VerifyAlg, TokenError> {
-        check_header(&serde_json::from_str::<Header>(json).unwrap())
+        check_header(&serde_json::from_str::<Header<'_>>(json).unwrap())
     }
 
     #[test]
@@ -690,7 +767,7 @@ mod tests {
     #[test]
     fn duplicate_header_members_are_refused() {
         // A header with two `alg` members must not be read "the lenient way".
-        assert!(serde_json::from_str::<Header>(r#"{"alg":"RS256","alg":"none"}"#).is_err());
+        assert!(serde_json::from_str::<Header<'_>>(r#"{"alg":"RS256","alg":"none"}"#).is_err());
     }
 
     #[test]
@@ -896,6 +973,60 @@ mod tests {
         // Junk passes here and is the parser's to refuse; nothing panics.
         for junk in [&b"]]]]"[..], b"\"", b"{", b"\\", b"\xff\xfe[", b""] {
             assert_eq!(check(junk), Ok(()));
+        }
+    }
+
+    /// `check` passes a text on the quick over-count alone only when the
+    /// exact `measure` would pass it too: the bound holds before any parse.
+    #[test]
+    fn the_quick_shape_count_never_passes_what_measure_refuses() {
+        use json_shape::*;
+        let exact = |json: &[u8]| {
+            let s = measure(json);
+            s.depth <= MAX_DEPTH && s.values <= MAX_VALUES && s.members <= MAX_MEMBERS && s.containers <= MAX_CONTAINERS
+        };
+        // Random texts of the bytes that matter, dense enough to cross every bound.
+        let alphabet = b"[]{},:\" 0a\\";
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let (mut quick, mut refused) = (0, 0);
+        for case in 0..4000 {
+            let len = [16, 200, 600, 2500, 9000][case % 5];
+            let text: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            if surely_within(&text) {
+                quick += 1;
+                assert!(exact(&text), "{}", String::from_utf8_lossy(&text));
+            }
+            refused += usize::from(!exact(&text));
+            assert_eq!(check(&text).is_ok(), exact(&text));
+        }
+        assert!(quick > 100 && refused > 100, "both ways exercised: {quick} quick, {refused} refused");
+        // A real token's claims take the quick way.
+        let claims = br#"{"iss":"https://idp.example/realms/corp","sub":"user-1","aud":["a","b"],"exp":1,"iat":1,
+            "scope":"openid profile","groups":["customers","staff"],"email":"u@x.example","url":"https://x:8443/"}"#;
+        assert!(surely_within(claims));
+    }
+
+    /// The header is read in place from a stack buffer; escapes, and a
+    /// header too long for the buffer, still read the same.
+    #[test]
+    fn headers_read_the_same_borrowed_escaped_or_long() {
+        let b64 = |json: &str| URL_SAFE_NO_PAD.encode(json);
+        let h = read_header(&b64(r#"{"alg":"RS256","kid":"k\/1","typ":"at+jwt"}"#)).unwrap();
+        assert_eq!((h.alg, h.kid.as_deref(), h.at_jwt), (VerifyAlg::RS256, Some("k/1"), true));
+        let long = format!(r#"{{"alg":"ES256","x":"{}","kid":"k2"}}"#, "y".repeat(2000));
+        let h = read_header(&b64(&long)).unwrap();
+        assert_eq!((h.alg, h.kid.as_deref(), h.at_jwt), (VerifyAlg::ES256, Some("k2"), false));
+        let refused = format!(r#"{{"alg":"ES256","x":"{}","jwk":{{}}}}"#, "y".repeat(2000));
+        assert!(matches!(read_header(&b64(&refused)), Err(TokenError::HeaderKey("jwk"))));
+        for bad in ["!!!", &b64("{\"alg\":1}"), &b64("[]"), &b64(&format!("{{\"alg\":\"{}", "a".repeat(900)))] {
+            assert!(matches!(read_header(bad), Err(TokenError::Malformed(_))), "{bad}");
         }
     }
 

@@ -12,6 +12,8 @@ use cel::common::ast::{EntryExpr, Expr, IdedExpr, operators};
 use cel::common::value::CelVal;
 use serde::{Deserialize, Deserializer};
 
+use super::cel_types::Ty;
+
 /// Longest expression source accepted, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
 /// Deepest nesting the parser accepts (the crate's default is 96).
@@ -61,7 +63,7 @@ pub enum Keys {
 }
 
 impl Keys {
-    fn add(&mut self, key: &str) {
+    pub(crate) fn add(&mut self, key: &str) {
         match self {
             Keys::None => *self = Keys::Some(BTreeSet::from([key.to_owned()])),
             Keys::Some(keys) => {
@@ -71,7 +73,7 @@ impl Keys {
         }
     }
 
-    fn union(&mut self, other: &Keys) {
+    pub fn union(&mut self, other: &Keys) {
         match other {
             Keys::None => {}
             Keys::All => *self = Keys::All,
@@ -172,13 +174,23 @@ impl fmt::Display for RequestReads {
     }
 }
 
+/// The fields of `actor`.
+const ACTOR_FIELDS: [&str; 5] = ["kind", "id", "issuer", "client_id", "claims"];
+
 /// One compiled expression.
 #[derive(Debug)]
 pub struct Compiled {
     pub ast: IdedExpr,
-    /// The variables it names (`VARIABLES` order), so that only those are built.
+    /// The variables it names whole (`VARIABLES` order), so that only those
+    /// are built; what it reads by a constant path is an identifier of its
+    /// own (`cel_paths`).
     pub variables: Vec<&'static str>,
     pub reads: RequestReads,
+    /// The actor token's claims it can read (`actor.claims.*`); the Check
+    /// path keys its cache on their values, as on the request's.
+    pub actor_claims: Keys,
+    /// What it yields, as far as can be seen without running it.
+    pub yields: Ty,
 }
 
 /// A CEL expression as written, with its compiled form or why it has none
@@ -215,10 +227,38 @@ impl CelExpr {
         self.compiled().map(|c| c.reads.clone()).unwrap_or_default()
     }
 
+    /// The actor token's claims it can read (none when it does not compile).
+    pub fn actor_claims(&self) -> &Keys {
+        self.compiled().map_or(&Keys::None, |c| &c.actor_claims)
+    }
+
     /// Whether the result is, as far as can be seen without types, never a
     /// boolean (a condition must be one).
     pub fn surely_not_bool(&self) -> Option<&'static str> {
-        self.compiled().and_then(|c| not_bool(&c.ast))
+        let c = self.compiled()?;
+        match c.yields {
+            Ty::Bool | Ty::Dyn => not_bool(&c.ast),
+            other => Some(other.name()),
+        }
+    }
+
+    /// Whether the result is surely no JSON value (a computed claim must
+    /// be one): bytes, or a map literal with keys that are not strings.
+    pub fn surely_not_json(&self) -> Option<&'static str> {
+        let c = self.compiled()?;
+        if c.yields == Ty::Bytes {
+            return Some("bytes");
+        }
+        match &c.ast.expr {
+            Expr::Map(m)
+                if m.entries.iter().any(|e| {
+                    matches!(&e.expr, EntryExpr::MapEntry(me) if matches!(&me.key.expr, Expr::Literal(l) if !matches!(l, CelVal::String(_))))
+                }) =>
+            {
+                Some("a map with keys that are not strings")
+            }
+            _ => None,
+        }
     }
 }
 
@@ -265,8 +305,11 @@ fn compile(source: &str) -> Result<Compiled, String> {
     if let Some(e) = walk.errors.into_iter().next() {
         return Err(e);
     }
-    let variables = VARIABLES.into_iter().filter(|v| walk.used.contains(v)).collect();
-    Ok(Compiled { ast, variables, reads: walk.reads })
+    let yields = super::cel_types::infer(&ast)?;
+    let mut ast = ast;
+    super::cel_paths::rewrite(&mut ast);
+    let variables = super::cel_paths::free_variables(&ast, &VARIABLES);
+    Ok(Compiled { ast, variables, reads: walk.reads, actor_claims: walk.actor_claims, yields })
 }
 
 /// Deepest nesting of brackets and `?` outside string literals.
@@ -329,8 +372,8 @@ fn tree_depth(e: &IdedExpr) -> usize {
 struct Walk {
     /// Comprehension variables in scope.
     bound: Vec<String>,
-    used: BTreeSet<&'static str>,
     reads: RequestReads,
+    actor_claims: Keys,
     errors: Vec<String>,
 }
 
@@ -351,6 +394,37 @@ impl Walk {
         }
     }
 
+    /// `actor.claims`.
+    fn actor_claims_map(&self, e: &IdedExpr) -> bool {
+        matches!(&e.expr, Expr::Select(s) if !s.test && s.field == "claims" && self.free(&s.operand, "actor"))
+    }
+
+    /// A key of a map read with a constant name: `subject.x`, `subject['x']`,
+    /// `has(subject.x)`, and the same under `actor.claims` and `request`.
+    /// `false` when `map` is none of these.
+    fn constant_key(&mut self, map: &IdedExpr, key: &str) -> bool {
+        if let Some(m) = self.request_map(map) {
+            self.key(m, key);
+        } else if self.free(map, "request") {
+            self.reads.named = true;
+            if !self.reads.field(key) {
+                self.errors.push(format!("request has no field {key:?}"));
+            }
+        } else if self.actor_claims_map(map) {
+            self.actor_claims.add(key);
+        } else if self.free(map, "actor") {
+            if !ACTOR_FIELDS.contains(&key) {
+                self.errors.push(format!("actor has no field {key:?} (its fields are {})", ACTOR_FIELDS.join(", ")));
+            }
+            if key == "claims" {
+                self.actor_claims = Keys::All;
+            }
+        } else {
+            return false;
+        }
+        true
+    }
+
     fn key(&mut self, map: &str, key: &str) {
         if map == "headers" {
             if key.chars().any(|c| c.is_ascii_uppercase()) {
@@ -360,7 +434,6 @@ impl Walk {
         } else {
             self.reads.context.add(key);
         }
-        self.used.insert("request");
         self.reads.named = true;
     }
 
@@ -372,9 +445,11 @@ impl Walk {
                 }
                 match VARIABLES.iter().find(|v| **v == name) {
                     Some(v) => {
-                        self.used.insert(v);
-                        if *v == "request" {
-                            self.reads = RequestReads::all();
+                        // Named as a whole: everything under it can be read.
+                        match *v {
+                            "request" => self.reads = RequestReads::all(),
+                            "actor" => self.actor_claims = Keys::All,
+                            _ => {}
                         }
                     }
                     None => self
@@ -383,42 +458,27 @@ impl Walk {
                 }
             }
             Expr::Select(s) => {
-                if let Some(map) = self.request_map(&s.operand) {
-                    return self.key(map, &s.field);
+                if !self.constant_key(&s.operand, &s.field) {
+                    self.expr(&s.operand);
                 }
-                if self.free(&s.operand, "request") {
-                    self.used.insert("request");
-                    self.reads.named = true;
-                    if !self.reads.field(&s.field) {
-                        self.errors.push(format!("request has no field {:?}", s.field));
-                    }
-                    return;
-                }
-                self.expr(&s.operand);
             }
             Expr::Call(c) => {
-                // `request == null` (`!=`) tells the doors apart and reads nothing else.
+                // `request == null` (`!=`) tells the doors apart and reads
+                // nothing else; `actor == null` whether there is an actor.
                 let is_null = |e: &IdedExpr| matches!(e.expr, Expr::Literal(CelVal::Null));
-                if matches!(c.func_name.as_str(), operators::EQUALS | operators::NOT_EQUALS)
-                    && c.args.len() == 2
-                    && ((self.free(&c.args[0], "request") && is_null(&c.args[1]))
-                        || (is_null(&c.args[0]) && self.free(&c.args[1], "request")))
-                {
-                    self.used.insert("request");
-                    self.reads.named = true;
-                    return;
+                if matches!(c.func_name.as_str(), operators::EQUALS | operators::NOT_EQUALS) && c.args.len() == 2 {
+                    for name in ["request", "actor"] {
+                        if (self.free(&c.args[0], name) && is_null(&c.args[1]))
+                            || (is_null(&c.args[0]) && self.free(&c.args[1], name))
+                        {
+                            self.reads.named |= name == "request";
+                            return;
+                        }
+                    }
                 }
                 if c.func_name == operators::INDEX && c.args.len() == 2 && c.target.is_none() {
                     if let Expr::Literal(CelVal::String(key)) = &c.args[1].expr {
-                        if let Some(map) = self.request_map(&c.args[0]) {
-                            return self.key(map, key);
-                        }
-                        if self.free(&c.args[0], "request") {
-                            self.used.insert("request");
-                            self.reads.named = true;
-                            if !self.reads.field(key) {
-                                self.errors.push(format!("request has no field {key:?}"));
-                            }
+                        if self.constant_key(&c.args[0], key) {
                             return;
                         }
                     }
