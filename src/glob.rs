@@ -30,17 +30,18 @@ impl Glob {
         // `split` always yields at least one part.
         let first = parts.next().unwrap_or("");
         let Some(mut rest) = text.strip_prefix(first) else { return false };
-        let tail: Vec<&str> = parts.collect();
-        let Some((last, middle)) = tail.split_last() else {
+        let Some(mut part) = parts.next() else {
             return rest.is_empty(); // no `*` at all: exact match
         };
-        for part in middle {
+        // Each part after a `*`: the middle ones found leftmost, the last at the end.
+        for next in parts {
             match rest.find(part) {
                 Some(at) => rest = &rest[at + part.len()..],
                 None => return false,
             }
+            part = next;
         }
-        rest.len() >= last.len() && rest.ends_with(last)
+        rest.len() >= part.len() && rest.ends_with(part)
     }
 }
 

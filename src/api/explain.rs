@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::clock::now_unix;
-use crate::config::Config;
+use crate::config::{Config, Keys};
 use crate::engine::{Engine, ExchangeError, ExchangeRequest};
 use crate::rules::{self, RequestAttrs, Requester, RuleInput, split_scopes};
 use crate::trust::issuer::http_client;
@@ -69,12 +69,19 @@ pub(crate) async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value,
         .into_iter()
         .map(|(rule, at, source, value)| json!({"rule": rule, "at": at, "expression": source, "value": value}))
         .collect();
-    // Which request attributes the minted-token cache key holds on the Check path.
-    let reads = engine.request_reads().to_string();
+    // Which request attributes and actor-token claims the minted-token cache
+    // key holds besides token, actor, audience and scopes.
+    let mut reads: Vec<String> =
+        Some(engine.request_reads().to_string()).filter(|r| !r.is_empty()).into_iter().collect();
+    match engine.actor_claim_reads() {
+        Keys::None => {}
+        Keys::All => reads.push("actor.claims".into()),
+        Keys::Some(names) => reads.extend(names.iter().map(|n| format!("actor.claims[{n:?}]"))),
+    }
     let cache = if reads.is_empty() {
-        "no expression reads the request: answers are cached by token, actor, audience and scopes".to_owned()
+        "no expression reads the request or the actor token's claims: answers are cached by token, actor, audience and scopes".to_owned()
     } else {
-        format!("answers are cached per value of {reads} (read by the rules' expressions)")
+        format!("answers are cached per value of {} (read by the rules' expressions)", reads.join(", "))
     };
     let actor_json =
         actor.as_ref().map(|a| json!({"kind": format!("{:?}", a.kind).to_lowercase(), "sub": a.sub, "iss": a.iss}));

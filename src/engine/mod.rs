@@ -270,6 +270,11 @@ impl Engine {
         &self.request_reads
     }
 
+    /// The actor-token claims the rules' CEL expressions can read.
+    pub(crate) fn actor_claim_reads(&self) -> &crate::config::Keys {
+        &self.actor_claim_reads
+    }
+
     /// What the rules' CEL expressions read beyond the cache key's other
     /// fields, for the minted-token cache key: the request's attributes they
     /// can read and the actor token's claims. `None` when they read neither.

@@ -328,7 +328,7 @@ pub(crate) fn verdicts_for(
 /// `verdicts` for a request from `req`.
 pub(crate) fn verdicts_as(rules: &[Rule], input: &RuleInput<'_>, req: Requester<'_>) -> Vec<(String, Option<String>)> {
     let vars = Vars::new(input, req.client, req.request);
-    rules.iter().map(|r| (r.name.clone(), why_not_for(r, input, req, &vars))).collect()
+    rules.iter().map(|r| (r.name.clone(), why_not_for(r, input, req, &vars).map(|w| w.to_string()))).collect()
 }
 
 /// Each CEL expression of each rule with its value (or error) for this
@@ -350,13 +350,53 @@ pub(crate) fn expression_values(
     out
 }
 
+/// Why a rule does not match, in words when they are wanted (`explain`,
+/// the debug log): a decision that only needs to know does not format them.
+#[derive(Debug)]
+enum WhyNot<'a> {
+    Said(&'static str),
+    Client(&'a str),
+    Audience(&'a str),
+    SubjectClaim(&'a str),
+    ActorIssuerNotListed(&'a str),
+    ActorIssuerNotTheSubjects(&'a str),
+    ActorNotListed(&'a str),
+    ExchangeWithActor(&'a str),
+    NoImpersonating(&'a str),
+    ConditionFailed(String),
+}
+
+impl std::fmt::Display for WhyNot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WhyNot::Said(s) => f.write_str(s),
+            WhyNot::Client(c) => write!(f, "client {c:?} is not listed"),
+            WhyNot::Audience(a) => write!(f, "audience {a:?} is not listed"),
+            WhyNot::SubjectClaim(c) => write!(f, "subject claim {c:?} does not match"),
+            WhyNot::ActorIssuerNotListed(i) => write!(f, "actor token issuer {i:?} is not in actor.issuers"),
+            WhyNot::ActorIssuerNotTheSubjects(i) => {
+                write!(f, "actor token issuer {i:?} is not the subject token's (and actor.issuers is empty)")
+            }
+            WhyNot::ActorNotListed(a) => write!(f, "actor {a:?} is not listed"),
+            WhyNot::ExchangeWithActor(a) => write!(f, "an exchange involves no actor, but the request has actor {a:?}"),
+            WhyNot::NoImpersonating(s) => write!(f, "rule does not allow impersonating {s:?}"),
+            WhyNot::ConditionFailed(e) => write!(f, "match.condition failed: {e}"),
+        }
+    }
+}
+
 /// `why_not` for a request from `req`: `match.clients` first.
-fn why_not_for(rule: &Rule, input: &RuleInput<'_>, req: Requester<'_>, vars: &Vars<'_>) -> Option<String> {
+fn why_not_for<'a>(
+    rule: &'a Rule,
+    input: &'a RuleInput<'_>,
+    req: Requester<'a>,
+    vars: &Vars<'_>,
+) -> Option<WhyNot<'a>> {
     let listed = &rule.when.clients;
     if !listed.is_empty() {
         match req.client {
-            None => return Some("rule lists clients and the request has no authenticated client".into()),
-            Some(c) if !listed.iter().any(|g| g.matches(c)) => return Some(format!("client {c:?} is not listed")),
+            None => return Some(WhyNot::Said("rule lists clients and the request has no authenticated client")),
+            Some(c) if !listed.iter().any(|g| g.matches(c)) => return Some(WhyNot::Client(c)),
             Some(_) => {}
         }
     }
@@ -369,7 +409,7 @@ fn why_not_for(rule: &Rule, input: &RuleInput<'_>, req: Requester<'_>, vars: &Va
 #[allow(dead_code)]
 fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
     let req = Requester::default();
-    why_not_for(rule, input, req, &Vars::new(input, None, None))
+    why_not_for(rule, input, req, &Vars::new(input, None, None)).map(|w| w.to_string())
 }
 
 /// A space-separated scope parameter (RFC 6749 §3.3), as the list of scopes
@@ -381,14 +421,19 @@ pub(crate) fn split_scopes(scope: &str) -> Vec<String> {
 /// The first condition of `rule` that `input` fails, in words, leaving
 /// `match.clients` aside. `client_asserted`: the subject token is an
 /// assertion the request's client signed itself.
-fn why_not_but_clients(rule: &Rule, input: &RuleInput<'_>, client_asserted: bool, vars: &Vars<'_>) -> Option<String> {
+fn why_not_but_clients<'a>(
+    rule: &'a Rule,
+    input: &'a RuleInput<'_>,
+    client_asserted: bool,
+    vars: &Vars<'_>,
+) -> Option<WhyNot<'a>> {
     let m = &rule.when;
     let own = input.subject.is_own();
     if own && m.issuers.is_empty() {
-        return Some("stsgate's own tokens match only rules that list `self` in match.issuers".into());
+        return Some(WhyNot::Said("stsgate's own tokens match only rules that list `self` in match.issuers"));
     }
     if client_asserted && !m.admits_client_assertions() {
-        return Some("a subject asserted by the client matches only rules that list `client` in match.issuers".into());
+        return Some(WhyNot::Said("a subject asserted by the client matches only rules that list `client` in match.issuers"));
     }
     // `self` names stsgate's own tokens, `client` the client's own
     // assertions; every other entry an IdP's exact `iss`.
@@ -398,15 +443,14 @@ fn why_not_but_clients(rule: &Rule, input: &RuleInput<'_>, client_asserted: bool
         _ => !own && !client_asserted && i == &input.subject.issuer,
     };
     if !m.issuers.is_empty() && !m.issuers.iter().any(listed) {
-        return Some(if own { "`self` is not listed" } else { "subject token issuer is not listed" }.into());
+        return Some(WhyNot::Said(if own { "`self` is not listed" } else { "subject token issuer is not listed" }));
     }
     if !m.audiences.is_empty() && !m.audiences.iter().any(|a| a.matches(input.audience)) {
-        return Some(format!("audience {:?} is not listed", input.audience));
+        return Some(WhyNot::Audience(input.audience));
     }
     for (claim, patterns) in &m.subject {
-        let values = claim_values(input.subject, claim);
-        if !values.iter().any(|v| patterns.iter().any(|p| p.matches(v))) {
-            return Some(format!("subject claim {claim:?} does not match"));
+        if !any_claim_value(input.subject, claim, |v| patterns.iter().any(|p| p.matches(v))) {
+            return Some(WhyNot::SubjectClaim(claim));
         }
     }
     let outcome = rule.grant.outcome;
@@ -414,56 +458,56 @@ fn why_not_but_clients(rule: &Rule, input: &RuleInput<'_>, client_asserted: bool
         // A token's `sub` and `client_id` are names in its issuer's namespace.
         if !actor_issuer_admitted(rule, input.subject, iss) {
             return Some(if m.actor.as_ref().is_some_and(|a| !a.issuers.is_empty()) {
-                format!("actor token issuer {iss:?} is not in actor.issuers")
+                WhyNot::ActorIssuerNotListed(iss)
             } else {
-                format!("actor token issuer {iss:?} is not the subject token's (and actor.issuers is empty)")
+                WhyNot::ActorIssuerNotTheSubjects(iss)
             });
         }
     }
     match (&m.actor, input.actor) {
-        (Some(am), None) if !am.none => return Some("rule needs an actor and the request has none".into()),
+        (Some(am), None) if !am.none => return Some(WhyNot::Said("rule needs an actor and the request has none")),
         (Some(am), Some(actor)) => {
             let named = names(actor, &am.spiffe, &am.sub, &am.client_id);
             // `actor: {}` (or only `none: false`) admits any actor.
             if !named && (am.names_someone() || am.none) {
-                return Some(format!("actor {:?} is not listed", actor.sub));
+                return Some(WhyNot::ActorNotListed(&actor.sub));
             }
         }
         _ => {}
     }
     match (outcome, input.actor) {
         (Outcome::Exchange, Some(actor)) => {
-            return Some(format!("an exchange involves no actor, but the request has actor {:?}", actor.sub));
+            return Some(WhyNot::ExchangeWithActor(&actor.sub));
         }
-        (Outcome::Delegation, None) => return Some("delegation needs an actor and the request has none".into()),
+        (Outcome::Delegation, None) => return Some(WhyNot::Said("delegation needs an actor and the request has none")),
         _ => {}
     }
     if let Some(wanted) = input.requested_subject.filter(|s| *s != input.subject.sub) {
         if outcome != Outcome::Impersonation {
-            return Some("rule does not impersonate other subjects".into());
+            return Some(WhyNot::Said("rule does not impersonate other subjects"));
         }
         // An own token is re-issued for its own subject only: whom it was
         // minted for is all stsgate knows, not which subjects an IdP vouches for.
         if own {
-            return Some("stsgate's own tokens are never re-issued for another subject".into());
+            return Some(WhyNot::Said("stsgate's own tokens are never re-issued for another subject"));
         }
         // Whatever the rule says (`none: true` is refused by check-config):
         // nobody becomes another subject without a proven actor.
         if input.actor.is_none() {
-            return Some("impersonating another subject needs a proven actor and the request has none".into());
+            return Some(WhyNot::Said("impersonating another subject needs a proven actor and the request has none"));
         }
         if !rule.grant.impersonate_subjects.iter().any(|g| g.matches(wanted)) {
-            return Some(format!("rule does not allow impersonating {wanted:?}"));
+            return Some(WhyNot::NoImpersonating(wanted));
         }
     }
     // Last: the other conditions are cheaper, and an error here is never a match.
     if let Some(c) = &m.condition {
         match vars.condition(c) {
             Ok(true) => {}
-            Ok(false) => return Some("match.condition is false".into()),
+            Ok(false) => return Some(WhyNot::Said("match.condition is false")),
             Err(e) => {
                 tracing::debug!(rule = rule.name, error = e, "match.condition failed: no match");
-                return Some(format!("match.condition failed: {e}"));
+                return Some(WhyNot::ConditionFailed(e));
             }
         }
     }
@@ -749,31 +793,33 @@ fn claim_value(v: &Validated, name: &str) -> Option<Value> {
     }
 }
 
-/// A subject-token claim as strings, for matching.
-fn claim_values(v: &Validated, name: &str) -> Vec<String> {
+/// Whether `pred` holds for a value of a subject-token claim, as text (each
+/// element of an array).
+fn any_claim_value(v: &Validated, name: &str, mut pred: impl FnMut(&str) -> bool) -> bool {
     let c = &v.claims;
     match name {
-        "sub" => vec![v.sub.clone()],
-        "iss" => vec![v.issuer.clone()],
-        "aud" => c.aud.clone(),
-        "scope" | "scp" => v.scopes.clone(),
-        "client_id" => v.client_id.iter().cloned().collect(),
-        "azp" => c.azp.iter().cloned().collect(),
-        "jti" => c.jti.iter().cloned().collect(),
+        "sub" => pred(&v.sub),
+        "iss" => pred(&v.issuer),
+        "aud" => c.aud.iter().any(|a| pred(a)),
+        "scope" | "scp" => v.scopes.iter().any(|s| pred(s)),
+        "client_id" => v.client_id.as_deref().is_some_and(pred),
+        "azp" => c.azp.as_deref().is_some_and(pred),
+        "jti" => c.jti.as_deref().is_some_and(pred),
         _ => match c.other.get(name) {
-            Some(Value::Array(items)) => items.iter().filter_map(scalar).collect(),
-            Some(other) => scalar(other).into_iter().collect(),
-            None => Vec::new(),
+            Some(Value::Array(items)) => items.iter().any(|i| scalar(i, &mut pred)),
+            Some(other) => scalar(other, &mut pred),
+            None => false,
         },
     }
 }
 
-fn scalar(v: &Value) -> Option<String> {
+/// `pred` of a string, number or boolean claim value, as text.
+fn scalar(v: &Value, pred: &mut impl FnMut(&str) -> bool) -> bool {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
+        Value::String(s) => pred(s),
+        Value::Number(n) => pred(&n.to_string()),
+        Value::Bool(b) => pred(if *b { "true" } else { "false" }),
+        _ => false,
     }
 }
 
