@@ -240,10 +240,9 @@ impl<'a> Vars<'a> {
                 Some(v.as_str().into())
             }
             CelPath::Header { key, has } | CelPath::Context { key, has } => {
-                let Some(r) = self.request else {
-                    // `has()` of a field of null is false; reading it an error.
-                    return has.then_some(CelValue::Bool(false));
-                };
+                // No request (the token endpoint): an error, `has()` too, so
+                // that no condition on the request matches there by accident.
+                let r = self.request?;
                 let map = if matches!(path, CelPath::Header { .. }) { &r.headers } else { &r.context };
                 present(map.get(key).map(|v| v.as_str().into()), has)
             }

@@ -1029,6 +1029,8 @@ fn cel_conditions_true_false_and_errors() {
         // At the token endpoint `request` is null: reading it is an error.
         ("request.method == 'GET'", None, None, Err("")),
         ("request == null", None, None, Ok(true)),
+        ("!has(request.headers.x_debug)", None, None, Err("there is no request")),
+        ("request.context.tenant == 'acme'", None, None, Err("there is no request")),
     ];
     for (expr, actor, request, want) in table {
         let rs = conditional(expr);
