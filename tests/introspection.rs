@@ -427,3 +427,30 @@ async fn a_reload_keeps_the_answers_of_unchanged_introspection_settings() {
     let d = denial(&s.h.check_for(OPAQUE, "api://after-second-reload").await);
     assert_eq!(d.http_status, 503);
 }
+
+/// `stsgate explain` introspects an opaque subject token as an exchange
+/// would: the verdicts of an active one, the reason for an inactive one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_introspects_an_opaque_subject_token() {
+    let s = setup().await;
+    s.intro.activate(OPAQUE, "alice", "orders.read");
+    s.intro.revoke("revoked-opaque");
+    let cfg = s._dir.write("config.yaml", s.h.yaml.clone());
+    let explain = |token: &'static str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stsgate"));
+        cmd.arg("explain").arg("--config").arg(&cfg).args(["--subject-token", token, "--audience", "orders"]);
+        async move {
+            let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let json: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+            (out.status.code(), json)
+        }
+    };
+    let (code, out) = explain(OPAQUE).await;
+    assert_eq!((code, &out["allowed"], &out["rule"]), (Some(0), &json!(true), &json!("orders")), "{out:#}");
+    assert_eq!(out["subject"]["sub"], "alice", "{out:#}");
+    let (code, out) = explain("revoked-opaque").await;
+    assert_eq!((code, &out["stage"]), (Some(2), &json!("subject_token")), "{out:#}");
+    assert!(out["reason"].as_str().unwrap().contains("not active"), "{out:#}");
+}

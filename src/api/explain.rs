@@ -42,7 +42,8 @@ pub(crate) async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value,
     let refuse = |stage: &str, why: String| {
         (json!({"allowed": false, "stage": stage, "reason": why, "key_fetch_errors": fetch_errors}), false)
     };
-    let subject = match engine.validator().validate(&q.subject_token).await {
+    // JWT or opaque (introspected), as an exchange would.
+    let subject = match engine.validate_subject(&q.subject_token).await {
         Ok(s) => s,
         Err(e) => return Ok(refuse("subject_token", e.to_string())),
     };

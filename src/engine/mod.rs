@@ -357,6 +357,14 @@ impl Engine {
         Ok(done)
     }
 
+    /// Validates a subject token as an exchange would, JWT or opaque
+    /// (`stsgate explain`).
+    pub(crate) async fn validate_subject(&self, token: &str) -> Result<Arc<Validated>, ExchangeError> {
+        let (v, _) =
+            self.validate_until(token, now_unix(), self.issuers.key_epoch()).await.map_err(Invalid::subject)?;
+        Ok(v)
+    }
+
     /// Validates a subject or actor token, JWT or opaque; also says until
     /// when an introspected token's answer may be relied on (`None` for a
     /// token the JWT validator alone accepted).
