@@ -45,7 +45,7 @@ pub(crate) async fn explain(cfg: Config, q: &Question) -> anyhow::Result<(Value,
     // JWT or opaque (introspected), as an exchange would.
     let subject = match engine.validate_subject(&q.subject_token).await {
         Ok(s) => s,
-        Err(e) => return Ok(refuse("subject_token", e.to_string())),
+        Err(why) => return Ok(refuse("subject_token", why)),
     };
     let (actor, actor_exp) = match engine.resolve_actor(q.peer.as_deref(), q.actor_token.as_deref()).await {
         Ok(resolved) => (resolved.actor, resolved.exp),

@@ -75,6 +75,7 @@ impl AuthzService {
     /// those would keep the 1 KB request twice in its future (argument and
     /// local), and a future is moved by value (issue 17); this block keeps
     /// it once, and the layers below borrow it.
+    #[allow(clippy::manual_async_fn)]
     fn decide_from<'a>(
         &'a self,
         conn: Option<&'a ConnInfo>,
@@ -425,10 +426,12 @@ fn token_in<'a>(raw: &'a str, scheme: &str) -> Result<&'a str, NoToken> {
         return Err(NoToken::Empty);
     }
     // Envoy joins repeated headers with ','; a comma or blank inside means
-    // several credentials. (`[u8]::contains` is a vectorised memchr: this runs
-    // on every request. Other stray bytes are left to the validator.)
-    let bytes = token.as_bytes();
-    if bytes.contains(&b',') || bytes.contains(&b' ') || bytes.contains(&b'\t') {
+    // several credentials. One pass without an early exit, which the
+    // compiler vectorises (three `contains` cost ~3,000 instructions on a
+    // 700-byte token, issue 17). Other stray bytes are left to the validator.
+    let blank_or_comma = |b: u8| u8::from(b == b',') | u8::from(b == b' ') | u8::from(b == b'\t');
+    let several = token.as_bytes().iter().fold(0u8, |n, &b| n | blank_or_comma(b));
+    if several != 0 {
         return Err(NoToken::Several);
     }
     Ok(token)

@@ -75,6 +75,90 @@ struct ClaimsOut<'a> {
     extra: std::borrow::Cow<'a, Map<String, Value>>,
 }
 
+impl ClaimsOut<'_> {
+    /// The claims as serde writes `AccessClaims` (the tests compare), by
+    /// hand for the fields stsgate sets (issue 17: most of the claims' cost
+    /// was serde's); `act` and the rules' claims, JSON of any shape, go
+    /// through serde_json.
+    fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(b"{\"iss\":");
+        json_string(out, self.iss);
+        out.extend_from_slice(b",\"sub_id\":");
+        json_sub_id(out, self.sub_id);
+        out.extend_from_slice(b",\"sub\":");
+        json_string(out, self.sub);
+        out.extend_from_slice(b",\"aud\":");
+        json_string(out, self.aud);
+        out.extend_from_slice(b",\"exp\":");
+        json_number(out, self.exp);
+        out.extend_from_slice(b",\"iat\":");
+        json_number(out, self.iat);
+        out.extend_from_slice(b",\"jti\":");
+        json_string(out, self.jti);
+        out.extend_from_slice(b",\"client_id\":");
+        json_string(out, self.client_id);
+        if let Some(scope) = self.scope {
+            out.extend_from_slice(b",\"scope\":");
+            json_string(out, scope);
+        }
+        if let Some(act) = self.act {
+            out.extend_from_slice(b",\"act\":");
+            serde_json::to_writer(&mut *out, act)?;
+        }
+        // `#[serde(flatten)]` of the map: its members, in its order.
+        for (name, value) in self.extra.iter() {
+            out.push(b',');
+            json_string(out, name);
+            out.push(b':');
+            serde_json::to_writer(&mut *out, value)?;
+        }
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// A JSON string as serde_json writes it: only `"`, `\\` and control
+/// characters are escaped, and those few strings are left to serde_json.
+pub(super) fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Without an early exit, and over bytes, so that the loop is vectorised.
+    let escapes =
+        s.as_bytes().iter().fold(0u8, |n, &b| n | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\'));
+    if escapes == 0 {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Into a Vec, a string cannot fail to encode.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+pub(super) fn json_number(out: &mut Vec<u8>, n: i64) {
+    // serde_json's integer writer, without `fmt`'s machinery.
+    let _ = serde_json::to_writer(&mut *out, &n);
+}
+
+/// `sub_id` as serde writes a `SubId` (the tag first; the tests compare).
+pub(super) fn json_sub_id(out: &mut Vec<u8>, id: &SubId) {
+    match id {
+        SubId::IssSub { iss, sub } => {
+            out.extend_from_slice(b"{\"format\":\"iss_sub\",\"iss\":");
+            json_string(out, iss);
+            out.extend_from_slice(b",\"sub\":");
+            json_string(out, sub);
+        }
+        SubId::Uri { uri } => {
+            out.extend_from_slice(b"{\"format\":\"uri\",\"uri\":");
+            json_string(out, uri);
+        }
+        SubId::Opaque { id } => {
+            out.extend_from_slice(b"{\"format\":\"opaque\",\"id\":");
+            json_string(out, id);
+        }
+    }
+    out.push(b'}');
+}
+
 /// A random, unguessable token identifier: 128 random bits, base64url. A
 /// broken RNG fails the mint: a predictable or repeated `jti` would defeat
 /// replay detection downstream.
@@ -378,7 +462,7 @@ impl Engine {
             // its tag first), exactly as the prefix expects. Sized for a
             // typical token, so that the buffer is not regrown while written.
             let mut payload = Vec::with_capacity(512);
-            serde_json::to_writer(&mut payload, c).map_err(|e| MintError::Encode(e.to_string()))?;
+            c.write(&mut payload).map_err(|e| MintError::Encode(e.to_string()))?;
             if !payload.starts_with(&prefix.written) {
                 return Err(MintError::Encode("unexpected claims layout".into()));
             }
@@ -502,7 +586,15 @@ mod tests {
         full.extra.insert("act_as".into(), serde_json::json!({"sub": "bob"}));
         full.extra.insert("aaa".into(), serde_json::json!(1));
         full.extra.insert("zzz".into(), serde_json::json!(["x"]));
-        for owned in [plain, full] {
+        // Every string escaped where serde_json escapes (quotes, backslash,
+        // control characters), non-ASCII left as it is.
+        let odd = "q\"b\\n\nt\tc\u{1}d\u{7f}ü\u{2028}";
+        let mut hostile = claims(SubId::Opaque { id: odd.into() });
+        (hostile.iss, hostile.sub, hostile.aud, hostile.jti, hostile.client_id) =
+            (odd.into(), odd.into(), odd.into(), odd.into(), odd.into());
+        (hostile.exp, hostile.iat, hostile.scope) = (-1, i64::MAX, Some(odd.into()));
+        hostile.extra.insert(odd.into(), serde_json::json!({ odd: [odd, 1.5, null] }));
+        for owned in [plain, full, hostile] {
             let borrowed = ClaimsOut {
                 iss: &owned.iss,
                 sub_id: &owned.sub_id,
@@ -518,6 +610,10 @@ mod tests {
             };
             let (b, o) = (serde_json::to_string(&borrowed).unwrap(), serde_json::to_string(&owned).unwrap());
             assert_eq!(b, o);
+            // What `mint` signs: written by hand, the same bytes.
+            let mut written = Vec::new();
+            borrowed.write(&mut written).unwrap();
+            assert_eq!(String::from_utf8(written).unwrap(), o);
         }
     }
 
@@ -566,14 +662,23 @@ rules:
             claims: [("email".to_owned(), serde_json::json!("a@x"))].into_iter().collect(),
             ..plain.clone()
         };
-        let req = MintRequest { subject_issuer: "https://idp.test", audience: "orders", default_client_id: "sts", exp: 2, now: 1 };
+        let req = MintRequest {
+            subject_issuer: "https://idp.test",
+            audience: "orders",
+            default_client_id: "sts",
+            exp: 2,
+            now: 1,
+        };
         for decision in [plain, chain, act_as] {
             let done = engine.mint(decision.clone(), &req).unwrap();
             let kept = done.claims().unwrap().into_owned();
             // What `claims()` reads back from the payload for a cache hit.
             let read: Fresh = serde_json::from_value(done.claims_json()).unwrap();
             assert_eq!(format!("{kept:?}"), format!("{read:?}"), "{decision:?}");
-            assert_eq!((kept.aud.as_str(), kept.client_id.as_str()), ("orders", decision.client_id.as_deref().unwrap_or("sts")));
+            assert_eq!(
+                (kept.aud.as_str(), kept.client_id.as_str()),
+                ("orders", decision.client_id.as_deref().unwrap_or("sts"))
+            );
             let view = done.view().unwrap();
             let cached = Exchanged::cached(&engine, done.minted().clone());
             let read = cached.view().unwrap();

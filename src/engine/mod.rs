@@ -359,10 +359,13 @@ impl Engine {
 
     /// Validates a subject token as an exchange would, JWT or opaque
     /// (`stsgate explain`).
-    pub(crate) async fn validate_subject(&self, token: &str) -> Result<Arc<Validated>, ExchangeError> {
-        let (v, _) =
-            self.validate_until(token, now_unix(), self.issuers.key_epoch()).await.map_err(Invalid::subject)?;
-        Ok(v)
+    /// The error is the token's own (no "invalid subject token" prefix).
+    pub(crate) async fn validate_subject(&self, token: &str) -> Result<Arc<Validated>, String> {
+        match self.validate_until(token, now_unix(), self.issuers.key_epoch()).await {
+            Ok((v, _)) => Ok(v),
+            Err(Invalid::Token(e)) => Err(e.to_string()),
+            Err(Invalid::Introspection(e)) => Err(e.to_string()),
+        }
     }
 
     /// Validates a subject or actor token, JWT or opaque; also says until
