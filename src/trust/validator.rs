@@ -519,8 +519,10 @@ impl Validator {
         // Before any value is built: the claims are not yet known to come from
         // the issuer, and tiny JSON values cost far more as values than as text.
         json_shape::check(&payload).map_err(TokenError::Malformed)?;
-        let mut claims: Claims = serde_json::from_slice(&payload)
-            .map_err(|_| TokenError::Malformed("payload is not base64url JSON claims"))?;
+        // UTF-8 checked once for the whole text, not string by string.
+        let text = std::str::from_utf8(&payload).map_err(|_| TokenError::Malformed("payload is not UTF-8 JSON"))?;
+        let mut claims: Claims =
+            serde_json::from_str(text).map_err(|_| TokenError::Malformed("payload is not base64url JSON claims"))?;
         let iss = claims.iss.as_deref().ok_or(TokenError::Claim("iss"))?;
         let own = self.own.as_ref().filter(|own| own.issuer == iss);
         // The key, the leeway and the accepted audiences: stsgate's own, or
