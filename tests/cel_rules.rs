@@ -281,11 +281,7 @@ async fn actor_token_claims_decide_and_split_the_cache() {
     computed_claims:
       team: "actor.claims.team"
 "#;
-    let h = Harness::builder(&idp)
-        .ext_authz("actor: { token_header: x-actor-token }")
-        .rules(rules)
-        .start()
-        .await;
+    let h = Harness::builder(&idp).ext_authz("actor: { token_header: x-actor-token }").rules(rules).start().await;
     let token = alice(&idp);
     let actor = |env: &str, team: Option<&str>| {
         let mut c = idp.claims("svc-web", "");
@@ -297,7 +293,11 @@ async fn actor_token_claims_decide_and_split_the_cache() {
     };
     let (prod, staging, anonymous) = (actor("prod", Some("web")), actor("staging", Some("web")), actor("prod", None));
     let with = |a: &str| {
-        let req = request_to("orders.shop", "/orders").bearer(&token).header("x-actor-token", a).context("audience", "orders").build();
+        let req = request_to("orders.shop", "/orders")
+            .bearer(&token)
+            .header("x-actor-token", a)
+            .context("audience", "orders")
+            .build();
         h.check_request(req)
     };
     let minted = allowed(&with(&prod).await).bearer();

@@ -12,14 +12,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, LazyLock, OnceLock};
 
+use cel::context::VariableResolver;
 use cel::extractors::This;
 use cel::objects::{Key, Map as CelMap};
-use cel::context::VariableResolver;
 use cel::{Context, ExecutionError, ResolveResult, Value as CelValue};
 use serde_json::{Map, Value};
 
 use super::{ActorKind, RuleInput};
-use crate::config::{CelExpr, Compiled, Keys, CelPath, RequestReads, VARIABLES};
+use crate::config::{CelExpr, CelPath, Compiled, Keys, RequestReads, VARIABLES};
 use crate::trust::validator::Validated;
 
 /// The standard functions and macros, and three of CEL's string
@@ -193,10 +193,10 @@ impl<'a> Vars<'a> {
                 // Claims read by name are paths; only a whole read needs the map.
                 if c.actor_claims == Keys::All {
                     // A peer proves no claims: an empty map, so that `has()` works.
-                    let claims = a.token.as_ref().map_or_else(
-                        || CelValue::Map(CelMap { map: Arc::new(HashMap::new()) }),
-                        |t| claims_map(&t.0),
-                    );
+                    let claims = a
+                        .token
+                        .as_ref()
+                        .map_or_else(|| CelValue::Map(CelMap { map: Arc::new(HashMap::new()) }), |t| claims_map(&t.0));
                     m.insert("claims".into(), claims);
                 }
                 CelValue::Map(CelMap { map: Arc::new(m) })

@@ -26,8 +26,8 @@ use serde_json::{Map, Value};
 
 pub(crate) mod cel;
 pub use cel::RequestAttrs;
-pub(crate) use cel::actor_claims_key_bytes;
 use cel::Vars;
+pub(crate) use cel::actor_claims_key_bytes;
 
 use crate::config::{CLIENT_ISSUER, DelegationShape, Outcome, Presenter, Rule, SELF_ISSUER, Workload};
 use crate::glob::Glob;
@@ -433,7 +433,9 @@ fn why_not_but_clients<'a>(
         return Some(WhyNot::Said("stsgate's own tokens match only rules that list `self` in match.issuers"));
     }
     if client_asserted && !m.admits_client_assertions() {
-        return Some(WhyNot::Said("a subject asserted by the client matches only rules that list `client` in match.issuers"));
+        return Some(WhyNot::Said(
+            "a subject asserted by the client matches only rules that list `client` in match.issuers",
+        ));
     }
     // `self` names stsgate's own tokens, `client` the client's own
     // assertions; every other entry an IdP's exact `iss`.

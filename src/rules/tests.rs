@@ -46,7 +46,13 @@ fn peer(id: &str) -> Actor {
 }
 
 fn token_actor(sub: &str, iss: &str, client_id: Option<&str>) -> Actor {
-    Actor { kind: ActorKind::Token, sub: sub.into(), iss: Some(iss.into()), client_id: client_id.map(Into::into), token: None }
+    Actor {
+        kind: ActorKind::Token,
+        sub: sub.into(),
+        iss: Some(iss.into()),
+        client_id: client_id.map(Into::into),
+        token: None,
+    }
 }
 
 fn input<'a>(subject: &'a Validated, actor: Option<&'a Actor>, audience: &'a str) -> RuleInput<'a> {

@@ -122,7 +122,9 @@ impl Rewrite {
                 self.expr(&mut c.iter_range);
                 self.expr(&mut c.accu_init);
                 let depth = self.bound.len();
-                self.bound.extend([Some(&c.iter_var), c.iter_var2.as_ref(), Some(&c.accu_var)].into_iter().flatten().cloned());
+                self.bound.extend(
+                    [Some(&c.iter_var), c.iter_var2.as_ref(), Some(&c.accu_var)].into_iter().flatten().cloned(),
+                );
                 self.expr(&mut c.loop_cond);
                 self.expr(&mut c.loop_step);
                 self.expr(&mut c.result);

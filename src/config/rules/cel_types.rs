@@ -126,9 +126,7 @@ impl Infer {
 
     /// The type of a field of `map` (the variables' known fields).
     fn field(&self, map: &IdedExpr, field: &str) -> Ty {
-        let free = |e: &IdedExpr, name: &str| {
-            matches!(&e.expr, Expr::Ident(n) if n == name && !self.bound.iter().any(|(b, _)| b == n))
-        };
+        let free = |e: &IdedExpr, name: &str| matches!(&e.expr, Expr::Ident(n) if n == name && !self.bound.iter().any(|(b, _)| b == n));
         if free(map, "request") {
             match field {
                 "headers" | "context" => Ty::Map,
@@ -208,7 +206,11 @@ impl Infer {
                     }
                     Ty::Dyn
                 }
-                [a, b] if a == b && matches!(a, Ty::Int | Ty::UInt | Ty::Double | Ty::String | Ty::Bytes | Ty::List) => a,
+                [a, b]
+                    if a == b && matches!(a, Ty::Int | Ty::UInt | Ty::Double | Ty::String | Ty::Bytes | Ty::List) =>
+                {
+                    a
+                }
                 _ => return mismatch("it adds two values of the same type"),
             },
             operators::SUBSTRACT | operators::MULTIPLY | operators::DIVIDE | operators::MODULO => match args[..] {
