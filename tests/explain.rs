@@ -39,13 +39,7 @@ rules:
 async fn explain(idp: &MockIdp, args: &[&str]) -> (i32, Value) {
     let dir = TempDir::new("explain");
     let cfg = dir.write("config.yaml", config(idp));
-    let mut cmd = Command::new(BIN);
-    cmd.arg("explain").arg("--config").arg(&cfg).args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run stsgate explain")).await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let json: Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("explain prints JSON ({e}):\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
-    (out.status.code().unwrap_or(-1), json)
+    run_explain(&cfg, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,3 +171,15 @@ impl Drop for ChildGuard {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
+
+/// `stsgate explain --config CFG ARGS...`: its exit code (-1 if killed) and
+/// the JSON it prints.
+pub async fn run_explain<S: AsRef<std::ffi::OsStr>>(cfg: &Path, args: &[S]) -> (i32, serde_json::Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stsgate"));
+    cmd.arg("explain").arg("--config").arg(cfg).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run stsgate explain")).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("explain prints JSON ({e}):\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), json)
+}
