@@ -221,28 +221,6 @@ pub(crate) struct Claims {
 impl<'de> Deserialize<'de> for Claims {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Claims, D::Error> {
         use serde::de::{Error, MapAccess, Visitor};
-        use std::borrow::Cow;
-
-        /// An object key, borrowed from the input when it has no escapes.
-        struct Key<'a>(Cow<'a, str>);
-        impl<'de> Deserialize<'de> for Key<'de> {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key<'de>, D::Error> {
-                struct KeyVisitor;
-                impl<'de> Visitor<'de> for KeyVisitor {
-                    type Value = Key<'de>;
-                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                        f.write_str("a claim name")
-                    }
-                    fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                        Ok(Key(Cow::Borrowed(v)))
-                    }
-                    fn visit_str<E: Error>(self, v: &str) -> Result<Key<'de>, E> {
-                        Ok(Key(Cow::Owned(v.to_owned())))
-                    }
-                }
-                d.deserialize_str(KeyVisitor)
-            }
-        }
 
         struct ClaimsVisitor;
         impl<'de> Visitor<'de> for ClaimsVisitor {
@@ -253,7 +231,8 @@ impl<'de> Deserialize<'de> for Claims {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
                 let mut c = Claims::default();
                 let mut seen = 0u16;
-                while let Some(Key(key)) = map.next_key()? {
+                // A claim name, borrowed from the input when it has no escapes.
+                while let Some(Text(key)) = map.next_key()? {
                     let bit = match &*key {
                         "iss" => 0,
                         "sub" => 1,
