@@ -63,7 +63,7 @@ pub enum Keys {
 }
 
 impl Keys {
-    pub(crate) fn add(&mut self, key: &str) {
+    fn add(&mut self, key: &str) {
         match self {
             Keys::None => *self = Keys::Some(BTreeSet::from([key.to_owned()])),
             Keys::Some(keys) => {
@@ -399,9 +399,9 @@ impl Walk {
         matches!(&e.expr, Expr::Select(s) if !s.test && s.field == "claims" && self.free(&s.operand, "actor"))
     }
 
-    /// A key of a map read with a constant name: `subject.x`, `subject['x']`,
-    /// `has(subject.x)`, and the same under `actor.claims` and `request`.
-    /// `false` when `map` is none of these.
+    /// A key read with a constant name (`x.k`, `x['k']`, `has(x.k)`) of
+    /// `request`, its `headers` or `context`, `actor` or `actor.claims`:
+    /// what the cache key must hold. `false` when `map` is none of these.
     fn constant_key(&mut self, map: &IdedExpr, key: &str) -> bool {
         if let Some(m) = self.request_map(map) {
             self.key(m, key);
