@@ -284,6 +284,21 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             problems.push(e.to_string());
         }
     }
+    if let Some(redis) = &cfg.token_endpoint.replay_store.redis {
+        if let Err(e) = crate::engine::replay::check_redis_source(redis) {
+            problems.push(e);
+        }
+    }
+    // The clients' secret and JWKS files (a `jwks_url` is not fetched here).
+    match crate::trust::issuer::http_client() {
+        Ok(http) => {
+            let replay = std::sync::Arc::new(crate::engine::replay::ReplayStore::in_memory(16));
+            if let Err(e) = crate::engine::clients::Clients::load(&cfg, replay, &http, None) {
+                problems.push(e);
+            }
+        }
+        Err(e) => problems.push(format!("cannot build an HTTP client: {e}")),
+    }
     for (i, iss) in cfg.trusted_issuers.iter().enumerate() {
         if let KeySource::JwksFile(path) = iss.key_source() {
             match std::fs::read(&path)

@@ -119,6 +119,30 @@ fn check_config_loads_key_files_like_serve_would() {
     assert!(stderr.contains("symmetric"), "{stderr}");
 }
 
+/// The secrets a start would read: a client's secret and JWKS files, and the
+/// Redis URL from its file or environment variable.
+#[test]
+fn check_config_reads_client_and_replay_store_secrets_like_serve_would() {
+    let dir = TempDir::new("cli-secrets");
+    let base = std::fs::read_to_string(fixture("good.yaml")).unwrap();
+    // The files good.yaml names, next to it.
+    dir.write("idp-jwks.json", std::fs::read(fixture("idp-jwks.json")).unwrap());
+    let path = dir.write(
+        "config.yaml",
+        format!(
+            "{base}\nclients:\n  - {{ client_id: a, auth: client_secret_basic, secret_file: {} }}\n  \
+             - {{ client_id: b, auth: private_key_jwt, jwks_file: {} }}\n\
+             token_endpoint:\n  replay_store:\n    redis: {{ url_env: STSGATE_TEST_UNSET_REDIS_URL }}\n",
+            dir.path().join("missing.secret").display(),
+            dir.path().join("missing-jwks.json").display(),
+        ),
+    );
+    let (_, stderr) = assert_exit(&stsgate(&["check-config", path.to_str().unwrap()]), EX_CONFIG);
+    assert!(stderr.contains("token_endpoint.replay_store.redis.url_env"), "{stderr}");
+    assert!(stderr.contains("STSGATE_TEST_UNSET_REDIS_URL is not set"), "{stderr}");
+    assert!(stderr.contains("missing.secret"), "{stderr}");
+}
+
 #[test]
 fn check_config_of_a_missing_file_is_a_config_error() {
     let dir = TempDir::new("cli-missing");

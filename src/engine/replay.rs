@@ -207,6 +207,13 @@ impl RedisBackend {
     }
 }
 
+/// Reads the Redis URL from its source and checks it, as a start would,
+/// without connecting (`stsgate check-config`); errors name the key path and
+/// never hold the password.
+pub fn check_redis_source(settings: &RedisReplayStore) -> Result<(), String> {
+    redis_url(settings).map(|_| ())
+}
+
 /// The Redis URL from its source; errors name the key path.
 fn redis_url(settings: &RedisReplayStore) -> Result<String, String> {
     let at = "token_endpoint.replay_store.redis";
