@@ -444,6 +444,9 @@ impl Engine {
         subject: &Validated,
         req: &ExchangeRequest<'_>,
     ) -> Result<Exchanged<'_>, ExchangeError> {
+        // The same span as `exchange`'s, so that a trace of either grant reads alike.
+        let span = info_span!(target: TRACE, "exchange", cache.hit = false);
+        let _entered = span.enter();
         let done = self
             .decide_and_mint(subject, req, None, now_unix(), true)
             .inspect_err(|e| self.audit_refused(subject, req, e))?;
