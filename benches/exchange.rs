@@ -23,7 +23,6 @@
 //!   signature (jsonwebtoken with a JWK n/e key), for comparison.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +38,7 @@ use tokio::runtime::Runtime;
 
 use stsgate::api::ext_authz::AuthzService;
 use stsgate::clock::now_unix;
-use stsgate::config::{Config, SignAlg};
+use stsgate::config::Config;
 use stsgate::engine::mint::{AccessClaims, new_jti};
 use stsgate::engine::{Engine, ExchangeRequest};
 use stsgate::metrics::Metrics;
@@ -47,83 +46,24 @@ use stsgate::pb::envoy::service::auth::v3::CheckRequest;
 use stsgate::rules::SubId;
 use stsgate::rules::{self, RuleInput};
 use stsgate::runtime::telemetry;
-use stsgate::signing::Signer;
 use stsgate::testkit::CheckRequestBuilder;
+use stsgate::testkit::bench::{AUDIENCE, IDP, Idp, RULES, check_request, config};
 use stsgate::trust::issuer::http_client;
 
-const IDP: &str = "https://idp.bench.example/realms/corp";
-const AUDIENCE: &str = "bench-api";
 const CLIENT_ID: &str = "stsgate-ext-authz";
-
-/// Ten rules; the first nine miss for different reasons (audience, issuer,
-/// subject claims), the tenth matches `bench-*`.
-const RULES: &str = r#"
-rules:
-  - { name: r1-orders,   match: { audiences: [orders] },                      grant: { scopes: ["orders.*"] } }
-  - { name: r2-billing,  match: { audiences: ["billing", "api://billing/*"] }, grant: { scopes: ["billing.*"] } }
-  - { name: r3-partners, match: { audiences: ["bench-*"], subject: { email: ["*@partner.example"] } }, grant: { scopes: ["*"] } }
-  - { name: r4-admins,   match: { audiences: ["bench-*"], subject: { groups: [admins, sre] } }, grant: { scopes: ["*"] } }
-  - { name: r5-payments, match: { audiences: [payments] },                    grant: { scopes: ["payments.*"] } }
-  - { name: r6-client,   match: { audiences: ["bench-*"], subject: { client_id: [batch-*] } }, grant: { scopes: ["*"] } }
-  - { name: r7-search,   match: { audiences: ["search", "search-*"] },        grant: { scopes: ["search.*"] } }
-  - { name: r8-users,    match: { audiences: ["bench-*"], subject: { sub: [svc-*] } }, grant: { scopes: ["*"] } }
-  - { name: r9-inventory, match: { audiences: ["inventory"] },                grant: { scopes: ["inventory.*"] } }
-  - name: r10-bench
-    match: { issuers: ["https://idp.bench.example/realms/corp"], audiences: ["bench-*"], subject: { groups: [customers] } }
-    grant: { scopes: ["orders.*", profile, email], max_lifetime: 5m }
-  - name: r11-second-hop
-    match: { issuers: [self], audiences: ["bench-*"] }
-    grant: { outcome: delegation, scopes: ["orders.*", profile, email], max_lifetime: 5m }
-workloads:
-  - { audience: bench-web, spiffe: ["spiffe://cluster.local/ns/bench/sa/web"] }
-"#;
 
 /// The workload that re-exchanges its token in `check_cached_second_hop`.
 const WEB_SPIFFE: &str = "spiffe://cluster.local/ns/bench/sa/web";
 
 struct Fixture {
     rt: Runtime,
-    _dir: TempDir,
+    idp: Idp,
     token: String,
     cached: Arc<Engine>,
     cold: Arc<Engine>,
     svc_cached: AuthzService,
     svc_cold: AuthzService,
     check: CheckRequest,
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Audit events are written (their cost is part of a cold exchange), but to
-/// nowhere: stdout must stay criterion's, and a file would grow by gigabytes.
-const AUDIT: &str = "audit: { file: /dev/null }";
-
-fn config(jwks: &std::path::Path, cache: &str) -> Config {
-    let yaml = format!(
-        r#"
-issuer: https://sts.bench.example
-signing:
-  keys: [{{ kid: bench-es256, alg: ES256, ephemeral: true }}]
-tokens: {{ lifetime: 5m }}
-trusted_issuers:
-  - issuer: {IDP}
-    jwks_file: {}
-    algorithms: [RS256]
-    audiences: [mesh-gateway]
-ext_authz:
-  actor: {{ mode: none }}
-cache: {cache}
-{AUDIT}
-{RULES}"#,
-        jwks.display()
-    );
-    Config::from_yaml_validated(&yaml).expect("bench config")
 }
 
 async fn engine(cfg: Config) -> Arc<Engine> {
@@ -133,54 +73,19 @@ async fn engine(cfg: Config) -> Arc<Engine> {
     Arc::new(engine)
 }
 
-fn subject_token(idp: &Signer) -> String {
-    let now = now_unix();
-    let claims = json!({
-        "iss": IDP,
-        "sub": "user-000001",
-        "aud": ["mesh-gateway", "account"],
-        "exp": now + 6 * 3600,
-        "iat": now,
-        "nbf": now,
-        "jti": new_jti().expect("rng"),
-        "scope": "openid profile email orders.read orders.write",
-        "client_id": "web-frontend",
-        "groups": ["customers", "staff"],
-        "email": "user-000001@bench.example",
-    });
-    idp.sign_typed("JWT", &claims).expect("sign subject token")
-}
-
-/// What Envoy sends for `GET http://bench.example/` from wrk (the headers wrk
-/// and Envoy add included).
-fn check_request(token: &str) -> CheckRequest {
-    CheckRequestBuilder::new()
-        .host("bench.example")
-        .pseudo_headers()
-        .header("user-agent", "wrk")
-        .header("x-request-id", "00000000-0000-4000-8000-000000000000")
-        .bearer(token)
-        .context("audience", AUDIENCE)
-        .build()
-}
-
 fn fixture() -> Fixture {
     stsgate::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let dir = TempDir(std::env::temp_dir().join(format!("stsgate-bench-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let idp = Signer::generate("bench-idp-1", SignAlg::RS256).expect("IdP key");
-    let jwks = dir.0.join("idp-jwks.json");
-    std::fs::write(&jwks, json!({ "keys": [idp.public_jwk()] }).to_string()).expect("write JWKS");
-    let token = subject_token(&idp);
+    let idp = Idp::new("bench");
+    let token = idp.token.clone();
 
-    let cached = rt.block_on(engine(config(&jwks, "{ enabled: true }")));
-    let cold = rt.block_on(engine(config(&jwks, "{ enabled: false }")));
+    let cached = rt.block_on(engine(config(&idp.jwks, "{ enabled: true }", RULES)));
+    let cold = rt.block_on(engine(config(&idp.jwks, "{ enabled: false }", RULES)));
     let metrics = Metrics::register(&mut Registry::default());
     let svc_cached = AuthzService::new(cached.clone(), metrics.clone());
     let svc_cold = AuthzService::new(cold.clone(), metrics);
     let check = check_request(&token);
-    Fixture { rt, _dir: dir, token, cached, cold, svc_cached, svc_cold, check }
+    Fixture { rt, idp, token, cached, cold, svc_cached, svc_cold, check }
 }
 
 fn exchange_request(token: &str) -> ExchangeRequest<'_> {
@@ -380,20 +285,14 @@ fn cel_config(jwks: &std::path::Path, cache: &str, condition: &str) -> Config {
         ),
         1,
     );
-    let yaml = format!(
-        "issuer: https://sts.bench.example\nsigning:\n  keys: [{{ kid: bench-es256, alg: ES256, ephemeral: true }}]\n\
-         tokens: {{ lifetime: 5m }}\ntrusted_issuers:\n  - issuer: {IDP}\n    jwks_file: {}\n    algorithms: [RS256]\n    \
-         audiences: [mesh-gateway]\next_authz:\n  actor: {{ mode: none }}\ncache: {cache}\n{AUDIT}\n{rules}",
-        jwks.display()
-    );
-    Config::from_yaml_validated(&yaml).expect("CEL bench config")
+    config(jwks, cache, &rules)
 }
 
 fn cel_benches(c: &mut Criterion) {
     const CLAIMS_ONLY: &str = "subject.email.endsWith('@bench.example') && 'orders.read' in scopes";
     const WITH_REQUEST: &str = "subject.email.endsWith('@bench.example') && request.method in ['GET', 'HEAD'] && request.headers['user-agent'] != 'curl'";
     let f = fixture();
-    let jwks = f._dir.0.join("idp-jwks.json");
+    let jwks = f.idp.jwks.clone();
     let service = |condition: &str, cache: &str| {
         let engine = f.rt.block_on(engine(cel_config(&jwks, cache, condition)));
         AuthzService::new(engine, Metrics::register(&mut Registry::default()))

@@ -1,9 +1,9 @@
 //! A profiling harness for the cold exchange (issue 17): runs one operation N
 //! times in a loop, each run inside the one function `measured`, so that a
 //! profiler counts exactly the per-request work. The set-up is the criterion
-//! bench's (`benches/exchange.rs`): an RS256 subject token of an IdP with a
-//! `jwks_file`, ten rules (the tenth matches), an ephemeral ES256 signing key,
-//! the Check built the way Envoy sends it for a wrk request.
+//! bench's, from `stsgate::testkit::bench`: an RS256 subject token of an IdP
+//! with a `jwks_file`, ten rules (the tenth matches), an ephemeral ES256
+//! signing key, the Check built the way Envoy sends it for a wrk request.
 //!
 //! ```sh
 //! cargo build --release --example profile_cold
@@ -22,7 +22,6 @@
 //! Without valgrind it prints the mean time per operation, as a sanity check.
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,38 +29,13 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, ParsedPublicKey, RsaKeyPair};
 use prometheus_client::registry::Registry;
-use serde_json::json;
 
 use stsgate::api::ext_authz::AuthzService;
-use stsgate::clock::now_unix;
-use stsgate::config::{Config, SignAlg};
 use stsgate::engine::Engine;
-use stsgate::engine::mint::new_jti;
 use stsgate::metrics::Metrics;
-use stsgate::pb::envoy::service::auth::v3::CheckRequest;
 use stsgate::runtime::telemetry;
-use stsgate::signing::Signer;
-use stsgate::testkit::CheckRequestBuilder;
+use stsgate::testkit::bench::{Idp, RULES, check_request, config};
 use stsgate::trust::issuer::http_client;
-
-const IDP: &str = "https://idp.bench.example/realms/corp";
-
-/// The bench's rules: nine that miss for different reasons, the tenth matches.
-const RULES: &str = r#"
-rules:
-  - { name: r1-orders,   match: { audiences: [orders] },                      grant: { scopes: ["orders.*"] } }
-  - { name: r2-billing,  match: { audiences: ["billing", "api://billing/*"] }, grant: { scopes: ["billing.*"] } }
-  - { name: r3-partners, match: { audiences: ["bench-*"], subject: { email: ["*@partner.example"] } }, grant: { scopes: ["*"] } }
-  - { name: r4-admins,   match: { audiences: ["bench-*"], subject: { groups: [admins, sre] } }, grant: { scopes: ["*"] } }
-  - { name: r5-payments, match: { audiences: [payments] },                    grant: { scopes: ["payments.*"] } }
-  - { name: r6-client,   match: { audiences: ["bench-*"], subject: { client_id: [batch-*] } }, grant: { scopes: ["*"] } }
-  - { name: r7-search,   match: { audiences: ["search", "search-*"] },        grant: { scopes: ["search.*"] } }
-  - { name: r8-users,    match: { audiences: ["bench-*"], subject: { sub: [svc-*] } }, grant: { scopes: ["*"] } }
-  - { name: r9-inventory, match: { audiences: ["inventory"] },                grant: { scopes: ["inventory.*"] } }
-  - name: r10-bench
-    match: { issuers: ["https://idp.bench.example/realms/corp"], audiences: ["bench-*"], subject: { groups: [customers] } }
-    grant: { scopes: ["orders.*", profile, email], max_lifetime: 5m }
-"#;
 
 /// Runs before the measured ones.
 const WARM_UP: usize = 20;
@@ -70,59 +44,6 @@ const WARM_UP: usize = 20;
 #[inline(never)]
 fn measured(op: &mut dyn FnMut()) {
     op();
-}
-
-fn config(jwks: &Path, cache: bool) -> Config {
-    let yaml = format!(
-        r#"
-issuer: https://sts.bench.example
-signing:
-  keys: [{{ kid: bench-es256, alg: ES256, ephemeral: true }}]
-tokens: {{ lifetime: 5m }}
-trusted_issuers:
-  - issuer: {IDP}
-    jwks_file: {}
-    algorithms: [RS256]
-    audiences: [mesh-gateway]
-ext_authz:
-  actor: {{ mode: none }}
-cache: {{ enabled: {cache} }}
-audit: {{ file: /dev/null }}
-{RULES}"#,
-        jwks.display()
-    );
-    Config::from_yaml_validated(&yaml).expect("harness config")
-}
-
-fn subject_token(idp: &Signer) -> String {
-    let now = now_unix();
-    let claims = json!({
-        "iss": IDP, "sub": "user-000001", "aud": ["mesh-gateway", "account"],
-        "exp": now + 6 * 3600, "iat": now, "nbf": now, "jti": new_jti().expect("rng"),
-        "scope": "openid profile email orders.read orders.write", "client_id": "web-frontend",
-        "groups": ["customers", "staff"], "email": "user-000001@bench.example",
-    });
-    idp.sign_typed("JWT", &claims).expect("sign subject token")
-}
-
-fn check_request(token: &str) -> CheckRequest {
-    CheckRequestBuilder::new()
-        .host("bench.example")
-        .pseudo_headers()
-        .header("user-agent", "wrk")
-        .header("x-request-id", "00000000-0000-4000-8000-000000000000")
-        .bearer(token)
-        .context("audience", "bench-api")
-        .build()
-}
-
-/// Removes the temporary directory (the IdP's JWKS file) on exit.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn main() {
@@ -134,15 +55,11 @@ fn main() {
 
     stsgate::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let dir = TempDir(std::env::temp_dir().join(format!("stsgate-profile-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let idp = Signer::generate("bench-idp-1", SignAlg::RS256).expect("IdP key");
-    let jwks = dir.0.join("idp-jwks.json");
-    std::fs::write(&jwks, json!({ "keys": [idp.public_jwk()] }).to_string()).expect("write JWKS");
-    let token = subject_token(&idp);
-    let engine = |cache| {
-        let e = Engine::load(Arc::new(config(&jwks, cache)), http_client().expect("http client"), None)
-            .expect("signing keys");
+    let idp = Idp::new("profile");
+    let token = idp.token.clone();
+    let engine = |cache: bool| {
+        let cfg = config(&idp.jwks, &format!("{{ enabled: {cache} }}"), RULES);
+        let e = Engine::load(Arc::new(cfg), http_client().expect("http client"), None).expect("signing keys");
         assert!(rt.block_on(e.fetch_issuer_keys()).is_empty(), "load the IdP JWKS file");
         Arc::new(e)
     };

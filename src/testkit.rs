@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 
+pub mod bench;
 pub mod load;
 
 use crate::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request as AttrRequest};
