@@ -24,10 +24,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::{Channel, Endpoint};
 
-use stsgate::config::Config;
 use stsgate::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use stsgate::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
-use stsgate::runtime::server::{Listeners, Server};
+use stsgate::runtime::server::Server;
 use support::*;
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -112,17 +111,7 @@ impl Sts {
         init_logging();
         let listen: String = listen.lines().map(|l| format!("  {l}\n")).collect();
         let yaml = format!("{}listen:\n{listen}", builder.yaml());
-        let cfg =
-            Config::from_yaml_validated(&yaml).unwrap_or_else(|e| panic!("invalid test config: {e}\n---\n{yaml}"));
-        let listeners =
-            Listeners::bind_addrs("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let server = Server::start(cfg, listeners).await.expect("start stsgate");
-        let readiness = server.readiness.clone();
-        eventually("stsgate ready", || {
-            let r = readiness.clone();
-            async move { r.is_ready() }
-        })
-        .await;
+        let server = start_server(&yaml, loopback_listeners().await).await;
         Sts { grpc: server.grpc_addr, http: server.http_addr, server: Some(server), _dir: dir }
     }
 

@@ -22,7 +22,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use stsgate::config::Config;
-use stsgate::runtime::server::{Listeners, Server};
+use stsgate::runtime::server::Server;
 use support::*;
 
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -66,17 +66,7 @@ impl Sts {
         let clients = clients.to_owned();
         let mut builder = Harness::builder(&idp).edit(move |y| format!("{y}{clients}"));
         let yaml = format!("{}listen:\n{listen}", builder.yaml());
-        let cfg =
-            Config::from_yaml_validated(&yaml).unwrap_or_else(|e| panic!("invalid test config: {e}\n---\n{yaml}"));
-        let listeners =
-            Listeners::bind_addrs("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let server = Server::start(cfg, listeners).await.expect("start stsgate");
-        let readiness = server.readiness.clone();
-        eventually("stsgate ready", || {
-            let r = readiness.clone();
-            async move { r.is_ready() }
-        })
-        .await;
+        let server = start_server(&yaml, loopback_listeners().await).await;
         Sts { http: server.http_addr, server: Some(server), idp, _dir: dir }
     }
 

@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde_json::{Value, json};
-use stsgate::config::Config;
-use stsgate::runtime::server::{Listeners, Server};
+use stsgate::runtime::server::Listeners;
 use support::*;
 use tokio::io::AsyncWriteExt;
 
@@ -104,17 +103,10 @@ async fn authlib_discovers_the_endpoint_and_gets_the_rfc_answers() {
         .edit(move |y| format!("{y}{clients}"));
     let yaml = builder.yaml().replace(&format!("issuer: {STS_ISSUER}\n"), &format!("issuer: {issuer}\n"));
     assert!(yaml.contains(&issuer), "{yaml}");
-    let cfg = Config::from_yaml_validated(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
     let listeners = Listeners::bind_addrs("127.0.0.1:0".parse().unwrap(), format!("127.0.0.1:{port}").parse().unwrap())
         .await
         .expect("bind");
-    let server = Server::start(cfg, listeners).await.expect("start stsgate");
-    let readiness = server.readiness.clone();
-    eventually("stsgate ready", || {
-        let r = readiness.clone();
-        async move { r.is_ready() }
-    })
-    .await;
+    let server = start_server(&yaml, listeners).await;
 
     let subject = idp.token(&idp.claims("alice", "orders.read orders.write"));
     let out = run_client(

@@ -178,6 +178,25 @@ impl HarnessBuilder {
     }
 }
 
+/// A real stsgate serving `yaml` on `listeners`, once ready (its issuers'
+/// keys loaded).
+pub async fn start_server(yaml: &str, listeners: Listeners) -> Server {
+    let cfg = Config::from_yaml_validated(yaml).unwrap_or_else(|e| panic!("invalid test config: {e}\n---\n{yaml}"));
+    let server = Server::start(cfg, listeners).await.expect("start stsgate");
+    let readiness = server.readiness.clone();
+    eventually("stsgate ready (issuer keys loaded)", || {
+        let r = readiness.clone();
+        async move { r.is_ready() }
+    })
+    .await;
+    server
+}
+
+/// Both listeners on free loopback ports.
+pub async fn loopback_listeners() -> Listeners {
+    Listeners::bind_addrs("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).await.expect("bind listeners")
+}
+
 pub struct Harness {
     pub server: Option<Server>,
     pub grpc_addr: SocketAddr,
