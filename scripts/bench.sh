@@ -36,7 +36,8 @@
 #      QUIET_WAIT=SECONDS: before the criterion benches and before the rounds, wait up to
 #      this long for the machine to be quiet (< FOREIGN_LIMIT=0.25 busy cores not ours).
 #      CASES=envoy_cached,envoy_cached_mtls: run only these load cases (comma-separated
-#      names as in bench/report.py) and skip the memory and start-up parts; the report then
+#      names as in bench/report.py) and skip the memory and start-up parts unless CASES names
+#      `memory` (CASES=memory: memory and start-up alone); the report then
 #      goes to bench/results/partial.md (raw: partial.json), not bench/RESULTS.md.
 #      REPORT=PATH RAW=PATH: where the report and the raw JSON go.
 set -euo pipefail
@@ -70,7 +71,7 @@ MTLS_SERVER_ID="spiffe://cluster.local/ns/stsgate/sa/stsgate"
 MTLS_CALLER="orders-sidecar"
 MTLS_CALLER_ID="spiffe://cluster.local/ns/shop/sa/orders-sidecar"
 ALL_CASES=(direct_cached direct_noop direct_noop_like direct_cold direct_cached_bare
-    envoy_cached envoy_noop envoy_jwt_authn envoy_cold envoy_noop_like envoy_cached_bare envoy_cached_mtls)
+    envoy_cached envoy_noop envoy_jwt_authn envoy_cold envoy_noop_like envoy_cached_bare envoy_cached_mtls memory)
 CASES="${CASES:-}"
 if [[ -n "$CASES" ]]; then
     for c in ${CASES//,/ }; do
@@ -541,7 +542,7 @@ log "Envoy → ext_authz connections: $(tr '\n' ';' <"$RUNS/envoy-upstream.txt")
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 sleep 0.5
 
-if [[ -z "$CASES" ]]; then # a partial run (CASES) skips memory and start-up
+if want memory; then # a partial run (CASES) skips memory and start-up unless it names `memory`
 
     # ---------------------------------------------------------------------------
     # Memory: a fresh stsgate, FILL distinct exchanges (one token, FILL audiences)
