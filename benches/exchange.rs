@@ -50,6 +50,10 @@ use stsgate::testkit::CheckRequestBuilder;
 use stsgate::testkit::bench::{AUDIENCE, IDP, Idp, RULES, check_request, config};
 use stsgate::trust::issuer::http_client;
 
+/// The binary's allocator, so that the figures are of what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CLIENT_ID: &str = "stsgate-ext-authz";
 
 /// The workload that re-exchanges its token in `check_cached_second_hop`.

@@ -37,6 +37,10 @@ use stsgate::runtime::telemetry;
 use stsgate::testkit::bench::{Idp, RULES, check_request, config};
 use stsgate::trust::issuer::http_client;
 
+/// The binary's allocator, so that the counts are of what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs before the measured ones.
 const WARM_UP: usize = 20;
 

@@ -7,13 +7,14 @@
 
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use mimalloc::MiMalloc;
 use serde_json::{Value, json};
 use stsgate::config::Config;
 use stsgate::trust::issuer::{Issuers, http_client};
@@ -24,16 +25,12 @@ use support::*;
 // What one validated token holds
 // ---------------------------------------------------------------------------
 
-/// Counts the calling thread's live heap, each block as glibc's malloc takes
-/// it: the request plus an 8-byte header, in 16-byte granules, 32 at least.
+/// Counts the calling thread's live heap in the blocks mimalloc (the
+/// binary's allocator) really hands out: `usable_size` of each block.
 struct Counting;
 
 thread_local! {
     static LIVE: Cell<isize> = const { Cell::new(0) };
-}
-
-fn block(n: usize) -> isize {
-    (n + 8).next_multiple_of(16).max(32) as isize
 }
 
 fn count(delta: isize) {
@@ -44,35 +41,41 @@ fn live() -> isize {
     LIVE.with(Cell::get)
 }
 
-// SAFETY: every call is forwarded unchanged to the system allocator; the
-// counter is a const-initialized thread-local without a destructor, which
-// never allocates.
+/// The block behind `p`, a live allocation of `MiMalloc`.
+fn block(p: *const u8) -> isize {
+    // SAFETY: `p` was returned by `MiMalloc` and is not yet freed.
+    unsafe { MiMalloc.usable_size(p) as isize }
+}
+
+// SAFETY: every call is forwarded unchanged to mimalloc; the counter is a
+// const-initialized thread-local without a destructor, which never allocates.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { MiMalloc.alloc(layout) };
         if !p.is_null() {
-            count(block(layout.size()));
+            count(block(p));
         }
         p
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
+        let p = unsafe { MiMalloc.alloc_zeroed(layout) };
         if !p.is_null() {
-            count(block(layout.size()));
+            count(block(p));
         }
         p
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        count(-block(layout.size()));
+        count(-block(ptr));
+        unsafe { MiMalloc.dealloc(ptr, layout) };
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let old = block(ptr);
+        let p = unsafe { MiMalloc.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            count(block(new_size) - block(layout.size()));
+            count(block(p) - old);
         }
         p
     }
@@ -153,8 +156,8 @@ const TOKENS: usize = 8_000;
 const CONCURRENCY: usize = 16;
 /// Resident memory growth allowed besides the budget. What the process
 /// allocates besides cache entries, none of it proportional to the number of
-/// tokens seen: glibc malloc arenas (one per thread that allocates, each
-/// reserving and keeping some free memory), the HTTP/2 connection's buffers
+/// tokens seen: the allocator's per-thread heaps (each reserving and keeping
+/// some free memory), the HTTP/2 connection's buffers
 /// and its in-flight requests (16 at a time, each a token and its decoded
 /// payload and claims, a few tens of KB), stacks touched by the runtime's
 /// workers, and the allocator's fragmentation around entries evicted and

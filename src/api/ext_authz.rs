@@ -426,12 +426,10 @@ fn token_in<'a>(raw: &'a str, scheme: &str) -> Result<&'a str, NoToken> {
         return Err(NoToken::Empty);
     }
     // Envoy joins repeated headers with ','; a comma or blank inside means
-    // several credentials. One pass without an early exit, which the
-    // compiler vectorises (three `contains` cost ~3,000 instructions on a
-    // 700-byte token, issue 17). Other stray bytes are left to the validator.
-    let blank_or_comma = |b: u8| u8::from(b == b',') | u8::from(b == b' ') | u8::from(b == b'\t');
-    let several = token.as_bytes().iter().fold(0u8, |n, &b| n | blank_or_comma(b));
-    if several != 0 {
+    // several credentials. One SIMD search for the three (three `contains`
+    // cost ~3,000 instructions on a 700-byte token, a scalar pass ~900;
+    // issue 17). Other stray bytes are left to the validator.
+    if memchr::memchr3(b',', b' ', b'\t', token.as_bytes()).is_some() {
         return Err(NoToken::Several);
     }
     Ok(token)
@@ -462,13 +460,24 @@ impl UnknownActorMode {
 /// else the host/path table, else the configured default.
 fn target(attrs: &AttributeContext, ea: &ExtAuthz) -> Result<Option<RouteTarget>, UnknownActorMode> {
     let ctx: &HashMap<String, String> = &attrs.context_extensions;
-    let scope_ctx = ctx.get(CTX_SCOPE).filter(|s| !s.trim().is_empty()).cloned();
+    // One pass over the route's few extensions (Envoy's configuration, not
+    // the client's) instead of three SipHashed lookups (issue 17).
+    let (mut audience, mut scope, mut actor) = (None, None, None);
+    for (name, value) in ctx {
+        match name.as_str() {
+            CTX_AUDIENCE => audience = Some(value),
+            CTX_SCOPE => scope = Some(value),
+            CTX_ACTOR => actor = Some(value),
+            _ => {}
+        }
+    }
+    let scope_ctx = scope.filter(|s| !s.trim().is_empty()).cloned();
     // An unknown actor mode is refused, never read as some other mode.
-    let actor_ctx = match ctx.get(CTX_ACTOR) {
+    let actor_ctx = match actor {
         None => None,
         Some(m) => Some(ActorMode::parse(m).ok_or_else(|| UnknownActorMode(m.chars().take(32).collect()))?),
     };
-    if let Some(aud) = ctx.get(CTX_AUDIENCE).filter(|a| !a.is_empty()) {
+    if let Some(aud) = audience.filter(|a| !a.is_empty()) {
         return Ok(Some(RouteTarget {
             audience: aud.clone(),
             scope: scope_ctx.or_else(|| ea.default_scope.clone()),

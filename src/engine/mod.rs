@@ -128,9 +128,12 @@ pub struct Engine {
     caches: Caches,
     prefixes: Vec<PayloadPrefix>,
     /// Positions of rules and trusted issuers (then stsgate's own issuer),
-    /// which cache entries refer to.
-    rule_index: std::collections::HashMap<String, u16>,
-    issuer_index: std::collections::HashMap<String, u16>,
+    /// which cache entries refer to. foldhash, not SipHash: both are built
+    /// from the configuration and only looked up per request (with a rule
+    /// name and an issuer that passed validation), so no request can flood
+    /// them with colliding keys; SipHash cost two hashes per cold exchange.
+    rule_index: foldhash::HashMap<String, u16>,
+    issuer_index: foldhash::HashMap<String, u16>,
     /// Every request attribute any rule's CEL expression can read: part of
     /// the minted-token cache key on the Check path (`exchange_on`).
     request_reads: crate::config::RequestReads,

@@ -6,7 +6,6 @@
 //! Keys live behind an `ArcSwap`, so the hot path reads them without a lock;
 //! only a `kid` miss takes the per-issuer refetch mutex.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -332,7 +331,10 @@ impl Issuer {
 
 /// Every trusted issuer, by exact `iss`.
 pub struct Issuers {
-    by_iss: HashMap<String, Arc<Issuer>>,
+    /// foldhash, not SipHash: the keys are the configured issuers; a token's
+    /// `iss` only looks up, and lookups cannot degrade a map whose keys an
+    /// attacker does not choose.
+    by_iss: foldhash::HashMap<String, Arc<Issuer>>,
     key_epoch: Arc<AtomicU32>,
 }
 
