@@ -101,7 +101,8 @@ impl Signer {
         let mut message = String::with_capacity(self.at_jwt_header.len() + 1 + payload.len() * 4 / 3 + 4);
         message.push_str(&self.at_jwt_header);
         message.push('.');
-        URL_SAFE_NO_PAD.encode_string(payload, &mut message);
+        // The request path's encoder (SIMD, issue 17); the same text as `base64`'s.
+        base64_simd::URL_SAFE_NO_PAD.encode_append(payload, &mut message);
         self.sign_raw(message.as_bytes())
     }
 
