@@ -41,6 +41,11 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+/// stsgate's allocator: the do-nothing server is the baseline of stsgate's
+/// own gRPC cost, so it allocates the same way.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "stsgate-loadgen", about = "Load generator and helpers for stsgate benchmarks")]
 struct Cli {
