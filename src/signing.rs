@@ -95,15 +95,29 @@ impl Signer {
         &self.at_jwt_header
     }
 
-    /// Signs an access token given its raw JSON claims; returns the raw
-    /// signature (the caller keeps the parts, see `engine::mint::Minted`).
-    pub(crate) fn sign_payload(&self, payload: &[u8]) -> Result<Vec<u8>, KeyError> {
-        let mut message = String::with_capacity(self.at_jwt_header.len() + 1 + payload.len() * 4 / 3 + 4);
-        message.push_str(&self.at_jwt_header);
-        message.push('.');
+    /// Signs an access token given its raw JSON claims; returns the compact
+    /// serialization, completed in place after the signing input, and the
+    /// raw signature (the cache keeps the parts, see `engine::mint::Minted`).
+    pub(crate) fn sign_payload(&self, payload: &[u8]) -> Result<(String, Vec<u8>), KeyError> {
+        let b64 = |n: usize| n.div_ceil(3) * 4;
+        let room = self.at_jwt_header.len() + 1 + b64(payload.len()) + 1 + b64(self.signature_len());
+        let mut token = String::with_capacity(room);
+        token.push_str(&self.at_jwt_header);
+        token.push('.');
         // The request path's encoder (SIMD, issue 17); the same text as `base64`'s.
-        base64_simd::URL_SAFE_NO_PAD.encode_append(payload, &mut message);
-        self.sign_raw(message.as_bytes())
+        base64_simd::URL_SAFE_NO_PAD.encode_append(payload, &mut token);
+        let sig = self.sign_raw(token.as_bytes())?;
+        token.push('.');
+        base64_simd::URL_SAFE_NO_PAD.encode_append(&sig, &mut token);
+        Ok((token, sig))
+    }
+
+    /// Bytes of a raw signature of this key.
+    fn signature_len(&self) -> usize {
+        match &self.material {
+            KeyMaterial::Es256(_) | KeyMaterial::EdDsa(_) => 64,
+            KeyMaterial::Rs256(k) => k.public_modulus_len(),
+        }
     }
 
     /// Signs with another `typ` (the development IdP mimics IdPs that send `JWT`).

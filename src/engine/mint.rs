@@ -241,6 +241,9 @@ pub struct Exchanged<'e> {
     /// for a cache hit. Boxed: an `Exchanged` is moved through the Check's
     /// futures.
     fresh: Option<Box<Fresh>>,
+    /// The compact token as it was signed, for a token minted just now; a
+    /// cache hit assembles it from `minted`.
+    signed_text: Option<String>,
 }
 
 /// The claims a token was minted with, kept for the audit event and the
@@ -277,7 +280,7 @@ pub(crate) struct ClaimsView<'a> {
 impl<'e> Exchanged<'e> {
     /// A token answered from the minted-token cache (never audited).
     pub(super) fn cached(engine: &'e Engine, minted: Arc<Minted>) -> Exchanged<'e> {
-        Exchanged { engine, minted, audit: None, fresh: None }
+        Exchanged { engine, minted, audit: None, fresh: None, signed_text: None }
     }
 
     /// The claims this token was minted with: as minting kept them, or (for
@@ -297,6 +300,10 @@ impl<'e> Exchanged<'e> {
 
     /// Appends the compact serialization of the token to `out`.
     pub(crate) fn write_token(&self, out: &mut String) {
+        if let Some(text) = &self.signed_text {
+            out.push_str(text);
+            return;
+        }
         let m = &self.minted;
         let prefix = &self.engine.prefixes[m.prefix as usize];
         let (rest, sig) = m.signed.split_at(m.rest_len as usize);
@@ -481,7 +488,8 @@ impl Engine {
         let signer = &self.keys.signers()[signer_index];
         let prefix_index = PayloadPrefix::index_for(&self.prefixes, claims.sub_id);
         let prefix = &self.prefixes[prefix_index];
-        let sign = |c: &ClaimsOut<'_>| -> Result<(Vec<u8>, usize), MintError> {
+        // The padded payload, its compact token and the raw signature.
+        let sign = |c: &ClaimsOut<'_>| -> Result<(Vec<u8>, String, Vec<u8>), MintError> {
             // serde_json writes the fields in order (`iss`, then `sub_id` with
             // its tag first), exactly as the prefix expects. Sized for a
             // typical token, so that the buffer is not regrown while written.
@@ -493,16 +501,16 @@ impl Engine {
             // The padded prefix is the written one plus spaces: pad in place.
             let at = prefix.written.len();
             payload.splice(at..at, prefix.padded[at..].iter().copied());
-            let sig = signer.sign_payload(&payload)?;
-            let rest = &payload[prefix.padded.len()..];
-            let mut signed = Vec::with_capacity(prefix.view_head.len() + rest.len() + sig.len());
-            signed.extend_from_slice(prefix.view_head);
-            signed.extend_from_slice(rest);
-            let rest_len = signed.len();
-            signed.extend_from_slice(&sig);
-            Ok((signed, rest_len))
+            let (token, sig) = signer.sign_payload(&payload)?;
+            Ok((payload, token, sig))
         };
-        let (signed, rest_len) = sign(&claims)?;
+        let (payload, signed_text, sig) = sign(&claims)?;
+        let rest = &payload[prefix.padded.len()..];
+        let mut signed = Vec::with_capacity(prefix.view_head.len() + rest.len() + sig.len());
+        signed.extend_from_slice(prefix.view_head);
+        signed.extend_from_slice(rest);
+        let rest_len = signed.len();
+        signed.extend_from_slice(&sig);
         let audit = decision.audit.as_ref().map(|a| format!("{a}; minted jti {:?}", claims.jti).into_boxed_str());
         let mut downstream = Vec::with_capacity(decision.downstream.len());
         if !decision.downstream.is_empty() {
@@ -512,9 +520,7 @@ impl Engine {
                 let scope = (!d.scopes.is_empty()).then(|| d.scopes.join(" "));
                 let extra = std::borrow::Cow::Borrowed(&*claims.extra);
                 let c = ClaimsOut { aud: &d.audience, jti: &jti, scope: scope.as_deref(), extra, ..claims };
-                let (s, n) = sign(&c)?;
-                let mut token = String::new();
-                prefix.assemble(&mut token, signer.header_b64(), &s[prefix.view_head.len()..n], &s[n..]);
+                let (_, token, _) = sign(&c)?;
                 let i = entries.iter().position(|e| e.header == d.header).unwrap_or(0) as u16;
                 downstream.push((i, token.into_boxed_str()));
             }
@@ -541,7 +547,8 @@ impl Engine {
             act: decision.act,
             act_as: decision.act_as,
         };
-        Ok(Exchanged { engine: self, minted: Arc::new(minted), audit, fresh: Some(Box::new(fresh)) })
+        let (minted, fresh) = (Arc::new(minted), Some(Box::new(fresh)));
+        Ok(Exchanged { engine: self, minted, audit, fresh, signed_text: Some(signed_text) })
     }
 }
 
@@ -707,6 +714,8 @@ rules:
             let cached = Exchanged::cached(&engine, done.minted().clone());
             let read = cached.view().unwrap();
             assert_eq!((&view.sub, &view.aud, &view.scope, &view.jti), (&read.sub, &read.aud, &read.scope, &read.jti));
+            // The token as signed is the one a cache hit assembles.
+            assert_eq!(done.token(), cached.token(), "{decision:?}");
         }
     }
 
