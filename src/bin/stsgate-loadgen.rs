@@ -71,6 +71,14 @@ enum Cmd {
         /// Tokio worker threads (default: one per core, like stsgate).
         #[arg(long)]
         threads: Option<usize>,
+        /// Do the crypto ceiling in every Check before answering: an RS256
+        /// verification of a signing input as long as this token's (re-signed
+        /// with a key of our own) and an ES256 signature of one as long as the
+        /// answer's header token (aws-lc-rs, keys parsed once, as the
+        /// `ceiling/*` benches). The same work a cold exchange cannot avoid,
+        /// in a server that does nothing else: the cold path's baseline.
+        #[arg(long, value_name = "TOKEN_FILE")]
+        crypto: Option<PathBuf>,
     },
     /// Drive Check RPCs against a target and report throughput and latency.
     Grpc {
@@ -181,8 +189,12 @@ fn main() -> ExitCode {
 
 async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::NoopServer { listen, header_bytes, header_name, metadata_fields, .. } => {
-            noop_server(listen, header_bytes, header_name, metadata_fields).await
+        Cmd::NoopServer { listen, header_bytes, header_name, metadata_fields, crypto, .. } => {
+            let crypto = match crypto {
+                None => None,
+                Some(file) => Some(Arc::new(Ceiling::new(&file, header_bytes)?)),
+            };
+            noop_server(listen, header_bytes, header_name, metadata_fields, crypto).await
         }
         Cmd::Grpc {
             target,
@@ -247,13 +259,76 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
 // ---------------------------------------------------------------------------
 // The do-nothing server
 
+/// The crypto ceiling of a cold exchange, as one server does it per Check:
+/// measured in a server, it pays what any server doing this crypto pays
+/// there (its caches shared with the network stack, a peer to wake when it
+/// answers at a lower rate), which a tight criterion loop does not.
+struct Ceiling {
+    rsa: aws_lc_rs::signature::ParsedPublicKey,
+    subject_input: Vec<u8>,
+    rsa_sig: Vec<u8>,
+    ec: aws_lc_rs::signature::EcdsaKeyPair,
+    minted_input: Vec<u8>,
+    rng: aws_lc_rs::rand::SystemRandom,
+}
+
+impl Ceiling {
+    /// `token_file`: a subject token (first line); `header_bytes`: the
+    /// answer's header, "Bearer " and an ES256 token (86 characters of
+    /// signature after the last dot).
+    fn new(token_file: &std::path::Path, header_bytes: usize) -> anyhow::Result<Ceiling> {
+        use aws_lc_rs::signature::{self, KeyPair as _};
+        let text =
+            std::fs::read_to_string(token_file).with_context(|| format!("cannot read {}", token_file.display()))?;
+        let token = text.lines().next().unwrap_or_default().trim();
+        let Some((signing_input, _)) = token.rsplit_once('.') else {
+            bail!("{}: not a JWS compact token", token_file.display());
+        };
+        let Some(minted_len) = header_bytes.checked_sub("Bearer ".len() + 1 + 86) else {
+            bail!("--crypto needs --header-bytes of an ES256 token (at least 94)");
+        };
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .map_err(|e| anyhow::anyhow!("RSA key: {e}"))?;
+        let mut rsa_sig = vec![0; key.public_modulus_len()];
+        key.sign(&signature::RSA_PKCS1_SHA256, &rng, signing_input.as_bytes(), &mut rsa_sig)
+            .map_err(|e| anyhow::anyhow!("RSA sign: {e}"))?;
+        let rsa = signature::ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, key.public_key().as_ref())
+            .map_err(|e| anyhow::anyhow!("RSA public key: {e}"))?;
+        let ec = signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)
+            .map_err(|e| anyhow::anyhow!("P-256 key: {e}"))?;
+        Ok(Ceiling {
+            rsa,
+            subject_input: signing_input.as_bytes().to_vec(),
+            rsa_sig,
+            ec,
+            minted_input: vec![b'e'; minted_len],
+            rng,
+        })
+    }
+
+    fn run(&self) -> Result<(), Status> {
+        self.rsa
+            .verify_sig(&self.subject_input, &self.rsa_sig)
+            .map_err(|_| Status::internal("ceiling: RS256 verification failed"))?;
+        let sig = self.ec.sign(&self.rng, &self.minted_input).map_err(|_| Status::internal("ceiling: ES256 failed"))?;
+        std::hint::black_box(sig);
+        Ok(())
+    }
+}
+
 struct Noop {
+    /// `--crypto`: the ceiling's work, done for every Check.
+    crypto: Option<Arc<Ceiling>>,
     answer: CheckResponse,
 }
 
 #[tonic::async_trait]
 impl Authorization for Noop {
     async fn check(&self, _request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        if let Some(c) = &self.crypto {
+            c.run()?;
+        }
         Ok(Response::new(self.answer.clone()))
     }
 }
@@ -263,6 +338,7 @@ async fn noop_server(
     header_bytes: usize,
     header_name: String,
     metadata_fields: usize,
+    crypto: Option<Arc<Ceiling>>,
 ) -> anyhow::Result<ExitCode> {
     let http_response = (header_bytes > 0).then(|| {
         // "Bearer " + a token-like value, header_bytes long in total.
@@ -304,7 +380,7 @@ async fn noop_server(
         // As stsgate does: Envoy resets in-flight Checks when wrk disconnects.
         .http2_max_pending_accept_reset_streams(Some(1024))
         .add_service(health)
-        .add_service(AuthorizationServer::new(Noop { answer }))
+        .add_service(AuthorizationServer::new(Noop { crypto, answer }))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
