@@ -31,6 +31,7 @@ CASES = [
     ("direct_noop", "direct gRPC → do-nothing Check server"),
     ("direct_noop_like", "direct gRPC → do-nothing server answering like stsgate (same header and metadata)"),
     ("direct_cold", "direct gRPC → stsgate, cache disabled (verify + sign per call)"),
+    ("direct_ceiling", "direct gRPC → do-nothing server answering like stsgate that does the crypto ceiling (RS256 verify + ES256 sign) per Check"),
     ("direct_cached_bare", "direct gRPC → stsgate, cached exchange, `dynamic_metadata: []`"),
     ("envoy_cached", "Envoy ext_authz → stsgate, cached exchange"),
     ("envoy_noop", "Envoy ext_authz → do-nothing server"),
@@ -38,6 +39,7 @@ CASES = [
     ("envoy_cached_bare", "Envoy ext_authz → stsgate, cached exchange, `dynamic_metadata: []`"),
     ("envoy_jwt_authn", "Envoy jwt_authn RS256, no JWT cache (native peer)"),
     ("envoy_cold", "Envoy ext_authz → stsgate, cache disabled"),
+    ("envoy_ceiling", "Envoy ext_authz → do-nothing server answering like stsgate that does the crypto ceiling per Check"),
     ("envoy_cached_mtls", "Envoy ext_authz → stsgate over mTLS (`grpc_tls`, `caller_identity: mtls`, `callers`), cached exchange"),
 ]
 
@@ -277,8 +279,22 @@ def main():
             f"= 1e6 ÷ {cold_us:.1f} µs CPU per Check = {1e6 / cold_us:,.0f}/s per core; ratio = ceiling µs ÷ cold CPU µs")
            if ceiling_us and cold_us else "missing data", rr(cold_rounds))
     # Issue 17: a cold exchange costs its cryptography plus what any gRPC Check
-    # server spends, and little else; per round, the cold and do-nothing runs
-    # of the same round.
+    # server spends, and little else. The baseline is a server that does
+    # exactly that: the do-nothing server answering like stsgate, doing the
+    # crypto ceiling in every Check, run right after stsgate cold in each round.
+    for kind, cold_case, base_case in [("through Envoy", "envoy_cold", "envoy_ceiling"), ("direct gRPC", "direct_cold", "direct_ceiling")]:
+        rounds_cold = [(runs[cold_case][r]["server_us_per_req"] / runs[base_case][r]["server_us_per_req"]
+                        if runs.get(cold_case, {}).get(r, {}).get("server_us_per_req") and runs.get(base_case, {}).get(r, {}).get("server_us_per_req") else None,
+                        quiet(cold_case, r) and quiet(base_case, r)) for r in rounds]
+        vals = [v for v, q in rounds_cold if v is not None and q] or [v for v, _ in rounds_cold if v is not None]
+        cr = median(vals)
+        c_us, b_us = med(cold_case, "server_us_per_req"), med(base_case, "server_us_per_req")
+        target(f"Cold stsgate CPU per Check ({kind}) ÷ CPU per Check of a server doing only the crypto ceiling", fmt_ratio(cr), "≤ 1.15",
+               None if cr is None else cr <= 1.15,
+               f"{cold_case} {c_us:.1f} µs ÷ {base_case} {b_us:.1f} µs (do-nothing answering like stsgate, plus RS256 verify + ES256 sign per Check)"
+               if c_us and b_us else "missing data", rr(rounds_cold))
+    # The earlier yardstick, kept for comparison: the ceiling from a tight
+    # criterion loop plus the do-nothing server at its own (higher) rate.
     for kind, cold_case, noop_case in [("direct gRPC", "direct_cold", "direct_noop"), ("through Envoy", "envoy_cold", "envoy_noop")]:
         rounds_cold = []
         for r in rounds:
@@ -288,8 +304,8 @@ def main():
         vals = [v for v, q in rounds_cold if v is not None and q] or [v for v, _ in rounds_cold if v is not None]
         cr = median(vals)
         c_us, n_us = med(cold_case, "server_us_per_req"), med(noop_case, "server_us_per_req")
-        target(f"Cold stsgate CPU per Check ({kind}) ÷ (crypto ceiling + do-nothing CPU per Check)", fmt_ratio(cr), "≤ 1.15",
-               None if cr is None else cr <= 1.15,
+        target(f"Cold stsgate CPU per Check ({kind}) ÷ (criterion crypto ceiling + do-nothing CPU per Check), the earlier yardstick", fmt_ratio(cr), "",
+               None,
                f"{cold_case} {c_us:.1f} µs ÷ ({ceiling_us:.1f} + {noop_case} {n_us:.1f} µs)" if c_us and n_us and ceiling_us else "missing data",
                rr(rounds_cold))
     if ceiling_us and "check_cold" in crit:
@@ -427,6 +443,8 @@ def main():
                         ("direct_cached_bare", "direct_noop", "direct cached exchange without dynamic metadata ÷ do-nothing"),
                         ("envoy_noop", "envoy_jwt_authn", "Envoy do-nothing ext_authz ÷ jwt_authn"),
                         ("envoy_cold", "envoy_noop", "Envoy cold exchange ÷ do-nothing"),
+                        ("envoy_ceiling", "envoy_noop_like", "Envoy crypto-ceiling server ÷ do-nothing answering alike: the crypto's cost in a server, through Envoy"),
+                        ("direct_ceiling", "direct_noop_like", "direct crypto-ceiling server ÷ do-nothing answering alike"),
                         ("direct_cold", "direct_noop", "direct cold ÷ do-nothing")]:
         if ratio(n, d) is not None:
             other.append(f"- {label}: {fmt_ratio(ratio(n, d))} ({rr(per_round(n, d))})")

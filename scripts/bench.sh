@@ -17,9 +17,13 @@
 #      exchange, but Envoy's authz cluster speaks TLS with a client certificate to one
 #      more stsgate with `listen.grpc_tls`, `caller_identity: mtls` and a `callers` entry
 #      for that certificate (test PKI of tests/fixtures/mtls); its config is otherwise the
-#      cached one, so envoy_cached_mtls ÷ envoy_cached is the cost of TLS;
+#      cached one, so envoy_cached_mtls ÷ envoy_cached is the cost of TLS; and an eighth,
+#      envoy_ceiling (issue 17): the noop-like server with `--crypto`, which does the crypto
+#      ceiling (RS256 verify + ES256 sign, keys parsed once) in every Check: what a cold
+#      exchange cannot avoid, measured in a server under the same load as stsgate cold;
 #   4. ROUNDS (3) alternating rounds of: direct gRPC (stsgate-loadgen: 64 calls over
-#      2 HTTP/2 channels, 1 s warm-up, 10 s) against stsgate cached, noop, noop-like, cold, bare;
+#      2 HTTP/2 channels, 1 s warm-up, 10 s) against stsgate cached, noop, noop-like, cold,
+#      the crypto-ceiling server, bare;
 #      then wrk -t1 -c64 -d10s --latency (after a 1 s warm-up) through each Envoy
 #      (envoy_cached_mtls right before envoy_cached);
 #      CPU of the server and of Envoy is read from /proc during each measured window;
@@ -70,8 +74,8 @@ MTLS_DIR="$REPO/tests/fixtures/mtls"
 MTLS_SERVER_ID="spiffe://cluster.local/ns/stsgate/sa/stsgate"
 MTLS_CALLER="orders-sidecar"
 MTLS_CALLER_ID="spiffe://cluster.local/ns/shop/sa/orders-sidecar"
-ALL_CASES=(direct_cached direct_noop direct_noop_like direct_cold direct_cached_bare
-    envoy_cached envoy_noop envoy_jwt_authn envoy_cold envoy_noop_like envoy_cached_bare envoy_cached_mtls memory)
+ALL_CASES=(direct_cached direct_noop direct_noop_like direct_cold direct_ceiling direct_cached_bare
+    envoy_cached envoy_noop envoy_jwt_authn envoy_cold envoy_ceiling envoy_noop_like envoy_cached_bare envoy_cached_mtls memory)
 CASES="${CASES:-}"
 if [[ -n "$CASES" ]]; then
     for c in ${CASES//,/ }; do
@@ -250,12 +254,12 @@ JWKS_FILE="$WORK/idp/idp-jwks.json"
 read -r -a P <<<"$(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(28):
+for _ in range(32):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 )"
-((${#P[@]} == 28)) || die "could not reserve ports"
+((${#P[@]} == 32)) || die "could not reserve ports"
 
 render() { # template out KEY=VALUE...
     python3 - "$@" <<'EOF'
@@ -291,8 +295,11 @@ RSS_GRPC=${P[4]}
 START_GRPC=${P[6]}
 NOOP=${P[8]}
 NOOP_LIKE=${P[9]}
+# The do-nothing server answering like stsgate that also does the crypto
+# ceiling (RS256 verify + ES256 sign) per Check: the cold path's baseline.
+CEILING=${P[30]}
 # The same cached exchange with `dynamic_metadata: []`: what the metadata costs.
-BARE_GRPC=${P[24]}
+BARE_GRPC=${P[28]}
 # The same cached exchange over mTLS (issue 11): TLS on the gRPC listener, the
 # caller identified by its certificate and admitted by `callers` for bench-*.
 MTLS_GRPC=${P[26]}
@@ -307,7 +314,7 @@ STSGATE_CALLERS="  caller_identity: mtls
       audiences: [\"bench-*\"]"
 stsgate_cfg stsgate-cached "$CACHED_GRPC" "${P[1]}" "{enabled: true}"
 stsgate_cfg stsgate-cold "$COLD_GRPC" "${P[3]}" "{enabled: false}"
-stsgate_cfg stsgate-bare "$BARE_GRPC" "${P[25]}" "{enabled: true}" "[]"
+stsgate_cfg stsgate-bare "$BARE_GRPC" "${P[29]}" "{enabled: true}" "[]"
 stsgate_cfg stsgate-mtls "$MTLS_GRPC" "$MTLS_HTTP" "{enabled: true}" "$METADATA_LIST" "$STSGATE_TLS" "$STSGATE_CALLERS"
 stsgate_cfg stsgate-rss "$RSS_GRPC" "${P[5]}" "{enabled: true, max_bytes: 1073741824}"
 stsgate_cfg stsgate-startup "$START_GRPC" "${P[7]}" "{enabled: true}"
@@ -316,7 +323,7 @@ stsgate_cfg stsgate-startup "$START_GRPC" "${P[7]}" "{enabled: true}"
 
 JWKS_INLINE="$(cat "$JWKS_FILE")"
 # Envoy cases: name listen admin template authz-port
-ENVOY_CASES=(envoy_cached envoy_noop envoy_jwt_authn envoy_cold envoy_noop_like envoy_cached_bare envoy_cached_mtls)
+ENVOY_CASES=(envoy_cached envoy_noop envoy_jwt_authn envoy_cold envoy_noop_like envoy_cached_bare envoy_cached_mtls envoy_ceiling)
 declare -A E_LISTEN E_ADMIN E_PID
 i=10
 for name in "${ENVOY_CASES[@]}"; do
@@ -356,6 +363,7 @@ envoy_cfg envoy_cold "$COLD_GRPC"
 envoy_cfg envoy_noop_like "$NOOP_LIKE"
 envoy_cfg envoy_cached_bare "$BARE_GRPC"
 envoy_cfg envoy_cached_mtls "$MTLS_GRPC" tls
+envoy_cfg envoy_ceiling "$CEILING"
 ENVOY_RUN=()
 for name in "${ENVOY_CASES[@]}"; do want "$name" && ENVOY_RUN+=("$name"); done
 
@@ -380,7 +388,9 @@ spawn stsgate_mtls "$STSGATE" serve --config "$WORK/stsgate-mtls.yaml"
 spawn noop "$LOADGEN" noop-server --listen "127.0.0.1:$NOOP"
 spawn noop_like "$LOADGEN" noop-server --listen "127.0.0.1:$NOOP_LIKE" --header-bytes "$HEADER_BYTES" \
     --metadata-fields "$METADATA_FIELDS"
-for t in "$CACHED_GRPC" "$COLD_GRPC" "$NOOP" "$NOOP_LIKE" "$BARE_GRPC"; do
+spawn noop_crypto "$LOADGEN" noop-server --listen "127.0.0.1:$CEILING" --header-bytes "$HEADER_BYTES" \
+    --metadata-fields "$METADATA_FIELDS" --crypto "$WORK/idp/token.txt"
+for t in "$CACHED_GRPC" "$COLD_GRPC" "$NOOP" "$NOOP_LIKE" "$BARE_GRPC" "$CEILING"; do
     "$LOADGEN" wait-serving --target "127.0.0.1:$t" --timeout 20s || die "gRPC server on $t not SERVING"
 done
 # The mTLS instance's gRPC listener wants a client certificate: ask its HTTP /readyz.
@@ -415,7 +425,7 @@ for name in "${ENVOY_RUN[@]}"; do
     alive "${!pid_var}" "$name"
     [[ "$code" == 200 ]] || die "$name answered $code instead of 200 (log: $(tail -3 "$WORK/$name.log"))"
 done
-log "all servers up: stsgate cached :$CACHED_GRPC, cold :$COLD_GRPC, mTLS :$MTLS_GRPC, noop :$NOOP, noop-like :$NOOP_LIKE; Envoys ${ENVOY_RUN[*]}"
+log "all servers up: stsgate cached :$CACHED_GRPC, cold :$COLD_GRPC, mTLS :$MTLS_GRPC, noop :$NOOP, noop-like :$NOOP_LIKE, crypto ceiling :$CEILING; Envoys ${ENVOY_RUN[*]}"
 
 # ---------------------------------------------------------------------------
 # Measurement helpers
@@ -516,6 +526,7 @@ for r in $(seq 1 "$ROUNDS"); do
     direct "$r" direct_noop "$NOOP" "$PID_noop"
     direct "$r" direct_noop_like "$NOOP_LIKE" "$PID_noop_like"
     direct "$r" direct_cold "$COLD_GRPC" "$PID_stsgate_cold"
+    direct "$r" direct_ceiling "$CEILING" "$PID_noop_crypto"
     direct "$r" direct_cached_bare "$BARE_GRPC" "$PID_stsgate_bare"
     # Right before envoy_cached, so that both pairs (mTLS/plaintext, cached/noop) run back to back.
     through_envoy "$r" envoy_cached_mtls "$PID_stsgate_mtls"
@@ -523,6 +534,7 @@ for r in $(seq 1 "$ROUNDS"); do
     through_envoy "$r" envoy_noop "$PID_noop"
     through_envoy "$r" envoy_jwt_authn -
     through_envoy "$r" envoy_cold "$PID_stsgate_cold"
+    through_envoy "$r" envoy_ceiling "$PID_noop_crypto"
     through_envoy "$r" envoy_noop_like "$PID_noop_like"
     through_envoy "$r" envoy_cached_bare "$PID_stsgate_bare"
 done
