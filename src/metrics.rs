@@ -386,11 +386,24 @@ struct AuditLabels {
 /// The audit event stream. Built with the first engine and handed to the
 /// stream of each reload, so the series live as long as the process; the
 /// runtime registers it next to `Metrics`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AuditMetrics {
     events: Family<AuditLabels, Counter>,
+    /// The two series of `events`, looked up once: a Family look-up (lock,
+    /// hash) per minted token was a tenth of the audit's cost (issue 17).
+    minted: Counter,
+    refused: Counter,
     dropped: Counter,
     write_errors: Counter,
+}
+
+impl Default for AuditMetrics {
+    fn default() -> Self {
+        let events = Family::<AuditLabels, Counter>::default();
+        let minted = events.get_or_create(&AuditLabels { event: "minted" }).clone();
+        let refused = events.get_or_create(&AuditLabels { event: "refused" }).clone();
+        AuditMetrics { events, minted, refused, dropped: Counter::default(), write_errors: Counter::default() }
+    }
 }
 
 impl AuditMetrics {
@@ -413,7 +426,11 @@ impl AuditMetrics {
     }
 
     pub(crate) fn queued(&self, event: &'static str) {
-        self.events.get_or_create(&AuditLabels { event }).inc();
+        match event {
+            "minted" => self.minted.inc(),
+            "refused" => self.refused.inc(),
+            other => self.events.get_or_create(&AuditLabels { event: other }).inc(),
+        };
     }
 
     pub(crate) fn dropped(&self) {

@@ -343,7 +343,10 @@ impl Sampler {
 }
 
 enum Msg {
-    Line(String),
+    /// One event's JSON, without its newline. Bytes: the writer only copies
+    /// them out, and their text is UTF-8 by construction (`Event::write`
+    /// writes `str`s, escaped by serde where they need it).
+    Line(Box<[u8]>),
     /// Answered once every line queued before it was written.
     Flush(Sender<()>),
 }
@@ -522,16 +525,8 @@ impl Audit {
 
     /// Queues one event: a droppable one only when there is room.
     fn send(&self, e: &Event<'_>, droppable: bool) {
-        let line = match encode(e) {
-            Ok(line) => line,
-            Err(err) => {
-                // Strings and numbers only: not expected, but never a panic.
-                self.metrics.write_errors(1);
-                tracing::error!("cannot encode an audit event: {err}");
-                return;
-            }
-        };
-        tracing::debug!(target: "stsgate::audit", "{line}");
+        let line = encode(e);
+        tracing::debug!(target: "stsgate::audit", "{}", String::from_utf8_lossy(&line));
         let sent = if droppable {
             match self.tx.try_send(Msg::Line(line)) {
                 Err(TrySendError::Full(_)) => {
@@ -556,7 +551,7 @@ impl Audit {
 /// The JSON line of an event, in an allocation of its exact size: written
 /// into a buffer each thread reuses (a fresh `String` would be regrown
 /// several times over an event's ~500 bytes), then copied once.
-fn encode(e: &Event<'_>) -> Result<String, String> {
+fn encode(e: &Event<'_>) -> Box<[u8]> {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -567,7 +562,7 @@ fn encode(e: &Event<'_>) -> Result<String, String> {
         let buf = borrowed.as_deref_mut().unwrap_or(&mut own);
         buf.clear();
         e.write(buf);
-        let line = std::str::from_utf8(buf).map(str::to_owned).map_err(|err| err.to_string());
+        let line: Box<[u8]> = buf.as_slice().into();
         // A rare huge event (a long refusal text) does not keep its buffer.
         if buf.capacity() > 16 * 1024 {
             *buf = Vec::new();
@@ -643,7 +638,7 @@ struct Writer {
 impl Writer {
     /// Until every `Audit` holding the queue is gone and the queue is empty.
     fn run(mut self, rx: Receiver<Msg>) {
-        let mut buf = String::new();
+        let mut buf = Vec::new();
         let mut flushed = Vec::new();
         // Whether the last round wrote something (more is likely coming), and
         // whether it stopped at BATCH (more is surely waiting).
@@ -675,8 +670,8 @@ impl Writer {
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Line(line) => {
-                        buf.push_str(&line);
-                        buf.push('\n');
+                        buf.extend_from_slice(&line);
+                        buf.push(b'\n');
                         lines += 1;
                     }
                     Msg::Flush(done) => flushed.push(done),
@@ -724,19 +719,19 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, buf: &str, lines: usize) {
+    fn write(&mut self, buf: &[u8], lines: usize) {
         if lines == 0 {
             return;
         }
         if self.stdout {
             let mut out = std::io::stdout().lock();
-            if let Err(e) = out.write_all(buf.as_bytes()).and_then(|()| out.flush()) {
+            if let Err(e) = out.write_all(buf).and_then(|()| out.flush()) {
                 self.error(lines as u64, &format!("cannot write audit events to stdout: {e}"));
             }
         }
         let Some(dest) = self.file.as_mut() else { return };
         let result = match dest.file.as_mut() {
-            Some(f) => f.write_all(buf.as_bytes()),
+            Some(f) => f.write_all(buf),
             None => Err(std::io::Error::other("the file is not open")),
         };
         if let Err(e) = result {
@@ -765,6 +760,11 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// An event's line as text; it must be UTF-8.
+    fn line_of(e: &Event<'_>) -> String {
+        String::from_utf8(encode(e).into_vec()).expect("UTF-8")
+    }
 
     /// The hand-written timestamp is humantime's: every day of 1970 to
     /// 2500 (leap years, centuries), the last second of 9999, the edges of
@@ -836,7 +836,8 @@ mod tests {
             (Msg::Line(a), Msg::Line(b)) => [a, b],
             _ => panic!("two lines"),
         };
-        assert!(lines[1].contains("\"event\":\"refused\""), "{lines:?}");
+        let refused = String::from_utf8_lossy(&lines[1]);
+        assert!(refused.contains("\"event\":\"refused\""), "{refused}");
         assert!(scrape().contains("stsgate_audit_events_dropped_total 1\n"), "nothing else dropped");
         assert!(scrape().contains("stsgate_audit_events_total{event=\"refused\"} 1\n"), "{}", scrape());
     }
@@ -902,11 +903,11 @@ mod tests {
                 e.exp = Some(if some { i64::MAX } else { -1 - i as i64 });
                 e.reason = (!some).then_some("no_rule");
                 e.description = Some(t);
-                assert_eq!(encode(&e).unwrap(), serde_json::to_string(&e).unwrap(), "{e:?}");
+                assert_eq!(line_of(&e), serde_json::to_string(&e).unwrap(), "{e:?}");
             }
         }
         let e = Event::new("refused");
-        assert_eq!(encode(&e).unwrap(), serde_json::to_string(&e).unwrap());
+        assert_eq!(line_of(&e), serde_json::to_string(&e).unwrap());
         // `sub_id` as the minted token's claim carries it.
         for id in ids("x\"y") {
             let mut out = Vec::new();
@@ -945,7 +946,7 @@ mod tests {
         e.scopes = Some(Scopes(" orders.read  profile"));
         e.jti = Some("abc");
         e.exp = Some(1_764_495_549);
-        let line = encode(&e).unwrap();
+        let line = line_of(&e);
         assert_eq!(
             line,
             concat!(
@@ -963,10 +964,10 @@ mod tests {
         let mut e = Event::new("refused");
         e.actor_chain.push(Party { sub: "x", iss: None });
         e.description = Some("no rule");
-        let line: Value = serde_json::from_str(&encode(&e).unwrap()).unwrap();
+        let line: Value = serde_json::from_str(&line_of(&e)).unwrap();
         assert_eq!((&line["scopes"], &line["actor_chain"]), (&Value::Null, &json!([{"sub": "x"}])));
         // And the same again in the same buffer, reused.
-        assert_eq!(encode(&e).unwrap(), encode(&e).unwrap());
+        assert_eq!(line_of(&e), line_of(&e));
     }
 
     #[test]
