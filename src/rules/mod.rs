@@ -385,7 +385,9 @@ impl std::fmt::Display for WhyNot<'_> {
     }
 }
 
-/// `why_not` for a request from `req`: `match.clients` first.
+/// `why_not` for a request from `req`: `match.clients` first. Inlined into
+/// the loop over the rules (a call per rule otherwise).
+#[inline(always)]
 fn why_not_for<'a>(
     rule: &'a Rule,
     input: &'a RuleInput<'_>,
@@ -706,8 +708,7 @@ fn decide(rule: &Rule, input: &RuleInput<'_>, req: Requester<'_>, vars: &Vars<'_
         }
     };
 
-    let requested = input.requested_scopes.unwrap_or(&subject.scopes);
-    let scopes = narrow(requested, &subject.scopes, |s| g.scopes.iter().any(|p| p.matches(s)));
+    let scopes = narrow(input.requested_scopes, &subject.scopes, |s| g.scopes.iter().any(|p| p.matches(s)));
     if scopes.is_empty() && !g.allow_empty_scope {
         return Err(Denied::NoScope { rule: rule.name.clone() });
     }
@@ -777,12 +778,16 @@ fn decide(rule: &Rule, input: &RuleInput<'_>, req: Requester<'_>, vars: &Vars<'_
     })
 }
 
-/// requested ∩ held ∩ allowed, sorted and de-duplicated.
-fn narrow(requested: &[String], held: &[String], allowed: impl Fn(&str) -> bool) -> Vec<String> {
-    let mut out: Vec<String> = requested.iter().filter(|s| held.contains(s) && allowed(s)).cloned().collect();
-    out.sort();
+/// requested ∩ held ∩ allowed, sorted and de-duplicated; `None` requested
+/// = all held. Sorted as borrowed names, so that a duplicate is never copied.
+fn narrow(requested: Option<&[String]>, held: &[String], allowed: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut out: Vec<&str> = match requested {
+        Some(requested) => requested.iter().filter(|s| held.contains(s) && allowed(s)).map(String::as_str).collect(),
+        None => held.iter().map(String::as_str).filter(|s| allowed(s)).collect(),
+    };
+    out.sort_unstable();
     out.dedup();
-    out
+    out.into_iter().map(str::to_owned).collect()
 }
 
 /// A subject-token claim as JSON, for copying.
@@ -816,6 +821,7 @@ fn any_claim_value(v: &Validated, name: &str, mut pred: impl FnMut(&str) -> bool
 }
 
 /// `pred` of a string, number or boolean claim value, as text.
+#[inline(always)]
 fn scalar(v: &Value, pred: &mut impl FnMut(&str) -> bool) -> bool {
     match v {
         Value::String(s) => pred(s),

@@ -1211,3 +1211,19 @@ fn cel_actor_claims_and_reads_of_the_subject() {
     let err = CelExpr::new("actor.name == 'x'").error().map(str::to_owned);
     assert!(err.as_deref().is_some_and(|e| e.contains("actor has no field \"name\"")), "{err:?}");
 }
+
+/// `narrow` straight: requested ∩ held ∩ allowed, sorted and de-duplicated,
+/// whichever of the requested or held lists is out of order or repeats a
+/// name; nothing requested = every held scope the rule allows.
+#[test]
+fn narrow_sorts_and_deduplicates_what_is_requested_held_and_allowed() {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let held = strings(&["profile", "b.write", "a.read", "b.write", "email", "a.read"]);
+    let allowed = |s: &str| s != "email";
+    assert_eq!(narrow(None, &held, allowed), ["a.read", "b.write", "profile"]);
+    let requested = strings(&["zzz", "profile", "a.read", "profile", "email", "b.read"]);
+    assert_eq!(narrow(Some(&requested), &held, allowed), ["a.read", "profile"]);
+    assert_eq!(narrow(Some(&[]), &held, allowed), Vec::<String>::new());
+    assert_eq!(narrow(None, &[], allowed), Vec::<String>::new());
+    assert_eq!(narrow(None, &held, |_| false), Vec::<String>::new());
+}
