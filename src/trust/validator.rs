@@ -11,6 +11,7 @@
 //! still names the user's original IdP.
 
 use crate::clock::now_unix;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use base64_simd::AsOut as _;
@@ -108,28 +109,76 @@ impl TokenError {
 
 /// The JOSE header fields we read; the key-bearing ones only to refuse them.
 /// Borrowed from the decoded header (which is on the stack, see `read_header`).
-#[derive(Deserialize)]
 struct Header<'a> {
-    #[serde(borrow)]
     alg: Text<'a>,
-    #[serde(default, borrow)]
     kid: Option<Text<'a>>,
-    #[serde(default, borrow)]
     typ: Option<Text<'a>>,
     // Present at all, whatever the value: `"jku": null` is refused like any
     // other `jku` (an `Option` would read null as absent).
-    #[serde(default, deserialize_with = "present")]
     crit: bool,
-    #[serde(default, deserialize_with = "present")]
     jku: bool,
-    #[serde(default, deserialize_with = "present")]
     x5u: bool,
-    #[serde(default, deserialize_with = "present")]
     jwk: bool,
-    #[serde(default, deserialize_with = "present")]
     x5c: bool,
-    #[serde(default, deserialize_with = "present")]
     enc: bool,
+}
+
+/// One pass over the header object, by hand rather than derived (cheaper,
+/// issue 17) and as strict: `alg` a string, `kid` and
+/// `typ` strings or null, the members above refused whatever their value,
+/// a member we read appearing twice malformed; others ignored. Only an
+/// object: the derive also read a JSON array positionally.
+impl<'de: 'a, 'a> Deserialize<'de> for Header<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Header<'a>, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor};
+
+        struct HeaderVisitor;
+        impl<'de> Visitor<'de> for HeaderVisitor {
+            type Value = Header<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JOSE header object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Header<'de>, A::Error> {
+                let (mut alg, mut kid, mut typ) = (None, None, None);
+                let mut present = [false; 6];
+                let mut seen = 0u16;
+                while let Some(Text(key)) = map.next_key()? {
+                    let bit = match &*key {
+                        "alg" => 0,
+                        "kid" => 1,
+                        "typ" => 2,
+                        "crit" => 3,
+                        "jku" => 4,
+                        "x5u" => 5,
+                        "jwk" => 6,
+                        "x5c" => 7,
+                        "enc" => 8,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if seen & (1 << bit) != 0 {
+                        return Err(A::Error::custom("a header member appears twice"));
+                    }
+                    seen |= 1 << bit;
+                    match bit {
+                        0 => alg = Some(map.next_value::<Text<'de>>()?),
+                        1 => kid = map.next_value::<Option<Text<'de>>>()?,
+                        2 => typ = map.next_value::<Option<Text<'de>>>()?,
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                            present[bit - 3] = true;
+                        }
+                    }
+                }
+                let alg = alg.ok_or_else(|| A::Error::missing_field("alg"))?;
+                let [crit, jku, x5u, jwk, x5c, enc] = present;
+                Ok(Header { alg, kid, typ, crit, jku, x5u, jwk, x5c, enc })
+            }
+        }
+        d.deserialize_map(HeaderVisitor)
+    }
 }
 
 /// A JSON string, borrowed from the input when it has no escapes.
@@ -170,8 +219,9 @@ const B64URL: base64_simd::Base64 = base64_simd::URL_SAFE_NO_PAD;
 
 /// Decodes `src` into `buf` when it fits, else `None` (`Some(Err)` when it
 /// is not base64url). Checks the length before `decode`, which panics on a
-/// short output.
-fn b64_decode_into<'b>(src: &str, buf: &'b mut [u8]) -> Option<Result<&'b [u8], base64_simd::Error>> {
+/// short output. `buf` need not be initialised (zeroing it cost more than
+/// decoding a header); what is returned is only what `decode` wrote.
+fn b64_decode_into<'b>(src: &str, buf: &'b mut [MaybeUninit<u8>]) -> Option<Result<&'b [u8], base64_simd::Error>> {
     let n = match B64URL.decoded_length(src.as_bytes()) {
         Ok(n) => n,
         Err(e) => return Some(Err(e)),
@@ -192,7 +242,7 @@ struct HeaderInfo {
 /// decoded on the stack and read in place, one allocation (`kid`) in all.
 fn read_header(h64: &str) -> Result<HeaderInfo, TokenError> {
     const MALFORMED: TokenError = TokenError::Malformed("header is not base64url JSON");
-    let mut buf = [0u8; 512];
+    let mut buf = [MaybeUninit::uninit(); 512];
     let heap: Vec<u8>;
     let json: &[u8] = match b64_decode_into(h64, &mut buf) {
         Some(decoded) => decoded.map_err(|_| MALFORMED)?,
@@ -201,15 +251,12 @@ fn read_header(h64: &str) -> Result<HeaderInfo, TokenError> {
             &heap
         }
     };
-    let header: Header<'_> = serde_json::from_slice(json).map_err(|_| MALFORMED)?;
+    // UTF-8 checked once, not string by string (`from_slice` would).
+    let json = std::str::from_utf8(json).map_err(|_| MALFORMED)?;
+    let header: Header<'_> = serde_json::from_str(json).map_err(|_| MALFORMED)?;
     let alg = check_header(&header)?;
     let at_jwt = header.typ.as_deref().is_some_and(is_at_jwt);
     Ok(HeaderInfo { alg, kid: header.kid.map(|k| k.0.into_owned()), at_jwt })
-}
-
-/// For a header member: it is there (serde calls this only when it is).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// Claims of a validated token. `other` keeps the rest for rules that copy
@@ -325,7 +372,9 @@ impl<'de> Deserialize<'de> for OneOrMany {
                 Ok(OneOrMany(vec![v.to_owned()]))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(16));
+                // serde_json gives no hint; two fits most tokens without
+                // growing (an empty vector grows to four at once).
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(2).min(16));
                 while let Some(s) = seq.next_element::<String>()? {
                     out.push(s);
                 }
@@ -562,7 +611,7 @@ impl Validator {
         };
         let signed = &token[..h64.len() + 1 + p64.len()];
         // JWS signatures are at most 512 bytes (RSA-4096); decode on the stack.
-        let mut sig_buf = [0u8; 1024];
+        let mut sig_buf = [MaybeUninit::uninit(); 1024];
         let Some(Ok(sig)) = b64_decode_into(s64, &mut sig_buf) else {
             return Err(TokenError::BadSignature);
         };
@@ -612,15 +661,19 @@ impl Validator {
 /// The three parts of a JWS compact serialization. The dots by SIMD search:
 /// `str::split` took ~1,200 instructions on a 900-byte token (issue 17).
 fn jws_parts(token: &str) -> Result<(&str, &str, &str), TokenError> {
-    let mut dots = memchr::memchr_iter(b'.', token.as_bytes());
-    let (Some(d1), Some(d2)) = (dots.next(), dots.next()) else {
+    let bytes = token.as_bytes();
+    let dot_after = |from: usize| memchr::memchr(b'.', &bytes[from..]).map(|i| from + i);
+    let Some((d1, d2)) = dot_after(0).and_then(|d1| Some((d1, dot_after(d1 + 1)?))) else {
         return Err(TokenError::Malformed("expected three dot-separated parts"));
     };
-    match dots.count() {
-        0 => {}
+    // Plain searches, cheaper than an iterator (issue 17); only a token
+    // with a third dot is counted further.
+    if let Some(d3) = dot_after(d2 + 1) {
         // A JWE compact serialization has five parts.
-        2 => return Err(TokenError::Encrypted),
-        _ => return Err(TokenError::Malformed("too many parts")),
+        return Err(match memchr::memchr_iter(b'.', &bytes[d3 + 1..]).count() {
+            1 => TokenError::Encrypted,
+            _ => TokenError::Malformed("too many parts"),
+        });
     }
     // '.' is ASCII: the slices start and end on char boundaries.
     Ok((&token[..d1], &token[d1 + 1..d2], &token[d2 + 1..]))
@@ -649,17 +702,27 @@ fn check_header(header: &Header<'_>) -> Result<VerifyAlg, TokenError> {
     if let Some(typ) = &header.typ {
         // RFC 8725 §3.11: a typed JWT of another kind (logout, DPoP proof, ...)
         // must not be accepted as an access token.
-        let t = typ.to_ascii_lowercase();
-        let t = t.strip_prefix("application/").unwrap_or(&t);
-        if !matches!(t, "jwt" | "at+jwt") {
+        let t = media_subtype(typ);
+        if !(t.eq_ignore_ascii_case(b"jwt") || t.eq_ignore_ascii_case(b"at+jwt")) {
             return Err(TokenError::WrongType);
         }
     }
     Ok(alg)
 }
 
+/// `typ` without an `application/` prefix (RFC 7515 §4.1.9 lets it be
+/// left out), in any case. Bytes: compared, not lowercased into a copy.
+fn media_subtype(typ: &str) -> &[u8] {
+    const PREFIX: &[u8] = b"application/";
+    let t = typ.as_bytes();
+    match t.split_at_checked(PREFIX.len()) {
+        Some((head, rest)) if head.eq_ignore_ascii_case(PREFIX) => rest,
+        _ => t,
+    }
+}
+
 fn is_at_jwt(typ: &str) -> bool {
-    typ.eq_ignore_ascii_case("at+jwt") || typ.eq_ignore_ascii_case("application/at+jwt")
+    media_subtype(typ).eq_ignore_ascii_case(b"at+jwt")
 }
 
 /// Bounds on the shape of a JSON text, checked in one pass over its bytes
@@ -746,25 +809,65 @@ pub(crate) fn numeric_date(n: &Option<serde_json::Number>) -> Option<i64> {
 
 /// Scopes from `scope` (RFC 8693 §4.2, RFC 7662, space-separated) or `scp`
 /// (string or array, as Azure AD and Okta send): subject tokens,
-/// introspection answers and JWT bearer assertions alike.
+/// introspection answers and JWT bearer assertions alike. Sorted, without
+/// duplicates.
 pub(crate) fn scopes_of(claims: &Claims) -> Result<Vec<String>, TokenError> {
     let mut out = Vec::new();
     for (name, value) in [("scope", &claims.scope), ("scp", &claims.scp)] {
         match value {
             None | Some(Value::Null) => {}
-            Some(Value::String(s)) => out.extend(s.split_whitespace().map(str::to_owned)),
+            Some(Value::String(s)) => push_scopes(s, &mut out),
             Some(Value::Array(items)) => {
                 for item in items {
-                    let s = item.as_str().ok_or(TokenError::Claim(name))?;
-                    out.extend(s.split_whitespace().map(str::to_owned));
+                    push_scopes(item.as_str().ok_or(TokenError::Claim(name))?, &mut out);
                 }
             }
             Some(_) => return Err(TokenError::Claim(name)),
         }
     }
-    out.sort();
+    // Tokens often list their scopes sorted already.
+    if !out.is_sorted() {
+        out.sort_unstable();
+    }
     out.dedup();
     Ok(out)
+}
+
+/// Appends the whitespace-separated words of `s`, split exactly as
+/// `str::split_whitespace` splits them (`rules` splits requested scopes so).
+/// ASCII text, which scopes are (RFC 6749 §3.3), is split on its bytes
+/// into a vector allocated once.
+fn push_scopes(s: &str, out: &mut Vec<String>) {
+    if !s.is_ascii() {
+        out.extend(s.split_whitespace().map(str::to_owned));
+        return;
+    }
+    // The ASCII characters `char::is_whitespace` accepts: \t \n \v \f \r
+    // and space (`u8::is_ascii_whitespace` leaves out \v).
+    let is_space = |b: &u8| matches!(b, b'\t'..=b'\r' | b' ');
+    let bytes = s.as_bytes();
+    // A word starts at a non-space after a space or the start.
+    let (mut words, mut after_space) = (0usize, true);
+    for b in bytes {
+        let space = is_space(b);
+        words += usize::from(after_space & !space);
+        after_space = space;
+    }
+    // Exactly for the first string; then amortised, since an `scp` array of
+    // many strings must not reallocate at each one.
+    if out.capacity() == 0 {
+        out.reserve_exact(words);
+    } else {
+        out.reserve(words);
+    }
+    let mut start = 0;
+    for word in bytes.split(is_space) {
+        if !word.is_empty() {
+            // ASCII: every index is a character boundary.
+            out.push(s[start..start + word.len()].to_owned());
+        }
+        start += word.len() + 1;
+    }
 }
 
 #[cfg(test)]
@@ -797,6 +900,142 @@ mod tests {
         assert_eq!(header(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#), Err(TokenError::Encrypted));
         assert_eq!(header(r#"{"alg":"RS256","typ":"JWT"}"#), Ok(VerifyAlg::RS256));
         assert_eq!(header(r#"{"alg":"ES256","typ":"application/at+jwt"}"#), Ok(VerifyAlg::ES256));
+    }
+
+    /// `typ` is read as lowercasing it and stripping `application/` read it,
+    /// without the copy, on odd cases, prefixes and non-ASCII text.
+    #[test]
+    fn typ_rules_read_like_lowercasing() {
+        let old = |typ: &str| {
+            let t = typ.to_ascii_lowercase();
+            let t = t.strip_prefix("application/").unwrap_or(&t);
+            (matches!(t, "jwt" | "at+jwt"), t == "at+jwt")
+        };
+        let heads = [
+            "",
+            "application/",
+            "APPLICATION/",
+            "Application/",
+            "application",
+            "applicatioN/",
+            "application/application/",
+        ];
+        let tails = [
+            "jwt",
+            "JWT",
+            "Jwt",
+            "at+jwt",
+            "AT+JWT",
+            "At+Jwt",
+            "at+jw",
+            "jwtx",
+            "at+jwt ",
+            "",
+            "é",
+            "jẇt",
+            "logout+jwt",
+            "/jwt",
+        ];
+        for head in heads {
+            for tail in tails {
+                let typ = format!("{head}{tail}");
+                let json = serde_json::json!({"alg": "RS256", "typ": typ}).to_string();
+                let got = (header(&json).is_ok(), is_at_jwt(&typ));
+                assert_eq!(got, old(&typ), "{typ:?}");
+            }
+        }
+        // Cut inside a multi-byte character at the prefix's length: no panic.
+        for typ in ["applicatioé/jwt", "ééééééjwt", "appé"] {
+            assert_eq!(
+                (header(&serde_json::json!({"alg": "RS256", "typ": typ}).to_string()).is_ok(), is_at_jwt(typ)),
+                old(typ)
+            );
+        }
+    }
+
+    /// The hand-written header reader reads every object as the derived one
+    /// did (kept here as the reference): all pairs of members and random
+    /// longer headers over the members we read, an unknown one, an escaped
+    /// name and values of every type. Arrays, which the derive read
+    /// positionally, are now refused.
+    #[test]
+    fn headers_read_like_the_derived_reader() {
+        #[derive(Deserialize)]
+        struct Derived<'a> {
+            #[serde(borrow)]
+            alg: Text<'a>,
+            #[serde(default, borrow)]
+            kid: Option<Text<'a>>,
+            #[serde(default, borrow)]
+            typ: Option<Text<'a>>,
+            #[serde(default, deserialize_with = "present")]
+            crit: bool,
+            #[serde(default, deserialize_with = "present")]
+            jku: bool,
+            #[serde(default, deserialize_with = "present")]
+            x5u: bool,
+            #[serde(default, deserialize_with = "present")]
+            jwk: bool,
+            #[serde(default, deserialize_with = "present")]
+            x5c: bool,
+            #[serde(default, deserialize_with = "present")]
+            enc: bool,
+        }
+        fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+            IgnoredAny::deserialize(d).map(|_| true)
+        }
+        type Read = (String, Option<String>, Option<String>, [bool; 6]);
+        let new = |json: &str| -> Option<Read> {
+            let h = serde_json::from_str::<Header<'_>>(json).ok()?;
+            let text = |t: Option<Text<'_>>| t.map(|t| t.0.into_owned());
+            Some((h.alg.0.into_owned(), text(h.kid), text(h.typ), [h.crit, h.jku, h.x5u, h.jwk, h.x5c, h.enc]))
+        };
+        let old = |json: &str| -> Option<Read> {
+            let h = serde_json::from_str::<Derived<'_>>(json).ok()?;
+            let text = |t: Option<Text<'_>>| t.map(|t| t.0.into_owned());
+            Some((h.alg.0.into_owned(), text(h.kid), text(h.typ), [h.crit, h.jku, h.x5u, h.jwk, h.x5c, h.enc]))
+        };
+        let keys = ["alg", "kid", "typ", "crit", "jku", "x5u", "jwk", "x5c", "enc", "x", "\\u0061lg", "k\\u0069d"];
+        let values =
+            ["\"RS256\"", "null", "1", "{}", "[\"a\"]", "\"at+jwt\"", "\"k\\/1\"", "true", "{\"alg\":\"none\"}"];
+        let member = |n: usize| format!("\"{}\":{}", keys[n % keys.len()], values[n / keys.len() % values.len()]);
+        let members = keys.len() * values.len();
+        let (mut accepted, mut refused) = (0, 0);
+        let mut check = |json: String| {
+            let got = new(&json);
+            assert_eq!(got, old(&json), "{json}");
+            if got.is_some() { accepted += 1 } else { refused += 1 }
+        };
+        for a in 0..members {
+            for b in 0..members {
+                check(format!("{{{},{}}}", member(a), member(b)));
+            }
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            let mut next = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as usize
+            };
+            let n = 1 + next() % 6;
+            let body: Vec<String> = (0..n).map(|_| member(next())).collect();
+            check(format!("{{{}}}", body.join(",")));
+        }
+        assert!(accepted > 1000 && refused > 1000, "{accepted} accepted, {refused} refused");
+        // Not an object: refused, and nothing else is read as a header.
+        for bad in [
+            r#"["RS256"]"#,
+            r#"["RS256",null,null,false,false,false,false,false,false]"#,
+            "\"RS256\"",
+            "null",
+            "{}",
+            r#"{"alg":"RS256"} x"#,
+        ] {
+            assert!(new(bad).is_none(), "{bad}");
+        }
+        assert!(old(r#"["RS256"]"#).is_some(), "the derive read arrays");
     }
 
     #[test]
@@ -1073,7 +1312,7 @@ mod tests {
         assert_eq!(got, want, "{:?}", String::from_utf8_lossy(input));
         // The stack-buffer path: the same, or `None` when too long.
         if let Ok(text) = std::str::from_utf8(input) {
-            let mut buf = [0u8; 64];
+            let mut buf = [MaybeUninit::uninit(); 64];
             match b64_decode_into(text, &mut buf) {
                 Some(r) => assert_eq!(r.ok().map(<[u8]>::to_vec), want, "{text:?}"),
                 // Too long for the buffer, valid or not: read_header then
@@ -1176,7 +1415,7 @@ mod tests {
     /// A signature too long for the stack buffer is a bad signature, not a panic.
     #[test]
     fn signatures_longer_than_the_buffer_are_refused() {
-        let mut buf = [0u8; 1024];
+        let mut buf = [MaybeUninit::uninit(); 1024];
         assert!(b64_decode_into(&URL_SAFE_NO_PAD.encode([7u8; 1024]), &mut buf).is_some_and(|r| r.is_ok()));
         assert!(b64_decode_into(&URL_SAFE_NO_PAD.encode([7u8; 1025]), &mut buf).is_none());
     }
@@ -1188,5 +1427,52 @@ mod tests {
         assert_eq!(c(r#"{"scp":["x","y"]}"#).unwrap(), vec!["x", "y"]);
         assert_eq!(c(r#"{"scope":42}"#), Err(TokenError::Claim("scope")));
         assert_eq!(c(r#"{}"#).unwrap(), Vec::<String>::new());
+    }
+
+    /// Scopes split as `str::split_whitespace` and then sort and dedup split
+    /// them, on every string of up to four characters over an alphabet of
+    /// each ASCII whitespace (\v included, which `u8::is_ascii_whitespace`
+    /// leaves out), Unicode whitespace, a non-whitespace non-ASCII character
+    /// and scope characters; then in an `scp` array, and after a `scope`.
+    #[test]
+    fn scopes_split_exactly_like_split_whitespace() {
+        let old = |parts: &[&str]| {
+            let mut v: Vec<String> = parts.iter().flat_map(|s| s.split_whitespace().map(str::to_owned)).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let alphabet =
+            ["a", "b", " ", "\t", "\n", "\u{b}", "\u{c}", "\r", "\u{1c}", "\u{85}", "\u{a0}", "\u{3000}", "é", "."];
+        let mut cases = 0;
+        for len in 0..=4u32 {
+            for n in 0..alphabet.len().pow(len) {
+                let s: String = (0..len).map(|k| alphabet[n / alphabet.len().pow(k) % alphabet.len()]).collect();
+                let scope = Claims { scope: Some(Value::String(s.clone())), ..Claims::default() };
+                assert_eq!(scopes_of(&scope).unwrap(), old(&[&s]), "{s:?}");
+                let scp = Claims { scp: Some(serde_json::json!([s, "b a", s])), ..Claims::default() };
+                assert_eq!(scopes_of(&scp).unwrap(), old(&[&s, "b a", &s]), "{s:?}");
+                let both = Claims { scope: Some(Value::String("z a".into())), ..scp };
+                assert_eq!(scopes_of(&both).unwrap(), old(&["z a", &s, "b a", &s]), "{s:?}");
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, 1 + 14 + 14 * 14 + 14 * 14 * 14 + 14 * 14 * 14 * 14);
+        // Already sorted, unsorted, duplicates; the vector holds exactly the scopes.
+        let c = |s: &str| scopes_of(&Claims { scope: Some(Value::String(s.into())), ..Claims::default() }).unwrap();
+        assert_eq!(c("a b c"), ["a", "b", "c"]);
+        assert_eq!(
+            c("  openid profile email orders.read orders.write "),
+            ["email", "openid", "orders.read", "orders.write", "profile"]
+        );
+        assert_eq!(c("c\u{b}b\u{c}a\r\nc"), ["a", "b", "c"]);
+        assert_eq!(c("c\u{a0}b\u{3000}a\u{85}é"), ["a", "b", "c", "é"]);
+        assert_eq!(c("a\u{1c}b"), ["a\u{1c}b"], "a control character that is not whitespace");
+        assert_eq!(c("x y z").capacity(), 3);
+        // A non-string element of `scp` (or of a `scope` array) is still refused.
+        for bad in [r#"{"scp":["a",1]}"#, r#"{"scp":[null]}"#, r#"{"scope":["a",{}]}"#, r#"{"scp":true}"#] {
+            let claims: Claims = serde_json::from_str(bad).unwrap();
+            assert!(matches!(scopes_of(&claims), Err(TokenError::Claim(_))), "{bad}");
+        }
     }
 }
