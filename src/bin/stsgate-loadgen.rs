@@ -6,7 +6,8 @@
 //!   duration (after a warm-up) or a fixed count; prints one JSON line on
 //!   stdout (req/s, p50/p90/p99/max, errors) and a human line on stderr.
 //! - `noop-server`: a do-nothing ext_authz server (answers OK, optionally with
-//!   one overwrite header of N bytes, like a cached exchange).
+//!   one overwrite header of N bytes, like a cached exchange; with `--crypto`,
+//!   it first does a cold exchange's RS256 verify and ES256 sign).
 //! - `mint-subjects`: an RS256 "IdP" key, its JWKS file and subject tokens.
 //! - `wait-serving`: waits until grpc.health.v1 says SERVING.
 //! - `startup`: spawns `stsgate serve` N times, timing spawn -> first SERVING.
