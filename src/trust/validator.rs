@@ -140,7 +140,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Header<'a> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Header<'de>, A::Error> {
                 let (mut alg, mut kid, mut typ) = (None, None, None);
-                let mut present = [false; 6];
+                // Bit n: the nth member of the match below was read.
                 let mut seen = 0u16;
                 while let Some(Text(key)) = map.next_key()? {
                     let bit = match &*key {
@@ -166,15 +166,23 @@ impl<'de: 'a, 'a> Deserialize<'de> for Header<'a> {
                         0 => alg = Some(map.next_value::<Text<'de>>()?),
                         1 => kid = map.next_value::<Option<Text<'de>>>()?,
                         2 => typ = map.next_value::<Option<Text<'de>>>()?,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                            present[bit - 3] = true;
-                        }
+                        // Refused later whatever their value: only `seen` matters.
+                        _ => map.next_value::<IgnoredAny>().map(drop)?,
                     }
                 }
                 let alg = alg.ok_or_else(|| A::Error::missing_field("alg"))?;
-                let [crit, jku, x5u, jwk, x5c, enc] = present;
-                Ok(Header { alg, kid, typ, crit, jku, x5u, jwk, x5c, enc })
+                let present = |bit: u16| seen & (1 << bit) != 0;
+                Ok(Header {
+                    alg,
+                    kid,
+                    typ,
+                    crit: present(3),
+                    jku: present(4),
+                    x5u: present(5),
+                    jwk: present(6),
+                    x5c: present(7),
+                    enc: present(8),
+                })
             }
         }
         d.deserialize_map(HeaderVisitor)
