@@ -417,7 +417,9 @@ fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
 /// A space-separated scope parameter (RFC 6749 §3.3), as the list of scopes
 /// `RuleInput::requested_scopes` takes.
 pub(crate) fn split_scopes(scope: &str) -> Vec<String> {
-    scope.split_whitespace().map(str::to_owned).collect()
+    let mut out = Vec::new();
+    crate::trust::validator::push_scopes(scope, &mut out);
+    out
 }
 
 /// The first condition of `rule` that `input` fails, in words, leaving

@@ -842,10 +842,11 @@ pub(crate) fn scopes_of(claims: &Claims) -> Result<Vec<String>, TokenError> {
 }
 
 /// Appends the whitespace-separated words of `s`, split exactly as
-/// `str::split_whitespace` splits them (`rules` splits requested scopes so).
+/// `str::split_whitespace` splits them: the one scope splitter, for the
+/// scopes a token holds and those a request asks for (`rules::split_scopes`).
 /// ASCII text, which scopes are (RFC 6749 §3.3), is split on its bytes
 /// into a vector allocated once.
-fn push_scopes(s: &str, out: &mut Vec<String>) {
+pub(crate) fn push_scopes(s: &str, out: &mut Vec<String>) {
     if !s.is_ascii() {
         out.extend(s.split_whitespace().map(str::to_owned));
         return;
