@@ -283,11 +283,8 @@ def main():
     # exactly that: the do-nothing server answering like stsgate, doing the
     # crypto ceiling in every Check, run right after stsgate cold in each round.
     for kind, cold_case, base_case in [("through Envoy", "envoy_cold", "envoy_ceiling"), ("direct gRPC", "direct_cold", "direct_ceiling")]:
-        rounds_cold = [(runs[cold_case][r]["server_us_per_req"] / runs[base_case][r]["server_us_per_req"]
-                        if runs.get(cold_case, {}).get(r, {}).get("server_us_per_req") and runs.get(base_case, {}).get(r, {}).get("server_us_per_req") else None,
-                        quiet(cold_case, r) and quiet(base_case, r)) for r in rounds]
-        vals = [v for v, q in rounds_cold if v is not None and q] or [v for v, _ in rounds_cold if v is not None]
-        cr = median(vals)
+        rounds_cold = per_round(cold_case, base_case, "server_us_per_req")
+        cr = ratio(cold_case, base_case, "server_us_per_req")
         c_us, b_us = med(cold_case, "server_us_per_req"), med(base_case, "server_us_per_req")
         target(f"Cold stsgate CPU per Check ({kind}) ÷ CPU per Check of a server doing only the crypto ceiling", fmt_ratio(cr), "≤ 1.15",
                None if cr is None else cr <= 1.15,
