@@ -99,10 +99,16 @@ impl Signer {
     /// serialization, completed in place after the signing input, and the
     /// raw signature (the cache keeps the parts, see `engine::mint::Minted`).
     pub(crate) fn sign_payload(&self, payload: &[u8]) -> Result<(String, Vec<u8>), KeyError> {
+        self.sign_compact(&self.at_jwt_header, payload)
+    }
+
+    /// `header_b64` `.` base64url(`payload`), signed: the compact token and
+    /// the raw signature.
+    fn sign_compact(&self, header_b64: &str, payload: &[u8]) -> Result<(String, Vec<u8>), KeyError> {
         let b64 = |n: usize| n.div_ceil(3) * 4;
-        let room = self.at_jwt_header.len() + 1 + b64(payload.len()) + 1 + b64(self.signature_len());
+        let room = header_b64.len() + 1 + b64(payload.len()) + 1 + b64(self.signature_len());
         let mut token = String::with_capacity(room);
-        token.push_str(&self.at_jwt_header);
+        token.push_str(header_b64);
         token.push('.');
         // The request path's encoder (SIMD, issue 17); the same text as `base64`'s.
         base64_simd::URL_SAFE_NO_PAD.encode_append(payload, &mut token);
@@ -128,14 +134,7 @@ impl Signer {
 
     fn sign_with_header(&self, header_b64: &str, claims: &impl Serialize) -> Result<String, KeyError> {
         let payload = serde_json::to_vec(claims).map_err(|e| KeyError::Encode(e.to_string()))?;
-        let mut token = String::with_capacity(header_b64.len() + payload.len() * 4 / 3 + 100);
-        token.push_str(header_b64);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
-        let sig = self.sign_raw(token.as_bytes())?;
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&sig, &mut token);
-        Ok(token)
+        self.sign_compact(header_b64, &payload).map(|(token, _)| token)
     }
 
     fn sign_raw(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
