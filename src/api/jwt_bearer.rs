@@ -29,7 +29,8 @@ use crate::config::VerifyAlg;
 use crate::digest::KeyBuilder;
 use crate::engine::Engine;
 use crate::engine::clients::{Clients, MAX_ASSERTION_LIFETIME};
-use crate::trust::validator::{Claims, TokenError, Validated, json_shape, numeric_date, scopes_of};
+use crate::trust::claims::{Claims, numeric_date, scopes_of};
+use crate::trust::validator::{TokenError, Validated, json_shape};
 
 pub(crate) const GRANT_TYPE_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
@@ -155,7 +156,7 @@ fn verify_client_signed(engine: &Engine, token: &str, client: &str, now: i64) ->
         return Err(TokenError::IssuedInFuture);
     }
     let sub = claims.sub.clone().filter(|s| !s.is_empty()).ok_or(TokenError::Claim("sub"))?;
-    let scopes = scopes_of(&claims)?;
+    let scopes = scopes_of(&claims).map_err(TokenError::Claim)?;
     let client_id = claims.client_id.clone().or_else(|| claims.azp.clone());
     Ok(Validated { issuer: client.to_owned(), sub, exp, scopes, client_id, claims, own_sub_id: None })
 }
@@ -231,6 +232,6 @@ mod tests {
         let claims: Claims = serde_json::from_str(r#"{"scope":"b a","scp":["a c"]}"#).unwrap();
         assert_eq!(scopes_of(&claims).unwrap(), ["a", "b", "c"]);
         let claims: Claims = serde_json::from_str(r#"{"scope":1}"#).unwrap();
-        assert_eq!(scopes_of(&claims), Err(TokenError::Claim("scope")));
+        assert_eq!(scopes_of(&claims), Err("scope"));
     }
 }

@@ -329,7 +329,7 @@ mod tests {
     }
 
     fn validated(claims: serde_json::Value) -> Validated {
-        let claims: crate::trust::validator::Claims = serde_json::from_str(&claims.to_string()).unwrap();
+        let claims: crate::trust::claims::Claims = serde_json::from_str(&claims.to_string()).unwrap();
         Validated {
             issuer: claims.iss.clone().unwrap_or_default(),
             sub: claims.sub.clone().unwrap_or_default(),

@@ -418,7 +418,7 @@ fn why_not(rule: &Rule, input: &RuleInput<'_>) -> Option<String> {
 /// `RuleInput::requested_scopes` takes.
 pub(crate) fn split_scopes(scope: &str) -> Vec<String> {
     let mut out = Vec::new();
-    crate::trust::validator::push_scopes(scope, &mut out);
+    crate::trust::claims::push_scopes(scope, &mut out);
     out
 }
 

@@ -3,7 +3,8 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::trust::validator::{Claims, Validated};
+use crate::trust::claims::Claims;
+use crate::trust::validator::Validated;
 
 /// `decide` with the variables of its own request.
 fn decide(rule: &Rule, input: &RuleInput<'_>, req: Requester<'_>) -> Result<Decision, Denied> {

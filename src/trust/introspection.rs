@@ -33,8 +33,9 @@ use crate::config::{Introspection, IntrospectionAuth, KeySource, TrustedIssuer, 
 use crate::digest::{Digest, KeyBuilder};
 use crate::metrics::IntrospectionMetrics;
 use crate::signing::{KeyRing, Signer};
+use crate::trust::claims::{Claims, numeric_date, scopes_of};
 use crate::trust::issuer::error_chain;
-use crate::trust::validator::{Claims, TokenError, Validated, numeric_date, scopes_of};
+use crate::trust::validator::{TokenError, Validated};
 
 /// RFC 7523 §2.2.
 const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -540,7 +541,7 @@ impl Introspector {
             return Err(token(TokenError::Audience));
         }
         let sub = claims.sub.clone().filter(|s| !s.is_empty()).ok_or(token(TokenError::Claim("sub")))?;
-        let scopes = scopes_of(&claims).map_err(token)?;
+        let scopes = scopes_of(&claims).map_err(|c| token(TokenError::Claim(c)))?;
         let client_id = claims.client_id.clone().or_else(|| claims.azp.clone());
         Ok(Validated { issuer: self.issuer.clone(), sub, exp, scopes, client_id, claims, own_sub_id: None })
     }
@@ -555,7 +556,7 @@ impl Introspector {
             None => claims.iss = Some(self.issuer.clone()),
         }
         let sub = claims.sub.clone().filter(|s| !s.is_empty()).ok_or(token(TokenError::Claim("sub")))?;
-        let scopes = scopes_of(&claims).map_err(token)?;
+        let scopes = scopes_of(&claims).map_err(|c| token(TokenError::Claim(c)))?;
         let client_id = claims.client_id.clone().or_else(|| claims.azp.clone());
         let exp = now + (self.cfg.cache_for.0.as_secs() as i64).max(1);
         Ok(Validated { issuer: self.issuer.clone(), sub, exp, scopes, client_id, claims, own_sub_id: None })

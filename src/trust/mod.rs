@@ -2,6 +2,7 @@
 //! tokens (verified with its own key ring, for re-exchange), and token
 //! validation following RFC 8725.
 
+pub(crate) mod claims;
 pub mod introspection;
 pub mod issuer;
 pub(crate) mod jwks;

@@ -10,9 +10,10 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use crate::config::Config;
+use crate::trust::claims::Claims;
 use crate::trust::issuer::{Issuers, http_client};
 use crate::trust::jwks;
-use crate::trust::validator::{Claims, TokenError, Validator, json_shape};
+use crate::trust::validator::{TokenError, Validator, json_shape};
 
 const TRUSTED: &str = "https://idp.test";
 const NOW: i64 = 1_700_000_000;
