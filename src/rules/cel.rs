@@ -329,7 +329,7 @@ fn type_name(v: &CelValue) -> &'static str {
 
 /// Every claim the token carries, as issued, as a CEL map.
 fn claims_map(v: &Validated) -> CelValue {
-    let names = STANDARD.iter().copied().chain(v.claims.other.keys().map(String::as_str));
+    let names = STANDARD.iter().copied().chain(v.claims.other_names());
     let map: HashMap<Key, CelValue> = names.filter_map(|n| claim(v, n).map(|c| (Key::from(n), c))).collect();
     CelValue::Map(CelMap { map: Arc::new(map) })
 }
@@ -359,7 +359,7 @@ pub(crate) fn actor_claims_key_bytes(token: Option<&Validated>, keys: &Keys, out
     match keys {
         Keys::None => {}
         Keys::Some(names) => names.iter().for_each(|n| put(n)),
-        Keys::All => STANDARD.iter().copied().chain(v.claims.other.keys().map(String::as_str)).for_each(put),
+        Keys::All => STANDARD.iter().copied().chain(v.claims.other_names()).for_each(put),
     }
 }
 
@@ -376,7 +376,7 @@ fn claim(v: &Validated, name: &str) -> Option<CelValue> {
     match name {
         "iss" => Some(v.issuer.as_str().into()),
         "sub" => Some(v.sub.as_str().into()),
-        "aud" => Some(CelValue::List(Arc::new(c.aud.iter().map(|a| a.as_str().into()).collect()))),
+        "aud" => Some(CelValue::List(Arc::new(c.aud().map(CelValue::from).collect()))),
         "exp" => Some(CelValue::Int(v.exp)),
         "nbf" => number(&c.nbf),
         "iat" => number(&c.iat),
@@ -387,7 +387,7 @@ fn claim(v: &Validated, name: &str) -> Option<CelValue> {
         "scp" => json(&c.scp),
         "act" => json(&c.act),
         "may_act" => json(&c.may_act),
-        other => c.other.get(other).map(from_json),
+        other => c.other(other).map(|v| from_json(&v)),
     }
 }
 

@@ -541,7 +541,7 @@ fn names(actor: &Actor, spiffe: &[Glob], sub: &[Glob], client_id: &[Glob]) -> bo
 /// `azp` (the client it was issued to; stsgate's own tokens have none).
 fn check_presenter(input: &RuleInput<'_>) -> Result<(), Denied> {
     let claims = &input.subject.claims;
-    let issued_to: Vec<&str> = claims.aud.iter().map(String::as_str).chain(claims.azp.as_deref()).collect();
+    let issued_to: Vec<&str> = claims.aud().chain(claims.azp.as_deref()).collect();
     let bound = |actor: &Actor| {
         input
             .workloads
@@ -563,7 +563,7 @@ fn check_presenter(input: &RuleInput<'_>) -> Result<(), Denied> {
 fn check_client_in_audience(subject: &Validated, client: Option<&str>) -> Result<(), Denied> {
     let claims = &subject.claims;
     match client {
-        Some(c) if claims.aud.iter().any(|a| a == c) || claims.azp.as_deref() == Some(c) => Ok(()),
+        Some(c) if claims.aud().any(|a| a == c) || claims.azp.as_deref() == Some(c) => Ok(()),
         client => Err(Denied::ClientNotInAudience { client: client.map(str::to_owned) }),
     }
 }
@@ -646,7 +646,7 @@ fn decide(rule: &Rule, input: &RuleInput<'_>, req: Requester<'_>, vars: &Vars<'_
     }
     // A token minted with `delegation_shape: act_as` names its subject in
     // `act_as`, which is never copied: re-issuing it would drop the chain.
-    if subject.is_own() && subject.claims.other.contains_key("act_as") {
+    if subject.is_own() && subject.claims.has_other("act_as") {
         return Err(Denied::WouldDropAct { rule: rule.name.clone() });
     }
 
@@ -798,7 +798,7 @@ fn claim_value(v: &Validated, name: &str) -> Option<Value> {
     match name {
         "azp" => c.azp.clone().map(Value::String),
         "scp" => c.scp.clone(),
-        _ => c.other.get(name).cloned(),
+        _ => c.other(name),
     }
 }
 
@@ -809,27 +809,12 @@ fn any_claim_value(v: &Validated, name: &str, mut pred: impl FnMut(&str) -> bool
     match name {
         "sub" => pred(&v.sub),
         "iss" => pred(&v.issuer),
-        "aud" => c.aud.iter().any(|a| pred(a)),
+        "aud" => c.aud().any(&mut pred),
         "scope" | "scp" => v.scopes.iter().any(|s| pred(s)),
         "client_id" => v.client_id.as_deref().is_some_and(pred),
         "azp" => c.azp.as_deref().is_some_and(pred),
         "jti" => c.jti.as_deref().is_some_and(pred),
-        _ => match c.other.get(name) {
-            Some(Value::Array(items)) => items.iter().any(|i| scalar(i, &mut pred)),
-            Some(other) => scalar(other, &mut pred),
-            None => false,
-        },
-    }
-}
-
-/// `pred` of a string, number or boolean claim value, as text.
-#[inline(always)]
-fn scalar(v: &Value, pred: &mut impl FnMut(&str) -> bool) -> bool {
-    match v {
-        Value::String(s) => pred(s),
-        Value::Number(n) => pred(&n.to_string()),
-        Value::Bool(b) => pred(if *b { "true" } else { "false" }),
-        _ => false,
+        _ => c.any_other_scalar(name, pred),
     }
 }
 

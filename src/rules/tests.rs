@@ -24,7 +24,7 @@ pub(super) fn subject(claims: Value) -> Validated {
     let obj = claims.as_object_mut().unwrap();
     obj.entry("iss").or_insert(json!(IDP));
     obj.entry("sub").or_insert(json!("alice"));
-    let parsed: Claims = serde_json::from_value(claims.clone()).unwrap();
+    let parsed = Claims::from_json(&claims.to_string()).unwrap();
     let scopes = parsed
         .scope
         .as_ref()

@@ -3,8 +3,10 @@
 //! they grant. One pass over the JSON text, shared by subject tokens,
 //! introspection answers and JWT bearer assertions.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// A JSON string, borrowed from the input when it has no escapes.
 pub(crate) struct Text<'a>(pub(crate) std::borrow::Cow<'a, str>);
@@ -35,13 +37,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
-/// Claims of a validated token. `other` keeps the rest for rules that copy
-/// claims into the minted token.
+/// Claims of a validated token. `aud` and the claims stsgate keeps no field
+/// for stay in the JSON text they came from, which the claims keep: a value
+/// is built only when a rule, an expression or a copy reads it. Building
+/// every one cost ~2,500 instructions a cold exchange (issue 17), mostly for
+/// claims nothing reads, and a 16 KiB token of many small values allocated
+/// ten times its size.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Claims {
     pub(crate) iss: Option<String>,
     pub(crate) sub: Option<String>,
-    pub(crate) aud: Vec<String>,
     pub(crate) exp: Option<serde_json::Number>,
     pub(crate) nbf: Option<serde_json::Number>,
     pub(crate) iat: Option<serde_json::Number>,
@@ -52,112 +57,367 @@ pub(crate) struct Claims {
     pub(crate) azp: Option<String>,
     pub(crate) act: Option<Value>,
     pub(crate) may_act: Option<Value>,
-    pub(crate) other: Map<String, Value>,
+    /// The JSON text, then the strings `aud` and `other` hold that had
+    /// escapes, decoded.
+    text: Source,
+    /// `aud` (RFC 7519 §4.1.3: a string or an array of them), in `text`.
+    aud: Vec<Span>,
+    /// The other claims, (name, JSON value) in `text`, sorted by name, each
+    /// name once.
+    other: Vec<(Span, Span)>,
 }
 
-/// One pass over the claims object (`#[serde(flatten)]` would buffer every
-/// value first, about doubling the parse). A member that appears twice makes
-/// the token malformed: which one a downstream parser reads is not ours to guess.
-impl<'de> Deserialize<'de> for Claims {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Claims, D::Error> {
-        use serde::de::{Error, MapAccess, Visitor};
+/// `Claims::text`, printed as its length only: the claims print their
+/// fields, and the whole text would repeat them (and is not for logs).
+#[derive(Clone, Default)]
+struct Source(String);
 
-        struct ClaimsVisitor;
-        impl<'de> Visitor<'de> for ClaimsVisitor {
-            type Value = Claims;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object of claims")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
-                let mut c = Claims::default();
-                let mut seen = 0u16;
-                // A claim name, borrowed from the input when it has no escapes.
-                while let Some(Text(key)) = map.next_key()? {
-                    let bit = match &*key {
-                        "iss" => 0,
-                        "sub" => 1,
-                        "aud" => 2,
-                        "exp" => 3,
-                        "nbf" => 4,
-                        "iat" => 5,
-                        "jti" => 6,
-                        "scope" => 7,
-                        "scp" => 8,
-                        "client_id" => 9,
-                        "azp" => 10,
-                        "act" => 11,
-                        "may_act" => 12,
-                        _ => {
-                            let value: Value = map.next_value()?;
-                            if c.other.insert(key.into_owned(), value).is_some() {
-                                return Err(A::Error::custom("a claim appears twice"));
-                            }
-                            continue;
-                        }
-                    };
-                    if seen & (1 << bit) != 0 {
-                        return Err(A::Error::custom(format!("claim {key} appears twice")));
-                    }
-                    seen |= 1 << bit;
-                    match bit {
-                        0 => c.iss = map.next_value()?,
-                        1 => c.sub = map.next_value()?,
-                        2 => {
-                            c.aud = map.next_value::<Option<OneOrMany>>()?.map(OneOrMany::into_vec).unwrap_or_default()
-                        }
-                        3 => c.exp = map.next_value()?,
-                        4 => c.nbf = map.next_value()?,
-                        5 => c.iat = map.next_value()?,
-                        6 => c.jti = map.next_value()?,
-                        7 => c.scope = map.next_value()?,
-                        8 => c.scp = map.next_value()?,
-                        9 => c.client_id = map.next_value()?,
-                        10 => c.azp = map.next_value()?,
-                        11 => c.act = map.next_value()?,
-                        _ => c.may_act = map.next_value()?,
-                    }
-                }
-                Ok(c)
-            }
-        }
-        d.deserialize_map(ClaimsVisitor)
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
     }
 }
 
-/// `aud` is a string or an array of strings (RFC 7519 §4.1.3), read
-/// straight into strings (`#[serde(untagged)]` would buffer every element
-/// as a generic value first, doubling what a large `aud` costs).
-struct OneOrMany(Vec<String>);
+impl Claims {
+    /// Reads a claims object from its JSON text, which the claims keep. One
+    /// pass (`#[serde(flatten)]` would buffer every value first, about
+    /// doubling the parse). A member that appears twice makes the token
+    /// malformed: which one a downstream parser reads is not ours to guess.
+    pub(crate) fn parse(text: String) -> serde_json::Result<Claims> {
+        use serde::de::Error;
+        let mut extra = String::new();
+        let mut c = {
+            let mut de = serde_json::Deserializer::from_str(&text);
+            let c = serde::Deserializer::deserialize_map(&mut de, ClaimsVisitor { text: &text, extra: &mut extra })?;
+            de.end()?;
+            c
+        };
+        let mut text = text;
+        text.push_str(&extra);
+        if c.other.len() > 1 {
+            c.other.sort_unstable_by(|a, b| a.0.get(&text).cmp(b.0.get(&text)));
+            if c.other.windows(2).any(|w| w[0].0.get(&text) == w[1].0.get(&text)) {
+                return Err(serde_json::Error::custom("a claim appears twice"));
+            }
+        }
+        c.text = Source(text);
+        Ok(c)
+    }
 
-impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
-        self.0
+    /// `parse` of a copy of `text`.
+    pub(crate) fn from_json(text: &str) -> serde_json::Result<Claims> {
+        Claims::parse(text.to_owned())
+    }
+
+    /// The `aud` values.
+    pub(crate) fn aud(&self) -> impl Iterator<Item = &str> + Clone {
+        self.aud.iter().map(|s| s.get(&self.text.0))
+    }
+
+    fn find(&self, name: &str) -> Option<usize> {
+        self.other.binary_search_by(|(n, _)| n.get(&self.text.0).cmp(name)).ok()
+    }
+
+    /// Another claim's JSON text, as the issuer wrote it.
+    pub(crate) fn other_raw(&self, name: &str) -> Option<&str> {
+        self.find(name).map(|i| self.other[i].1.get(&self.text.0))
+    }
+
+    /// Another claim's value. It was checked to build when the claims were read.
+    pub(crate) fn other(&self, name: &str) -> Option<Value> {
+        serde_json::from_str(self.other_raw(name)?).ok()
+    }
+
+    pub(crate) fn has_other(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+
+    /// Removes another claim, returning its value.
+    pub(crate) fn remove_other(&mut self, name: &str) -> Option<Value> {
+        serde_json::from_str(self.remove_other_raw(name)?).ok()
+    }
+
+    /// Removes another claim, returning its JSON text.
+    pub(crate) fn remove_other_raw(&mut self, name: &str) -> Option<&str> {
+        let (_, value) = self.other.remove(self.find(name)?);
+        Some(value.get(&self.text.0))
+    }
+
+    /// The other claims' names, sorted.
+    pub(crate) fn other_names(&self) -> impl Iterator<Item = &str> {
+        self.other.iter().map(|(n, _)| n.get(&self.text.0))
+    }
+
+    /// Bytes asked of the allocator for the heap blocks only the claims'
+    /// text and spans hold (for `Validated::weight`).
+    pub(crate) fn text_blocks(&self) -> [usize; 3] {
+        let span = std::mem::size_of::<Span>();
+        [self.text.0.capacity(), self.aud.capacity() * span, self.other.capacity() * 2 * span]
+    }
+
+    /// Whether `pred` holds for another claim's value as text, or for an
+    /// element of it when it is an array: strings as they are, numbers and
+    /// booleans as JSON writes them; objects, arrays in arrays and null
+    /// never. Reads the claim's text without building a value.
+    pub(crate) fn any_other_scalar(&self, name: &str, mut pred: impl FnMut(&str) -> bool) -> bool {
+        let Some(raw) = self.other_raw(name) else { return false };
+        let mut de = serde_json::Deserializer::from_str(raw);
+        serde::Deserializer::deserialize_any(&mut de, AnyScalar { pred: &mut pred, top: true }).unwrap_or(false)
     }
 }
 
-impl<'de> Deserialize<'de> for OneOrMany {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<OneOrMany, D::Error> {
-        use serde::de::{Error, SeqAccess, Visitor};
-        struct Aud;
-        impl<'de> Visitor<'de> for Aud {
-            type Value = OneOrMany;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string or an array of strings")
+/// `Claims::parse`'s visitor: `text` is what it reads; strings with escapes
+/// are decoded into `extra`, which will follow `text`.
+struct ClaimsVisitor<'de, 'e> {
+    text: &'de str,
+    extra: &'e mut String,
+}
+
+impl<'de> ClaimsVisitor<'de, '_> {
+    /// Where a string read from `text` will lie in the claims' text.
+    fn span<E: serde::de::Error>(&mut self, s: Cow<'de, str>) -> Result<Span, E> {
+        let span = match s {
+            Cow::Borrowed(s) => Span::of(self.text, s),
+            Cow::Owned(s) => {
+                let start = self.text.len() + self.extra.len();
+                self.extra.push_str(&s);
+                Span::new(start, s.len())
             }
-            fn visit_str<E: Error>(self, v: &str) -> Result<OneOrMany, E> {
-                Ok(OneOrMany(vec![v.to_owned()]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
-                // serde_json gives no hint; two fits most tokens without
-                // growing (an empty vector grows to four at once).
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(2).min(16));
-                while let Some(s) = seq.next_element::<String>()? {
-                    out.push(s);
+        };
+        span.ok_or_else(|| E::custom("claims longer than 4 GiB"))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ClaimsVisitor<'de, '_> {
+    type Value = Claims;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object of claims")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<Claims, A::Error> {
+        use serde::de::Error;
+        let mut c = Claims::default();
+        let mut seen = 0u16;
+        // A claim name, borrowed from the input when it has no escapes.
+        while let Some(Text(key)) = map.next_key()? {
+            let bit = match &*key {
+                "iss" => 0,
+                "sub" => 1,
+                "aud" => 2,
+                "exp" => 3,
+                "nbf" => 4,
+                "iat" => 5,
+                "jti" => 6,
+                "scope" => 7,
+                "scp" => 8,
+                "client_id" => 9,
+                "azp" => 10,
+                "act" => 11,
+                "may_act" => 12,
+                _ => {
+                    let raw: &'de serde_json::value::RawValue = map.next_value()?;
+                    // The raw value's syntax is checked; what building a
+                    // value would refuse besides (a number out of range) is
+                    // refused here too, without building it.
+                    serde_json::from_str::<Checked>(raw.get()).map_err(A::Error::custom)?;
+                    let value = self.span(Cow::Borrowed(raw.get()))?;
+                    let name = self.span(key)?;
+                    c.other.push((name, value));
+                    continue;
                 }
-                Ok(OneOrMany(out))
+            };
+            if seen & (1 << bit) != 0 {
+                return Err(A::Error::custom(format!("claim {key} appears twice")));
+            }
+            seen |= 1 << bit;
+            match bit {
+                0 => c.iss = map.next_value()?,
+                1 => c.sub = map.next_value()?,
+                2 => map.next_value_seed(AudSeed { visitor: &mut self, out: &mut c.aud })?,
+                3 => c.exp = map.next_value()?,
+                4 => c.nbf = map.next_value()?,
+                5 => c.iat = map.next_value()?,
+                6 => c.jti = map.next_value()?,
+                7 => c.scope = map.next_value()?,
+                8 => c.scp = map.next_value()?,
+                9 => c.client_id = map.next_value()?,
+                10 => c.azp = map.next_value()?,
+                11 => c.act = map.next_value()?,
+                _ => c.may_act = map.next_value()?,
             }
         }
-        d.deserialize_any(Aud)
+        Ok(c)
+    }
+}
+
+/// `aud`: null, a string or an array of strings, each noted as a span
+/// (`#[serde(untagged)]` would buffer every element as a generic value).
+struct AudSeed<'v, 'de, 'e> {
+    visitor: &'v mut ClaimsVisitor<'de, 'e>,
+    out: &'v mut Vec<Span>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for AudSeed<'_, 'de, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AudSeed<'_, 'de, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a string or an array of strings")
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<(), E> {
+        self.out.push(self.visitor.span(Cow::Borrowed(v))?);
+        Ok(())
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.out.push(self.visitor.span(Cow::Owned(v.to_owned()))?);
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        // serde_json gives no hint; two fits most tokens without growing
+        // (an empty vector grows to four at once).
+        self.out.reserve_exact(2);
+        while let Some(Text(s)) = seq.next_element()? {
+            self.out.push(self.visitor.span(s)?);
+        }
+        Ok(())
+    }
+}
+
+/// Where a string lies in `Claims::text`: byte offset and length.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+impl Span {
+    fn new(start: usize, len: usize) -> Option<Span> {
+        Some(Span { start: u32::try_from(start).ok()?, len: u32::try_from(len).ok()? })
+    }
+
+    /// `part`'s place in `text`, when `part` is a slice of it.
+    fn of(text: &str, part: &str) -> Option<Span> {
+        let start = (part.as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+        (start + part.len() <= text.len()).then_some(())?;
+        Span::new(start, part.len())
+    }
+
+    fn get(self, text: &str) -> &str {
+        // Spans are made only for the text they are read from; `get` keeps
+        // any mistake an empty string, not a panic.
+        text.get(self.start as usize..(self.start + self.len) as usize).unwrap_or_default()
+    }
+}
+
+/// `Claims::any_other_scalar`'s reader: a scalar, or (at the top) an array of them.
+struct AnyScalar<'p> {
+    pred: &'p mut dyn FnMut(&str) -> bool,
+    top: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for AnyScalar<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a claim value")
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok((self.pred)(v))
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<bool, E> {
+        Ok((self.pred)(if v { "true" } else { "false" }))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<bool, E> {
+        Ok((self.pred)(&serde_json::Number::from(v).to_string()))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<bool, E> {
+        Ok((self.pred)(&serde_json::Number::from(v).to_string()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<bool, E> {
+        Ok(serde_json::Number::from_f64(v).is_some_and(|n| (self.pred)(&n.to_string())))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let mut found = false;
+        // Every element is read (the reader must reach the array's end);
+        // `pred` stops being asked once one matched.
+        while let Some(hit) = seq.next_element_seed(ElementSeed { pred: &mut *self.pred, top: self.top && !found })? {
+            found |= hit;
+        }
+        Ok(found)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+        Ok(false)
+    }
+}
+
+/// An element of a top-level array: a scalar is asked about, anything else
+/// (and every element once `top` is off) is skipped.
+struct ElementSeed<'p> {
+    pred: &'p mut dyn FnMut(&str) -> bool,
+    top: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ElementSeed<'_> {
+    type Value = bool;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        if self.top {
+            d.deserialize_any(AnyScalar { pred: self.pred, top: false })
+        } else {
+            serde::de::IgnoredAny::deserialize(d).map(|_| false)
+        }
+    }
+}
+
+/// Accepts exactly the JSON `Value` accepts, building nothing: what a raw
+/// claim is checked with.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Checked, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Checked;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_unit<E>(self) -> Result<Checked, E> {
+                Ok(Checked)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+                while seq.next_element::<Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+                while map.next_entry::<Text<'_>, Checked>()?.is_some() {}
+                Ok(Checked)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -249,37 +509,127 @@ mod tests {
 
     #[test]
     fn claims_parse_in_one_pass_and_refuse_duplicates() {
-        let c: Claims = serde_json::from_str(
+        let c = Claims::from_json(
             r#"{"iss":"i","sub":"s","aud":"a","exp":1,"scope":"x","groups":["g"],"n\u0061me":"v","act":{"sub":"z"}}"#,
         )
         .unwrap();
         assert_eq!(
-            (c.iss.as_deref(), c.sub.as_deref(), c.aud.as_slice()),
-            (Some("i"), Some("s"), &["a".to_string()][..])
+            (c.iss.as_deref(), c.sub.as_deref(), c.aud().collect::<Vec<_>>()),
+            (Some("i"), Some("s"), vec!["a"])
         );
-        assert_eq!(c.other.get("groups"), Some(&serde_json::json!(["g"])));
-        assert_eq!(c.other.get("name"), Some(&serde_json::json!("v")), "escaped keys are read too");
+        assert_eq!(c.other("groups"), Some(serde_json::json!(["g"])));
+        assert_eq!(c.other("name"), Some(serde_json::json!("v")), "escaped keys are read too");
         assert!(c.act.is_some());
-        let aud: Claims = serde_json::from_str(r#"{"aud":["a","b"]}"#).unwrap();
-        assert_eq!(aud.aud, ["a", "b"]);
-        let null: Claims = serde_json::from_str(r#"{"sub":null,"aud":null}"#).unwrap();
-        assert!(null.sub.is_none() && null.aud.is_empty());
+        let aud = Claims::from_json(r#"{"aud":["a","b\u0063",""]}"#).unwrap();
+        assert_eq!(aud.aud().collect::<Vec<_>>(), ["a", "bc", ""], "escaped values decoded");
+        let null = Claims::from_json(r#"{"sub":null,"aud":null}"#).unwrap();
+        assert!(null.sub.is_none() && null.aud().next().is_none());
         for dup in [
             r#"{"sub":"a","sub":"b"}"#,
             r#"{"aud":"a","aud":["b"]}"#,
             r#"{"groups":1,"groups":2}"#,
             r#"{"sub":"a","s\u0075b":"b"}"#,
+            r#"{"g":1,"x":0,"\u0067":2}"#,
+            r#"{"a\u0062":1,"x":0,"\u0061b":2}"#,
         ] {
-            assert!(serde_json::from_str::<Claims>(dup).is_err(), "{dup}");
+            assert!(Claims::from_json(dup).is_err(), "{dup}");
         }
-        for bad in [r#"{"exp":"soon"}"#, r#"{"aud":[1]}"#, r#"{"sub":5}"#, "[]"] {
-            assert!(serde_json::from_str::<Claims>(bad).is_err(), "{bad}");
+        for bad in [r#"{"exp":"soon"}"#, r#"{"aud":[1]}"#, r#"{"aud":{}}"#, r#"{"sub":5}"#, "[]", r#"{"x":1e400}"#] {
+            assert!(Claims::from_json(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The other claims are kept as text and built on demand: every one
+    /// reads as the value the whole object builds (names and values with
+    /// escapes, nesting, numbers of each kind, a duplicate inside a nested
+    /// object, which `Value` keeps the last of), and an object is refused
+    /// exactly when building it as a `Value` fails (apart from a repeated
+    /// claim, which is refused).
+    #[test]
+    fn other_claims_read_as_built_values() {
+        let text = r#"{"sub":"s","groups":["a","b\"c",{"k":[1]}],"e\u006dail":"x@y","n":-3,"u":18446744073709551615,
+            "f":1.5e3,"t":true,"z":null,"o":{"a":1,"a":2},"\u00e9":"\ud83d\ude00","aud":"w","empty":""}"#;
+        let c = Claims::from_json(text).unwrap();
+        let whole: serde_json::Map<String, Value> = serde_json::from_str(text).unwrap();
+        let mut names: Vec<&str> = whole.keys().map(String::as_str).filter(|k| !["sub", "aud"].contains(k)).collect();
+        names.sort_unstable();
+        assert_eq!(c.other_names().collect::<Vec<_>>(), names);
+        for name in names {
+            assert_eq!(c.other(name).as_ref(), whole.get(name), "{name}");
+            assert!(c.has_other(name));
+        }
+        assert!(!c.has_other("sub") && c.other("missing").is_none());
+        let mut removed = c.clone();
+        assert_eq!(removed.remove_other("n"), Some(serde_json::json!(-3)));
+        assert!(!removed.has_other("n") && removed.remove_other("n").is_none() && removed.has_other("t"));
+        for (text, builds) in [
+            (r#"{"x":1e400}"#, false),
+            (r#"{"x":"\ud800"}"#, false),
+            (r#"{"x":"\q"}"#, false),
+            (r#"{"x":[1,]}"#, false),
+            (r#"{"x":-0.0,"y":1e-400}"#, true),
+            (r#"{"x":{"a":1,"a":2}}"#, true),
+        ] {
+            let value = serde_json::from_str::<Value>(text).is_ok();
+            assert_eq!((Claims::from_json(text).is_ok(), value), (builds, builds), "{text}");
+        }
+    }
+
+    /// `any_other_scalar` answers as a match over the built value did: a
+    /// string, number or boolean as text, each element of an array, nothing
+    /// for null, objects or arrays in arrays; and it stops asking once one
+    /// matched.
+    #[test]
+    fn other_claim_scalars_match_as_built_values() {
+        fn built(v: &Value, pred: &mut dyn FnMut(&str) -> bool) -> bool {
+            let scalar = |v: &Value, pred: &mut dyn FnMut(&str) -> bool| match v {
+                Value::String(s) => pred(s),
+                Value::Number(n) => pred(&n.to_string()),
+                Value::Bool(b) => pred(if *b { "true" } else { "false" }),
+                _ => false,
+            };
+            match v {
+                Value::Array(items) => items.iter().any(|i| scalar(i, pred)),
+                other => scalar(other, pred),
+            }
+        }
+        let values = [
+            r#""a""#,
+            r#""a\"b""#,
+            "1",
+            "-1",
+            "1.0",
+            "1e2",
+            "18446744073709551615",
+            "true",
+            "false",
+            "null",
+            "{}",
+            r#"{"a":"a"}"#,
+            "[]",
+            r#"["x","a"]"#,
+            r#"[["a"],"b"]"#,
+            r#"[{"a":1},2,true,null]"#,
+            r#"["a","a","a"]"#,
+        ];
+        for v in values {
+            let c = Claims::from_json(&format!(r#"{{"c":{v}}}"#)).unwrap();
+            let value: Value = serde_json::from_str(v).unwrap();
+            let (mut lazy, mut eager) = (Vec::new(), Vec::new());
+            let first = |seen: &mut Vec<String>, s: &str| {
+                seen.push(s.to_owned());
+                s == "a" || s == "2" || s == "true"
+            };
+            let got = c.any_other_scalar("c", |s| first(&mut lazy, s));
+            assert_eq!(got, built(&value, &mut |s| first(&mut eager, s)), "{v}");
+            assert_eq!(lazy, eager, "{v}: asked about the same texts, in order");
+            assert!(!c.any_other_scalar("absent", |_| true));
         }
     }
 
     #[test]
     fn scopes_come_from_scope_or_scp() {
-        let c = |json: &str| scopes_of(&serde_json::from_str::<Claims>(json).unwrap());
+        let c = |json: &str| scopes_of(&Claims::from_json(json).unwrap());
         assert_eq!(c(r#"{"scope":"b a  a"}"#).unwrap(), vec!["a", "b"]);
         assert_eq!(c(r#"{"scp":["x","y"]}"#).unwrap(), vec!["x", "y"]);
         assert_eq!(c(r#"{"scope":42}"#), Err("scope"));
@@ -328,7 +678,7 @@ mod tests {
         assert_eq!(c("x y z").capacity(), 3);
         // A non-string element of `scp` (or of a `scope` array) is still refused.
         for bad in [r#"{"scp":["a",1]}"#, r#"{"scp":[null]}"#, r#"{"scope":["a",{}]}"#, r#"{"scp":true}"#] {
-            let claims: Claims = serde_json::from_str(bad).unwrap();
+            let claims = Claims::from_json(bad).unwrap();
             assert!(scopes_of(&claims).is_err(), "{bad}");
         }
     }

@@ -310,9 +310,8 @@ impl Validated {
                 .flatten()
                 .map(string)
                 .sum::<usize>()
-            + strings(&c.aud)
             + [&c.scope, &c.scp, &c.act, &c.may_act].into_iter().flatten().map(value).sum::<usize>()
-            + map(&c.other)
+            + c.text_blocks().into_iter().map(heap).sum::<usize>()
             + self.own_sub_id.as_ref().map_or(0, SubId::weight)
     }
 }
@@ -428,9 +427,9 @@ impl Validator {
         // the issuer, and tiny JSON values cost far more as values than as text.
         json_shape::check(&payload).map_err(TokenError::Malformed)?;
         // UTF-8 checked once for the whole text, not string by string.
-        let text = std::str::from_utf8(&payload).map_err(|_| TokenError::Malformed("payload is not UTF-8 JSON"))?;
-        let mut claims: Claims =
-            serde_json::from_str(text).map_err(|_| TokenError::Malformed("payload is not base64url JSON claims"))?;
+        let text = String::from_utf8(payload).map_err(|_| TokenError::Malformed("payload is not UTF-8 JSON"))?;
+        let mut claims =
+            Claims::parse(text).map_err(|_| TokenError::Malformed("payload is not base64url JSON claims"))?;
         let iss = claims.iss.as_deref().ok_or(TokenError::Claim("iss"))?;
         let own = self.own.as_ref().filter(|own| own.issuer == iss);
         // The key, the leeway and the accepted audiences: stsgate's own, or
@@ -489,7 +488,7 @@ impl Validator {
                 return Err(TokenError::IssuedInFuture);
             }
         }
-        if !audiences.is_empty() && !claims.aud.iter().any(|a| audiences.contains(a)) {
+        if !audiences.is_empty() && !claims.aud().any(|a| audiences.iter().any(|x| x == a)) {
             return Err(TokenError::Audience);
         }
         // Moved, not copied, into `Validated`'s own fields, which rules and
@@ -503,8 +502,8 @@ impl Validator {
         let own_sub_id = match own {
             None => None,
             Some(_) => {
-                let raw = claims.other.remove("sub_id").ok_or(TokenError::Claim("sub_id"))?;
-                Some(serde_json::from_value::<SubId>(raw).map_err(|_| TokenError::Claim("sub_id"))?)
+                let raw = claims.remove_other_raw("sub_id").ok_or(TokenError::Claim("sub_id"))?;
+                Some(serde_json::from_str::<SubId>(raw).map_err(|_| TokenError::Claim("sub_id"))?)
             }
         };
         Ok(Validated { issuer, sub, exp, scopes, client_id, claims, own_sub_id })
@@ -886,12 +885,12 @@ mod tests {
                 assert_eq!((got.issuer.as_str(), got.sub.as_str(), got.exp), (STS, "alice", now + 120));
                 assert_eq!(got.scopes, ["orders.read", "orders.write"]);
                 assert_eq!(got.client_id.as_deref(), Some("web-app"));
-                assert_eq!(got.claims.aud, ["orders"]);
+                assert_eq!(got.claims.aud().collect::<Vec<_>>(), ["orders"]);
                 assert_eq!(got.claims.act, Some(json!({"sub": "spiffe://cluster.local/ns/shop/sa/web"})));
                 // The original issuer is carried, not stsgate's.
                 let original = SubId::IssSub { iss: "https://idp.test".into(), sub: "alice".into() };
                 assert_eq!(got.sub_id(), original);
-                assert!(!got.claims.other.contains_key("sub_id"), "kept once, as own_sub_id");
+                assert!(!got.claims.has_other("sub_id"), "kept once, as own_sub_id");
             }
         }
 
