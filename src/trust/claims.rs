@@ -161,6 +161,9 @@ impl Claims {
     /// never. Reads the claim's text without building a value.
     pub(crate) fn any_other_scalar(&self, name: &str, mut pred: impl FnMut(&str) -> bool) -> bool {
         let Some(raw) = self.other_raw(name) else { return false };
+        if let Some(found) = plain_strings(raw, &mut pred) {
+            return found;
+        }
         let mut de = serde_json::Deserializer::from_str(raw);
         serde::Deserializer::deserialize_any(&mut de, AnyScalar { pred: &mut pred, top: true }).unwrap_or(false)
     }
@@ -216,9 +219,12 @@ impl<'de> serde::de::Visitor<'de> for ClaimsVisitor<'de, '_> {
                 _ => {
                     let raw: &'de serde_json::value::RawValue = map.next_value()?;
                     // The raw value's syntax is checked; what building a
-                    // value would refuse besides (a number out of range) is
-                    // refused here too, without building it.
-                    serde_json::from_str::<Checked>(raw.get()).map_err(A::Error::custom)?;
+                    // value would refuse besides (a number out of range, an
+                    // escape that names no character) is refused here too,
+                    // without building it, for a value that could hold one.
+                    if may_not_build(raw.get()) {
+                        serde_json::from_str::<Checked>(raw.get()).map_err(A::Error::custom)?;
+                    }
                     let value = self.span(Cow::Borrowed(raw.get()))?;
                     let name = self.span(key)?;
                     c.other.push((name, value));
@@ -316,6 +322,40 @@ impl Span {
     }
 }
 
+/// `any_other_scalar` without a parser for what claims matched on mostly
+/// are: a string, or an array of strings, without escapes (`None` for
+/// anything else). `raw` is valid JSON, so with no `\\` in it each string
+/// ends at the next `"`.
+fn plain_strings(raw: &str, pred: &mut impl FnMut(&str) -> bool) -> Option<bool> {
+    if memchr::memchr(b'\\', raw.as_bytes()).is_some() {
+        return None;
+    }
+    if let Some(s) = raw.strip_prefix('"') {
+        return Some(pred(s.strip_suffix('"')?));
+    }
+    let items = raw.strip_prefix('[')?.as_bytes();
+    let each = |pred: &mut dyn FnMut(&str) -> bool| {
+        let (mut at, mut found) = (0, false);
+        loop {
+            while items.get(at).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b',')) {
+                at += 1;
+            }
+            match items.get(at)? {
+                b']' => return Some(found),
+                b'"' => {}
+                _ => return None,
+            }
+            let end = at + 1 + memchr::memchr(b'"', &items[at + 1..])?;
+            // Between two quotes, both ASCII: a character boundary each.
+            found = found || pred(std::str::from_utf8(&items[at + 1..end]).ok()?);
+            at = end + 1;
+        }
+    };
+    // Only strings, before `pred` is asked about any (the parser would ask again).
+    each(&mut |_| false)?;
+    each(pred)
+}
+
 /// `Claims::any_other_scalar`'s reader: a scalar, or (at the top) an array of them.
 struct AnyScalar<'p> {
     pred: &'p mut dyn FnMut(&str) -> bool,
@@ -376,6 +416,17 @@ impl<'de> serde::de::DeserializeSeed<'de> for ElementSeed<'_> {
             serde::de::IgnoredAny::deserialize(d).map(|_| false)
         }
     }
+}
+
+/// Whether valid JSON `raw` could still fail to build as a `Value`: only
+/// through an escape (`\\`), a number with an exponent (a digit or `.`
+/// before `e`/`E`), or more than 300 bytes (310 digits overflow an f64).
+/// Cheaper than `Checked`, which then decides.
+fn may_not_build(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    b.len() > 300
+        || memchr::memchr(b'\\', b).is_some()
+        || b.windows(2).any(|w| (w[0].is_ascii_digit() || w[0] == b'.') && w[1] | 0x20 == b'e')
 }
 
 /// Accepts exactly the JSON `Value` accepts, building nothing: what a raw
@@ -611,6 +662,11 @@ mod tests {
             r#"[["a"],"b"]"#,
             r#"[{"a":1},2,true,null]"#,
             r#"["a","a","a"]"#,
+            r#"["x",1]"#,
+            r#"[ "x" , "a" ]"#,
+            r#"["x",["a"]]"#,
+            r#""""#,
+            r#"[]"#,
         ];
         for v in values {
             let c = Claims::from_json(&format!(r#"{{"c":{v}}}"#)).unwrap();
