@@ -223,7 +223,7 @@ impl<'de> serde::de::Visitor<'de> for ClaimsVisitor<'de, '_> {
                     // escape that names no character) is refused here too,
                     // without building it, for a value that could hold one.
                     if may_not_build(raw.get()) {
-                        serde_json::from_str::<Checked>(raw.get()).map_err(A::Error::custom)?;
+                        Checked::check(raw.get()).map_err(A::Error::custom)?;
                     }
                     let value = self.span(Cow::Borrowed(raw.get()))?;
                     let name = self.span(key)?;
@@ -420,55 +420,84 @@ impl<'de> serde::de::DeserializeSeed<'de> for ElementSeed<'_> {
 
 /// Whether valid JSON `raw` could still fail to build as a `Value`: only
 /// through an escape (`\\`), a number with an exponent (a digit or `.`
-/// before `e`/`E`), or more than 300 bytes (310 digits overflow an f64).
-/// Cheaper than `Checked`, which then decides.
+/// before `e`/`E`), or length: 310 digits overflow an f64, and nesting past
+/// serde_json's depth limit (a claim 127 levels deep, which a syntax check
+/// does not count) takes at least 254 bytes. Cheaper than `Checked`, which
+/// then decides.
 fn may_not_build(raw: &str) -> bool {
     let b = raw.as_bytes();
-    b.len() > 300
+    b.len() >= 200
         || memchr::memchr(b'\\', b).is_some()
         || b.windows(2).any(|w| (w[0].is_ascii_digit() || w[0] == b'.') && w[1] | 0x20 == b'e')
 }
 
 /// Accepts exactly the JSON `Value` accepts, building nothing: what a raw
-/// claim is checked with.
-struct Checked;
+/// claim is checked with. It is read on its own, so it counts the levels
+/// left below it itself: serde_json's limit counted from the claims object.
+#[derive(Clone, Copy)]
+struct Checked {
+    levels_left: usize,
+}
 
-impl<'de> Deserialize<'de> for Checked {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Checked, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Checked;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_unit<E>(self) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-                while seq.next_element::<Checked>()?.is_some() {}
-                Ok(Checked)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-                while map.next_entry::<Text<'_>, Checked>()?.is_some() {}
-                Ok(Checked)
-            }
+/// Arrays and objects a claim's value may nest: serde_json stops building
+/// values 128 levels down, one of them the claims object (the tests pin it).
+const CLAIM_LEVELS: usize = 126;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Checked {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Checked {
+    fn check(raw: &str) -> serde_json::Result<()> {
+        let mut de = serde_json::Deserializer::from_str(raw);
+        serde::de::DeserializeSeed::deserialize(Checked { levels_left: CLAIM_LEVELS }, &mut de)?;
+        de.end()
+    }
+
+    /// The seed for what one level further down holds.
+    fn below<E: serde::de::Error>(self) -> Result<Checked, E> {
+        let levels_left = self.levels_left.checked_sub(1).ok_or_else(|| E::custom("claim nested too deep"))?;
+        Ok(Checked { levels_left })
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Checked {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let below = self.below()?;
+        while seq.next_element_seed(below)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let below = self.below()?;
+        while map.next_key::<Text<'_>>()?.is_some() {
+            map.next_value_seed(below)?;
         }
-        d.deserialize_any(V)
+        Ok(())
     }
 }
 
@@ -623,6 +652,17 @@ mod tests {
         ] {
             let value = serde_json::from_str::<Value>(text).is_ok();
             assert_eq!((Claims::from_json(text).is_ok(), value), (builds, builds), "{text}");
+        }
+        // Nesting past serde_json's depth limit, which a bare syntax check
+        // does not count (introspection answers have no shape bounds).
+        for depth in [100, 125, 126, 127, 128, 200] {
+            let arrays = format!(r#"{{"x":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+            let objects = format!(r#"{{"x":{}0{}}}"#, r#"{"k":"#.repeat(depth), "}".repeat(depth));
+            for text in [arrays, objects] {
+                let value = serde_json::from_str::<Value>(&text).is_ok();
+                assert_eq!(Claims::from_json(&text).is_ok(), value, "depth {depth}");
+                assert_eq!(value, depth < 127, "depth {depth}: where the limit lies");
+            }
         }
     }
 
