@@ -180,8 +180,14 @@ async fn idp_faults_rotation_and_reloads_under_load() {
     // Unknown kids (the hostile `ghost-1`, a rotated key) re-fetch the JWKS
     // at most once a second: that is how stsgate meets each fault below.
     // A fetch slower than 500 ms is a failed one.
-    let mut builder =
-        Harness::builder(&idp).issuer_option("unknown_kid_refetch_interval: 1s").issuer_option("fetch_timeout: 500ms");
+    // Some 25,000 audit events go to a file, not into the test's output
+    // (ahead of the rules, which the second configuration extends).
+    let reload_dir = TempDir::new("faults-reload");
+    let audit = reload_dir.path().join("audit.jsonl");
+    let mut builder = Harness::builder(&idp)
+        .issuer_option("unknown_kid_refetch_interval: 1s")
+        .issuer_option("fetch_timeout: 500ms")
+        .edit(move |y| format!("audit:\n  file: \"{}\"\n{y}", audit.display()));
     let yaml = builder.yaml();
     let h = builder.start().await;
     // Reloads alternate between two configurations, so each one builds a new
@@ -209,7 +215,6 @@ async fn idp_faults_rotation_and_reloads_under_load() {
 
     // The configuration is reloaded every second, whatever the IdP does
     // (from the schedule's loop below, so that it never stops).
-    let reload_dir = TempDir::new("faults-reload");
     let reload_paths = [reload_dir.write("a.yaml", &yaml), reload_dir.write("b.yaml", &yaml_b)];
     let (mut reload_count, mut reload_errors) = (0usize, Vec::<String>::new());
 
@@ -234,6 +239,10 @@ async fn idp_faults_rotation_and_reloads_under_load() {
     for (name, mode, step, length) in schedule {
         let from = Instant::now();
         let (fetches, dropped) = (idp.jwks_fetches() + idp.discovery_fetches(), idp.dropped_connections());
+        // The fault first, then the step: a rotation happens while the IdP
+        // is already down, so no fetch can learn the new key before
+        // `reachable_at`.
+        idp.set_mode(mode);
         match step {
             Some(Step::Rotate) => {
                 idp.rotate("rsa-2");
@@ -249,7 +258,6 @@ async fn idp_faults_rotation_and_reloads_under_load() {
             }
             None => {}
         }
-        idp.set_mode(mode);
         // Reload every second through the phase. On a loaded machine the
         // phase is stretched (by up to 5 s) until stsgate has met the fault.
         let until = from + length;

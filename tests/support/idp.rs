@@ -160,10 +160,13 @@ async fn idp_discovery(State(s): State<Arc<IdpState>>) -> Response {
 
 async fn idp_jwks(State(s): State<Arc<IdpState>>) -> Response {
     s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+    // The keys are read before the mode: a test that takes the IdP down and
+    // then rotates its key never has the new key served by a fetch that
+    // passed the mode check just before.
+    let keys = s.published.lock().unwrap().clone();
     if let Some(fault) = faulty(&s, true).await {
         return fault;
     }
-    let keys = s.published.lock().unwrap().clone();
     let mut junk = s.junk.lock().unwrap().clone();
     if s.mode() == Mode::HugeJwks {
         // Entries of ~1 KiB that no verifier can use, until the document is huge.
