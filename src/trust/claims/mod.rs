@@ -8,6 +8,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::Value;
 
+mod scan;
+
 /// A JSON string, borrowed from the input when it has no escapes.
 pub(crate) struct Text<'a>(pub(crate) std::borrow::Cow<'a, str>);
 
@@ -84,6 +86,15 @@ impl Claims {
     /// doubling the parse). A member that appears twice makes the token
     /// malformed: which one a downstream parser reads is not ours to guess.
     pub(crate) fn parse(text: String) -> serde_json::Result<Claims> {
+        if let Some(mut c) = scan::scan(&text) {
+            c.text = Source(text);
+            return Ok(c);
+        }
+        Claims::parse_with_serde(text)
+    }
+
+    /// `parse` by serde_json: any text, and every refusal.
+    fn parse_with_serde(text: String) -> serde_json::Result<Claims> {
         use serde::de::Error;
         let mut extra = String::new();
         let mut c = {
@@ -169,6 +180,27 @@ impl Claims {
     }
 }
 
+/// The claims with a field of their own, by name: the bit each one has in
+/// the set of those already read (a claim may appear once).
+fn known_claim(name: &str) -> Option<u8> {
+    Some(match name {
+        "iss" => 0,
+        "sub" => 1,
+        "aud" => 2,
+        "exp" => 3,
+        "nbf" => 4,
+        "iat" => 5,
+        "jti" => 6,
+        "scope" => 7,
+        "scp" => 8,
+        "client_id" => 9,
+        "azp" => 10,
+        "act" => 11,
+        "may_act" => 12,
+        _ => return None,
+    })
+}
+
 /// `Claims::parse`'s visitor: `text` is what it reads; strings with escapes
 /// are decoded into `extra`, which will follow `text`.
 struct ClaimsVisitor<'de, 'e> {
@@ -202,34 +234,19 @@ impl<'de> serde::de::Visitor<'de> for ClaimsVisitor<'de, '_> {
         let mut seen = 0u16;
         // A claim name, borrowed from the input when it has no escapes.
         while let Some(Text(key)) = map.next_key()? {
-            let bit = match &*key {
-                "iss" => 0,
-                "sub" => 1,
-                "aud" => 2,
-                "exp" => 3,
-                "nbf" => 4,
-                "iat" => 5,
-                "jti" => 6,
-                "scope" => 7,
-                "scp" => 8,
-                "client_id" => 9,
-                "azp" => 10,
-                "act" => 11,
-                "may_act" => 12,
-                _ => {
-                    let raw: &'de serde_json::value::RawValue = map.next_value()?;
-                    // The raw value's syntax is checked; what building a
-                    // value would refuse besides (a number out of range, an
-                    // escape that names no character) is refused here too,
-                    // without building it, for a value that could hold one.
-                    if may_not_build(raw.get()) {
-                        Checked::check(raw.get()).map_err(A::Error::custom)?;
-                    }
-                    let value = self.span(Cow::Borrowed(raw.get()))?;
-                    let name = self.span(key)?;
-                    c.other.push((name, value));
-                    continue;
+            let Some(bit) = known_claim(&key) else {
+                let raw: &'de serde_json::value::RawValue = map.next_value()?;
+                // The raw value's syntax is checked; what building a
+                // value would refuse besides (a number out of range, an
+                // escape that names no character) is refused here too,
+                // without building it, for a value that could hold one.
+                if may_not_build(raw.get()) {
+                    Checked::check(raw.get()).map_err(A::Error::custom)?;
                 }
+                let value = self.span(Cow::Borrowed(raw.get()))?;
+                let name = self.span(key)?;
+                c.other.push((name, value));
+                continue;
             };
             if seen & (1 << bit) != 0 {
                 return Err(A::Error::custom(format!("claim {key} appears twice")));
