@@ -7,4 +7,5 @@ pub mod introspection;
 pub mod issuer;
 pub(crate) mod jwks;
 pub(crate) mod own;
+pub(crate) mod plain_json;
 pub mod validator;

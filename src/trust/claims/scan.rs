@@ -1,83 +1,45 @@
-//! `Claims::parse`'s fast path: one pass over claims' JSON text of the
-//! common shape, without serde's machinery (which cost ~7,500 instructions
-//! for a typical 330-byte access token, issue 17).
-//!
-//! It reads only what it can read completely and exactly as serde_json
-//! would: text without a backslash or a control character, numbers that are
-//! integers of at most 18 digits, nesting at most `MAX_DEPTH` deep, and
-//! known claims of their usual types. Anything else, syntax errors and
-//! duplicates included, answers `None`, and serde_json reads the text: it
-//! decides every refusal, so errors read as they always did.
+//! `Claims::parse`'s fast path: one pass over claims' plain JSON text (see
+//! `plain_json`), without serde's machinery, which cost ~7,500 instructions
+//! for a typical 330-byte access token (issue 17). Known claims of unusual
+//! types and repeated claims are left to serde_json, like anything the
+//! reader leaves: it decides every refusal.
 
 use serde_json::{Number, Value};
 
 use super::{Claims, Span, known_claim};
-
-/// Levels of arrays and objects a claim's value may nest here; deeper ones
-/// go to serde_json, which knows its own limit.
-const MAX_DEPTH: u32 = 32;
+use crate::trust::plain_json::Reader;
 
 /// The claims `text` holds, or `None` when serde_json must read it.
 pub(super) fn scan(text: &str) -> Option<Claims> {
-    let bytes = text.as_bytes();
-    // No escape and no control character anywhere: every string ends at
-    // its next `"`, and whitespace is only spaces.
-    if awkward(bytes) {
-        return None;
-    }
-    let mut r = Reader { bytes, at: 0 };
     let mut c = Claims::default();
     let mut seen = 0u16;
-    r.space();
-    r.eat(b'{')?;
-    r.space();
-    if r.eat(b'}').is_none() {
-        loop {
-            let (start, end) = r.string()?;
-            r.space();
-            r.eat(b':')?;
-            r.space();
-            match known_claim(&text[start..end]) {
-                None => {
-                    let from = r.at;
-                    r.value(1)?;
-                    c.other.push((Span::new(start, end - start)?, Span::new(from, r.at - from)?));
-                }
-                Some(bit) => {
-                    if seen & (1 << bit) != 0 {
-                        return None;
-                    }
-                    seen |= 1 << bit;
-                    match bit {
-                        0 => c.iss = r.text(text)?,
-                        1 => c.sub = r.text(text)?,
-                        2 => r.aud(&mut c.aud)?,
-                        3 => c.exp = r.date()?,
-                        4 => c.nbf = r.date()?,
-                        5 => c.iat = r.date()?,
-                        6 => c.jti = r.text(text)?,
-                        7 => c.scope = r.json(text)?,
-                        8 => c.scp = r.json(text)?,
-                        9 => c.client_id = r.text(text)?,
-                        10 => c.azp = r.text(text)?,
-                        11 => c.act = r.json(text)?,
-                        _ => c.may_act = r.json(text)?,
-                    }
-                }
-            }
-            r.space();
-            if r.eat(b',').is_some() {
-                r.space();
-                continue;
-            }
-            r.eat(b'}')?;
-            break;
+    Reader::new(text)?.whole_object(|r, name| {
+        let Some(bit) = known_claim(name) else {
+            let value = r.value(1)?;
+            c.other.push((Span::of(text, name)?, Span::of(text, value)?));
+            return Some(());
+        };
+        if seen & (1 << bit) != 0 {
+            return None;
         }
-    }
-    r.space();
-    if r.at != bytes.len() {
-        return None;
-    }
+        seen |= 1 << bit;
+        match bit {
+            0 => c.iss = owned(r)?,
+            1 => c.sub = owned(r)?,
+            2 => aud(r, text, &mut c.aud)?,
+            3 => c.exp = date(r)?,
+            4 => c.nbf = date(r)?,
+            5 => c.iat = date(r)?,
+            6 => c.jti = owned(r)?,
+            7 => c.scope = json(r)?,
+            8 => c.scp = json(r)?,
+            9 => c.client_id = owned(r)?,
+            10 => c.azp = owned(r)?,
+            11 => c.act = json(r)?,
+            _ => c.may_act = json(r)?,
+        }
+        Some(())
+    })?;
     if c.other.len() > 1 {
         c.other.sort_unstable_by(|a, b| a.0.get(text).cmp(b.0.get(text)));
         if c.other.windows(2).any(|w| w[0].0.get(text) == w[1].0.get(text)) {
@@ -87,169 +49,50 @@ pub(super) fn scan(text: &str) -> Option<Claims> {
     Some(c)
 }
 
-/// Whether `bytes` holds a `\\` or a control character. A block of fixed
-/// size at a time, which the compiler turns into vector compares (a byte
-/// loop cost ~4 instructions a byte).
-fn awkward(bytes: &[u8]) -> bool {
-    let bad = |b: &u8| (*b < 0x20) | (*b == b'\\');
-    let mut blocks = bytes.chunks_exact(32);
-    let found = blocks.by_ref().any(|block| {
-        let block: &[u8; 32] = block.try_into().unwrap_or(&[0x20; 32]);
-        block.iter().fold(false, |found, b| found | bad(b))
-    });
-    found || blocks.remainder().iter().any(bad)
+/// `null` or a string, as `Option<String>` reads them.
+fn owned(r: &mut Reader<'_>) -> Option<Option<String>> {
+    r.string_or_null().map(|s| s.map(str::to_owned))
 }
 
-/// A cursor over text that holds no `\\` and no control character.
-struct Reader<'t> {
-    bytes: &'t [u8],
-    at: usize,
+/// `null` or a non-negative integer, as `Option<Number>` reads them (a
+/// negative one is serde_json's: `-0` reads as a float).
+fn date(r: &mut Reader<'_>) -> Option<Option<Number>> {
+    if r.null() {
+        return Some(None);
+    }
+    match r.integer()? {
+        (false, n) => Some(Some(Number::from(n))),
+        (true, _) => None,
+    }
 }
 
-impl Reader<'_> {
-    fn space(&mut self) {
-        while self.bytes.get(self.at) == Some(&b' ') {
-            self.at += 1;
-        }
+/// `aud`: `null`, a string or an array of strings.
+fn aud(r: &mut Reader<'_>, text: &str, out: &mut Vec<Span>) -> Option<()> {
+    if r.null() {
+        return Some(());
     }
+    if r.at_string() {
+        out.push(Span::of(text, r.string()?)?);
+        return Some(());
+    }
+    // As the serde reader reserves.
+    out.reserve_exact(2);
+    r.array(|r| {
+        out.push(Span::of(text, r.string()?)?);
+        Some(())
+    })
+}
 
-    fn eat(&mut self, b: u8) -> Option<()> {
-        (self.bytes.get(self.at) == Some(&b)).then(|| self.at += 1)
+/// Any value as `Option<Value>` reads it: `null` is `None`, a string is
+/// built here, anything else by serde_json from its checked text.
+fn json(r: &mut Reader<'_>) -> Option<Option<Value>> {
+    if r.null() {
+        return Some(None);
     }
-
-    fn literal(&mut self, word: &[u8]) -> Option<()> {
-        self.bytes.get(self.at..)?.starts_with(word).then(|| self.at += word.len())
+    if r.at_string() {
+        return Some(Some(Value::String(r.string()?.to_owned())));
     }
-
-    /// A string: where its content starts and ends.
-    fn string(&mut self) -> Option<(usize, usize)> {
-        self.eat(b'"')?;
-        let start = self.at;
-        let end = start + memchr::memchr(b'"', &self.bytes[start..])?;
-        self.at = end + 1;
-        Some((start, end))
-    }
-
-    /// An integer as JSON writes one, of at most 18 digits (so that it
-    /// fits an i64 and a u64): whether it is negative, and its magnitude.
-    fn integer(&mut self) -> Option<(bool, u64)> {
-        let negative = self.eat(b'-').is_some();
-        let digits = self.bytes[self.at..].iter().take_while(|b| b.is_ascii_digit()).count();
-        let text = &self.bytes[self.at..self.at + digits];
-        // No leading zero; a fraction or an exponent is serde_json's to read.
-        if digits == 0 || digits > 18 || (digits > 1 && text[0] == b'0') {
-            return None;
-        }
-        if matches!(self.bytes.get(self.at + digits), Some(b'.' | b'e' | b'E')) {
-            return None;
-        }
-        self.at += digits;
-        Some((negative, text.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))))
-    }
-
-    /// Any value, checked and skipped; `depth` is the level it lies at.
-    fn value(&mut self, depth: u32) -> Option<()> {
-        match *self.bytes.get(self.at)? {
-            b'"' => self.string().map(drop),
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            b'-' | b'0'..=b'9' => self.integer().map(drop),
-            open @ (b'[' | b'{') => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
-                let close = if open == b'[' { b']' } else { b'}' };
-                self.at += 1;
-                self.space();
-                if self.eat(close).is_some() {
-                    return Some(());
-                }
-                loop {
-                    if open == b'{' {
-                        self.string()?;
-                        self.space();
-                        self.eat(b':')?;
-                        self.space();
-                    }
-                    self.value(depth + 1)?;
-                    self.space();
-                    if self.eat(b',').is_none() {
-                        return self.eat(close);
-                    }
-                    self.space();
-                }
-            }
-            _ => None,
-        }
-    }
-
-    /// `null` or a string, as `Option<String>` reads them.
-    fn text(&mut self, text: &str) -> Option<Option<String>> {
-        if self.literal(b"null").is_some() {
-            return Some(None);
-        }
-        let (start, end) = self.string()?;
-        Some(Some(text[start..end].to_owned()))
-    }
-
-    /// `null` or a non-negative integer, as `Option<Number>` reads them
-    /// (a negative one is serde_json's: `-0` reads as a float).
-    fn date(&mut self) -> Option<Option<Number>> {
-        if self.literal(b"null").is_some() {
-            return Some(None);
-        }
-        match self.integer()? {
-            (false, n) => Some(Some(Number::from(n))),
-            (true, _) => None,
-        }
-    }
-
-    /// `aud`: `null`, a string or an array of strings.
-    fn aud(&mut self, out: &mut Vec<Span>) -> Option<()> {
-        match *self.bytes.get(self.at)? {
-            b'n' => self.literal(b"null"),
-            b'"' => {
-                let (start, end) = self.string()?;
-                out.push(Span::new(start, end - start)?);
-                Some(())
-            }
-            b'[' => {
-                self.at += 1;
-                // As the serde reader reserves.
-                out.reserve_exact(2);
-                self.space();
-                if self.eat(b']').is_some() {
-                    return Some(());
-                }
-                loop {
-                    let (start, end) = self.string()?;
-                    out.push(Span::new(start, end - start)?);
-                    self.space();
-                    if self.eat(b',').is_none() {
-                        return self.eat(b']');
-                    }
-                    self.space();
-                }
-            }
-            _ => None,
-        }
-    }
-
-    /// Any value as `Option<Value>` reads it: `null` is `None`, a string
-    /// is built here, anything else by serde_json from its checked text.
-    fn json(&mut self, text: &str) -> Option<Option<Value>> {
-        if self.literal(b"null").is_some() {
-            return Some(None);
-        }
-        if self.bytes.get(self.at) == Some(&b'"') {
-            let (start, end) = self.string()?;
-            return Some(Some(Value::String(text[start..end].to_owned())));
-        }
-        let from = self.at;
-        self.value(1)?;
-        serde_json::from_str(&text[from..self.at]).ok().map(Some)
-    }
+    serde_json::from_str(r.value(1)?).ok().map(Some)
 }
 
 #[cfg(test)]
