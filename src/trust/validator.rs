@@ -23,6 +23,7 @@ use crate::trust::claims::{Claims, Text, numeric_date, scopes_of};
 use crate::trust::issuer::{Issuer, Issuers, KeyLookupError};
 use crate::trust::jwks::VerifyKey;
 use crate::trust::own::{OWN_LEEWAY, OwnIssuer};
+use crate::trust::plain_json::Reader;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -143,20 +144,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for Header<'a> {
                 // Bit n: the nth member of the match below was read.
                 let mut seen = 0u16;
                 while let Some(Text(key)) = map.next_key()? {
-                    let bit = match &*key {
-                        "alg" => 0,
-                        "kid" => 1,
-                        "typ" => 2,
-                        "crit" => 3,
-                        "jku" => 4,
-                        "x5u" => 5,
-                        "jwk" => 6,
-                        "x5c" => 7,
-                        "enc" => 8,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
+                    let Some(bit) = header_member(&key) else {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
                     };
                     if seen & (1 << bit) != 0 {
                         return Err(A::Error::custom("a header member appears twice"));
@@ -186,6 +176,66 @@ impl<'de: 'a, 'a> Deserialize<'de> for Header<'a> {
             }
         }
         d.deserialize_map(HeaderVisitor)
+    }
+}
+
+/// The header members `Header` reads, by name: the bit each one has in the
+/// set of those already read (a member may appear once).
+fn header_member(name: &str) -> Option<u16> {
+    Some(match name {
+        "alg" => 0,
+        "kid" => 1,
+        "typ" => 2,
+        "crit" => 3,
+        "jku" => 4,
+        "x5u" => 5,
+        "jwk" => 6,
+        "x5c" => 7,
+        "enc" => 8,
+        _ => return None,
+    })
+}
+
+impl<'a> Header<'a> {
+    /// Reads a header: plain JSON text on the fast path, the rest (and
+    /// every refusal) by serde_json.
+    fn parse(json: &'a str) -> Option<Header<'a>> {
+        Header::scan(json).or_else(|| serde_json::from_str(json).ok())
+    }
+
+    /// The fast path (issue 17): plain JSON text, `alg` a string, `kid` and
+    /// `typ` strings or null, each member we read once; else `None`.
+    fn scan(json: &'a str) -> Option<Header<'a>> {
+        let (mut alg, mut kid, mut typ, mut seen) = (None, None, None, 0u16);
+        let text = |s: &'a str| Text(std::borrow::Cow::Borrowed(s));
+        Reader::new(json)?.whole_object(|r, name| {
+            let Some(bit) = header_member(name) else {
+                return r.value(1).map(drop);
+            };
+            if seen & (1 << bit) != 0 {
+                return None;
+            }
+            seen |= 1 << bit;
+            match bit {
+                0 => alg = Some(text(r.string()?)),
+                1 => kid = r.string_or_null()?.map(text),
+                2 => typ = r.string_or_null()?.map(text),
+                _ => drop(r.value(1)?),
+            }
+            Some(())
+        })?;
+        let present = |bit: u16| seen & (1 << bit) != 0;
+        Some(Header {
+            alg: alg?,
+            kid,
+            typ,
+            crit: present(3),
+            jku: present(4),
+            x5u: present(5),
+            jwk: present(6),
+            x5c: present(7),
+            enc: present(8),
+        })
     }
 }
 
@@ -232,7 +282,7 @@ fn read_header(h64: &str) -> Result<HeaderInfo, TokenError> {
     };
     // UTF-8 checked once, not string by string (`from_slice` would).
     let json = std::str::from_utf8(json).map_err(|_| MALFORMED)?;
-    let header: Header<'_> = serde_json::from_str(json).map_err(|_| MALFORMED)?;
+    let header = Header::parse(json).ok_or(MALFORMED)?;
     let alg = check_header(&header)?;
     let at_jwt = header.typ.as_deref().is_some_and(is_at_jwt);
     Ok(HeaderInfo { alg, kid: header.kid.map(|k| k.0.into_owned()), at_jwt })
@@ -765,10 +815,20 @@ mod tests {
             IgnoredAny::deserialize(d).map(|_| true)
         }
         type Read = (String, Option<String>, Option<String>, [bool; 6]);
-        let new = |json: &str| -> Option<Read> {
-            let h = serde_json::from_str::<Header<'_>>(json).ok()?;
+        let read = |h: Header<'_>| -> Read {
             let text = |t: Option<Text<'_>>| t.map(|t| t.0.into_owned());
-            Some((h.alg.0.into_owned(), text(h.kid), text(h.typ), [h.crit, h.jku, h.x5u, h.jwk, h.x5c, h.enc]))
+            (h.alg.0.into_owned(), text(h.kid), text(h.typ), [h.crit, h.jku, h.x5u, h.jwk, h.x5c, h.enc])
+        };
+        let serde = |json: &str| serde_json::from_str::<Header<'_>>(json).ok().map(read);
+        // What validation reads; the fast path reads what it reads as serde
+        // does, and often (plain text, no repeated member).
+        let fast = std::cell::Cell::new(0);
+        let new = |json: &str| -> Option<Read> {
+            if let Some(h) = Header::scan(json) {
+                assert_eq!(Some(read(h)), serde(json), "fast path: {json}");
+                fast.set(fast.get() + 1);
+            }
+            Header::parse(json).map(read)
         };
         let old = |json: &str| -> Option<Read> {
             let h = serde_json::from_str::<Derived<'_>>(json).ok()?;
@@ -804,6 +864,10 @@ mod tests {
             check(format!("{{{}}}", body.join(",")));
         }
         assert!(accepted > 1000 && refused > 1000, "{accepted} accepted, {refused} refused");
+        assert!(fast.get() > 300, "{} read on the fast path", fast.get());
+        for common in [r#"{"alg":"RS256","typ":"JWT","kid":"k1"}"#, r#"{"kid":"k1","alg":"ES256","typ":"at+jwt"}"#] {
+            assert!(Header::scan(common).is_some(), "{common}");
+        }
         // Not an object: refused, and nothing else is read as a header.
         for bad in [
             r#"["RS256"]"#,
