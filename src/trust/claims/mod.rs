@@ -81,10 +81,11 @@ impl std::fmt::Debug for Source {
 }
 
 impl Claims {
-    /// Reads a claims object from its JSON text, which the claims keep. One
-    /// pass (`#[serde(flatten)]` would buffer every value first, about
-    /// doubling the parse). A member that appears twice makes the token
-    /// malformed: which one a downstream parser reads is not ours to guess.
+    /// Reads a claims object from its JSON text, which the claims keep:
+    /// plain text (no escape, no control character) on the fast path
+    /// (`scan`), anything else by serde_json. A member that appears twice
+    /// makes the token malformed: which one a downstream parser reads is not
+    /// ours to guess.
     pub(crate) fn parse(text: String) -> serde_json::Result<Claims> {
         if let Some(mut c) = scan::scan(&text) {
             c.text = Source(text);
@@ -93,7 +94,9 @@ impl Claims {
         Claims::parse_with_serde(text)
     }
 
-    /// `parse` by serde_json: any text, and every refusal.
+    /// `parse` by serde_json: any text, and every refusal. One pass
+    /// (`#[serde(flatten)]` would buffer every value first, about doubling
+    /// the parse).
     fn parse_with_serde(text: String) -> serde_json::Result<Claims> {
         use serde::de::Error;
         let mut extra = String::new();
@@ -105,14 +108,21 @@ impl Claims {
         };
         let mut text = text;
         text.push_str(&extra);
-        if c.other.len() > 1 {
-            c.other.sort_unstable_by(|a, b| a.0.get(&text).cmp(b.0.get(&text)));
-            if c.other.windows(2).any(|w| w[0].0.get(&text) == w[1].0.get(&text)) {
-                return Err(serde_json::Error::custom("a claim appears twice"));
-            }
+        if !c.sort_other(&text) {
+            return Err(serde_json::Error::custom("a claim appears twice"));
         }
         c.text = Source(text);
         Ok(c)
+    }
+
+    /// Sorts the other claims by name (in `text`, which the spans point
+    /// into); false when a name appears twice.
+    fn sort_other(&mut self, text: &str) -> bool {
+        if self.other.len() < 2 {
+            return true;
+        }
+        self.other.sort_unstable_by(|a, b| a.0.get(text).cmp(b.0.get(text)));
+        !self.other.windows(2).any(|w| w[0].0.get(text) == w[1].0.get(text))
     }
 
     /// `parse` of a copy of `text`.

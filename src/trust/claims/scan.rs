@@ -40,13 +40,7 @@ pub(super) fn scan(text: &str) -> Option<Claims> {
         }
         Some(())
     })?;
-    if c.other.len() > 1 {
-        c.other.sort_unstable_by(|a, b| a.0.get(text).cmp(b.0.get(text)));
-        if c.other.windows(2).any(|w| w[0].0.get(text) == w[1].0.get(text)) {
-            return None;
-        }
-    }
-    Some(c)
+    c.sort_other(text).then_some(c)
 }
 
 /// `null` or a string, as `Option<String>` reads them.
