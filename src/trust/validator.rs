@@ -161,18 +161,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Header<'a> {
                     }
                 }
                 let alg = alg.ok_or_else(|| A::Error::missing_field("alg"))?;
-                let present = |bit: u16| seen & (1 << bit) != 0;
-                Ok(Header {
-                    alg,
-                    kid,
-                    typ,
-                    crit: present(3),
-                    jku: present(4),
-                    x5u: present(5),
-                    jwk: present(6),
-                    x5c: present(7),
-                    enc: present(8),
-                })
+                Ok(Header::of(alg, kid, typ, seen))
             }
         }
         d.deserialize_map(HeaderVisitor)
@@ -224,9 +213,15 @@ impl<'a> Header<'a> {
             }
             Some(())
         })?;
+        Some(Header::of(alg?, kid, typ, seen))
+    }
+
+    /// The header of the members read; `seen` has the bit of each one
+    /// (`header_member`).
+    fn of(alg: Text<'a>, kid: Option<Text<'a>>, typ: Option<Text<'a>>, seen: u16) -> Header<'a> {
         let present = |bit: u16| seen & (1 << bit) != 0;
-        Some(Header {
-            alg: alg?,
+        Header {
+            alg,
             kid,
             typ,
             crit: present(3),
@@ -235,7 +230,7 @@ impl<'a> Header<'a> {
             jwk: present(6),
             x5c: present(7),
             enc: present(8),
-        })
+        }
     }
 }
 
