@@ -122,6 +122,10 @@ mod tests {
         for text in [
             r#"{"iss":"https://idp.example/realms/corp","sub":"user-1","aud":["mesh","account"],"exp":1800000000,"iat":1700000000,"nbf":1700000000,"jti":"j","scope":"openid profile","client_id":"web","groups":["a","b"],"email":"u@x.example"}"#,
             r#"{"exp":1800000000,"iat":1700000000,"jti":"5f0c","iss":"https://kc/realms/r","aud":"account","sub":"f:1","typ":"Bearer","azp":"web","session_state":"s","acr":"1","realm_access":{"roles":["offline_access","uma_authorization"]},"resource_access":{"account":{"roles":["manage-account","view-profile"]}},"scope":"profile email","sid":"s","email_verified":false,"preferred_username":"alice"}"#,
+            // Azure AD v2, Okta and Auth0 access tokens' shapes.
+            r#"{"aud":"api://orders","iss":"https://login.microsoftonline.com/t/v2.0","iat":1700000000,"nbf":1700000000,"exp":1700003600,"aio":"AXQAi/8","azp":"c1","azpacr":"0","name":"A B","oid":"o-1","preferred_username":"a@b.example","rh":"0.AR8","roles":["Orders.Read"],"scp":"access_as_user","sub":"s","tid":"t","uti":"u","ver":"2.0"}"#,
+            r#"{"ver":1,"jti":"AT.x","iss":"https://dev.okta.com/oauth2/default","aud":"api://default","iat":1700000000,"exp":1700003600,"cid":"0oa","uid":"00u","scp":["openid","email"],"auth_time":1700000000,"sub":"a@b.example","groups":["Everyone"]}"#,
+            r#"{"https://example.com/roles":["admin"],"iss":"https://t.auth0.com/","sub":"auth0|1","aud":["https://api.example","https://t.auth0.com/userinfo"],"iat":1700000000,"exp":1700086400,"azp":"x","scope":"openid profile","permissions":["read:orders"]}"#,
             r#"{"iss":"https://sts","sub":"alice","aud":"orders","exp":1,"act":{"sub":"spiffe://a","act":{"sub":"spiffe://b"}},"may_act":{"sub":"x"},"scp":["a","b"],"sub_id":{"format":"iss_sub","iss":"i","sub":"s"}}"#,
             r#" { "sub" : "a" , "aud" : [ ] , "n" : [ 1 , -2 , 0 , true , false , null , { } , [ ] ] , "e" : "" } "#,
             r#"{"iss":null,"sub":null,"aud":null,"exp":null,"scope":null,"act":null,"jti":"é😀"}"#,
