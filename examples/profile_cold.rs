@@ -16,7 +16,10 @@
 //! rules + ES256 sign + the answer), `cached` (the same answered from the
 //! minted-token cache), `verify` and `sign` (the crypto ceiling: aws-lc-rs
 //! with keys parsed once, messages the size of the real signing inputs, as
-//! `ceiling/*` in the bench); `sizes` prints the size of the Check's future.
+//! `ceiling/*` in the bench); `ratio` times cold Checks and the ceiling in
+//! alternating blocks of 50 and prints the median of the N pairs' ratios
+//! (wall time that holds on a noisy machine); `sizes` prints the size of
+//! the Check's future.
 //! `--logged` runs under the binary's subscriber at `info` (writing to a
 //! sink). Audit events are written to /dev/null (their cost is counted).
 //! Without valgrind it prints the mean time per operation, as a sanity check.
@@ -95,6 +98,59 @@ fn main() {
         eprintln!("AuthzService::decide future: {} bytes", std::mem::size_of_val(&cold_svc.decide(check.clone())));
         return;
     }
+    if op == "ratio" {
+        // Cold Checks and the crypto ceiling (verify + sign) in alternating
+        // blocks: a slow spell of a shared machine slows both blocks of a
+        // pair, so the median of the pairs' ratios holds where two runs
+        // minutes apart (criterion's) do not. Requests are cloned and
+        // answers dropped outside the timing, as in `cold`.
+        const BLOCK: usize = 50;
+        let (mut ratios, mut cold_us, mut ceiling_us) = (Vec::new(), Vec::new(), Vec::new());
+        for pair in 0..WARM_UP + n {
+            let time_cold = || {
+                let (reqs, mut answers) = (vec![check.clone(); BLOCK], Vec::with_capacity(BLOCK));
+                let started = Instant::now();
+                for r in reqs {
+                    answers.push(rt.block_on(cold_svc.decide(r)));
+                }
+                started.elapsed().as_secs_f64()
+            };
+            let time_ceiling = || {
+                let started = Instant::now();
+                for _ in 0..BLOCK {
+                    rsa_pub.verify_sig(black_box(&subject_input), black_box(&rsa_sig)).unwrap();
+                    black_box(ec.sign(&rng, black_box(&minted_input)).unwrap());
+                }
+                started.elapsed().as_secs_f64()
+            };
+            // Each order half the time, so that neither side always runs first.
+            let (cold, ceiling) = if pair % 2 == 0 {
+                let cold = time_cold();
+                (cold, time_ceiling())
+            } else {
+                let ceiling = time_ceiling();
+                (time_cold(), ceiling)
+            };
+            if pair >= WARM_UP {
+                ratios.push(cold / ceiling);
+                cold_us.push(cold * 1e6 / BLOCK as f64);
+                ceiling_us.push(ceiling * 1e6 / BLOCK as f64);
+            }
+        }
+        let quartiles = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            let at = |q: usize| v.get(v.len() * q / 4).copied().unwrap_or(f64::NAN);
+            (at(1), at(2), at(3))
+        };
+        let (r1, r2, r3) = quartiles(&mut ratios);
+        let (_, cold, _) = quartiles(&mut cold_us);
+        let (_, ceiling, _) = quartiles(&mut ceiling_us);
+        println!(
+            "cold ÷ ceiling over {n} pairs of {BLOCK}: median {r2:.3} (quartiles {r1:.3}, {r3:.3}); \
+             medians: cold {cold:.2} µs, ceiling {ceiling:.2} µs"
+        );
+        return;
+    }
     let mut run: Box<dyn FnMut()> = match op.as_str() {
         // The requests are cloned and the answers dropped outside `measured`,
         // as criterion's `iter_batched` does.
@@ -112,7 +168,7 @@ fn main() {
         "sign" => Box::new(move || {
             black_box(ec.sign(&rng, black_box(&minted_input)).unwrap());
         }),
-        other => panic!("unknown operation {other:?}: cold, cached, verify, sign or sizes"),
+        other => panic!("unknown operation {other:?}: cold, cached, verify, sign, ratio or sizes"),
     };
 
     let go = |run: &mut Box<dyn FnMut()>| {
