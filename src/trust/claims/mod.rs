@@ -8,6 +8,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::trust::plain_json::Reader;
+
 mod scan;
 
 /// A JSON string, borrowed from the input when it has no escapes.
@@ -349,38 +351,23 @@ impl Span {
     }
 }
 
-/// `any_other_scalar` without a parser for what claims matched on mostly
-/// are: a string, or an array of strings, without escapes (`None` for
-/// anything else). `raw` is valid JSON, so with no `\\` in it each string
-/// ends at the next `"`.
+/// `any_other_scalar` without serde for what claims matched on mostly are:
+/// a string, or an array of strings, in plain JSON text (`None` for
+/// anything else, which serde then reads).
 fn plain_strings(raw: &str, pred: &mut impl FnMut(&str) -> bool) -> Option<bool> {
-    if memchr::memchr(b'\\', raw.as_bytes()).is_some() {
-        return None;
+    let mut r = Reader::new(raw)?;
+    if r.at_string() {
+        return Some(pred(r.string()?));
     }
-    if let Some(s) = raw.strip_prefix('"') {
-        return Some(pred(s.strip_suffix('"')?));
-    }
-    let items = raw.strip_prefix('[')?.as_bytes();
-    let each = |pred: &mut dyn FnMut(&str) -> bool| {
-        let (mut at, mut found) = (0, false);
-        loop {
-            while items.get(at).is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b',')) {
-                at += 1;
-            }
-            match items.get(at)? {
-                b']' => return Some(found),
-                b'"' => {}
-                _ => return None,
-            }
-            let end = at + 1 + memchr::memchr(b'"', &items[at + 1..])?;
-            // Between two quotes, both ASCII: a character boundary each.
-            found = found || pred(std::str::from_utf8(&items[at + 1..end]).ok()?);
-            at = end + 1;
-        }
-    };
-    // Only strings, before `pred` is asked about any (the parser would ask again).
-    each(&mut |_| false)?;
-    each(pred)
+    // Only strings, before `pred` is asked about any (serde would ask again).
+    r.array(|r| r.string().map(drop))?;
+    let mut found = false;
+    Reader::new(raw)?.array(|r| {
+        let s = r.string()?;
+        found = found || pred(s);
+        Some(())
+    })?;
+    Some(found)
 }
 
 /// `Claims::any_other_scalar`'s reader: a scalar, or (at the top) an array of them.
