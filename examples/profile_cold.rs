@@ -16,10 +16,13 @@
 //! rules + ES256 sign + the answer), `cached` (the same answered from the
 //! minted-token cache), `verify` and `sign` (the crypto ceiling: aws-lc-rs
 //! with keys parsed once, messages the size of the real signing inputs, as
-//! `ceiling/*` in the bench); `ratio` times cold Checks and the ceiling in
-//! alternating blocks of 50 and prints the median of the N pairs' ratios
-//! (wall time that holds on a noisy machine); `sizes` prints the size of
-//! the Check's future.
+//! `ceiling/*` in the bench), `ceiling` (both in one run) and
+//! `ceiling+cached` (both, then a cached Check: the non-crypto code of a
+//! Check run on the caches the signatures left); `ratio` times N rounds of
+//! one 50-run block of each of ceiling, cold, cached and ceiling+cached and
+//! prints the medians of their ratios to the round's ceiling (wall time
+//! that holds on a noisy machine); `sizes` prints the size of the Check's
+//! future.
 //! `--logged` runs under the binary's subscriber at `info` (writing to a
 //! sink). Audit events are written to /dev/null (their cost is counted).
 //! Without valgrind it prints the mean time per operation, as a sanity check.
@@ -99,42 +102,59 @@ fn main() {
         return;
     }
     if op == "ratio" {
-        // Cold Checks and the crypto ceiling (verify + sign) in alternating
-        // blocks: a slow spell of a shared machine slows both blocks of a
-        // pair, so the median of the pairs' ratios holds where two runs
-        // minutes apart (criterion's) do not. Requests are cloned and
-        // answers dropped outside the timing, as in `cold`.
+        // Each round times one block of 50 of each kind: the crypto ceiling
+        // (verify + sign), cold Checks, cached Checks, and the ceiling's two
+        // signatures each followed by a cached Check. A slow spell of a
+        // shared machine slows every block of a round, so the medians of
+        // the rounds' ratios hold where two runs minutes apart (criterion's)
+        // do not. The last kind shows what the non-crypto code of a Check
+        // costs when it runs right after signatures that evicted its caches,
+        // as it does in a cold Check. Requests are cloned and answers dropped
+        // outside the timing, as in `cold`.
         const BLOCK: usize = 50;
-        let (mut ratios, mut cold_us, mut ceiling_us) = (Vec::new(), Vec::new(), Vec::new());
-        for pair in 0..WARM_UP + n {
-            let time_cold = || {
-                let (reqs, mut answers) = (vec![check.clone(); BLOCK], Vec::with_capacity(BLOCK));
-                let started = Instant::now();
-                for r in reqs {
-                    answers.push(rt.block_on(cold_svc.decide(r)));
+        let cached_svc = AuthzService::new(engine(true), metrics.clone());
+        assert!(allowed(&rt.block_on(cached_svc.decide(check.clone()))), "cached Check allowed");
+        let ceiling = || {
+            rsa_pub.verify_sig(black_box(&subject_input), black_box(&rsa_sig)).unwrap();
+            black_box(ec.sign(&rng, black_box(&minted_input)).unwrap());
+        };
+        let time_checks = |svc: &AuthzService, with_ceiling: bool| {
+            let (reqs, mut answers) = (vec![check.clone(); BLOCK], Vec::with_capacity(BLOCK));
+            let started = Instant::now();
+            for r in reqs {
+                if with_ceiling {
+                    ceiling();
                 }
-                started.elapsed().as_secs_f64()
-            };
-            let time_ceiling = || {
-                let started = Instant::now();
-                for _ in 0..BLOCK {
-                    rsa_pub.verify_sig(black_box(&subject_input), black_box(&rsa_sig)).unwrap();
-                    black_box(ec.sign(&rng, black_box(&minted_input)).unwrap());
+                answers.push(rt.block_on(svc.decide(r)));
+            }
+            started.elapsed().as_secs_f64()
+        };
+        let time_ceiling = || {
+            let started = Instant::now();
+            for _ in 0..BLOCK {
+                ceiling();
+            }
+            started.elapsed().as_secs_f64()
+        };
+        // Per kind: the block times (µs per run) and the ratios to the round's ceiling.
+        const KINDS: [&str; 4] = ["ceiling", "cold", "cached", "ceiling + cached"];
+        let (mut us, mut ratios): (Vec<Vec<f64>>, Vec<Vec<f64>>) = (vec![Vec::new(); 4], vec![Vec::new(); 4]);
+        for round in 0..WARM_UP + n {
+            let mut took = [0.0; 4];
+            // The kinds in a rotating order, so that none always runs first.
+            for k in (0..4).map(|i| (i + round) % 4) {
+                took[k] = match k {
+                    0 => time_ceiling(),
+                    1 => time_checks(&cold_svc, false),
+                    2 => time_checks(&cached_svc, false),
+                    _ => time_checks(&cached_svc, true),
+                };
+            }
+            if round >= WARM_UP {
+                for k in 0..4 {
+                    us[k].push(took[k] * 1e6 / BLOCK as f64);
+                    ratios[k].push(took[k] / took[0]);
                 }
-                started.elapsed().as_secs_f64()
-            };
-            // Each order half the time, so that neither side always runs first.
-            let (cold, ceiling) = if pair % 2 == 0 {
-                let cold = time_cold();
-                (cold, time_ceiling())
-            } else {
-                let ceiling = time_ceiling();
-                (time_cold(), ceiling)
-            };
-            if pair >= WARM_UP {
-                ratios.push(cold / ceiling);
-                cold_us.push(cold * 1e6 / BLOCK as f64);
-                ceiling_us.push(ceiling * 1e6 / BLOCK as f64);
             }
         }
         let quartiles = |v: &mut Vec<f64>| {
@@ -142,13 +162,12 @@ fn main() {
             let at = |q: usize| v.get(v.len() * q / 4).copied().unwrap_or(f64::NAN);
             (at(1), at(2), at(3))
         };
-        let (r1, r2, r3) = quartiles(&mut ratios);
-        let (_, cold, _) = quartiles(&mut cold_us);
-        let (_, ceiling, _) = quartiles(&mut ceiling_us);
-        println!(
-            "cold ÷ ceiling over {n} pairs of {BLOCK}: median {r2:.3} (quartiles {r1:.3}, {r3:.3}); \
-             medians: cold {cold:.2} µs, ceiling {ceiling:.2} µs"
-        );
+        println!("over {n} rounds of {BLOCK}-run blocks, medians (quartiles):");
+        for k in 0..4 {
+            let (_, t, _) = quartiles(&mut us[k]);
+            let (r1, r2, r3) = quartiles(&mut ratios[k]);
+            println!("  {:<17} {t:7.2} µs  ÷ ceiling {r2:.3} ({r1:.3}, {r3:.3})", KINDS[k]);
+        }
         return;
     }
     let mut run: Box<dyn FnMut()> = match op.as_str() {
@@ -164,11 +183,25 @@ fn main() {
             let (mut reqs, mut answers) = (vec![check; WARM_UP + n], Vec::with_capacity(WARM_UP + n));
             Box::new(move || answers.push(rt.block_on(svc.decide(reqs.pop().expect("one per run")))))
         }
+        "ceiling" => Box::new(move || {
+            rsa_pub.verify_sig(black_box(&subject_input), black_box(&rsa_sig)).unwrap();
+            black_box(ec.sign(&rng, black_box(&minted_input)).unwrap());
+        }),
+        "ceiling+cached" => {
+            let svc = AuthzService::new(engine(true), metrics);
+            assert!(allowed(&rt.block_on(svc.decide(check.clone()))), "cached Check allowed");
+            let (mut reqs, mut answers) = (vec![check; WARM_UP + n], Vec::with_capacity(WARM_UP + n));
+            Box::new(move || {
+                rsa_pub.verify_sig(black_box(&subject_input), black_box(&rsa_sig)).unwrap();
+                black_box(ec.sign(&rng, black_box(&minted_input)).unwrap());
+                answers.push(rt.block_on(svc.decide(reqs.pop().expect("one per run"))))
+            })
+        }
         "verify" => Box::new(move || rsa_pub.verify_sig(black_box(&subject_input), black_box(&rsa_sig)).unwrap()),
         "sign" => Box::new(move || {
             black_box(ec.sign(&rng, black_box(&minted_input)).unwrap());
         }),
-        other => panic!("unknown operation {other:?}: cold, cached, verify, sign, ratio or sizes"),
+        other => panic!("unknown operation {other:?}: cold, cached, verify, sign, ceiling, ceiling+cached, ratio or sizes"),
     };
 
     let go = |run: &mut Box<dyn FnMut()>| {
