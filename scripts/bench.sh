@@ -44,6 +44,11 @@
 #      `memory` (CASES=memory: memory and start-up alone); the report then
 #      goes to bench/results/partial.md (raw: partial.json), not bench/RESULTS.md.
 #      REPORT=PATH RAW=PATH: where the report and the raw JSON go.
+#      PERF=1: record the server of every direct gRPC run with `perf record` (Debian's
+#      linux-perf, installed if missing) over its CPU window, and write where stsgate cold's
+#      CPU per Check goes beside the crypto-ceiling server's, by category of code, to
+#      REPORT's name with -perf.md (bench/perf_categories.py; round 1). Sampling at 999 Hz
+#      adds ~1% to both servers' CPU.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -125,6 +130,12 @@ need() { command -v "$1" >/dev/null 2>&1 || die "$1 is required"; }
 need cargo
 need python3
 need curl
+if [[ "${PERF:-0}" == 1 ]] && ! command -v perf >/dev/null 2>&1; then
+    [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1 || die "PERF=1 needs perf (Debian: linux-perf)"
+    log "installing perf (Debian package linux-perf)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null \
+        || die "apt-get install linux-perf failed"
+fi
 
 LOADTOOL="${LOADTOOL:-}"
 if [[ -z "$LOADTOOL" ]]; then
@@ -472,8 +483,16 @@ direct() { # round case target server_pid
     local lpid=$!
     sample_cpu "$base.cpu" "$DIRECT_DELAY" "$spid" - "$lpid" &
     local sampler=$!
+    local recorder=
+    if [[ "${PERF:-0}" == 1 ]]; then
+        # The server's stacks over the same window as its CPU figure.
+        (sleep "$DIRECT_DELAY" && exec perf record -q -F 999 -p "$spid" -o "$base.perf" -- sleep "$WINDOW") \
+            >/dev/null 2>"$base.perf.err" &
+        recorder=$!
+    fi
     wait "$lpid" || { cat "$base.err" >&2; die "loadgen $c failed"; }
     wait "$sampler"
+    if [[ -n "$recorder" ]]; then wait "$recorder" || die "perf record of $c failed: $(cat "$base.perf.err")"; fi
     log "round $r $(cat "$base.err") [foreign load $(foreign "$base.cpu") cores]"
 }
 
@@ -595,4 +614,11 @@ fi
 mkdir -p "$(dirname "$REPORT")" "$(dirname "$RAW")"
 python3 bench/report.py --work "$WORK" --out "$REPORT" --raw "$RAW" || die "report failed"
 log "wrote $REPORT (raw: $RAW)"
+if [[ "${PERF:-0}" == 1 ]] && want direct_cold && want direct_ceiling; then
+    # Where stsgate cold's CPU per Check goes beside the crypto-ceiling server's, round 1.
+    python3 bench/perf_categories.py --runs "$RUNS" --round 1 direct_cold direct_ceiling >"${REPORT%.md}-perf.md" \
+        || die "perf categories failed"
+    log "wrote ${REPORT%.md}-perf.md"
+    cat "${REPORT%.md}-perf.md" >&2
+fi
 sed -n '/^## \(Targets\|mTLS\)/,/^## Load runs/p' "$REPORT" | head -60 >&2
