@@ -12,10 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
-};
+use rcgen::{ExtendedKeyUsagePurpose, SanType};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
@@ -34,64 +31,6 @@ const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 const ORDERS: &str = "spiffe://cluster.local/ns/shop/sa/orders";
 const INTRUDER: &str = "spiffe://cluster.local/ns/shop/sa/intruder";
 const XFCC: &str = "x-forwarded-client-cert";
-
-// ---------------------------------------------------------------------------
-// A test PKI
-// ---------------------------------------------------------------------------
-
-/// A certificate and its key, PEM.
-#[derive(Clone)]
-struct Pem {
-    cert: String,
-    key: String,
-}
-
-/// A CA that signs server and client certificates.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        Ca { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn sign(&self, cn: &str, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose) -> Pem {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.subject_alt_names = sans;
-        params.extended_key_usages = vec![usage];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Pem { cert: cert.pem(), key: key.serialize_pem() }
-    }
-
-    /// A server certificate for localhost and 127.0.0.1.
-    fn server(&self, cn: &str) -> Pem {
-        let sans =
-            vec![SanType::DnsName("localhost".try_into().unwrap()), SanType::IpAddress(Ipv4Addr::LOCALHOST.into())];
-        self.sign(cn, sans, ExtendedKeyUsagePurpose::ServerAuth)
-    }
-
-    /// A client certificate whose URI SAN is `spiffe`.
-    fn client(&self, spiffe: &str) -> Pem {
-        self.sign("client", vec![SanType::URI(spiffe.try_into().unwrap())], ExtendedKeyUsagePurpose::ClientAuth)
-    }
-}
-
-fn der_of(pem: &str) -> Vec<u8> {
-    CertificateDer::pem_slice_iter(pem.as_bytes()).next().unwrap().unwrap().to_vec()
-}
 
 // ---------------------------------------------------------------------------
 // stsgate, and clients of its gRPC listener

@@ -7,7 +7,9 @@
 //!   and verification of minted tokens against its published JWKS;
 //! - `check`: `CheckRequest`s and readers of `CheckResponse`s;
 //! - `process`: scratch directories, spawned binaries, free ports, polling
-//!   (also used by the Envoy end-to-end harness, `tests/e2e/mod.rs`).
+//!   (also used by the Envoy end-to-end harness, `tests/e2e/mod.rs`);
+//! - `pki`: a CA, server and client certificates made at test time;
+//! - `redis`: a real `redis-server`, plain or over TLS.
 //!
 //! Each test binary does `mod support; use support::*;` and uses only part of it.
 #![allow(dead_code)]
@@ -16,12 +18,13 @@ mod check;
 mod harness;
 mod idp;
 mod jose;
+mod pki;
 mod process;
 mod redis;
 
 // A test binary that uses nothing of one of them would warn.
 #[allow(unused_imports)]
-pub use {self::redis::*, check::*, harness::*, idp::*, jose::*, process::*};
+pub use {self::redis::*, check::*, harness::*, idp::*, jose::*, pki::*, process::*};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
