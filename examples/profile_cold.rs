@@ -201,7 +201,9 @@ fn main() {
         "sign" => Box::new(move || {
             black_box(ec.sign(&rng, black_box(&minted_input)).unwrap());
         }),
-        other => panic!("unknown operation {other:?}: cold, cached, verify, sign, ceiling, ceiling+cached, ratio or sizes"),
+        other => {
+            panic!("unknown operation {other:?}: cold, cached, verify, sign, ceiling, ceiling+cached, ratio or sizes")
+        }
     };
 
     let go = |run: &mut Box<dyn FnMut()>| {
