@@ -1,8 +1,9 @@
 //! Issue #12: one-time use of `private_key_jwt` client assertions across
 //! replicas (`token_endpoint.replay_store`: two stsgate instances sharing a
-//! real `redis-server`, Redis paused, killed and back, the in-memory store
-//! across a reload), client keys from a `jwks_url`, and the configurable
-//! per-client failure rate (`token_endpoint.client_failures_per_minute`).
+//! real `redis-server`, Redis paused, killed and back, Redis over TLS with a
+//! client certificate, the in-memory store across a reload), client keys
+//! from a `jwks_url`, and the configurable per-client failure rate
+//! (`token_endpoint.client_failures_per_minute`).
 
 mod support;
 
@@ -204,6 +205,55 @@ async fn a_restarted_redis_is_reconnected() {
     // Without persistence the restarted Redis holds only what came after it
     // (see README: a restart forgets jtis still within their life).
     assert_eq!(redis.keys(PREFIX).await.len(), 1);
+}
+
+/// `rediss://` to a Redis that serves TLS only and asks for a client
+/// certificate: the store trusts the CA of `ca_file` and presents
+/// `client_cert_file`. A store that trusts another CA, or presents no
+/// certificate, cannot reach Redis and fails closed: 503, never an accepted
+/// replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_speaks_tls_to_redis_and_fails_closed_without_the_right_certificates() {
+    let ca = Ca::new("redis test CA");
+    let redis = RedisServer::start_tls(&ca).await;
+    let tls = redis.tls().unwrap();
+    assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
+    let dir = TempDir::new("redis-tls");
+    let ca_file = dir.write("ca.pem", &tls.ca);
+    let rogue_ca = dir.write("rogue-ca.pem", Ca::new("another CA").pem());
+    let (cert, key_file) = (dir.write("client.pem", &tls.client.cert), dir.write("client-key.pem", &tls.client.key));
+    let store = |ca: &std::path::Path, client: bool| {
+        let client = if client {
+            format!(", client_cert_file: \"{}\", client_key_file: \"{}\"", cert.display(), key_file.display())
+        } else {
+            String::new()
+        };
+        format!(
+            "{{ replay_store: {{ redis: {{ url: \"{}\", key_prefix: \"{PREFIX}\", timeout: 500ms, ca_file: \"{}\"{client} }} }} }}",
+            redis.url(),
+            ca.display()
+        )
+    };
+    let idp = MockIdp::start().await;
+    let key = IdpKey::generate(KeyKind::P256, "client-key");
+    let subject = idp.token(&idp.claims("alice", "orders.read"));
+    let a = replica(&idp, &key, &store(&ca_file, true)).await;
+    let first = assertion(&key, "signer", "tls-1");
+    assert_ok(&exchange(&a, &subject, &first).await);
+    assert_code(&exchange(&a, &subject, &first).await, 401, "invalid_client");
+    assert_eq!(redis.keys(PREFIX).await.len(), 1, "recorded in Redis, over TLS");
+
+    for (what, config) in [("another CA", store(&rogue_ca, true)), ("no client certificate", store(&ca_file, false))] {
+        let b = replica(&idp, &key, &config).await;
+        for token in [assertion(&key, "signer", &format!("tls-{what}")), first.clone()] {
+            let answer = exchange(&b, &subject, &token).await;
+            assert_code(&answer, 503, "temporarily_unavailable");
+            assert!(!answer.text.contains(&redis.password), "{what}: the password is shown: {}", answer.text);
+        }
+        let errors = metric(&b, "stsgate_replay_store_errors_total", "reason=\"connection\"").await;
+        assert!(errors >= 1.0, "{what}: {errors} store errors counted");
+    }
+    assert_eq!(redis.keys(PREFIX).await.len(), 1, "nothing recorded by the replicas that could not connect");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

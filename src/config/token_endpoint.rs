@@ -73,6 +73,17 @@ pub struct RedisReplayStore {
     /// assertion is refused with 503.
     #[serde(default = "default_redis_timeout")]
     pub timeout: Dur,
+    /// For a `rediss://` URL: the CA certificates (PEM) that sign the
+    /// server's certificate, trusted instead of the public roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// For a `rediss://` URL to a server that asks for a client certificate
+    /// (`tls-auth-clients`): the certificate chain (PEM) ...
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// ... and its private key (PEM).
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
 }
 
 fn default_key_prefix() -> String {
@@ -108,15 +119,15 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// A `redis://` URL stsgate can connect to; the message never holds the
-/// password.
+/// A `redis://` or `rediss://` (TLS) URL stsgate can connect to; the
+/// message never holds the password. A fragment (redis' `#insecure`, which
+/// would skip the server's certificate) is refused like any other.
 pub fn check_redis_url(url: &str) -> Result<(), String> {
     let shown = redact_url(url);
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("{shown} is not a URL: {e}"))?;
     match parsed.scheme() {
-        "redis" => {}
-        "rediss" => return Err(format!("{shown}: rediss:// (TLS) is not supported; use redis://")),
-        other => return Err(format!("{shown} has scheme {other:?}; use redis://")),
+        "redis" | "rediss" => {}
+        other => return Err(format!("{shown} has scheme {other:?}; use redis:// or rediss:// (TLS)")),
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(format!("{shown} has no host"));
@@ -132,6 +143,24 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
 }
 
 impl RedisReplayStore {
+    /// Whether any of `ca_file`, `client_cert_file`, `client_key_file` is set.
+    pub fn has_tls_files(&self) -> bool {
+        self.ca_file.is_some() || self.client_cert_file.is_some() || self.client_key_file.is_some()
+    }
+
+    /// The TLS files need a `rediss://` URL: over `redis://` they would be
+    /// ignored, and the connection sent in the clear.
+    pub fn check_tls_files(&self, url: &str) -> Result<(), String> {
+        let tls = reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "rediss");
+        if self.has_tls_files() && !tls {
+            return Err(format!(
+                "`ca_file`, `client_cert_file` and `client_key_file` are for TLS, but the URL {} is not rediss://",
+                redact_url(url)
+            ));
+        }
+        Ok(())
+    }
+
     fn check(&self, issues: &mut Issues) {
         let at = "token_endpoint.replay_store.redis";
         let sources = [self.url.is_some(), self.url_file.is_some(), self.url_env.is_some()];
@@ -140,6 +169,12 @@ impl RedisReplayStore {
         }
         if let Some(Err(why)) = self.url.as_ref().map(|u| check_redis_url(&u.0)) {
             issues.add(format!("{at}.url"), why);
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            issues.add(at, "`client_cert_file` and `client_key_file` go together");
+        }
+        if let Some(Err(why)) = self.url.as_ref().map(|u| self.check_tls_files(&u.0)) {
+            issues.add(at, why);
         }
         if self.url_env.as_deref().is_some_and(str::is_empty) {
             issues.add(format!("{at}.url_env"), "must name an environment variable");
@@ -244,6 +279,10 @@ mod tests {
             "{ replay_store: { redis: { url: \"redis://:pw@redis.internal:6379/2\" } } }",
             "{ replay_store: { redis: { url_env: REDIS_URL, key_prefix: \"a:\", timeout: 2s } } }",
             "{ replay_store: { redis: { url_file: /run/secrets/redis-url } }, client_failures_per_minute: 1 }",
+            "{ replay_store: { redis: { url: \"rediss://:pw@redis.internal:6380/0\" } } }",
+            "{ replay_store: { redis: { url: \"rediss://h\", ca_file: /ca.pem, client_cert_file: /c.pem, client_key_file: /k.pem } } }",
+            // The URL from a file or the environment is checked when it is read.
+            "{ replay_store: { redis: { url_env: R, ca_file: /ca.pem } } }",
         ] {
             assert_eq!(issues(ok), Vec::<String>::new(), "{ok}");
         }
@@ -266,11 +305,22 @@ mod tests {
             ),
             (
                 "{ replay_store: { redis: { url: \"http://:hunter2@h\" } } }",
-                format!("{at}.url: http://:REDACTED@h/ has scheme \"http\"; use redis://"),
+                format!("{at}.url: http://:REDACTED@h/ has scheme \"http\"; use redis:// or rediss:// (TLS)"),
             ),
             (
-                "{ replay_store: { redis: { url: \"rediss://:hunter2@h\" } } }",
-                format!("{at}.url: rediss://:REDACTED@h: rediss:// (TLS) is not supported; use redis://"),
+                "{ replay_store: { redis: { url: \"rediss://:hunter2@h/0#insecure\" } } }",
+                format!("{at}.url: rediss://:REDACTED@h/0#insecure must not carry a query or fragment"),
+            ),
+            (
+                "{ replay_store: { redis: { url: \"redis://:hunter2@h\", ca_file: /ca.pem } } }",
+                format!(
+                    "{at}: `ca_file`, `client_cert_file` and `client_key_file` are for TLS, but the URL \
+                     redis://:REDACTED@h is not rediss://"
+                ),
+            ),
+            (
+                "{ replay_store: { redis: { url: \"rediss://h\", client_cert_file: /c.pem } } }",
+                format!("{at}: `client_cert_file` and `client_key_file` go together"),
             ),
             (
                 "{ replay_store: { redis: { url: \"redis://:hunter2@h/x\" } } }",

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use quick_cache::sync::{Cache, GuardResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio::sync::OnceCell;
 
 use crate::config::{RedisReplayStore, ReplayStoreConfig, check_redis_url, redact_url};
@@ -61,9 +63,66 @@ struct RedisBackend {
     url: String,
     /// The URL without its password, for errors and logs.
     shown: String,
+    /// The TLS files' contents as read: compared on reload, so that renewed
+    /// certificates are taken up by a reload even under the same paths.
+    tls: TlsFiles,
     client: redis::Client,
     /// Made on first use (it needs the runtime), then reconnecting by itself.
     conn: OnceCell<ConnectionManager>,
+}
+
+/// `ca_file`, `client_cert_file` and `client_key_file` as read (PEM).
+#[derive(Default, PartialEq, Eq)]
+struct TlsFiles {
+    ca: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsFiles {
+    /// Reads the files `settings` names for `url`; errors name the key and
+    /// the path, never the contents.
+    fn read(settings: &RedisReplayStore, url: &str) -> Result<TlsFiles, String> {
+        let at = "token_endpoint.replay_store.redis";
+        settings.check_tls_files(url).map_err(|why| format!("{at}: {why}"))?;
+        let read = |key: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("{at}.{key}: cannot read {}: {e}", path.display()))
+        };
+        let ca = match &settings.ca_file {
+            Some(path) => {
+                let pem = read("ca_file", path)?;
+                // An empty or garbled bundle would trust nothing and fail
+                // every connection later; say so now.
+                let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
+                if !certs.is_ok_and(|c| !c.is_empty()) {
+                    return Err(format!("{at}.ca_file: {} holds no PEM certificate", path.display()));
+                }
+                Some(pem)
+            }
+            None => None,
+        };
+        let client = match (&settings.client_cert_file, &settings.client_key_file) {
+            (Some(cert), Some(key)) => Some((read("client_cert_file", cert)?, read("client_key_file", key)?)),
+            (None, None) => None,
+            _ => return Err(format!("{at}: `client_cert_file` and `client_key_file` go together")),
+        };
+        Ok(TlsFiles { ca, client })
+    }
+
+    /// The client of `url` with these files (none: the public roots, no
+    /// client certificate).
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        if *self == TlsFiles::default() {
+            return redis::Client::open(url);
+        }
+        let certificates = redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+            root_cert: self.ca.clone(),
+        };
+        redis::Client::build_with_tls(url, certificates)
+    }
 }
 
 impl std::fmt::Debug for ReplayStore {
@@ -97,18 +156,20 @@ impl ReplayStore {
             return Ok(Arc::new(ReplayStore { backend: Backend::Memory(Cache::new(IN_MEMORY_CAPACITY)), metrics }));
         };
         let url = redis_url(settings)?;
+        let tls = TlsFiles::read(settings, &url)?;
         if let Some(running) = running {
             if let Backend::Redis(r) = &running.backend {
-                if r.settings == *settings && r.url == url {
+                if r.settings == *settings && r.url == url && r.tls == tls {
                     return Ok(running.clone());
                 }
             }
         }
         let shown = redact_url(&url);
-        let client = redis::Client::open(url.as_str())
+        let client = tls
+            .client(&url)
             .map_err(|e| format!("token_endpoint.replay_store.redis: {shown}: {}", scrub(&e.to_string(), &url)))?;
         tracing::info!(url = %shown, key_prefix = %settings.key_prefix, "assertion replay store: Redis");
-        let backend = RedisBackend { settings: settings.clone(), url, shown, client, conn: OnceCell::new() };
+        let backend = RedisBackend { settings: settings.clone(), url, shown, tls, client, conn: OnceCell::new() };
         Ok(Arc::new(ReplayStore { backend: Backend::Redis(Box::new(backend)), metrics }))
     }
 
@@ -211,7 +272,10 @@ impl RedisBackend {
 /// without connecting (`stsgate check-config`); errors name the key path and
 /// never hold the password.
 pub fn check_redis_source(settings: &RedisReplayStore) -> Result<(), String> {
-    redis_url(settings).map(|_| ())
+    let url = redis_url(settings)?;
+    TlsFiles::read(settings, &url)?.client(&url).map(|_| ()).map_err(|e| {
+        format!("token_endpoint.replay_store.redis: {}: {}", redact_url(&url), scrub(&e.to_string(), &url))
+    })
 }
 
 /// The Redis URL from its source; errors name the key path.
@@ -279,6 +343,9 @@ mod tests {
                 url_env: None,
                 key_prefix: prefix.into(),
                 timeout: Dur(Duration::from_millis(100)),
+                ca_file: None,
+                client_cert_file: None,
+                client_key_file: None,
             }),
         }
     }
@@ -304,6 +371,59 @@ mod tests {
         assert!(!format!("{a:?}").contains("pw"), "{a:?}");
     }
 
+    /// A CA certificate, PEM (rcgen).
+    fn ca_pem(name: &str) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem()
+    }
+
+    /// `rediss://`: the TLS files are read at load; a reload with the same
+    /// settings but renewed files makes a new client (the store in Redis is
+    /// the same, nothing is forgotten); files that cannot serve are refused
+    /// at load with their key path.
+    #[test]
+    fn tls_files_are_read_at_load_and_compared_on_reload() {
+        let dir = std::env::temp_dir().join(format!("stsgate-replay-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, ca_pem("first CA")).unwrap();
+        let mut cfg = redis("rediss://:pw@127.0.0.1:1/0", "p:");
+        cfg.redis.as_mut().unwrap().ca_file = Some(ca.clone());
+        let a = ReplayStore::for_config(&cfg, None).unwrap();
+        let same = ReplayStore::for_config(&cfg, Some(&a)).unwrap();
+        assert!(Arc::ptr_eq(&a, &same), "same settings, same files");
+        std::fs::write(&ca, ca_pem("renewed CA")).unwrap();
+        let renewed = ReplayStore::for_config(&cfg, Some(&a)).unwrap();
+        assert!(!Arc::ptr_eq(&a, &renewed), "renewed files make a new client");
+
+        let at = "token_endpoint.replay_store.redis";
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let err = ReplayStore::for_config(&cfg, None).unwrap_err();
+        assert_eq!(err, format!("{at}.ca_file: {} holds no PEM certificate", ca.display()));
+        std::fs::remove_file(&ca).unwrap();
+        let err = ReplayStore::for_config(&cfg, None).unwrap_err();
+        assert!(err.starts_with(&format!("{at}.ca_file: cannot read {}: ", ca.display())), "{err}");
+
+        // A client certificate whose key does not parse.
+        std::fs::write(&ca, ca_pem("CA")).unwrap();
+        let settings = cfg.redis.as_mut().unwrap();
+        settings.client_cert_file = Some(ca.clone());
+        settings.client_key_file = Some(ca.clone());
+        let err = ReplayStore::for_config(&cfg, None).unwrap_err();
+        assert!(err.starts_with(&format!("{at}: rediss://:REDACTED@127.0.0.1:1/0: ")), "{err}");
+        assert!(err.contains("key"), "{err}");
+
+        // The TLS files with a URL that turns out not to be rediss://.
+        let mut plain = redis("redis://:hunter2@127.0.0.1:1/0", "p:");
+        plain.redis.as_mut().unwrap().ca_file = Some(ca.clone());
+        let err = ReplayStore::for_config(&plain, None).unwrap_err();
+        assert!(err.contains("are for TLS, but the URL redis://:REDACTED@127.0.0.1:1/0 is not rediss://"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn url_sources_fail_with_key_paths_and_without_the_password() {
         let mut cfg = redis("redis://:hunter2@h/0", "p:");
@@ -318,12 +438,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("stsgate-replay-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("url");
-        std::fs::write(&file, "rediss://:hunter2@h/0\n").unwrap();
+        std::fs::write(&file, "valkey://:hunter2@h/0\n").unwrap();
         let settings = cfg.redis.as_mut().unwrap();
         settings.url_env = None;
         settings.url_file = Some(file.clone());
         let err = ReplayStore::for_config(&cfg, None).unwrap_err();
-        assert!(err.starts_with("token_endpoint.replay_store.redis.url_file: rediss://:REDACTED@h/0"), "{err}");
+        assert!(err.starts_with("token_endpoint.replay_store.redis.url_file: valkey://:REDACTED@h/0"), "{err}");
         std::fs::write(&file, "redis://:hunter2@h/0\n").unwrap();
         assert_eq!(ReplayStore::for_config(&cfg, None).unwrap().kind(), "redis");
         let _ = std::fs::remove_dir_all(&dir);

@@ -3,10 +3,13 @@
 //! without persistence, stopped when dropped. It can be paused (SIGSTOP: the
 //! port still accepts connections, nothing answers, the data survives),
 //! resumed, and killed and started again on the same port (the data is gone).
+//! `start_tls` serves TLS only (`rediss://`), with a certificate of a test CA,
+//! and asks for a client certificate of that CA.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::pki::{Ca, Pem};
 use super::process::{ChildGuard, TempDir, WAIT, free_port};
 
 pub struct RedisServer {
@@ -16,29 +19,60 @@ pub struct RedisServer {
     /// The running process, if any (`kill` ends it).
     pid: Option<u32>,
     dir: TempDir,
+    /// With `start_tls`: what a client needs.
+    tls: Option<Tls>,
+}
+
+/// A TLS server's files: the CA's certificate, and a client certificate.
+#[derive(Clone)]
+pub struct Tls {
+    pub ca: String,
+    pub client: Pem,
 }
 
 impl RedisServer {
     /// Starts `redis-server` and waits until it answers PING.
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(None).await
+    }
+
+    /// Starts `redis-server` serving TLS only, with a server certificate of
+    /// `ca` (for localhost and 127.0.0.1), asking for a client certificate of
+    /// `ca` (`tls-auth-clients yes`, Redis' default with TLS).
+    pub async fn start_tls(ca: &Ca) -> RedisServer {
+        RedisServer::start_with(Some((ca.pem(), ca.server("redis"), ca.client("spiffe://test/stsgate")))).await
+    }
+
+    async fn start_with(tls: Option<(String, Pem, Pem)>) -> RedisServer {
         let dir = TempDir::new("redis");
         let password = format!("pw-{}-{}", std::process::id(), super::process::now());
+        let tls = tls.map(|(ca, server, client)| {
+            dir.write("ca.pem", &ca);
+            dir.write("server.pem", &server.cert);
+            dir.write("server-key.pem", &server.key);
+            Tls { ca, client }
+        });
         // The port was free a moment ago; another test may take it first.
         for _ in 0..5 {
             let port = free_port();
-            let mut child = spawn(port, &password, &dir);
-            if wait_answering(&mut child, &url(&password, port)).await {
+            let mut child = spawn(port, &password, &dir, tls.is_some());
+            if wait_answering(&mut child, &url(&password, port, tls.as_ref()), tls.as_ref()).await {
                 let pid = Some(child.pid());
-                return RedisServer { port, password, child, pid, dir };
+                return RedisServer { port, password, child, pid, dir, tls };
             }
             child.kill();
         }
         panic!("redis-server did not start (is it installed? scripts/install-tools.sh installs it)");
     }
 
-    /// `redis://:PASSWORD@127.0.0.1:PORT/0`.
+    /// `redis://:PASSWORD@127.0.0.1:PORT/0`, or `rediss://` for TLS.
     pub fn url(&self) -> String {
-        url(&self.password, self.port)
+        url(&self.password, self.port, self.tls.as_ref())
+    }
+
+    /// With `start_tls`: the CA's certificate and a client certificate.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     /// SIGSTOP: connections are still accepted, no command is answered.
@@ -59,16 +93,16 @@ impl RedisServer {
 
     /// Starts it again on the same port, empty, after `kill`.
     pub async fn restart(&mut self) {
-        self.child = spawn(self.port, &self.password, &self.dir);
+        self.child = spawn(self.port, &self.password, &self.dir, self.tls.is_some());
         self.pid = Some(self.child.pid());
         let url = self.url();
-        let up = wait_answering(&mut self.child, &url).await;
+        let up = wait_answering(&mut self.child, &url, self.tls.as_ref()).await;
         assert!(up, "redis-server did not come back on port {}", self.port);
     }
 
     /// A connection of its own (not stsgate's), to look at what was stored.
     pub async fn connection(&self) -> ::redis::aio::MultiplexedConnection {
-        let client = ::redis::Client::open(self.url()).expect("redis URL");
+        let client = client(&self.url(), self.tls.as_ref()).expect("redis URL");
         client.get_multiplexed_async_connection().await.expect("connect to redis-server")
     }
 
@@ -85,19 +119,38 @@ impl RedisServer {
     }
 }
 
-fn url(password: &str, port: u16) -> String {
-    format!("redis://:{password}@127.0.0.1:{port}/0")
+fn url(password: &str, port: u16, tls: Option<&Tls>) -> String {
+    let scheme = if tls.is_some() { "rediss" } else { "redis" };
+    format!("{scheme}://:{password}@127.0.0.1:{port}/0")
+}
+
+/// A client of `url`, trusting the test CA and presenting its client
+/// certificate for TLS.
+fn client(url: &str, tls: Option<&Tls>) -> ::redis::RedisResult<::redis::Client> {
+    match tls {
+        None => ::redis::Client::open(url),
+        Some(tls) => ::redis::Client::build_with_tls(
+            url,
+            ::redis::TlsCertificates {
+                client_tls: Some(::redis::ClientTlsConfig {
+                    client_cert: tls.client.cert.clone().into_bytes(),
+                    client_key: tls.client.key.clone().into_bytes(),
+                }),
+                root_cert: Some(tls.ca.clone().into_bytes()),
+            },
+        ),
+    }
 }
 
 /// Polls PING (authenticated) until it answers PONG; false when `WAIT`
 /// passes or the process exits first (its port was taken).
-async fn wait_answering(child: &mut ChildGuard, url: &str) -> bool {
+async fn wait_answering(child: &mut ChildGuard, url: &str, tls: Option<&Tls>) -> bool {
     let deadline = std::time::Instant::now() + WAIT;
     while std::time::Instant::now() < deadline {
         if child.exited().is_some() {
             return false;
         }
-        if ping(url).await {
+        if ping(url, tls).await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -115,11 +168,21 @@ impl Drop for RedisServer {
     }
 }
 
-fn spawn(port: u16, password: &str, dir: &TempDir) -> ChildGuard {
+fn spawn(port: u16, password: &str, dir: &TempDir, tls: bool) -> ChildGuard {
+    let mut command = Command::new("redis-server");
+    if tls {
+        // TLS only: the plain port is off.
+        command.args(["--port", "0", "--tls-port", &port.to_string()]);
+        command.args(["--tls-cert-file", "server.pem", "--tls-key-file", "server-key.pem"]);
+        command.args(["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "yes"]);
+    } else {
+        command.args(["--port", &port.to_string()]);
+    }
     ChildGuard::spawn(
         "redis-server",
-        Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--requirepass", password])
+        command
+            .current_dir(dir.path())
+            .args(["--bind", "127.0.0.1", "--requirepass", password])
             // No persistence: a restart starts empty, and nothing is written but the log.
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(dir.path())
@@ -129,8 +192,8 @@ fn spawn(port: u16, password: &str, dir: &TempDir) -> ChildGuard {
     )
 }
 
-async fn ping(url: &str) -> bool {
-    let Ok(client) = ::redis::Client::open(url) else { return false };
+async fn ping(url: &str, tls: Option<&Tls>) -> bool {
+    let Ok(client) = client(url, tls) else { return false };
     let attempt = async {
         let mut conn = client.get_multiplexed_async_connection().await.ok()?;
         ::redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
