@@ -342,7 +342,8 @@ fn prepare(path: &Path, current: &Engine, http: reqwest::Client) -> (Fingerprint
     (seen, prepared)
 }
 
-/// Settings bound at start-up: the listeners, and the dev IdP's routes.
+/// Settings bound at start-up: the listeners, the dev IdP's routes, and
+/// the trace exporter.
 fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for (key, was, now) in
@@ -374,6 +375,11 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     let dev = |c: &Config| c.dev_idp.as_ref().map(|d| (d.path.clone(), d.audience.clone()));
     if dev(old) != dev(new) {
         out.push("dev_idp changed: restart stsgate to add, remove or change the development IdP".into());
+    }
+    // The tracing layer and its exporter are installed before the first
+    // configuration is read (main.rs); a reload would silently keep the old.
+    if old.telemetry != new.telemetry {
+        out.push("telemetry changed: restart stsgate to change where and how traces are exported".into());
     }
     out
 }
@@ -484,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn listeners_and_dev_idp_need_a_restart() {
+    fn listeners_dev_idp_and_telemetry_need_a_restart() {
         assert!(restart_required(&cfg(""), &cfg("cache: { enabled: false }\ntokens: { lifetime: 1m }\n")).is_empty());
         assert!(restart_required(&cfg(""), &cfg("listen: { shutdown_grace: 1s }\n")).is_empty());
         let moved = restart_required(&cfg(""), &cfg("listen: { grpc: 0.0.0.0:9192, http: 127.0.0.1:8080 }\n"));
@@ -522,6 +528,16 @@ mod tests {
         let dev = restart_required(&cfg(""), &cfg("dev_idp: {}\n"));
         assert_eq!(dev.len(), 1);
         assert!(dev[0].starts_with("dev_idp changed"), "{dev:?}");
+        let traced = |ratio: &str| {
+            cfg(&format!("telemetry: {{ otlp_endpoint: \"http://127.0.0.1:4317\", sample_ratio: {ratio} }}\n"))
+        };
+        assert!(restart_required(&traced("0.5"), &traced("0.5")).is_empty());
+        for (old, new) in [(cfg(""), traced("0.5")), (traced("0.5"), traced("0.1")), (traced("0.5"), cfg(""))] {
+            assert_eq!(
+                restart_required(&old, &new),
+                ["telemetry changed: restart stsgate to change where and how traces are exported"]
+            );
+        }
     }
 
     #[test]
