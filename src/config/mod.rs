@@ -162,13 +162,19 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Every local file the configuration reads: signing keys and JWKS files.
+    /// Every local file the configuration reads: signing keys, JWKS files,
+    /// client secrets, and the Redis URL and TLS files.
     pub(crate) fn files(&self) -> impl Iterator<Item = &Path> {
         let keys = self.signing.keys.iter().filter_map(|k| k.file.as_deref());
         keys.chain(self.trusted_issuers.iter().filter_map(|i| i.jwks_file.as_deref()))
             .chain(self.clients.iter().filter_map(|c| c.secret_file.as_deref()))
             .chain(self.clients.iter().filter_map(|c| c.jwks_file.as_deref()))
-            .chain(self.token_endpoint.replay_store.redis.as_ref().and_then(|r| r.url_file.as_deref()))
+            .chain(self.token_endpoint.replay_store.redis.iter().flat_map(|r| {
+                [&r.url_file, &r.ca_file, &r.client_cert_file, &r.client_key_file]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.as_path())
+            }))
     }
 
     /// Parses YAML only (no semantic validation, no file access).
@@ -219,8 +225,12 @@ impl Config {
                 fix(f);
             }
         }
-        if let Some(f) = self.token_endpoint.replay_store.redis.as_mut().and_then(|r| r.url_file.as_mut()) {
-            fix(f);
+        if let Some(r) = self.token_endpoint.replay_store.redis.as_mut() {
+            for f in
+                [&mut r.url_file, &mut r.ca_file, &mut r.client_cert_file, &mut r.client_key_file].into_iter().flatten()
+            {
+                fix(f);
+            }
         }
         if let Some(f) = self.audit.file.as_mut() {
             fix(f);

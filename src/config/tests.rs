@@ -143,6 +143,18 @@ fn relative_files_are_found_beside_the_configuration() {
     let cfg = Config::from_file_text(&text, Path::new("/etc/stsgate/config.yaml")).unwrap();
     let files: Vec<&Path> = cfg.files().collect();
     assert_eq!(files, [Path::new("/etc/stsgate/keys/k1.pem"), Path::new("/etc/idp/jwks.json")]);
+
+    // The Redis replay store's URL and TLS files: read at load, watched for a reload.
+    let redis = format!(
+        "{text}token_endpoint:\n  replay_store:\n    redis: {{ url_file: redis-url, ca_file: tls/ca.pem, \
+         client_cert_file: tls/c.pem, client_key_file: /run/k.pem }}\n"
+    );
+    let cfg = Config::from_file_text(&redis, Path::new("/etc/stsgate/config.yaml")).unwrap();
+    let files: Vec<&Path> = cfg.files().skip(2).collect();
+    assert_eq!(
+        files,
+        ["/etc/stsgate/redis-url", "/etc/stsgate/tls/ca.pem", "/etc/stsgate/tls/c.pem", "/run/k.pem"].map(Path::new)
+    );
 }
 
 #[test]
