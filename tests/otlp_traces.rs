@@ -4,7 +4,8 @@
 //! caller sent, nest as documented (request → exchange → validate, rules,
 //! mint; JWKS fetch under the validation that needed it), and carry no token
 //! material. With no `telemetry` section nothing is sent, whatever the
-//! standard OTEL_* variables say.
+//! standard OTEL_* variables say. An `https` endpoint is reached over TLS,
+//! trusting the CA of `telemetry.ca_file`, over OTLP/gRPC and OTLP/HTTP alike.
 
 mod support;
 
@@ -23,7 +24,7 @@ use serde_json::Value;
 use stsgate::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use tokio::net::TcpListener;
 
-use support::{ChildGuard, KeyKind, MockIdp, TempDir, allowed, check_request, free_port, init_logging, rpc_code};
+use support::{Ca, ChildGuard, KeyKind, MockIdp, TempDir, allowed, check_request, free_port, init_logging, rpc_code};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stsgate");
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -54,6 +55,24 @@ impl TraceService for Recorder {
         }
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
+}
+
+/// A collector serving OTLP/gRPC over TLS with a certificate of `ca` (for
+/// localhost): `https://localhost:PORT`.
+async fn tls_collector(ca: &Ca) -> (String, Recorder) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://localhost:{}", listener.local_addr().unwrap().port());
+    let recorder = Recorder::default();
+    let service = TraceServiceServer::new(recorder.clone());
+    let server = ca.server("collector");
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(server.cert, server.key));
+    tokio::spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let mut builder = tonic::transport::Server::builder().tls_config(tls).unwrap();
+        let _ = builder.add_service(service).serve_with_incoming(incoming).await;
+    });
+    (url, recorder)
 }
 
 async fn collector() -> (String, Recorder) {
@@ -323,6 +342,48 @@ async fn spans_continue_the_callers_trace_and_carry_no_token_material() {
             assert!(!value.contains("eyJ") && !value.contains("Bearer"), "span {:?}: {value}", span.name);
         }
     }
+    drop(sts.child);
+}
+
+/// OTLP/gRPC to an `https` endpoint: TLS, trusting `ca_file`'s CA. The same
+/// collector without `ca_file` (the public roots) gets nothing: the
+/// collector's certificate is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_tls_collector_that_ca_file_trusts() {
+    let idp = MockIdp::start().await;
+    let ca = Ca::new("collector CA");
+    let dir = TempDir::new("otlp-tls");
+    let ca_file = dir.write("collector-ca.pem", ca.pem());
+    let check = |sts: &Running| {
+        let (grpc, idp) = (sts.grpc.clone(), &idp);
+        async move {
+            let mut authz = AuthorizationClient::connect(grpc).await.unwrap();
+            let bearer = format!("Bearer {}", idp.token(&idp.claims("alice", "orders.read")));
+            let headers = [("authorization", bearer.as_str())];
+            let resp = authz.check(check_request(&headers, &[("audience", "orders")], "shop.example", "/")).await;
+            allowed(&resp.unwrap().into_inner());
+        }
+    };
+    let spans_of = |recorder: &Recorder| recorder.spans.lock().unwrap().len();
+
+    let (url, trusted) = tls_collector(&ca).await;
+    let telemetry =
+        format!("telemetry: {{ otlp_endpoint: \"{url}\", ca_file: \"{}\", batch_delay: 100ms }}", ca_file.display());
+    let sts = serve(&idp, &telemetry, &[]).await;
+    check(&sts).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spans_of(&trusted) == 0 {
+        assert!(Instant::now() < deadline, "no span over TLS:\n{}", std::fs::read_to_string(&sts.log).unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(sts.child);
+
+    let (url, untrusted) = tls_collector(&ca).await;
+    let telemetry = format!("telemetry: {{ otlp_endpoint: \"{url}\", batch_delay: 100ms, timeout: 1s }}");
+    let sts = serve(&idp, &telemetry, &[]).await;
+    check(&sts).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(spans_of(&untrusted), 0, "a collector whose certificate the public roots do not sign gets nothing");
     drop(sts.child);
 }
 

@@ -235,6 +235,9 @@ impl Config {
         if let Some(f) = self.audit.file.as_mut() {
             fix(f);
         }
+        if let Some(f) = self.telemetry.ca_file.as_mut() {
+            fix(f);
+        }
         if let Some(tls) = self.listen.grpc_tls.as_mut() {
             for f in [&mut tls.cert, &mut tls.key, &mut tls.client_ca] {
                 fix(f);

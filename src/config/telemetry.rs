@@ -1,8 +1,9 @@
 //! `telemetry`: OpenTelemetry traces exported over OTLP (see
 //! `runtime::telemetry`). Off unless `otlp_endpoint` is set; read once at
-//! start (a reload does not change it).
+//! start (a reload that changes it is refused).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -13,8 +14,9 @@ use super::values::Dur;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OtlpProtocol {
-    /// OTLP/gRPC (usually port 4317), plaintext HTTP/2: a collector beside
-    /// stsgate (sidecar, node agent).
+    /// OTLP/gRPC (usually port 4317): HTTP/2, in plaintext to an `http`
+    /// URL (a collector beside stsgate: sidecar, node agent), over TLS to an
+    /// `https` one.
     #[default]
     Grpc,
     /// OTLP/HTTP with protobuf bodies (usually port 4318, path `/v1/traces`);
@@ -43,6 +45,9 @@ pub struct TelemetryConfig {
     /// header name → the environment variable holding the value, so that
     /// the secret is not in the file.
     pub headers_from_env: BTreeMap<String, String>,
+    /// For an `https` endpoint: the CA certificates (PEM) that sign the
+    /// collector's certificate, trusted instead of the public roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for TelemetryConfig {
@@ -55,6 +60,7 @@ impl Default for TelemetryConfig {
             batch_delay: Dur::secs(5),
             timeout: Dur::secs(10),
             headers_from_env: BTreeMap::new(),
+            ca_file: None,
         }
     }
 }
@@ -69,12 +75,11 @@ impl TelemetryConfig {
         if let Some(url) = &self.otlp_endpoint {
             if let Err(why) = check_url(url) {
                 issues.add("telemetry.otlp_endpoint", why);
-            } else if self.protocol == OtlpProtocol::Grpc && url.starts_with("https:") {
-                issues.add(
-                    "telemetry.otlp_endpoint",
-                    "OTLP/gRPC is sent in plaintext to a collector beside stsgate; for https use protocol: http",
-                );
+            } else if self.ca_file.is_some() && !url.starts_with("https:") {
+                issues.add("telemetry.ca_file", format!("is for TLS, but otlp_endpoint {url} is not https"));
             }
+        } else if self.ca_file.is_some() {
+            issues.add("telemetry.ca_file", "is for the OTLP endpoint's TLS, and otlp_endpoint is not set");
         }
         if self.service_name.trim().is_empty() {
             issues.add("telemetry.service_name", "must not be empty");
@@ -129,7 +134,16 @@ mod tests {
         assert!(issues("{ otlp_endpoint: 'https://otel/v1/traces', protocol: http }").is_empty());
         assert_eq!(issues("{ otlp_endpoint: 'otel:4317' }").len(), 1);
         assert!(issues("{ otlp_endpoint: 'otel:4317' }")[0].starts_with("telemetry.otlp_endpoint: "));
-        assert!(issues("{ otlp_endpoint: 'https://otel:4317' }")[0].contains("for https use protocol: http"));
+        assert!(issues("{ otlp_endpoint: 'https://otel:4317' }").is_empty(), "OTLP/gRPC over TLS");
+        assert!(issues("{ otlp_endpoint: 'https://otel:4317', ca_file: /etc/otel/ca.pem }").is_empty());
+        assert_eq!(
+            issues("{ otlp_endpoint: 'http://otel:4317', ca_file: /etc/otel/ca.pem }"),
+            ["telemetry.ca_file: is for TLS, but otlp_endpoint http://otel:4317 is not https"]
+        );
+        assert_eq!(
+            issues("{ ca_file: /etc/otel/ca.pem }"),
+            ["telemetry.ca_file: is for the OTLP endpoint's TLS, and otlp_endpoint is not set"]
+        );
         assert_eq!(issues("{ sample_ratio: 1.5 }"), ["telemetry.sample_ratio: must be between 0.0 and 1.0"]);
         assert_eq!(issues("{ sample_ratio: .nan }"), ["telemetry.sample_ratio: must be between 0.0 and 1.0"]);
         assert_eq!(issues("{ service_name: ' ' }"), ["telemetry.service_name: must not be empty"]);

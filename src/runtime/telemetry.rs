@@ -5,7 +5,7 @@
 //! Off, the OpenTelemetry layer is not installed at all, and the logs'
 //! filter refuses the spans' target: their callsites are disabled once, and
 //! the hot path pays a cached-interest load per span. The section is read
-//! once at start; a reload does not change it.
+//! once at start; a reload that changes it is refused (`runtime::reload`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,6 +15,8 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanExporter};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tracing::{Level, Subscriber};
 use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
@@ -44,7 +46,8 @@ impl Telemetry {
 /// the file cannot be read or parsed: the full load that follows reports why.
 pub fn section_of(path: &Path) -> Option<TelemetryConfig> {
     let text = std::fs::read_to_string(path).ok()?;
-    let cfg = crate::config::Config::from_yaml_str(&text).ok()?;
+    // Relative paths (`ca_file`) are relative to the file, as in the full load.
+    let cfg = crate::config::Config::from_file_text(&text, path).ok()?;
     cfg.check().is_ok().then_some(cfg.telemetry)
 }
 
@@ -64,6 +67,20 @@ pub fn start(cfg: &TelemetryConfig) -> Result<Option<Telemetry>, String> {
         headers.insert(name.clone(), value);
     }
     let timeout = cfg.timeout.0;
+    // The CA bundle an `https` endpoint's certificate must chain to, instead
+    // of the public roots; errors name the key and the path.
+    let ca = match &cfg.ca_file {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| format!("telemetry.ca_file: cannot read {}: {e}", path.display()))?;
+            let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
+            if !certs.is_ok_and(|c| !c.is_empty()) {
+                return Err(format!("telemetry.ca_file: {} holds no PEM certificate", path.display()));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
     let exporter = match cfg.protocol {
         OtlpProtocol::Grpc => {
             let mut metadata = tonic::metadata::MetadataMap::new();
@@ -73,16 +90,22 @@ pub fn start(cfg: &TelemetryConfig) -> Result<Option<Telemetry>, String> {
                 let value = value.parse().map_err(|_| format!("telemetry.headers_from_env.{name}: not a value"))?;
                 metadata.insert(key, value);
             }
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .with_timeout(timeout)
-                .with_metadata(metadata)
-                .build()
+            let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if endpoint.starts_with("https:") {
+                let tls = tonic::transport::ClientTlsConfig::new();
+                let tls = match &ca {
+                    Some(pem) => tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                    None => tls.with_webpki_roots(),
+                };
+                builder = builder.with_tls_config(tls);
+            }
+            builder.with_endpoint(endpoint).with_timeout(timeout).with_metadata(metadata).build()
         }
         OtlpProtocol::Http => opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_http_client(HttpClient(http_client(timeout).map_err(|e| format!("telemetry: HTTP client: {e}"))?))
+            .with_http_client(HttpClient(
+                http_client(timeout, ca.as_deref()).map_err(|e| format!("telemetry: HTTP client: {e}"))?,
+            ))
             .with_endpoint(endpoint)
             .with_timeout(timeout)
             .with_headers(headers)
@@ -145,14 +168,21 @@ where
     }
 }
 
-fn http_client(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+/// The OTLP/HTTP client: the public roots, or only the CAs of `ca` (PEM).
+fn http_client(timeout: Duration, ca: Option<&[u8]>) -> reqwest::Result<reqwest::Client> {
     crate::install_crypto_provider();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(concat!("stsgate/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = ca {
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build()
 }
 
 /// The largest OTLP/HTTP response body read.
@@ -260,5 +290,29 @@ mod tests {
             "telemetry.headers_from_env.authorization: environment variable STSGATE_TEST_UNSET_OTLP_AUTH is not set"
         );
         assert!(start(&TelemetryConfig::default()).unwrap().is_none(), "off without an endpoint");
+    }
+
+    /// `ca_file` is read at start: a file that cannot be read, or holds no
+    /// certificate, stops the start with the key and the path.
+    #[test]
+    fn a_ca_file_that_cannot_serve_is_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("stsgate-telemetry-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ca.pem");
+        for protocol in [OtlpProtocol::Grpc, OtlpProtocol::Http] {
+            let cfg = TelemetryConfig {
+                otlp_endpoint: Some("https://collector.example:4317".into()),
+                protocol,
+                ca_file: Some(path.clone()),
+                ..TelemetryConfig::default()
+            };
+            let err = start(&cfg).err().expect("no file");
+            assert!(err.starts_with(&format!("telemetry.ca_file: cannot read {}: ", path.display())), "{err}");
+            std::fs::write(&path, "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n").unwrap();
+            let err = start(&cfg).err().expect("no certificate");
+            assert_eq!(err, format!("telemetry.ca_file: {} holds no PEM certificate", path.display()));
+            std::fs::remove_file(&path).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
