@@ -17,6 +17,7 @@ pub mod signing;
 pub mod trust;
 // Leaves: they import nothing of ours.
 pub mod backoff;
+pub mod ca_bundle;
 pub mod clock;
 pub mod digest;
 pub mod glob;

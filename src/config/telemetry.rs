@@ -75,7 +75,7 @@ impl TelemetryConfig {
         if let Some(url) = &self.otlp_endpoint {
             if let Err(why) = check_url(url) {
                 issues.add("telemetry.otlp_endpoint", why);
-            } else if self.ca_file.is_some() && !url.starts_with("https:") {
+            } else if self.ca_file.is_some() && !reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "https") {
                 issues.add("telemetry.ca_file", format!("is for TLS, but otlp_endpoint {url} is not https"));
             }
         } else if self.ca_file.is_some() {

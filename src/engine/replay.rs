@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use quick_cache::sync::{Cache, GuardResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tokio::sync::OnceCell;
 
+use crate::ca_bundle;
 use crate::config::{RedisReplayStore, ReplayStoreConfig, check_redis_url, redact_url};
 use crate::digest::Digest;
 use crate::metrics::ReplayStoreMetrics;
@@ -87,19 +86,12 @@ impl TlsFiles {
         let read = |key: &str, path: &std::path::Path| {
             std::fs::read(path).map_err(|e| format!("{at}.{key}: cannot read {}: {e}", path.display()))
         };
-        let ca = match &settings.ca_file {
-            Some(path) => {
-                let pem = read("ca_file", path)?;
-                // An empty or garbled bundle would trust nothing and fail
-                // every connection later; say so now.
-                let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
-                if !certs.is_ok_and(|c| !c.is_empty()) {
-                    return Err(format!("{at}.ca_file: {} holds no PEM certificate", path.display()));
-                }
-                Some(pem)
-            }
-            None => None,
-        };
+        let ca = settings
+            .ca_file
+            .as_deref()
+            .map(ca_bundle::read)
+            .transpose()
+            .map_err(|why| format!("{at}.ca_file: {why}"))?;
         let client = match (&settings.client_cert_file, &settings.client_key_file) {
             (Some(cert), Some(key)) => Some((read("client_cert_file", cert)?, read("client_key_file", key)?)),
             (None, None) => None,

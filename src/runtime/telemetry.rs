@@ -15,14 +15,13 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanExporter};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use tracing::{Level, Subscriber};
 use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::registry::Registry;
 
+use crate::ca_bundle;
 use crate::config::{OtlpProtocol, TelemetryConfig};
 use crate::trace::TARGET;
 
@@ -69,18 +68,9 @@ pub fn start(cfg: &TelemetryConfig) -> Result<Option<Telemetry>, String> {
     let timeout = cfg.timeout.0;
     // The CA bundle an `https` endpoint's certificate must chain to, instead
     // of the public roots; errors name the key and the path.
-    let ca = match &cfg.ca_file {
-        Some(path) => {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("telemetry.ca_file: cannot read {}: {e}", path.display()))?;
-            let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
-            if !certs.is_ok_and(|c| !c.is_empty()) {
-                return Err(format!("telemetry.ca_file: {} holds no PEM certificate", path.display()));
-            }
-            Some(pem)
-        }
-        None => None,
-    };
+    let ca =
+        cfg.ca_file.as_deref().map(ca_bundle::read).transpose().map_err(|why| format!("telemetry.ca_file: {why}"))?;
+    let tls = reqwest::Url::parse(&endpoint).is_ok_and(|u| u.scheme() == "https");
     let exporter = match cfg.protocol {
         OtlpProtocol::Grpc => {
             let mut metadata = tonic::metadata::MetadataMap::new();
@@ -91,7 +81,7 @@ pub fn start(cfg: &TelemetryConfig) -> Result<Option<Telemetry>, String> {
                 metadata.insert(key, value);
             }
             let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-            if endpoint.starts_with("https:") {
+            if tls {
                 let tls = tonic::transport::ClientTlsConfig::new();
                 let tls = match &ca {
                     Some(pem) => tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
