@@ -289,6 +289,10 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             problems.push(e);
         }
     }
+    // The OTLP collector's CA, which `serve` reads before anything else.
+    if let Some(Err(e)) = cfg.telemetry.ca_file.as_deref().map(crate::ca_bundle::read) {
+        problems.push(format!("telemetry.ca_file: {e}"));
+    }
     // The clients' secret and JWKS files (a `jwks_url` is not fetched here).
     match crate::trust::issuer::http_client() {
         Ok(http) => {

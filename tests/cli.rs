@@ -141,6 +141,23 @@ fn check_config_reads_client_and_replay_store_secrets_like_serve_would() {
     assert!(stderr.contains("token_endpoint.replay_store.redis.url_env"), "{stderr}");
     assert!(stderr.contains("STSGATE_TEST_UNSET_REDIS_URL is not set"), "{stderr}");
     assert!(stderr.contains("missing.secret"), "{stderr}");
+
+    // rediss:// and the OTLP collector: the TLS files, relative to the
+    // configuration file, are read too.
+    let path = dir.write(
+        "tls.yaml",
+        format!(
+            "{base}\ntoken_endpoint:\n  replay_store:\n    redis: {{ url: \"rediss://:hunter2@redis:6380/0\", \
+             ca_file: redis-ca.pem }}\ntelemetry: {{ otlp_endpoint: \"https://otel:4317\", ca_file: otel-ca.pem }}\n"
+        ),
+    );
+    let (_, stderr) = assert_exit(&stsgate(&["check-config", path.to_str().unwrap()]), EX_CONFIG);
+    let otel = format!("telemetry.ca_file: cannot read {}", dir.path().join("otel-ca.pem").display());
+    assert!(stderr.contains(&otel), "{stderr}");
+    let missing =
+        format!("token_endpoint.replay_store.redis.ca_file: cannot read {}", dir.path().join("redis-ca.pem").display());
+    assert!(stderr.contains(&missing), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
 #[test]
