@@ -35,6 +35,7 @@ use x509_cert::der::Decode;
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 
+use crate::ca_bundle::certificates;
 use crate::config::{ClientCertPolicy, GrpcTls, HttpTls};
 use crate::metrics::TlsMetrics;
 
@@ -288,16 +289,6 @@ fn build(tls: &TlsSpec, files: &[Vec<u8>]) -> Result<Built, TlsError> {
 }
 
 /// The certificates of a PEM file; at least one.
-fn certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not PEM certificates: {e}"))?;
-    if certs.is_empty() {
-        return Err("holds no PEM certificate".into());
-    }
-    Ok(certs)
-}
-
 fn not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
     let cert = x509_cert::Certificate::from_der(cert).ok()?;
     Some(UNIX_EPOCH + cert.tbs_certificate.validity.not_after.to_unix_duration())
